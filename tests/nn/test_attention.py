@@ -1,0 +1,143 @@
+import math
+
+import pytest
+import torch
+
+from xlm.nn import KVCache, MultiheadAttention, RotaryEmbedding, TransformerBlock, make_norm
+from xlm.nn.feed_forward import FeedForward
+
+
+def naive_attention(attn: MultiheadAttention, x: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Textbook softmax(QK^T / sqrt(d)) V per head, no rope, no GQA."""
+    batch, seq, dim = x.shape
+    heads, hd = attn.num_heads, attn.head_dim
+    q = attn.q_proj(x).view(batch, seq, heads, hd).transpose(1, 2)
+    k = attn.k_proj(x).view(batch, seq, heads, hd).transpose(1, 2)
+    v = attn.v_proj(x).view(batch, seq, heads, hd).transpose(1, 2)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(hd)
+    if causal:
+        scores = scores.masked_fill(torch.ones(seq, seq, dtype=torch.bool).triu(1), float("-inf"))
+    out = scores.softmax(-1) @ v
+    return attn.out_proj(out.transpose(1, 2).reshape(batch, seq, dim))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_matches_naive_attention(causal):
+    torch.manual_seed(0)
+    attn = MultiheadAttention(32, 4, causal=causal).eval()
+    x = torch.randn(2, 7, 32)
+    expected = naive_attention(attn, x, causal)
+    assert torch.allclose(attn(x), expected, atol=1e-5)
+    # the explicit-mask path (all tokens real) must agree with the fast path
+    assert torch.allclose(attn(x, key_padding_mask=torch.ones(2, 7, dtype=torch.bool)), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_left_padding_does_not_change_real_positions(causal):
+    torch.manual_seed(0)
+    attn = MultiheadAttention(32, 4, causal=causal, rope=RotaryEmbedding(8)).eval()
+    x = torch.randn(1, 5, 32)
+    alone = attn(x, positions=torch.arange(5)[None])
+    padded_x = torch.cat([torch.randn(1, 3, 32), x], dim=1)
+    mask = torch.tensor([[False] * 3 + [True] * 5])
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    padded = attn(padded_x, positions=positions, key_padding_mask=mask)
+    assert not padded.isnan().any()
+    assert torch.allclose(padded[:, 3:], alone, atol=1e-5)
+
+
+def test_fully_masked_query_rows_attend_to_themselves():
+    torch.manual_seed(0)
+    attn = MultiheadAttention(16, 2).eval()
+    x = torch.randn(1, 4, 16)
+    mask = torch.tensor([[False, False, True, True]])
+    out = attn(x, key_padding_mask=mask)
+    assert not out.isnan().any()
+    # pad query 0 sees only itself: softmax over one key returns its value
+    assert torch.allclose(out[0, 0], attn.out_proj(attn.v_proj(x[0, 0])), atol=1e-6)
+
+
+def test_grouped_query_equals_repeated_kv_heads():
+    torch.manual_seed(0)
+    rope = RotaryEmbedding(8)
+    gqa = MultiheadAttention(32, 4, num_kv_heads=2, rope=rope).eval()
+    assert gqa.k_proj.weight.shape == (16, 32) and gqa.v_proj.weight.shape == (16, 32)
+    mha = MultiheadAttention(32, 4, rope=rope).eval()
+    with torch.no_grad():
+        mha.q_proj.load_state_dict(gqa.q_proj.state_dict())
+        mha.out_proj.load_state_dict(gqa.out_proj.state_dict())
+        for name in ("k_proj", "v_proj"):
+            src, dst = getattr(gqa, name), getattr(mha, name)
+            # kv head j serves query heads 2j and 2j+1
+            dst.weight.copy_(src.weight.view(2, 8, 32).repeat_interleave(2, dim=0).reshape(32, 32))
+            dst.bias.copy_(src.bias.view(2, 8).repeat_interleave(2, dim=0).reshape(32))
+    x = torch.randn(2, 6, 32)
+    out = gqa(x)
+    assert out.shape == (2, 6, 32)
+    assert torch.allclose(out, mha(x), atol=1e-5)
+
+
+def test_rejects_bad_head_counts():
+    with pytest.raises(ValueError, match="does not divide dim"):
+        MultiheadAttention(30, 4)
+    with pytest.raises(ValueError, match="num_kv_heads=3 does not divide num_heads=4"):
+        MultiheadAttention(32, 4, num_kv_heads=3)
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_kv_cache_incremental_equals_full(with_mask):
+    torch.manual_seed(0)
+    attn = MultiheadAttention(32, 4, num_kv_heads=2, rope=RotaryEmbedding(8)).eval()
+    x = torch.randn(2, 6, 32)
+    mask = torch.ones(2, 6, dtype=torch.bool) if with_mask else None
+    full = attn(x, key_padding_mask=mask)
+    cache = KVCache(num_layers=1, batch_size=2, num_kv_heads=2, head_dim=8, max_len=6, device="cpu",
+                    dtype=torch.float32)
+    outs = []
+    for start, end in ((0, 3), (3, 4), (4, 6)):
+        step_mask = mask[:, :end] if mask is not None else None
+        outs.append(attn(x[:, start:end], key_padding_mask=step_mask, kv_cache=cache,
+                         positions=torch.arange(start, end).expand(2, -1)))
+        cache.advance(end - start)
+    assert torch.allclose(torch.cat(outs, dim=1), full, atol=1e-5)
+
+
+def test_kv_cache_bounds():
+    cache = KVCache(num_layers=2, batch_size=1, num_kv_heads=1, head_dim=4, max_len=3, device="cpu",
+                    dtype=torch.float32)
+    k, v = cache.update(1, torch.ones(1, 1, 2, 4), torch.zeros(1, 1, 2, 4))
+    assert k.shape == (1, 1, 2, 4) and torch.equal(k, torch.ones(1, 1, 2, 4))
+    cache.advance(2)
+    assert cache.length == 2
+    with pytest.raises(ValueError, match="exceed max_len=3"):
+        cache.update(0, torch.ones(1, 1, 2, 4), torch.ones(1, 1, 2, 4))
+    with pytest.raises(ValueError, match="batch_size=1"):
+        cache.update(0, torch.ones(2, 1, 1, 4), torch.ones(2, 1, 1, 4))
+    with pytest.raises(ValueError, match="max_len=3"):
+        cache.advance(2)
+
+
+def test_swiglu_and_rmsnorm_formulas():
+    torch.manual_seed(0)
+    ffn = FeedForward(8, 16, activation="swiglu", bias=False)
+    x = torch.randn(3, 8)
+    expected = ffn.down_proj(torch.nn.functional.silu(ffn.gate_proj(x)) * ffn.up_proj(x))
+    assert torch.allclose(ffn(x), expected)
+    norm = make_norm("rmsnorm", 8, 1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    expected = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight
+    assert torch.allclose(norm(x), expected, atol=1e-6)
+    assert norm(x.bfloat16()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="activation"):
+        FeedForward(8, 16, activation="relu")
+    with pytest.raises(ValueError, match="norm"):
+        make_norm("batchnorm", 8, 1e-5)
+
+
+def test_block_is_pre_ln():
+    torch.manual_seed(0)
+    block = TransformerBlock(dim=16, num_heads=2, ffn_dim=32).eval()
+    x = torch.randn(1, 4, 16)
+    h = x + block.attn(block.attn_norm(x))
+    assert torch.allclose(block(x), h + block.ffn(block.ffn_norm(h)), atol=1e-6)

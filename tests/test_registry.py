@@ -1,0 +1,79 @@
+from dataclasses import dataclass
+
+import pytest
+
+import xlm
+from xlm.registry import ArchRegistry, DuplicateNameError, Family, FamilyRegistry, UnknownNameError
+
+
+@dataclass(kw_only=True)
+class _Cfg:
+    width: int = 8
+
+
+def _registry() -> ArchRegistry[_Cfg]:
+    reg = ArchRegistry[_Cfg]("toy")
+
+    @reg.decorator("toy_small")
+    def _small() -> _Cfg:
+        return _Cfg(width=4)
+
+    @reg.decorator("toy_large")
+    def _large() -> _Cfg:
+        return _Cfg(width=64)
+
+    return reg
+
+
+def test_get_returns_a_fresh_config_each_call():
+    reg = _registry()
+    a = reg.get("toy_small")
+    a.width = 999
+    assert reg.get("toy_small").width == 4
+    assert reg.names() == ["toy_large", "toy_small"]
+
+
+def test_duplicate_arch_is_an_error():
+    reg = _registry()
+    with pytest.raises(DuplicateNameError, match="toy_small"):
+        reg.register("toy_small", _Cfg)
+
+
+def test_unknown_arch_lists_close_names():
+    reg = _registry()
+    with pytest.raises(UnknownNameError) as info:
+        reg.get("toy_smal")
+    message = str(info.value)
+    assert "did you mean 'toy_small'" in message
+    assert "toy_large" in message  # the full listing
+
+
+def _family(name: str, archs: ArchRegistry) -> Family:
+    return Family(name=name, config_class=_Cfg, archs=archs, factory=lambda c, **k: None,  # type: ignore[arg-type]
+                  unit_factory=lambda *a: None, sampler_config_class=_Cfg, source=f"test:{name}")
+
+
+def test_family_registry_rejects_duplicates_and_shared_arch_names():
+    fams = FamilyRegistry()
+    fams.register(_family("toy", _registry()))
+    with pytest.raises(DuplicateNameError, match="toy"):
+        fams.register(_family("toy", ArchRegistry("toy")))
+    with pytest.raises(DuplicateNameError, match="toy_large.*already defined by .toy."):
+        fams.register(_family("other", _registry()))
+    assert fams.get_by_arch("toy_large").name == "toy"
+    with pytest.raises(UnknownNameError, match="did you mean 'toy'"):
+        fams.get("toyy")
+
+
+def test_core_archs_are_listed_with_their_family():
+    archs = xlm.list_archs()
+    for name in ("arlm_tiny", "arlm_star", "arlm_small", "arlm_base"):
+        assert archs[name] == "arlm"
+    assert "arlm" in xlm.list_families()
+
+
+def test_create_model_applies_overrides_and_rejects_unknown_fields():
+    model = xlm.create_model("arlm_tiny", vocab_size=50)
+    assert model.config.vocab_size == 50
+    with pytest.raises(TypeError, match="no field 'vocab'"):
+        xlm.create_model("arlm_tiny", vocab=50)

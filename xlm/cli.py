@@ -1,0 +1,50 @@
+"""`xlm` command: xlm train | eval | models. Each subcommand is its recipe's module."""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+USAGE = """usage: xlm COMMAND [ARGS]
+
+commands:
+  train    train a model        (python -m xlm.recipes.train)
+  eval     evaluate a model     (python -m xlm.recipes.evaluate)
+  models   list model families and their archs
+"""
+
+
+def _models(argv: Sequence[str]) -> int:
+    import xlm
+    from xlm.registry import families
+
+    for name in xlm.list_families():
+        family = families.get(name)
+        print(f"{name} ({family.source}): {', '.join(family.archs.names())}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "train":
+        from xlm.recipes.train import main as run
+    elif command == "eval":
+        from xlm.recipes.evaluate import main as run
+    elif command == "models":
+        run = _models
+    else:
+        import difflib
+
+        close = difflib.get_close_matches(command, ["train", "eval", "models"], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"xlm: unknown command {command!r}{hint}\n\n{USAGE}", file=sys.stderr, end="")
+        return 2
+    return run(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: tokenizers, tasks (datasets generated or loaded locally) and sequence metrics."""

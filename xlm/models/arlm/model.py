@@ -1,0 +1,111 @@
+"""Autoregressive (causal) transformer LM built from the shared pre-LN blocks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor, nn
+
+from xlm.nn import KVCache, LMHead, RotaryEmbedding, TransformerBlock, make_norm
+
+from .config import ArlmConfig
+
+
+class ArlmModel(nn.Module):
+    def __init__(self, config: ArlmConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.model_dim
+        self.embed_tokens = nn.Embedding(config.vocab_size, dim)
+        self.embed_positions = nn.Embedding(config.max_seq_len, dim) if config.pos_encoding == "learned" else None
+        self.dropout = nn.Dropout(config.dropout)
+        rope = None
+        if config.pos_encoding == "rope":
+            rope = RotaryEmbedding(config.head_dim, rotary_dim=config.rotary_dim, base=config.rope_base,
+                                   max_len=config.max_seq_len)
+        self.layers = nn.ModuleList(
+            TransformerBlock(dim=dim, num_heads=config.num_heads, num_kv_heads=config.kv_heads,
+                             ffn_dim=config.hidden_ffn_dim, activation=config.activation, norm=config.norm,
+                             norm_eps=config.norm_eps, bias=config.bias, causal=True, rope=rope,
+                             dropout=config.dropout)
+            for _ in range(config.num_layers))
+        self.final_norm = make_norm(config.norm, dim, config.norm_eps, bias=config.bias)
+        self.lm_head = LMHead(dim, config.vocab_size)
+        if config.tie_embeddings:
+            self.lm_head.tie_to(self.embed_tokens)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """GPT-2 init: N(0, init_std), zero biases, residual output projections scaled by 1/sqrt(2 * layers)
+        so the residual stream's variance does not grow with depth."""
+        std = self.config.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if isinstance(module, nn.Linear) and module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+                module.reset_parameters()
+        residual_std = std / math.sqrt(2 * self.config.num_layers)
+        for layer in self.layers:
+            nn.init.normal_(layer.attn.out_proj.weight, mean=0.0, std=residual_std)
+            nn.init.normal_(layer.ffn.down_proj.weight, mean=0.0, std=residual_std)
+
+    def hidden_states(self, input_ids: Int[Tensor, "batch seq"], *,
+                      attention_mask: Bool[Tensor, "batch total"] | None = None,
+                      positions: Int[Tensor, "batch seq"] | None = None,
+                      kv_cache: KVCache | None = None) -> Float[Tensor, "batch seq dim"]:
+        """Final-norm hidden states. `attention_mask` (True = real token) covers cached + new tokens;
+        positions default to the count of real tokens before each one, so left padding is harmless."""
+        batch, seq = input_ids.shape
+        past = kv_cache.length if kv_cache is not None else 0
+        if attention_mask is not None and attention_mask.shape != (batch, past + seq):
+            raise ValueError(f"attention_mask must have shape {(batch, past + seq)} (cached + new tokens), "
+                             f"got {tuple(attention_mask.shape)}")
+        if positions is None:
+            if attention_mask is not None:
+                positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq:]
+            else:
+                positions = (past + torch.arange(seq, device=input_ids.device)).expand(batch, seq)
+        x = self.embed_tokens(input_ids)
+        if self.embed_positions is not None:
+            if positions.numel() and int(positions.max()) >= self.config.max_seq_len:
+                raise ValueError(f"position {int(positions.max())} is beyond max_seq_len={self.config.max_seq_len} "
+                                 "of the learned position embedding")
+            x = x + self.embed_positions(positions)
+        x = self.dropout(x)
+        for idx, layer in enumerate(self.layers):
+            x = layer(x, positions=positions, key_padding_mask=attention_mask, kv_cache=kv_cache, layer_idx=idx)
+        if kv_cache is not None:
+            kv_cache.advance(seq)
+        return self.final_norm(x)
+
+    def logits(self, hidden: Float[Tensor, "batch seq dim"]) -> Float[Tensor, "batch seq vocab"]:
+        return self.lm_head(hidden)
+
+    def forward(self, input_ids: Int[Tensor, "batch seq"], *,
+                attention_mask: Bool[Tensor, "batch total"] | None = None,
+                positions: Int[Tensor, "batch seq"] | None = None,
+                kv_cache: KVCache | None = None) -> Float[Tensor, "batch seq vocab"]:
+        return self.logits(self.hidden_states(input_ids, attention_mask=attention_mask, positions=positions,
+                                              kv_cache=kv_cache))
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty cache on the parameters' device and dtype; max_len defaults to max_seq_len."""
+        weight = self.embed_tokens.weight
+        return KVCache(num_layers=self.config.num_layers, batch_size=batch_size, num_kv_heads=self.config.kv_heads,
+                       head_dim=self.config.head_dim, max_len=max_len or self.config.max_seq_len,
+                       device=weight.device, dtype=weight.dtype)
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        """Unique parameters; `non_embedding` drops the token/position tables and an untied output head."""
+        total = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            total -= self.embed_tokens.weight.numel()
+            if self.embed_positions is not None:
+                total -= self.embed_positions.weight.numel()
+            if not self.lm_head.is_tied_to(self.embed_tokens):
+                total -= self.lm_head.proj.weight.numel()
+        return total

@@ -1,0 +1,83 @@
+"""Left-to-right sampling with a KV cache; each row stops at its own [EOS]."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from xlm.data.tokenizers import Tokenizer
+from xlm.nn.sampling import select_tokens
+
+from .model import ArlmModel
+from .types import ArlmPredictBatch, ArlmPredictionDict
+
+STRATEGIES = ("greedy", "sample")
+
+
+@dataclass(kw_only=True)
+class ArlmSamplerConfig:
+    strategy: str = "greedy"  # "greedy" | "sample" (temperature, top_k, top_p apply)
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    max_new_tokens: int = 64
+    use_kv_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"sampler.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"sampler.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+class ArlmPredictor:
+    def __init__(self, model: ArlmModel, tokenizer: Tokenizer, config: ArlmSamplerConfig) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                 max_new_tokens: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Left-padded prompts (B, T) -> (B, T + n); rows that ended are padded after [EOS]."""
+        cfg = self.config
+        steps = max_new_tokens or cfg.max_new_tokens
+        device = next(self.model.parameters()).device
+        input_ids = input_ids.to(device)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        mask = attention_mask.to(device=device, dtype=torch.bool)
+        batch, prompt_len = input_ids.shape
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+
+        cache = self.model.new_kv_cache(batch, prompt_len + steps) if cfg.use_kv_cache else None
+        sequences = input_ids
+        logits = self.model(input_ids, attention_mask=mask, kv_cache=cache)[:, -1]
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        for _ in range(steps):
+            next_ids = select_tokens(logits, greedy=cfg.strategy == "greedy", temperature=cfg.temperature,
+                                     top_k=cfg.top_k, top_p=cfg.top_p, generator=generator)
+            next_ids = next_ids.masked_fill(finished, pad)
+            sequences = torch.cat([sequences, next_ids[:, None]], dim=1)
+            finished |= next_ids == eos
+            if bool(finished.all()):
+                break
+            mask = torch.cat([mask, torch.ones_like(next_ids, dtype=torch.bool)[:, None]], dim=1)
+            if cache is not None:
+                logits = self.model(next_ids[:, None], attention_mask=mask, kv_cache=cache)[:, -1]
+            else:
+                logits = self.model(sequences, attention_mask=mask)[:, -1]
+        return sequences
+
+    def predict(self, batch: ArlmPredictBatch, *, generator: torch.Generator | None = None) -> ArlmPredictionDict:
+        sequences = self.generate(batch["input_ids"], batch["attention_mask"], generator=generator)
+        start = batch["input_ids"].size(1)
+        ids = [self._until_eos(row) for row in sequences[:, start:].tolist()]
+        return {"ids": ids, "text": [self.tokenizer.decode(r) for r in ids], "sequences": sequences, "start": start}
+
+    def _until_eos(self, row: list[int]) -> list[int]:
+        if self.tokenizer.eos_token_id in row:
+            row = row[: row.index(self.tokenizer.eos_token_id)]
+        return [t for t in row if t not in self.tokenizer.special_ids]

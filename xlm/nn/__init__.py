@@ -1,0 +1,24 @@
+"""Building blocks shared by every model family."""
+
+from .attention import MultiheadAttention, build_attention_mask
+from .feed_forward import ACTIVATIONS, FeedForward
+from .kv_cache import KVCache
+from .norm import NORMS, RMSNorm, make_norm
+from .output_head import LMHead
+from .rope import RotaryEmbedding, rotate_half
+from .transformer_block import TransformerBlock
+
+__all__ = [
+    "ACTIVATIONS",
+    "NORMS",
+    "FeedForward",
+    "KVCache",
+    "LMHead",
+    "MultiheadAttention",
+    "RMSNorm",
+    "RotaryEmbedding",
+    "TransformerBlock",
+    "build_attention_mask",
+    "make_norm",
+    "rotate_half",
+]

@@ -1,0 +1,32 @@
+"""Position-wise MLP: GELU (GPT-2/BERT) or SwiGLU (Llama).
+
+The output projection is always `down_proj`, so models can find it for residual-scaled init.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+
+ACTIVATIONS = ("gelu", "gelu_tanh", "swiglu")
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, ffn_dim: int, *, activation: str = "gelu", bias: bool = True) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        self.activation = activation
+        if activation == "swiglu":
+            self.gate_proj = nn.Linear(dim, ffn_dim, bias=bias)
+        self.up_proj = nn.Linear(dim, ffn_dim, bias=bias)
+        self.down_proj = nn.Linear(ffn_dim, dim, bias=bias)
+
+    def forward(self, x: Float[Tensor, "... dim"]) -> Float[Tensor, "... dim"]:
+        if self.activation == "swiglu":
+            hidden = F.silu(self.gate_proj(x)) * self.up_proj(x)
+        else:
+            approximate = "tanh" if self.activation == "gelu_tanh" else "none"
+            hidden = F.gelu(self.up_proj(x), approximate=approximate)
+        return self.down_proj(hidden)

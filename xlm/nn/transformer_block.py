@@ -1,0 +1,35 @@
+"""Pre-LN transformer block: x + attn(norm(x)), then x + ffn(norm(x))."""
+
+from __future__ import annotations
+
+from jaxtyping import Bool, Float, Int
+from torch import Tensor, nn
+
+from .attention import MultiheadAttention
+from .feed_forward import FeedForward
+from .kv_cache import KVCache
+from .norm import make_norm
+from .rope import RotaryEmbedding
+
+
+class TransformerBlock(nn.Module):
+    """`dropout` applies to attention probabilities and to both residual branches (as GPT-2)."""
+
+    def __init__(self, *, dim: int, num_heads: int, num_kv_heads: int | None = None, ffn_dim: int,
+                 activation: str = "gelu", norm: str = "layernorm", norm_eps: float = 1e-5, bias: bool = True,
+                 causal: bool = True, rope: RotaryEmbedding | None = None, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.attn_norm = make_norm(norm, dim, norm_eps, bias=bias)
+        self.attn = MultiheadAttention(dim, num_heads, num_kv_heads=num_kv_heads, bias=bias, causal=causal,
+                                       rope=rope, dropout=dropout)
+        self.ffn_norm = make_norm(norm, dim, norm_eps, bias=bias)
+        self.ffn = FeedForward(dim, ffn_dim, activation=activation, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Float[Tensor, "batch seq dim"], *, positions: Int[Tensor, "batch seq"] | None = None,
+                key_padding_mask: Bool[Tensor, "batch total"] | None = None, kv_cache: KVCache | None = None,
+                layer_idx: int = 0) -> Float[Tensor, "batch seq dim"]:
+        attended = self.attn(self.attn_norm(x), positions=positions, key_padding_mask=key_padding_mask,
+                             kv_cache=kv_cache, layer_idx=layer_idx)
+        x = x + self.dropout(attended)
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))

@@ -1,0 +1,1 @@
+"""Recipes: train, evaluate, and the trainer loop they share."""

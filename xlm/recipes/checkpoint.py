@@ -1,0 +1,114 @@
+"""Atomic checkpoints: written to a temp dir, fsynced, renamed into place, last K kept.
+
+A checkpoint dir `step_000100/` holds `model.safetensors` (and `ema.safetensors`) plus
+`trainer_state.pt` (optimizer, scheduler, RNG, data position), read with weights_only=True.
+A dir either is complete or does not exist under its final name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINT_RE = re.compile(r"^step_(\d{9})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read; the message names the file."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for f in path.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(path)
+
+
+def state_dict_for_safetensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous copies with shared storage broken (safetensors refuses aliased tensors)."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def write_atomically(final: Path, write: Any) -> None:
+    """`write(tmp_dir)` fills a fresh dir that then replaces `final` in one rename."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        write(tmp)
+        _fsync_tree(tmp)
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def checkpoint_dirs(root: Path) -> list[tuple[int, Path]]:
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def save_checkpoint(root: Path, step: int, *, model_state: dict[str, torch.Tensor],
+                    ema_state: dict[str, torch.Tensor] | None, trainer_state: dict[str, Any],
+                    keep_last: int) -> Path:
+    final = root / f"step_{step:09d}"
+
+    def write(tmp: Path) -> None:
+        save_file(state_dict_for_safetensors(model_state), tmp / "model.safetensors")
+        if ema_state is not None:
+            save_file(state_dict_for_safetensors(ema_state), tmp / "ema.safetensors")
+        torch.save(trainer_state, tmp / "trainer_state.pt")
+
+    write_atomically(final, write)
+    for _, old in checkpoint_dirs(root)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict[str, Any]]:
+    def read(name: str, reader: Any) -> Any:
+        file = path / name
+        try:
+            return reader(file)
+        except Exception as err:
+            raise CheckpointError(f"checkpoint file {file} is unreadable ({type(err).__name__}: {err}); "
+                                  f"it may be truncated or corrupted") from err
+
+    model_state = read("model.safetensors", load_file)
+    ema_state = read("ema.safetensors", load_file) if (path / "ema.safetensors").exists() else None
+    trainer_state = read("trainer_state.pt", lambda f: torch.load(f, map_location="cpu", weights_only=True))
+    return model_state, ema_state, trainer_state
+
+
+def load_latest_checkpoint(root: Path) -> tuple[Path, tuple[dict, dict | None, dict]] | None:
+    """The newest readable checkpoint; unreadable newer ones are reported and skipped."""
+    for step, path in reversed(checkpoint_dirs(root)):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as err:
+            warnings.warn(f"skipping checkpoint at step {step}: {err}", stacklevel=2)
+    return None

@@ -1,0 +1,164 @@
+"""The train recipe's typed config, composed from YAML presets and `key=value` overrides.
+
+Layers, later ones winning: the recipe preset (configs/train.yaml), the task
+(configs/task/<task>.yaml), the arch's recipe preset if it has one (configs/arch/<arch>.yaml),
+an experiment (configs/experiment/<name>.yaml, `--experiment`), then the command line.
+Hydra composes the YAML; OmegaConf checks every key and value against the dataclasses.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from xlm.data.task import TaskConfig
+from xlm.registry import Family
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config key or value the recipe cannot use; the message names it."""
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    batch_size: int = 64  # global examples per micro-step, split evenly across ranks
+    eval_batch_size: int = 256
+    num_workers: int = 0
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    lr: float = 3e-4
+    weight_decay: float = 0.1  # not applied to norms, biases and embeddings
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float | None = 1.0
+    schedule: str = "cosine"  # "cosine" | "constant" (both after linear warmup)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+
+
+@dataclass(kw_only=True)
+class TrainerConfig:
+    max_steps: int = 1000
+    grad_accum_steps: int = 1
+    eval_every_steps: int = 250  # 0 = only at the end
+    checkpoint_every_steps: int = 250
+    keep_last_checkpoints: int = 2
+    log_every_steps: int = 10
+    max_minutes: float | None = None  # wall-clock budget: stop, checkpoint and finish early
+    ema_decay: float | None = None  # when set, evaluation and the exported model use the EMA
+    compile: bool = False
+    autocast_dtype: str | None = None  # "bf16" | "fp16"; None = full precision
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    resume: bool = True  # continue from output_dir's last checkpoint when there is one
+    progress_bar: bool = True
+    tensorboard: bool = True  # when the tensorboard package is installed
+
+
+@dataclass(kw_only=True)
+class TrainRecipeConfig:
+    arch: str
+    output_dir: str
+    seed: int = 0
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: Any = None  # the family's config dataclass (typed when composed)
+    sampler: Any = None  # the family's sampler config dataclass
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.optim.schedule in ("cosine", "constant"), "optim.schedule", "'cosine' or 'constant'",
+             self.optim.schedule),
+            (self.trainer.autocast_dtype in (None, "bf16", "fp16"), "trainer.autocast_dtype",
+             "null, 'bf16' or 'fp16'", self.trainer.autocast_dtype),
+            (self.data.batch_size >= 1, "data.batch_size", "a positive integer", self.data.batch_size),
+            (self.trainer.grad_accum_steps >= 1, "trainer.grad_accum_steps", "a positive integer",
+             self.trainer.grad_accum_steps),
+            (self.trainer.max_steps >= 1, "trainer.max_steps", "a positive integer", self.trainer.max_steps),
+        ]
+        for ok, key, expected, got in checks:
+            if not ok:
+                raise ConfigError(f"{key} must be {expected}, got {got!r}")
+
+
+def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    if not isinstance(node, DictConfig):
+        return []
+    keys = []
+    for key in node.keys():
+        path = f"{prefix}{key}"
+        keys.append(path)
+        keys.extend(_all_keys(node._get_node(key), path + "."))
+    return keys
+
+
+def _explain(err: OmegaConfBaseException, schema: DictConfig, source: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or ""
+    msg = getattr(err, "msg", None) or str(err).splitlines()[0]
+    if "not in struct" in str(err) or "Key '" in msg and "not in" in msg:
+        close = difflib.get_close_matches(key, _all_keys(schema), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        return ConfigError(f"unknown config key {key!r} (from {source}){hint} "
+                           f"Use --dump-config to see every key.")
+    return ConfigError(f"bad value for config key {key!r} (from {source}): {msg}")
+
+
+def compose_yaml(task: str, arch: str, experiment: str | None, search_path: Sequence[Path] = ()) -> DictConfig:
+    """Merge the recipe, task, arch and experiment YAML files with Hydra."""
+    from hydra import compose, initialize_config_dir
+
+    dirs = [CONFIG_DIR, *search_path]
+    overrides = [f"task={task}"]
+    if any((d / "arch" / f"{arch}.yaml").exists() for d in dirs):
+        overrides.append(f"+arch={arch}")
+    if experiment:
+        overrides.append(f"+experiment={experiment}")
+    extra = [f"file://{d}" for d in search_path]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        try:
+            cfg = compose(config_name="train", overrides=overrides + ([f"hydra.searchpath={extra}"] if extra else []))
+        except Exception as err:  # Hydra's MissingConfigException etc.: say which preset is missing
+            known = sorted(p.stem for d in dirs for p in (d / "task").glob("*.yaml"))
+            raise ConfigError(f"cannot compose the config for task={task!r}, arch={arch!r}, "
+                              f"experiment={experiment!r}: {err}. Known tasks: {', '.join(known)}") from None
+    return cfg
+
+
+def build_config(*, family: Family, arch: str, task: str, output_dir: str, experiment: str | None = None,
+                 overrides: Sequence[str] = ()) -> TrainRecipeConfig:
+    base = TrainRecipeConfig(arch=arch, output_dir=output_dir, model=family.archs.get(arch),
+                             sampler=family.sampler_config_class())
+    schema = OmegaConf.structured(base)
+    OmegaConf.set_struct(schema, True)
+    layers: list[tuple[str, Any]] = [("the YAML presets", compose_yaml(task, arch, experiment))]
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=3e-4)")
+        layers.append((f"the command line ({item})", OmegaConf.from_dotlist([item])))
+    merged = schema
+    for source, layer in layers:
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except OmegaConfBaseException as err:
+            raise _explain(err, schema, source) from None
+    try:
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise _explain(err, schema, "the merged config") from None
+    except (ValueError, TypeError) as err:  # a config's own __post_init__ validation
+        raise ConfigError(str(err)) from None
+
+
+def config_to_yaml(config: TrainRecipeConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))

@@ -1,0 +1,94 @@
+"""python -m xlm.recipes.evaluate --model RUN_DIR --task TASK [--split test] [--output F.json]
+[sampler.key=value ...]
+
+Scores a trained model on a whole split: loss, and for seq2seq tasks every prediction metric
+(star: exact_match, token_accuracy, path_valid). Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+import xlm
+from xlm.data.task import TaskConfig, build_task
+from xlm.recipes.distributed import resolve_device
+from xlm.recipes.evaluation import evaluate_loss, evaluate_predictions
+from xlm.registry import UnknownNameError, get_family
+from xlm.run_dir import RunDirError, load_run_sampler_config, read_run_config
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="xlm eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a run or export dir")
+    p.add_argument("--task", default=None, help="default: the task the model was trained on")
+    p.add_argument("--split", default="test", help="train | validation | test")
+    p.add_argument("--output", default=None, help="JSON file for the metrics (default <model>/eval_<task>_<split>.json)")
+    p.add_argument("--predictions", default=None, help="JSONL file for one record per example")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="for sampling strategies")
+    p.add_argument("sampler", nargs="*", help="sampler overrides, e.g. sampler.strategy=sample sampler.top_p=0.9")
+    return p.parse_intermixed_args(argv)
+
+
+def _parse_sampler_overrides(items: Sequence[str]) -> dict[str, object]:
+    from omegaconf import OmegaConf
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, _ = item.partition("=")
+        if not sep or not key.startswith("sampler."):
+            raise ValueError(f"expected sampler.KEY=VALUE, got {item!r}")
+        out.update(OmegaConf.to_container(OmegaConf.from_dotlist([item]))["sampler"])  # type: ignore[index]
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run = read_run_config(Path(args.model))
+        task = build_task(TaskConfig(name=args.task or run["task"]))
+        device = resolve_device(args.device)
+        model = xlm.load_model(args.model, device=device)
+        sampler = load_run_sampler_config(args.model, **_parse_sampler_overrides(args.sampler))
+        if task.tokenizer.spec() != run["tokenizer"]:
+            raise ValueError(f"task {task.name!r} uses a different vocabulary from the model's "
+                             f"(trained on {run['task']!r}); evaluate on a task with the same tokenizer")
+    except (RunDirError, UnknownNameError, ValueError, TypeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    unit = get_family(run["family"]).unit_factory(model, task.tokenizer, sampler)
+    ds = task.dataset(args.split)
+    if args.limit is not None:
+        ds = ds.select(range(min(args.limit, len(ds))))
+    torch.manual_seed(args.seed)
+    metrics = {"loss": evaluate_loss(unit, ds, batch_size=args.batch_size, device=device, progress=True)["loss"]}
+    records: list[dict] = []
+    if task.is_seq2seq:
+        means, records = evaluate_predictions(unit, task, ds, batch_size=args.batch_size, device=device,
+                                              progress=True)
+        metrics.update(means)
+    result = {"model": args.model, "task": task.name, "split": args.split, "num_examples": len(ds), **metrics}
+    output = Path(args.output or Path(args.model) / f"eval_{task.name}_{args.split}.json")
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    if args.predictions:
+        with open(args.predictions, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+    width = max(len(k) for k in metrics)
+    print(f"{task.name} / {args.split} ({len(ds)} examples), {args.model}")
+    for k, v in metrics.items():
+        print(f"  {k:<{width}}  {v:.4f}")
+    print(f"wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Loss and prediction metrics over a whole split (no example dropped), shared by the
+trainer's periodic evaluation and the evaluate recipe."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import datasets
+import torch
+from tqdm.auto import tqdm
+
+from xlm.data.task import Task
+from xlm.protocols import Unit
+
+
+def _batches(ds: datasets.Dataset, batch_size: int) -> Iterator[list[dict[str, Any]]]:
+    for start in range(0, len(ds), batch_size):
+        chunk = ds[start : start + batch_size]
+        keys = list(chunk)
+        yield [{k: chunk[k][i] for k in keys} for i in range(len(chunk[keys[0]]))]
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate_loss(unit: Unit, ds: datasets.Dataset, *, batch_size: int, device: torch.device,
+                  progress: bool = False) -> dict[str, float]:
+    """Token-weighted mean loss over the split."""
+    was_training = unit.model.training
+    unit.model.eval()
+    total, count = 0.0, 0.0
+    for examples in tqdm(_batches(ds, batch_size), total=-(-len(ds) // batch_size), desc="eval loss",
+                         disable=not progress, leave=False):
+        out = unit.loss(unit.model, _to_device(unit.collate_train(examples), device))
+        n = float(out["num_tokens"])
+        total += float(out["loss"]) * n
+        count += n
+    unit.model.train(was_training)
+    return {"loss": total / max(count, 1.0), "num_tokens": count}
+
+
+@torch.no_grad()
+def evaluate_predictions(unit: Unit, task: Task, ds: datasets.Dataset, *, batch_size: int,
+                         device: torch.device, progress: bool = False,
+                         generator: torch.Generator | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Mean of each of the task's metrics, and one record per example."""
+    was_training = unit.model.training
+    unit.model.eval()
+    records: list[dict[str, Any]] = []
+    for examples in tqdm(_batches(ds, batch_size), total=-(-len(ds) // batch_size), desc="predict",
+                         disable=not progress, leave=False):
+        out = unit.predict(_to_device(unit.collate_predict(examples), device), generator=generator)
+        for example, text in zip(examples, out["text"]):
+            records.append({"prompt": example.get("prompt"), "target": example.get("target"),
+                            "prediction": text, **task.score(text, example)})
+    unit.model.train(was_training)
+    metric_names = [k for k in records[0] if k not in ("prompt", "target", "prediction")] if records else []
+    means = {name: sum(r[name] for r in records) / len(records) for name in metric_names}
+    return means, records

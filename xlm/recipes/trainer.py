@@ -1,0 +1,416 @@
+"""The training loop every family shares: optimizer, schedule, accumulation, AMP, compile,
+EMA, logging, periodic evaluation, checkpoints and exact resume, under torch.distributed.
+
+Exact resume rests on three things: a data order that is a pure function of (seed, epoch),
+a saved data position, and saved RNG states; evaluation never touches the training RNG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from xlm.data.task import Task
+from xlm.registry import Family
+
+from .checkpoint import load_latest_checkpoint, save_checkpoint
+from .config import TrainRecipeConfig
+from .distributed import DistEnv, all_reduce_sum, barrier, broadcast_flag
+from .evaluation import evaluate_loss, evaluate_predictions
+from xlm.run_dir import write_run_dir
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingInterrupted(Exception):
+    """Raised after a signal: a checkpoint was saved, the run can be resumed."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved in "
+                         f"{checkpoint}; run the same command again to resume")
+
+
+class EpochBatches:
+    """Global batches of example indices in a seeded order per epoch; each rank takes its slice.
+
+    The order depends only on (seed, epoch), so the same global batches are seen whatever the
+    number of ranks, and a saved (epoch, index) position resumes exactly.
+    """
+
+    def __init__(self, num_examples: int, global_batch: int, seed: int, env: DistEnv) -> None:
+        if num_examples < global_batch:
+            raise ValueError(f"data.batch_size={global_batch} is larger than the training set "
+                             f"({num_examples} examples)")
+        self.num_examples, self.global_batch, self.seed, self.env = num_examples, global_batch, seed, env
+        self.per_epoch = num_examples // global_batch
+        self.epoch, self.index = 0, 0
+        self._order: tuple[int, list[int]] | None = None
+
+    def _permutation(self) -> list[int]:
+        if self._order is None or self._order[0] != self.epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            self._order = (self.epoch, torch.randperm(self.num_examples, generator=g).tolist())
+        return self._order[1]
+
+    def next_indices(self) -> list[int]:
+        if self.index >= self.per_epoch:
+            self.epoch, self.index = self.epoch + 1, 0
+        start = self.index * self.global_batch
+        batch = self._permutation()[start : start + self.global_batch]
+        self.index += 1
+        local = self.global_batch // self.env.world_size
+        return batch[self.env.rank * local : (self.env.rank + 1) * local]
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state(self, state: dict[str, int]) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+
+class ModelEma:
+    """Exponential moving average of the parameters (buffers are copied)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                self.shadow[k].lerp_(v.float(), 1.0 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+    @contextlib.contextmanager
+    def swapped_into(self, model: torch.nn.Module) -> Iterator[None]:
+        backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict({k: v.to(backup[k].dtype) for k, v in self.shadow.items()})
+        try:
+            yield
+        finally:
+            model.load_state_dict(backup)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices only: no decay on norms, biases and embeddings (tied heads included)."""
+    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    decay, no_decay, seen = [], [], set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if p.ndim >= 2 and id(p) not in embedding_params else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _lr_lambda(config: TrainRecipeConfig):
+    o, total = config.optim, config.trainer.max_steps
+
+    def factor(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        if o.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _rng_state() -> dict[str, Any]:
+    """Plain Python values only: gatherable across ranks and loadable with weights_only=True."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state().numpy().tobytes(),
+        "cuda": [s.numpy().tobytes() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+
+
+def _bytes_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(_bytes_tensor(state["torch"]))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([_bytes_tensor(s) for s in state["cuda"]])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+
+
+class MetricsLog:
+    """metrics.jsonl (and TensorBoard when installed); rank 0 only."""
+
+    def __init__(self, output_dir: Path, *, enabled: bool, tensorboard: bool, resume_step: int) -> None:
+        self.enabled = enabled
+        self.path = output_dir / "metrics.jsonl"
+        self.writer = None
+        if not enabled:
+            return
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():  # drop what was logged after the checkpoint we resume from
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                pass
+            else:
+                self.writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=resume_step + 1)
+
+    def log(self, step: int, split: str, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(f"{split}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Trainer:
+    def __init__(self, config: TrainRecipeConfig, family: Family, task: Task, env: DistEnv) -> None:
+        self.config, self.family, self.task, self.env = config, family, task, env
+        if config.data.batch_size % env.world_size:
+            raise ValueError(f"data.batch_size={config.data.batch_size} must be divisible by the number of "
+                             f"processes ({env.world_size})")
+        self.output_dir = Path(config.output_dir)
+        self.checkpoint_dir = self.output_dir / "checkpoints"
+        tc = config.trainer
+
+        torch.manual_seed(config.seed)  # identical initial weights on every rank
+        self.model = family.factory(config.model, device=env.device)
+        self.unit = family.unit_factory(self.model, task.tokenizer, config.sampler)
+        self.train_ds = task.dataset("train").select_columns(self._train_columns(task))
+        val = task.dataset("validation")
+        limit = config.task.eval_size
+        self.val_ds = val if limit is None or limit >= len(val) else val.select(range(limit))
+
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(self.model, config.optim.weight_decay), lr=config.optim.lr,
+            betas=(config.optim.beta1, config.optim.beta2), eps=config.optim.eps,
+            fused=env.device.type == "cuda")
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config))
+        self.ema = ModelEma(self.model, tc.ema_decay) if tc.ema_decay else None
+        self.batches = EpochBatches(len(self.train_ds), config.data.batch_size * tc.grad_accum_steps,
+                                    config.seed, env)
+        self.step, self.tokens_seen, self.train_seconds = 0, 0, 0.0
+
+        wrapped: torch.nn.Module = self.model
+        if env.enabled:
+            wrapped = DistributedDataParallel(self.model, device_ids=[env.device.index] if env.device.type == "cuda"
+                                              else None)
+        self.train_model = torch.compile(wrapped) if tc.compile else wrapped
+        self.autocast_dtype = AUTOCAST_DTYPES.get(tc.autocast_dtype or "")
+        self._stop_signal: int | None = None
+
+    @staticmethod
+    def _train_columns(task: Task) -> list[str]:
+        return ["prompt_ids", "target_ids"] if task.is_seq2seq else ["input_ids"]
+
+    # ----------------------------------------------------------------- state
+
+    def _trainer_state(self) -> dict[str, Any]:
+        rng = _rng_state()
+        if self.env.enabled:  # every rank's RNG, so each resumes its own stream
+            gathered: list[Any] = [None] * self.env.world_size
+            dist.all_gather_object(gathered, rng)
+            rng_states = gathered
+        else:
+            rng_states = [rng]
+        return {"step": self.step, "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "data_position": self.batches.state(), "rng": rng_states, "world_size": self.env.world_size}
+
+    def _save(self) -> Path:
+        state = self._trainer_state()  # collective: every rank takes part
+        path = self.checkpoint_dir / f"step_{self.step:09d}"
+        if self.env.is_main:
+            save_checkpoint(self.checkpoint_dir, self.step, model_state=self.model.state_dict(),
+                            ema_state=self.ema.shadow if self.ema else None, trainer_state=state,
+                            keep_last=self.config.trainer.keep_last_checkpoints)
+        barrier(self.env)
+        return path
+
+    def _resume(self) -> None:
+        found = load_latest_checkpoint(self.checkpoint_dir)
+        if found is None:
+            return
+        path, (model_state, ema_state, state) = found
+        self.model.load_state_dict(model_state, strict=True)
+        if self.ema is not None and ema_state is not None:
+            self.ema.shadow = {k: v.to(self.env.device) for k, v in ema_state.items()}
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.batches.load_state(state["data_position"])
+        self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        self.train_seconds = float(state["train_seconds"])
+        rng_states = state["rng"]
+        if len(rng_states) == self.env.world_size:
+            _set_rng_state(rng_states[self.env.rank])
+        if self.env.is_main:
+            print(f"resumed from {path} (step {self.step})", flush=True)
+
+    # ----------------------------------------------------------------- steps
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.env.device.type, dtype=self.autocast_dtype)
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.env.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                for k, v in batch.items()}
+
+    def _train_step(self) -> dict[str, float]:
+        """One optimizer step over grad_accum_steps micro-batches; per-token mean over all ranks."""
+        accum = self.config.trainer.grad_accum_steps
+        indices = self.batches.next_indices()
+        micro = len(indices) // accum
+        nll_sum = torch.zeros((), device=self.env.device)
+        num_tokens = torch.zeros((), device=self.env.device)
+        input_tokens = 0
+        for i in range(accum):
+            rows = self.train_ds[indices[i * micro : (i + 1) * micro]]
+            examples = [dict(zip(rows, values)) for values in zip(*rows.values())]
+            batch = self._to_device(self.unit.collate_train(examples))
+            input_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
+            sync = self.env.enabled and i < accum - 1
+            ctx = self.train_model.no_sync() if sync and hasattr(self.train_model, "no_sync") else contextlib.nullcontext()
+            with ctx, self._autocast():
+                out = self.unit.loss(self.train_model, batch)
+                weighted = out["loss"].float() * out["num_tokens"]
+            weighted.backward()
+            nll_sum += weighted.detach()
+            num_tokens += out["num_tokens"].detach().float()
+        global_tokens = all_reduce_sum(num_tokens, self.env)
+        if float(global_tokens) == 0:
+            raise ValueError(f"step {self.step + 1}: the batch has no target tokens")
+        # DDP averaged the gradients over ranks; turn the sum of per-rank sums into a global mean
+        scale = self.env.world_size / float(global_tokens)
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(scale)
+        loss = float(all_reduce_sum(nll_sum, self.env)) / float(global_tokens)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss} at step {self.step + 1} "
+                                     f"(data epoch {self.batches.epoch}, batch {self.batches.index - 1})")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                   self.config.optim.grad_clip or float("inf"))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        tokens = int(all_reduce_sum(torch.tensor(float(input_tokens), device=self.env.device), self.env))
+        self.tokens_seen += tokens
+        return {"loss": loss, "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
+                "tokens": tokens}
+
+    def evaluate(self, *, progress: bool = False) -> dict[str, float]:
+        """Validation loss and prediction metrics (rank 0), without touching the training RNG."""
+        ema = self.ema.swapped_into(self.model) if self.ema else contextlib.nullcontext()
+        devices = [self.env.device] if self.env.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), ema:
+            torch.manual_seed(self.config.seed)
+            bs = self.config.data.eval_batch_size
+            metrics = {f"val_{k}": v for k, v in evaluate_loss(
+                self.unit, self.val_ds, batch_size=bs, device=self.env.device, progress=progress).items()}
+            if self.task.is_seq2seq:
+                means, _ = evaluate_predictions(self.unit, self.task, self.val_ds, batch_size=bs,
+                                                device=self.env.device, progress=progress)
+                metrics.update({f"val_{k}": v for k, v in means.items()})
+        return metrics
+
+    # ----------------------------------------------------------------- loop
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self._stop_signal = signum
+
+    def run(self) -> dict[str, Any]:
+        tc, env = self.config.trainer, self.env
+        if tc.resume:
+            self._resume()
+        else:
+            if env.is_main and any(self.checkpoint_dir.glob("step_*")):
+                raise FileExistsError(f"{self.checkpoint_dir} already has checkpoints and trainer.resume=false; "
+                                      f"choose another --output-dir or remove them")
+        log = MetricsLog(self.output_dir, enabled=env.is_main, tensorboard=tc.tensorboard, resume_step=self.step)
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        bar = tqdm(total=tc.max_steps, initial=self.step, disable=not (tc.progress_bar and env.is_main),
+                   desc="train", dynamic_ncols=True)
+        budget_s = tc.max_minutes * 60 if tc.max_minutes else None
+        self.model.train()
+        try:
+            while self.step < tc.max_steps:
+                started = time.perf_counter()
+                stats = self._train_step()
+                self.train_seconds += time.perf_counter() - started
+                tps = stats["tokens"] / max(time.perf_counter() - started, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['loss']:.4f}", tok_s=f"{tps:,.0f}")
+                if self.step % tc.log_every_steps == 0 or self.step == 1:
+                    log.log(self.step, "train", {**stats, "tokens_per_s": tps, "tokens_seen": self.tokens_seen})
+                if tc.eval_every_steps and self.step % tc.eval_every_steps == 0 and self.step < tc.max_steps:
+                    if env.is_main:
+                        log.log(self.step, "val", self.evaluate())
+                    barrier(env)
+                out_of_time = budget_s is not None and self.train_seconds >= budget_s
+                stop = broadcast_flag(self._stop_signal is not None or out_of_time, env)
+                if self.step % tc.checkpoint_every_steps == 0 or stop:
+                    self._save()
+                if stop and self._stop_signal is not None:
+                    raise TrainingInterrupted(self._stop_signal, self.step, self.checkpoint_dir)
+                if stop:
+                    break
+            if not any(self.checkpoint_dir.glob(f"step_{self.step:09d}")):
+                self._save()
+            return self._finish(log)
+        finally:
+            bar.close()
+            log.close()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _finish(self, log: MetricsLog) -> dict[str, Any]:
+        summary: dict[str, Any] = {"step": self.step, "tokens_seen": self.tokens_seen,
+                                   "train_seconds": round(self.train_seconds, 2),
+                                   "train_tokens_per_s": self.tokens_seen / max(self.train_seconds, 1e-9)}
+        if self.env.is_main:
+            final = self.evaluate(progress=self.config.trainer.progress_bar)
+            log.log(self.step, "val", final)
+            summary.update(final)
+            ema = self.ema.swapped_into(self.model) if self.ema else contextlib.nullcontext()
+            with ema:
+                write_run_dir(self.output_dir, model=self.model, family=self.family.name, arch=self.config.arch,
+                              model_config=self.config.model, sampler_config=self.config.sampler,
+                              tokenizer=self.task.tokenizer, task=self.task.name,
+                              train_config=asdict(self.config), metrics=summary)
+        barrier(self.env)
+        return summary

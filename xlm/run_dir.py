@@ -1,0 +1,134 @@
+"""The layout of a finished run or export dir, and loading models from it.
+
+    model.safetensors   weights (EMA weights when the run kept an EMA)
+    config.json         format version, family, arch, full model config, sampler config,
+                        tokenizer spec, task, and the train config that produced it
+    metrics.json        the final evaluation and training summary
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from xlm.data.tokenizers import Tokenizer, tokenizer_from_spec
+from xlm.registry import get_family
+
+FORMAT_VERSION = 1
+
+
+class RunDirError(ValueError):
+    """A run dir that is missing files or holds an unreadable or incompatible model."""
+
+
+def write_run_dir(path: Path, *, model: torch.nn.Module, family: str, arch: str, model_config: Any,
+                  sampler_config: Any, tokenizer: Tokenizer, task: str | None,
+                  train_config: Mapping[str, Any] | None, metrics: Mapping[str, Any]) -> None:
+    from xlm.recipes.checkpoint import state_dict_for_safetensors, write_atomically
+
+    path.mkdir(parents=True, exist_ok=True)
+    config = {"format_version": FORMAT_VERSION, "family": family, "arch": arch,
+              "model_config": asdict(model_config), "sampler_config": asdict(sampler_config),
+              "tokenizer": tokenizer.spec(), "task": task, "train_config": train_config}
+    state = state_dict_for_safetensors(model.state_dict())
+    tied = _tied_keys(model)
+    for key in tied:
+        state.pop(key, None)
+
+    def write(tmp: Path) -> None:
+        save_file(state, tmp / "model.safetensors", metadata={"format": "pt", "xlm_tied": json.dumps(tied)})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+        (tmp / "metrics.json").write_text(json.dumps(dict(metrics), indent=2) + "\n")
+
+    # the three files land together: write them into a sibling dir and move them in
+    staging = path.with_name(f".{path.name}.export")
+    write_atomically(staging, write)
+    for name in ("model.safetensors", "config.json", "metrics.json"):
+        (staging / name).replace(path / name)
+    staging.rmdir()
+
+
+def _tied_keys(model: torch.nn.Module) -> list[str]:
+    """State-dict keys that alias an earlier key's storage (tied heads): saved once."""
+    seen: dict[int, str] = {}
+    tied = []
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        ptr = tensor.data_ptr()
+        if ptr in seen and tensor.numel() > 0:
+            tied.append(key)
+        else:
+            seen[ptr] = key
+    return tied
+
+
+def read_run_config(path: Path) -> dict[str, Any]:
+    file = path / "config.json"
+    if not file.exists():
+        raise RunDirError(f"{path} is not a run or export dir: it has no config.json")
+    try:
+        config = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise RunDirError(f"{file} is not valid JSON: {err}") from None
+    version = config.get("format_version")
+    if version != FORMAT_VERSION:
+        raise RunDirError(f"{file} has format_version {version!r}; this xlm reads version {FORMAT_VERSION}")
+    return config
+
+
+def _build_dataclass(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise RunDirError(f"{where} has keys {unknown} that {cls.__name__} does not know")
+    return cls(**values)
+
+
+def load_run_model(path: str | Path, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                   config_overrides: Mapping[str, Any] | None = None) -> torch.nn.Module:
+    path = Path(path)
+    config = read_run_config(path)
+    family = get_family(config["family"])
+    values = {**config["model_config"], **(config_overrides or {})}
+    model_config = _build_dataclass(family.config_class, values, f"{path / 'config.json'} model_config")
+    weights = path / "model.safetensors"
+    if not weights.exists():
+        raise RunDirError(f"{path} has no model.safetensors: the run has not finished (its checkpoints are "
+                          f"in {path / 'checkpoints'}; rerun the train command to resume it)")
+    model = family.factory(model_config, device=device, dtype=dtype)
+    try:
+        state = load_file(weights, device=str(device) if device is not None else "cpu")
+    except Exception as err:
+        raise RunDirError(f"{weights} is unreadable ({type(err).__name__}: {err}); it may be truncated") from None
+    load_state_strict(model, state, where=str(weights))
+    return model.eval()
+
+
+def load_state_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, where: str) -> None:
+    """Missing, unexpected and wrong-shape keys, reported together (tied aliases may be absent)."""
+    expected = model.state_dict()
+    tied = set(_tied_keys(model))
+    missing = sorted(k for k in expected if k not in state and k not in tied)
+    unexpected = sorted(k for k in state if k not in expected)
+    shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                    for k in state if k in expected and state[k].shape != expected[k].shape)
+    if missing or unexpected or shapes:
+        parts = [f"missing keys {missing}" if missing else "", f"unexpected keys {unexpected}" if unexpected else "",
+                 f"wrong shapes [{'; '.join(shapes)}]" if shapes else ""]
+        raise RunDirError(f"{where} does not fit the model: " + "; ".join(p for p in parts if p))
+    model.load_state_dict(dict(state), strict=False)
+
+
+def load_run_tokenizer(path: str | Path) -> Tokenizer:
+    return tokenizer_from_spec(read_run_config(Path(path))["tokenizer"])
+
+
+def load_run_sampler_config(path: str | Path, **overrides: Any) -> Any:
+    config = read_run_config(Path(path))
+    family = get_family(config["family"])
+    values = {**config.get("sampler_config", {}), **overrides}
+    return _build_dataclass(family.sampler_config_class, values, "sampler settings")
