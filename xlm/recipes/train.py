@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Sequence
 
 import xlm  # noqa: F401  (registers the core families)
-from xlm.data.task import build_task
+from xlm.data.task import Task, build_task
 from xlm.registry import UnknownNameError, families
 
 from .config import ConfigError, TrainRecipeConfig, build_config, config_to_yaml
@@ -41,9 +41,13 @@ def resolve_config(args: argparse.Namespace) -> TrainRecipeConfig:
     return config
 
 
-def fit_model_to_task(config: TrainRecipeConfig, vocab_size: int, max_seq_len: int,
-                      overrides: Sequence[str]) -> TrainRecipeConfig:
-    """The task's tokenizer fixes the vocabulary; the context must hold its longest row."""
+def fit_model_to_task(config: TrainRecipeConfig, task: Task, overrides: Sequence[str]) -> TrainRecipeConfig:
+    """The task's tokenizer fixes the vocabulary, its longest target the generation budget
+    (block-filling samplers train on that block size too); the context must hold its longest row."""
+    vocab_size, max_seq_len = task.tokenizer.vocab_size, task.max_seq_len
+    sampler = config.sampler
+    if not any(o.startswith("sampler.max_new_tokens=") for o in overrides):
+        sampler = replace(sampler, max_new_tokens=task.max_new_tokens)
     model = config.model
     if not any(o.startswith("model.vocab_size=") for o in overrides):
         model = replace(model, vocab_size=vocab_size)
@@ -53,7 +57,7 @@ def fit_model_to_task(config: TrainRecipeConfig, vocab_size: int, max_seq_len: i
     if getattr(model, "max_seq_len", max_seq_len) < max_seq_len:
         raise ConfigError(f"model.max_seq_len={model.max_seq_len} is shorter than the task's longest "
                           f"row ({max_seq_len} tokens); set model.max_seq_len={max_seq_len} or more")
-    return replace(config, model=model)
+    return replace(config, model=model, sampler=sampler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = resolve_config(args)
         task = build_task(config.task)
-        config = fit_model_to_task(config, task.tokenizer.vocab_size, task.max_seq_len, args.overrides)
+        config = fit_model_to_task(config, task, args.overrides)
     except (ConfigError, UnknownNameError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
