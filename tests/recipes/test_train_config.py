@@ -14,8 +14,8 @@ def _config(*overrides, experiment=None, task="star_easy"):
 
 def test_layers_compose_in_order():
     cfg = _config("optim.lr=5e-4")
-    assert cfg.optim.lr == 5e-4  # command line beats the arch preset (1e-3)
-    assert cfg.trainer.max_steps == 1500  # from configs/arch/arlm_star.yaml
+    assert cfg.optim.lr == 5e-4  # command line beats the arch preset (2e-3)
+    assert cfg.trainer.max_steps == 2500  # from configs/arch/arlm_star.yaml
     assert cfg.model.num_layers == 4  # from the arch registry
     assert _config(experiment="debug").trainer.max_steps == 4
     assert _config(task="star_hard").task.name == "star_hard"

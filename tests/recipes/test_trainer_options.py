@@ -63,6 +63,6 @@ def test_xlm_command_dispatches_to_the_recipes():
     assert models.returncode == 0 and "arlm" in models.stdout and "arlm_star" in models.stdout
     dump = subprocess.run([sys.executable, "-m", "xlm.cli", "train", "--arch", "arlm_star", "--dump-config"],
                           capture_output=True, text=True)
-    assert dump.returncode == 0 and "max_steps: 1500" in dump.stdout
+    assert dump.returncode == 0 and "max_steps: 2500" in dump.stdout
     bad = subprocess.run([sys.executable, "-m", "xlm.cli", "trian"], capture_output=True, text=True)
     assert bad.returncode == 2 and "did you mean 'train'" in bad.stderr
