@@ -22,6 +22,16 @@ class TaskConfig:
     seed: int = 42  # the data seed (the model seed is the recipe's `seed`)
     train_size: int | None = None  # first N training examples only (debug, overfit)
     eval_size: int | None = None  # first N examples of an evaluation split during training
+    # -- the text task (--task text) --
+    data_files: str | None = None  # comma-separated files or globs (.txt one document per line, .jsonl, ...)
+    dataset: str | None = None  # or an HF dataset name / local dataset dir
+    dataset_config: str | None = None
+    text_column: str = "text"
+    tokenizer: str | None = None  # a SentencePiece .model or HF tokenizer.json; None = train one on the corpus
+    tokenizer_vocab_size: int = 4096  # size of the SentencePiece model trained when `tokenizer` is None
+    block_size: int = 128  # tokens per row ([BOS]/[EOS] included)
+    packing: bool = True  # concatenate documents into full blocks (else one truncated document per row)
+    held_out_fraction: float = 0.05  # validation and test slices of train when the source has none
 
 
 class Task(Protocol):
@@ -71,10 +81,40 @@ class StarTask:
         return self._score(pred_text, example)
 
 
+class TextTask:
+    """Language modelling on a corpus (xlm.data.tasks.text): rows of `input_ids` blocks, scored
+    by the loss alone (NLL, or the NELBO bound of the diffusion/insertion families)."""
+
+    is_seq2seq = False
+
+    def __init__(self, config: TaskConfig) -> None:
+        from .tasks import text
+
+        self.config = config
+        self.name = config.name
+        self.source = text.TextSource(data_files=config.data_files, dataset=config.dataset,
+                                      dataset_config=config.dataset_config, text_column=config.text_column,
+                                      held_out_fraction=config.held_out_fraction, seed=config.seed)
+        self.tokenizer = (text.load_tokenizer_file(config.tokenizer) if config.tokenizer
+                          else text.corpus_tokenizer(self.source, vocab_size=config.tokenizer_vocab_size))
+        self.max_seq_len = config.block_size
+        self.max_new_tokens = config.block_size  # the length of an unconditional sample
+        self._tokenized = text.tokenized_split
+
+    def dataset(self, split: str) -> datasets.Dataset:
+        ds = self._tokenized(self.source, split, self.tokenizer, block_size=self.config.block_size,
+                             packing=self.config.packing)
+        return _take(ds, self.config.train_size if split == "train" else None)
+
+    def score(self, pred_text: str, example: Mapping[str, Any]) -> dict[str, float]:
+        raise TypeError("the text task has no reference answers to score against; it is evaluated by its loss")
+
+
 TASK_BUILDERS: dict[str, Callable[[TaskConfig], Task]] = {
     "star_easy": StarTask,
     "star_medium": StarTask,
     "star_hard": StarTask,
+    "text": TextTask,
 }
 
 

@@ -265,8 +265,22 @@ class WordTokenizer:
 
 # -- building from a spec --------------------------------------------------------------------
 
+def _sentencepiece(spec: Mapping[str, Any]) -> Tokenizer:
+    from .sentencepiece_tokenizer import sentencepiece_from_spec  # sentencepiece loads only when used
+
+    return sentencepiece_from_spec(spec)
+
+
+def _hf(spec: Mapping[str, Any]) -> Tokenizer:
+    from .hf_tokenizer import hf_tokenizer_from_spec
+
+    return hf_tokenizer_from_spec(spec)
+
+
 _BUILDERS: dict[str, Callable[[Mapping[str, Any]], Tokenizer]] = {
     "word": lambda spec: WordTokenizer(spec["words"]),
+    "sentencepiece": _sentencepiece,
+    "hf": _hf,
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -51,11 +52,19 @@ def _parse_sampler_overrides(items: Sequence[str]) -> dict[str, object]:
     return out
 
 
+def _task_config(run: dict, name: str | None) -> TaskConfig:
+    """The run's own task settings (data files, tokenizer, block size) when evaluating on its task."""
+    saved = dict((run.get("train_config") or {}).get("task") or {})
+    if name is None or name == saved.get("name", run["task"]):
+        return TaskConfig(**saved) if saved else TaskConfig(name=run["task"])
+    return TaskConfig(name=name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run = read_run_config(Path(args.model))
-        task = build_task(TaskConfig(name=args.task or run["task"]))
+        task = build_task(_task_config(run, args.task))
         device = resolve_device(args.device)
         model = xlm.load_model(args.model, device=device)
         sampler = load_run_sampler_config(args.model, **_parse_sampler_overrides(args.sampler))
@@ -71,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ds = ds.select(range(min(args.limit, len(ds))))
     torch.manual_seed(args.seed)
     metrics = {"loss": evaluate_loss(unit, ds, batch_size=args.batch_size, device=device, progress=True)["loss"]}
+    if not task.is_seq2seq:  # nats per token; for diffusion/insertion families a bound (NELBO), not the NLL
+        metrics["perplexity"] = math.exp(min(metrics["loss"], 50.0))
     records: list[dict] = []
     if task.is_seq2seq:
         means, records = evaluate_predictions(unit, task, ds, batch_size=args.batch_size, device=device,

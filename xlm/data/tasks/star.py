@@ -26,22 +26,19 @@ Text format (space separated node ids)::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
+from xlm.data.disk_cache import CacheWarning, cached_dataset, default_cache_root
 from xlm.data.metrics import exact_match, token_accuracy
 from xlm.data.tokenizers import WordTokenizer
 
@@ -80,7 +77,7 @@ class StarNameError(KeyError, ValueError):
         return str(self.args[0])
 
 
-class StarCacheWarning(UserWarning):
+class StarCacheWarning(CacheWarning):
     """A cached star dataset could not be read and is being regenerated."""
 
 
@@ -321,8 +318,7 @@ def _generate_split(spec: StarTaskSpec, split: str, seed: int):
 
 def default_cache_dir() -> Path:
     """``$XLM_CACHE_DIR/star``, else ``~/.cache/xlm/star``."""
-    root = os.environ.get("XLM_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "xlm") / "star"
+    return default_cache_root() / "star"
 
 
 def _cache_key(spec: StarTaskSpec, split: str, seed: int) -> str:
@@ -345,40 +341,14 @@ def star_cache_path(
     return root / f"{spec.name}-{split}-seed{seed}-{_cache_key(spec, split, seed)}"
 
 
-@contextlib.contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    import datasets
+def _check_cache(expected_rows: int):
+    def check(ds) -> None:
+        if ds.num_rows != expected_rows:
+            raise ValueError(f"expected {expected_rows} rows, found {ds.num_rows}")
+        if ds.features != _features():
+            raise ValueError(f"unexpected features {ds.features}")
 
-    was_disabled = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not was_disabled:
-            datasets.enable_progress_bars()
-
-
-def _read_cache(path: Path, expected_rows: int):
-    from datasets import Dataset, load_from_disk
-
-    ds = load_from_disk(str(path))
-    if not isinstance(ds, Dataset):
-        raise ValueError(f"expected a Dataset, found {type(ds).__name__}")
-    if ds.num_rows != expected_rows:
-        raise ValueError(f"expected {expected_rows} rows, found {ds.num_rows}")
-    if ds.features != _features():
-        raise ValueError(f"unexpected features {ds.features}")
-    return ds
-
-
-def _remove_dir(path: Path) -> None:
-    """Move ``path`` out of the way atomically, then delete it."""
-    trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.trash-", dir=path.parent))
-    try:
-        os.replace(path, trash / "old")
-    except FileNotFoundError:
-        pass
-    shutil.rmtree(trash, ignore_errors=True)
+    return check
 
 
 def load_star(
@@ -404,37 +374,9 @@ def load_star(
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     seed = int(seed)
     path = star_cache_path(spec, split, seed, cache_dir=cache_dir)
-    expected = spec.split_size(split)
 
-    with _quiet_datasets():
-        if path.exists():
-            try:
-                return _read_cache(path, expected)
-            except Exception as e:  # noqa: BLE001 - any unreadable cache is regenerated
-                warnings.warn(
-                    f"star cache {path} is unreadable ({type(e).__name__}: {e}); regenerating it",
-                    StarCacheWarning,
-                    stacklevel=2,
-                )
-                _remove_dir(path)
-
-        ds = _generate_split(spec, split, seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
-            ds.save_to_disk(str(tmp / "data"))
-            try:
-                os.replace(tmp / "data", path)
-            except OSError:
-                # Another process put a (non-empty) cache there first: use theirs if it reads.
-                try:
-                    return _read_cache(path, expected)
-                except Exception:  # noqa: BLE001
-                    _remove_dir(path)
-                    os.replace(tmp / "data", path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return _read_cache(path, expected)
+    return cached_dataset(path, lambda: _generate_split(spec, split, seed), _check_cache(spec.split_size(split)),
+                          warning=StarCacheWarning)
 
 
 # -- scoring -------------------------------------------------------------------------------------

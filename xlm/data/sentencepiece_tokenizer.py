@@ -1,0 +1,90 @@
+"""SentencePiece tokenizer with xlm-core's special ids ([PAD]=0 ... [UNK]=6), so every family's
+collators work on text exactly as on the star tasks.
+
+The model proto travels inside `spec()` (base64), so a run dir rebuilds its tokenizer with no
+file beside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import sentencepiece as spm
+
+from .tokenizers import SPECIAL_TOKENS
+
+_PAD, _CLS, _MASK, _EOS, _BOS, _SEP, _UNK = range(7)
+
+
+def train_sentencepiece(lines: Iterable[str], *, vocab_size: int, model_type: str = "unigram",
+                        character_coverage: float = 1.0) -> bytes:
+    """A SentencePiece model proto trained on `lines`, with the special ids laid out as xlm-core's."""
+    if model_type not in ("unigram", "bpe", "char", "word"):
+        raise ValueError(f"model_type must be unigram, bpe, char or word, got {model_type!r}")
+    out = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines), model_writer=out, vocab_size=vocab_size, model_type=model_type,
+            character_coverage=character_coverage, pad_id=_PAD, unk_id=_UNK, bos_id=_BOS, eos_id=_EOS,
+            pad_piece="[PAD]", unk_piece="[UNK]", bos_piece="[BOS]", eos_piece="[EOS]",
+            control_symbols=["[CLS]", "[MASK]", "[SEP]"], minloglevel=2)
+    except RuntimeError as err:  # e.g. "Vocabulary size too high (60). Please set it to a value <= 45."
+        raise ValueError(f"cannot train a SentencePiece model with vocab_size={vocab_size}: {err}") from None
+    return out.getvalue()
+
+
+class SentencePieceTokenizer:
+    def __init__(self, model_proto: bytes) -> None:
+        self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self._proto = model_proto
+        pieces = [self._sp.id_to_piece(i) for i in range(len(SPECIAL_TOKENS))]
+        if tuple(pieces) != SPECIAL_TOKENS:
+            raise ValueError(f"this SentencePiece model's first ids are {pieces}, not xlm's special tokens "
+                             f"{list(SPECIAL_TOKENS)}; train it with `python -m xlm.recipes.train_tokenizer`")
+        self._special_ids = frozenset(range(len(SPECIAL_TOKENS)))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "SentencePieceTokenizer":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no SentencePiece model at {path} (make one with "
+                                    f"`python -m xlm.recipes.train_tokenizer`)")
+        return cls(path.read_bytes())
+
+    vocab_size = property(lambda self: self._sp.get_piece_size())
+    pad_token_id = property(lambda self: _PAD)
+    cls_token_id = property(lambda self: _CLS)
+    mask_token_id = property(lambda self: _MASK)
+    eos_token_id = property(lambda self: _EOS)
+    bos_token_id = property(lambda self: _BOS)
+    sep_token_id = property(lambda self: _SEP)
+    unk_token_id = property(lambda self: _UNK)
+    special_ids = property(lambda self: self._special_ids)
+
+    def encode(self, text: str) -> list[int]:
+        return self._sp.encode(text)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return self._sp.encode(list(texts))
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"token ids {bad[:5]} are out of range for this tokenizer (0..{self.vocab_size - 1})")
+        if skip_special_tokens:
+            return self._sp.decode([i for i in ids if i not in self._special_ids])
+        return "".join(SPECIAL_TOKENS[i] if i in self._special_ids else self._sp.decode([i]) for i in ids)
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": "sentencepiece", "model_proto_b64": base64.b64encode(self._proto).decode("ascii")}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_bytes(self._proto)
+
+
+def sentencepiece_from_spec(spec: Mapping[str, Any]) -> SentencePieceTokenizer:
+    return SentencePieceTokenizer(base64.b64decode(spec["model_proto_b64"]))
