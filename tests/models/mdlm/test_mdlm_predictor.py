@@ -1,0 +1,186 @@
+import math
+
+import pytest
+import torch
+
+import xlm
+from xlm.data.tokenizers import WordTokenizer
+from xlm.models.mdlm.collators import MdlmSeq2SeqCollator, MdlmSeq2SeqPredictCollator
+from xlm.models.mdlm.noise import LogLinearSchedule
+from xlm.models.mdlm.predictor import MdlmPredictor, MdlmSamplerConfig
+
+TOK = WordTokenizer([f"w{i}" for i in range(12)])  # words from id 7
+V = TOK.vocab_size
+PAD, MASK, EOS, BOS = TOK.pad_token_id, TOK.mask_token_id, TOK.eos_token_id, TOK.bos_token_id
+SCHEDULE = LogLinearSchedule(1e-3)
+
+
+class Oracle(torch.nn.Module):
+    """All mass on the true token. The truth of a row is looked up by its first real token (the
+    samplers may run any subset of rows); rows with no real token yet get `default`."""
+
+    def __init__(self, truths: dict[int, list[int]], default: list[int] | None = None,
+                 time_conditioning: bool = False) -> None:
+        super().__init__()
+        self.truths, self.default = truths, default
+        self.time_conditioning = time_conditioning
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # where the sampler finds the device
+        self.sigmas: list[float] = []
+        self.masked_counts: list[int] = []
+
+    def forward(self, input_ids, sigma, *, attention_mask=None, output_positions=None):
+        self.sigmas.append(float(sigma[0]))
+        self.masked_counts.append(int((input_ids == MASK).sum()))
+        truth = []
+        for b, row in enumerate(input_ids.tolist()):
+            first = int(attention_mask[b].int().argmax()) if attention_mask is not None else 0
+            truth.append(self.truths.get(row[first], self.default))
+        truth = torch.tensor(truth)
+        logits = torch.full((*input_ids.shape, V), float("-inf")).scatter(-1, truth[..., None], 0.0)
+        return logits if output_positions is None else logits[output_positions]
+
+
+def _predictor(model, **config) -> MdlmPredictor:
+    return MdlmPredictor(model, TOK, MdlmSamplerConfig(**config), schedule=SCHEDULE)
+
+
+def _random_model(seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    model = xlm.create_model("mdlm_tiny", vocab_size=V, **overrides).eval()
+    with torch.no_grad():  # the zero-initialised modulation and output made random: outputs depend on the tokens
+        for name, p in model.named_parameters():
+            if "adaLN" in name or "output_layer.linear" in name:
+                p.normal_(0.0, 0.1)
+    return model
+
+
+EXAMPLES = [{"prompt_ids": [7, 8, 9], "target_ids": [10, 11]},
+            {"prompt_ids": [12, 7], "target_ids": [13, 14, 15]},
+            {"prompt_ids": [14], "target_ids": []}]
+
+
+@pytest.mark.parametrize("use_cache", [False, True])
+@pytest.mark.parametrize("num_steps", [1, 7, 200])
+def test_oracle_seq2seq_fills_the_block_exactly(use_cache, num_steps):
+    truth_rows = MdlmSeq2SeqCollator(TOK, 64, block_size=5)(EXAMPLES)["input_ids"]
+    batch = MdlmSeq2SeqPredictCollator(TOK, 64, block_size=5)(EXAMPLES)
+    oracle = Oracle({ex["prompt_ids"][0]: row for ex, row in zip(EXAMPLES, truth_rows.tolist())})
+    out = _predictor(oracle, use_cache=use_cache, num_steps=num_steps).predict(
+        batch, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out["sequences"], truth_rows)
+    assert out["ids"] == [ex["target_ids"] for ex in EXAMPLES]
+    assert out["text"] == [TOK.decode(ex["target_ids"]) for ex in EXAMPLES]
+    assert out["start"] == truth_rows.size(1) - 5
+
+
+@pytest.mark.parametrize("use_cache", [False, True])
+def test_oracle_unconditional_and_infilling_reproduce_the_target(use_cache):
+    target = [7, 9, 11, 13, 15, 17, 8, 10]
+    predictor = _predictor(Oracle({}, default=target), use_cache=use_cache, num_steps=30, max_new_tokens=8)
+    rows = predictor.unconditional(4, generator=torch.Generator().manual_seed(0))
+    assert rows.tolist() == [target] * 4
+
+    full = torch.tensor([[7, 8, 9, 10, 11, 12, 13, 14], [15, 16, 17, 18, 7, 8, 9, 10]])
+    fill = torch.tensor([[0, 1, 0, 1, 1, 0, 0, 1], [0, 0, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    oracle = Oracle({row[0]: row for row in full.tolist()})
+    corrupted = full.masked_fill(fill, 0)  # whatever sits at a fill position is replaced by [MASK]
+    infilled = _predictor(oracle, use_cache=use_cache, num_steps=30).generate(
+        corrupted, fill, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(infilled, full)
+    # fill_mask defaults to the [MASK] positions
+    assert torch.equal(_predictor(oracle, use_cache=use_cache).generate(full.masked_fill(fill, MASK)), full)
+
+
+@pytest.mark.parametrize("sampling", [{}, {"temperature": 0.7, "top_k": 6, "top_p": 0.9}, {"strategy": "greedy"}],
+                         ids=["t1", "filtered", "greedy"])
+def test_cached_sampler_returns_the_uncached_tokens_with_fewer_forwards(sampling):
+    model = _random_model()
+    calls = {"rows": 0, "forwards": 0}
+
+    def count(_module, args, _kwargs):
+        calls["forwards"] += 1
+        calls["rows"] += args[0].size(0)
+
+    model.register_forward_pre_hook(count, with_kwargs=True)
+    batch = MdlmSeq2SeqPredictCollator(TOK, 64, block_size=6)(EXAMPLES)
+    results = {}
+    for use_cache in (False, True):
+        calls.update(rows=0, forwards=0)
+        predictor = _predictor(model, use_cache=use_cache, num_steps=50, **sampling)
+        seqs = predictor.generate(batch["input_ids"], batch["fill_mask"], batch["attention_mask"],
+                                  generator=torch.Generator().manual_seed(3))
+        results[use_cache] = (seqs, dict(calls))
+    (plain, plain_calls), (cached, cached_calls) = results[False], results[True]
+    assert torch.equal(plain, cached)
+    assert not bool((cached == MASK).any())
+    assert plain_calls["forwards"] == 50
+    assert cached_calls["forwards"] < 50 and cached_calls["rows"] <= 3 * 6  # at most one refresh per unmasking
+    # the uncached draws really depend on the network: another seed gives other tokens
+    other = _predictor(model, use_cache=False, num_steps=50, **sampling).generate(
+        batch["input_ids"], batch["fill_mask"], batch["attention_mask"], generator=torch.Generator().manual_seed(4))
+    assert not torch.equal(other, plain) or sampling.get("strategy") == "greedy"
+
+
+def test_cached_equals_uncached_unconditionally_on_a_longer_block():
+    model = _random_model(seed=1)
+    outs = [_predictor(model, use_cache=c, num_steps=100).unconditional(3, 24, generator=torch.Generator().manual_seed(0))
+            for c in (False, True)]
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_caching_a_time_conditioned_model_is_refused():
+    model = _random_model(time_conditioning=True)
+    with pytest.raises(ValueError, match="sampler.use_cache=false"):
+        _predictor(model, use_cache=True)
+    predictor = _predictor(model, use_cache=False, num_steps=5)
+    with pytest.raises(ValueError, match="time-conditioned"):
+        predictor.generate(torch.full((1, 4), MASK), use_cache=True)
+    assert not bool((predictor.unconditional(2, 6) == MASK).any())
+
+
+def test_steps_walk_sigma_from_t1_down_and_unmask_at_the_schedule_rate():
+    """A time-conditioned network sees sigma(1 - i/T) at step i; the expected number of masked
+    positions entering step i is N * mc(1 - i/T) / mc(1) = N (1 - i/T) for the log-linear schedule."""
+    n, steps = 4000, 8
+    oracle = Oracle({}, default=[7] * n, time_conditioning=True)
+    _predictor(oracle, use_cache=False, num_steps=steps).unconditional(1, n, generator=torch.Generator().manual_seed(0))
+    grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)[:-1]
+    assert oracle.sigmas == pytest.approx(SCHEDULE.sigma(grid).tolist(), rel=1e-6)
+    for i, count in enumerate(oracle.masked_counts):
+        p = 1 - i / steps
+        assert abs(count - n * p) < 5 * math.sqrt(n * p * (1 - p)) + 1e-9, (i, count)
+
+
+def test_temperature_and_top_k_act_on_the_logits():
+    logits = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    words = torch.arange(7, 11)
+
+    class Fixed(torch.nn.Module):
+        time_conditioning = False
+
+        def __init__(self):
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, input_ids, sigma, *, attention_mask=None, output_positions=None):
+            out = torch.full((*input_ids.shape, V), -1e4)
+            out[..., words] = logits
+            out[..., MASK] = 50.0  # SUBS: [MASK] gets no mass whatever the network says
+            return out[output_positions]
+
+    rows = _predictor(Fixed(), temperature=0.5, top_k=3, num_steps=2).unconditional(
+        20000, 1, generator=torch.Generator().manual_seed(0))[:, 0]
+    expected = torch.softmax(torch.tensor([2.0, 4.0, 6.0]), 0)  # top 3 of logits / 0.5
+    counts = torch.stack([(rows == w).float().mean() for w in words[1:]])
+    assert int((rows == words[0]).sum()) == 0 and int((rows == MASK).sum()) == 0
+    torch.testing.assert_close(counts, expected, atol=0.012, rtol=0)
+
+
+def test_sampler_config_errors_say_what_is_allowed():
+    with pytest.raises(ValueError, match="sampler.strategy"):
+        MdlmSamplerConfig(strategy="beam")
+    with pytest.raises(ValueError, match="sampler.num_steps"):
+        MdlmSamplerConfig(num_steps=0)
+    with pytest.raises(ValueError, match="padding positions"):
+        _predictor(Oracle({}, default=[7, 7])).generate(torch.full((1, 2), MASK),
+                                                        attention_mask=torch.tensor([[False, True]]))

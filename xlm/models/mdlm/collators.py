@@ -1,0 +1,103 @@
+"""Examples -> MDLM batches.
+
+Seq2seq rows are `prompt + [BOS] + block`, prompts left padded so every block sits in the last
+`block_size` columns. The block is `target + [EOS] + [PAD]...` filled up to `block_size`, the
+size the sampler generates: the model learns to write the [EOS] and the [PAD] tail too, so all
+block positions (their [PAD]s included) are real tokens for attention and count in the loss.
+Only the left padding of prompts is hidden from attention; the prompt and [BOS] are never
+masked. LM rows (`input_ids`) are noised over all their real tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from xlm.data.tokenizers import Tokenizer
+
+from .types import MdlmPredictBatch, MdlmTrainBatch
+
+
+def _check_length(length: int, max_len: int, what: str) -> None:
+    if length > max_len:
+        raise ValueError(f"{what} of {length} tokens exceeds the model context of {max_len}; "
+                         f"raise model.max_seq_len or shorten the data")
+
+
+def _left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = True
+    return input_ids, mask
+
+
+class MdlmLMCollator:
+    """Unconditional training on `input_ids` blocks (right padded to the longest row)."""
+
+    def __init__(self, tokenizer: Tokenizer, max_len: int) -> None:
+        self.pad_id = tokenizer.pad_token_id
+        self.max_len = max_len
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> MdlmTrainBatch:
+        rows = [list(ex["input_ids"]) for ex in examples]
+        for row in rows:
+            _check_length(len(row), self.max_len, "an input row")
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = True
+        return {"input_ids": input_ids, "attention_mask": mask, "noise_mask": mask.clone()}
+
+
+class MdlmSeq2SeqCollator:
+    """`prompt + [BOS]` fixed, the `block_size` block after it noised."""
+
+    def __init__(self, tokenizer: Tokenizer, max_len: int, block_size: int) -> None:
+        self.pad_id = tokenizer.pad_token_id
+        self.bos_id = tokenizer.bos_token_id
+        self.eos_id = tokenizer.eos_token_id
+        self.max_len = max_len
+        self.block_size = block_size
+
+    def block(self, target: Sequence[int]) -> list[int]:
+        if len(target) + 1 > self.block_size:
+            raise ValueError(f"a target of {len(target)} tokens plus [EOS] does not fit the generated block of "
+                             f"sampler.max_new_tokens={self.block_size}; set sampler.max_new_tokens="
+                             f"{len(target) + 1} or more")
+        return list(target) + [self.eos_id] + [self.pad_id] * (self.block_size - len(target) - 1)
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> MdlmTrainBatch:
+        rows = [list(ex["prompt_ids"]) + [self.bos_id] + self.block(ex["target_ids"]) for ex in examples]
+        for row in rows:
+            _check_length(len(row), self.max_len, "a prompt + [BOS] + block row")
+        input_ids, mask = _left_padded(rows, self.pad_id)
+        noise_mask = torch.zeros_like(mask)
+        noise_mask[:, -self.block_size:] = True
+        return {"input_ids": input_ids, "attention_mask": mask, "noise_mask": noise_mask}
+
+
+class MdlmSeq2SeqPredictCollator:
+    """`prompt + [BOS] + [MASK] * block_size`, the block marked for the sampler to fill."""
+
+    def __init__(self, tokenizer: Tokenizer, max_len: int, block_size: int) -> None:
+        self.pad_id = tokenizer.pad_token_id
+        self.bos_id = tokenizer.bos_token_id
+        self.mask_id = tokenizer.mask_token_id
+        self.max_len = max_len
+        self.block_size = block_size
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> MdlmPredictBatch:
+        rows = [list(ex["prompt_ids"]) + [self.bos_id] + [self.mask_id] * self.block_size for ex in examples]
+        for row in rows:
+            _check_length(len(row), self.max_len, "a prompt + [BOS] + block row")
+        input_ids, mask = _left_padded(rows, self.pad_id)
+        fill_mask = torch.zeros_like(mask)
+        fill_mask[:, -self.block_size:] = True
+        targets = [list(ex.get("target_ids", [])) for ex in examples]
+        return {"input_ids": input_ids, "attention_mask": mask, "fill_mask": fill_mask, "target_ids": targets}

@@ -1,0 +1,96 @@
+"""MDLM configuration and named architectures.
+
+The network is the DiT of Sahoo et al. (2024); the noise schedule and the training-time
+draw of t live here too, because the loss, the samplers and a converted checkpoint must agree
+on them. Fields are plain types so OmegaConf structured configs accept them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xlm.registry import ArchRegistry
+
+NOISE_SCHEDULES = ("loglinear", "cosine")
+
+
+@dataclass(kw_only=True)
+class MdlmConfig:
+    vocab_size: int
+    max_seq_len: int = 1024
+    model_dim: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    cond_dim: int = 128  # width of the sigma embedding that drives adaLN
+    mlp_ratio: int = 4
+    sigma_embed_dim: int = 256  # sinusoidal features of sigma fed to the sigma map
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    dropout: float = 0.0
+    # False: the network sees sigma = 0 whatever t is (the released mdlm-owt); this is what
+    # lets the cached sampler reuse an output while the input has not changed
+    time_conditioning: bool = False
+    noise_schedule: str = "loglinear"  # "loglinear" | "cosine"
+    noise_eps: float = 1e-3  # keeps sigma(1) finite: the schedule never masks with probability 1
+    sampling_eps: float = 1e-3  # training draws t in [sampling_eps, 1]
+    antithetic_sampling: bool = True  # one t per stratum of [0, 1) across the batch
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "max_seq_len", "model_dim", "num_layers", "num_heads", "cond_dim",
+                     "mlp_ratio", "sigma_embed_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.model_dim % self.num_heads:
+            raise ValueError(f"num_heads={self.num_heads} does not divide model_dim={self.model_dim}")
+        if self.head_dim % 2:
+            raise ValueError(f"the head dim model_dim/num_heads={self.head_dim} must be even for rotary "
+                             f"embeddings; choose num_heads so that it is")
+        if self.sigma_embed_dim % 2:
+            raise ValueError(f"sigma_embed_dim must be even (cos and sin halves), got {self.sigma_embed_dim}")
+        if self.rope_base <= 0:
+            raise ValueError(f"rope_base must be > 0, got {self.rope_base}")
+        if self.norm_eps <= 0:
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.noise_schedule not in NOISE_SCHEDULES:
+            raise ValueError(f"noise_schedule must be one of {NOISE_SCHEDULES}, got {self.noise_schedule!r}")
+        if not 0.0 < self.noise_eps < 1.0:
+            raise ValueError(f"noise_eps must be in (0, 1), got {self.noise_eps}")
+        if not 0.0 < self.sampling_eps < 1.0:
+            raise ValueError(f"sampling_eps must be in (0, 1) (t = 0 has zero loss weight times an "
+                             f"infinite one), got {self.sampling_eps}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.num_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        return self.mlp_ratio * self.model_dim
+
+
+mdlm_archs = ArchRegistry[MdlmConfig]("mdlm")
+mdlm_arch = mdlm_archs.decorator
+
+
+@mdlm_arch("mdlm_tiny")
+def mdlm_tiny() -> MdlmConfig:
+    """For tests: builds and runs in milliseconds."""
+    return MdlmConfig(vocab_size=128, max_seq_len=256, model_dim=32, num_layers=2, num_heads=2, cond_dim=16,
+                      sigma_embed_dim=32)
+
+
+@mdlm_arch("mdlm_star")
+def mdlm_star() -> MdlmConfig:
+    """Learns the star-graph tasks on a 2-core CPU in a few minutes."""
+    return MdlmConfig(vocab_size=128, max_seq_len=256, model_dim=128, num_layers=4, num_heads=4, cond_dim=64,
+                      sigma_embed_dim=128)
+
+
+@mdlm_arch("mdlm_base")
+def mdlm_base() -> MdlmConfig:
+    """The paper's OpenWebText model (kuleshov-group/mdlm-owt): 12 blocks, 768 wide, 12 heads,
+    cond dim 128, 1024 context, time-independent, dropout 0.1; vocab = GPT-2's 50257 + [MASK]."""
+    return MdlmConfig(vocab_size=50258, max_seq_len=1024, model_dim=768, num_layers=12, num_heads=12,
+                      cond_dim=128, sigma_embed_dim=256, dropout=0.1, time_conditioning=False)

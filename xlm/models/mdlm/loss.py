@@ -1,0 +1,56 @@
+"""The continuous-time NELBO of MDLM with the SUBS parameterisation.
+
+SUBS: the model never predicts [MASK] (its logit is -inf) and an unmasked position carries its
+input token over, so only masked positions contribute. For a row drawn at time t,
+
+    NELBO(x) ~= sum over masked positions of  sigma'(t) / expm1(sigma(t)) * -log p(x0 | x_t)
+
+and, as in the paper, it is reported per token over all noised positions (masked or not):
+divided by the number of `noise_mask` positions, so exp(loss) bounds the perplexity.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from .noise import NoiseSchedule, sample_t
+from .types import MdlmLossDict, MdlmTrainBatch
+
+
+def subs_log_probs(logits: Float[Tensor, "... vocab"], mask_token_id: int) -> Float[Tensor, "... vocab"]:
+    """Log-probabilities with zero mass on [MASK] (fp32)."""
+    logits = logits.float().clone()
+    logits[..., mask_token_id] = float("-inf")
+    return F.log_softmax(logits, dim=-1)
+
+
+def mdlm_loss(model: torch.nn.Module, batch: MdlmTrainBatch, *, schedule: NoiseSchedule, mask_token_id: int,
+              sampling_eps: float, antithetic: bool, t: Float[Tensor, "batch"] | None = None,
+              masked: Bool[Tensor, "batch seq"] | None = None,
+              generator: torch.Generator | None = None) -> MdlmLossDict:
+    """One draw of t per row and of the mask (each `noise_mask` position is masked with
+    probability 1 - exp(-sigma(t))); pass `t` and/or `masked` to fix them.
+
+    The network's vocabulary projection runs at the masked positions only."""
+    x0, noise_mask = batch["input_ids"], batch["noise_mask"]
+    batch_size = x0.size(0)
+    if t is None:
+        t = sample_t(batch_size, sampling_eps=sampling_eps, antithetic=antithetic, device=x0.device,
+                     generator=generator)
+    t = t.to(device=x0.device, dtype=torch.float32)
+    sigma = schedule.sigma(t)
+    if masked is None:
+        draws = torch.rand(x0.shape, device=x0.device, generator=generator)
+        masked = draws < schedule.move_chance(t)[:, None]
+    masked = masked & noise_mask
+    xt = torch.where(masked, mask_token_id, x0)
+    logits = model(xt, sigma, attention_mask=batch["attention_mask"], output_positions=masked)
+    log_p = subs_log_probs(logits, mask_token_id).gather(-1, x0[masked][:, None]).squeeze(-1)
+    weight = schedule.loss_weight(t)[:, None].expand_as(masked)[masked]
+    nll_sum = -(weight * log_p).sum()
+    num_tokens = noise_mask.sum()
+    return {"loss": nll_sum / num_tokens.clamp(min=1), "num_tokens": num_tokens, "nll_sum": nll_sum,
+            "num_masked": masked.sum()}

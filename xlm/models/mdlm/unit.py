@@ -1,0 +1,49 @@
+"""The MDLM unit: what the train/evaluate recipes call."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from xlm.data.tokenizers import Tokenizer
+
+from .collators import MdlmLMCollator, MdlmSeq2SeqCollator, MdlmSeq2SeqPredictCollator
+from .loss import mdlm_loss
+from .model import MdlmModel
+from .noise import build_noise_schedule
+from .predictor import MdlmPredictor, MdlmSamplerConfig
+from .types import MdlmLossDict, MdlmPredictionDict, MdlmTrainBatch
+
+
+class MdlmUnit:
+    """Seq2seq training uses the block the sampler fills (`sampler.max_new_tokens`)."""
+
+    def __init__(self, model: MdlmModel, tokenizer: Tokenizer, sampler: MdlmSamplerConfig) -> None:
+        config = model.config
+        if not 0 <= tokenizer.mask_token_id < config.vocab_size:
+            raise ValueError(f"the tokenizer's [MASK] id {tokenizer.mask_token_id} is outside the model's "
+                             f"vocabulary of {config.vocab_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.schedule = build_noise_schedule(config)
+        max_len, block = config.max_seq_len, sampler.max_new_tokens
+        self._lm = MdlmLMCollator(tokenizer, max_len)
+        self._seq2seq = MdlmSeq2SeqCollator(tokenizer, max_len, block)
+        self._predict = MdlmSeq2SeqPredictCollator(tokenizer, max_len, block)
+        self.predictor = MdlmPredictor(model, tokenizer, sampler, schedule=self.schedule)
+
+    def collate_train(self, examples: Sequence[Mapping[str, Any]]) -> MdlmTrainBatch:
+        """Seq2seq rows carry `prompt_ids`/`target_ids`; LM rows carry `input_ids`."""
+        return self._seq2seq(examples) if "prompt_ids" in examples[0] else self._lm(examples)
+
+    def collate_predict(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        return dict(self._predict(examples))
+
+    def loss(self, model: torch.nn.Module, batch: MdlmTrainBatch) -> MdlmLossDict:
+        config = self.model.config
+        return mdlm_loss(model, batch, schedule=self.schedule, mask_token_id=self.tokenizer.mask_token_id,
+                         sampling_eps=config.sampling_eps, antithetic=config.antithetic_sampling)
+
+    def predict(self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None) -> MdlmPredictionDict:
+        return self.predictor.predict(batch, generator=generator)  # type: ignore[arg-type]

@@ -1,0 +1,150 @@
+"""Examples -> MLM batches.
+
+Seq2seq layout (training and prediction alike, so training matches inference)::
+
+    [PAD]... prompt [BOS] | block of `block_size` positions
+                          | training: target [EOS] [PAD]...   (cut to block_size if longer)
+                          | prediction: [MASK] * block_size
+
+Prompts are left-padded so the block starts in the same column in every row. The prompt and
+[BOS] are never masked. The block always has `block_size` (= `sampler.max_new_tokens`) positions:
+the [PAD]s after [EOS] are real block content — attended to, maskable and in the loss — because
+the sampler fills the same block and has to produce them. A target longer than the block loses
+its tail (and its [EOS]) exactly as a generation of that size would. Only the prompt's left
+padding is hidden from attention.
+
+LM rows (`input_ids`) are masked anywhere over their real tokens (unconditional training);
+right padding is hidden and never masked.
+
+Masking: each row draws t ~ U(0, 1) and masks each maskable position with probability t; a
+row left with no masked position gets one, chosen uniformly, so no row is wasted.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from xlm.data.tokenizers import Tokenizer
+
+from .types import MlmPredictBatch, MlmTrainBatch
+
+
+def _check_length(length: int, max_len: int, what: str) -> None:
+    if length > max_len:
+        raise ValueError(f"{what} of {length} tokens exceeds the model context of {max_len}; "
+                         f"raise model.max_seq_len or shorten the data (or sampler.max_new_tokens)")
+
+
+def sample_mask(maskable: Bool[Tensor, "batch seq"], *, generator: torch.Generator | None = None,
+                ) -> tuple[Bool[Tensor, "batch seq"], Float[Tensor, " batch"]]:
+    """Per-row rate t ~ U(0, 1), each maskable position masked with probability t, and at least
+    one masked position in every row that has a maskable one."""
+    batch, seq = maskable.shape
+    t = torch.rand(batch, generator=generator)
+    masked = (torch.rand(batch, seq, generator=generator) < t[:, None]) & maskable
+    pick = torch.rand(batch, seq, generator=generator).masked_fill(~maskable, -1.0).argmax(dim=1)
+    empty = ~masked.any(dim=1) & maskable.any(dim=1)
+    masked[empty, pick[empty]] = True
+    return masked, t
+
+
+def _masked_batch(target_ids: Tensor, attention_mask: Tensor, maskable: Tensor, mask_id: int,
+                  generator: torch.Generator | None) -> MlmTrainBatch:
+    masked, t = sample_mask(maskable, generator=generator)
+    return {"input_ids": target_ids.masked_fill(masked, mask_id), "attention_mask": attention_mask,
+            "target_ids": target_ids, "maskable": maskable, "masked": masked, "t": t}
+
+
+def _prompt_columns(examples: Sequence[Mapping[str, Any]], tokenizer: Tokenizer) -> tuple[Tensor, Tensor]:
+    """Left-padded `prompt + [BOS]` ids and their attention mask."""
+    rows = [list(ex["prompt_ids"]) + [tokenizer.bos_token_id] for ex in examples]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = True
+    return ids, mask
+
+
+class MlmSeq2SeqCollator:
+    """`prompt_ids` -> `target_ids` training rows: prompt + [BOS] + a masked block of `block_size`."""
+
+    def __init__(self, tokenizer: Tokenizer, *, block_size: int, max_len: int) -> None:
+        if block_size < 1:
+            raise ValueError(f"block_size (sampler.max_new_tokens) must be >= 1, got {block_size}")
+        self.tokenizer = tokenizer
+        self.block_size = block_size
+        self.max_len = max_len
+
+    def block(self, target_ids: Sequence[int]) -> list[int]:
+        """target + [EOS] + [PAD] fill, cut to the block size."""
+        tok = self.tokenizer
+        row = list(target_ids) + [tok.eos_token_id]
+        return (row + [tok.pad_token_id] * self.block_size)[: self.block_size]
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]], *,
+                 generator: torch.Generator | None = None) -> MlmTrainBatch:
+        prompt_ids, prompt_mask = _prompt_columns(examples, self.tokenizer)
+        _check_length(prompt_ids.size(1) + self.block_size, self.max_len, "a prompt + [BOS] + block row")
+        blocks = torch.tensor([self.block(ex["target_ids"]) for ex in examples], dtype=torch.long)
+        target_ids = torch.cat([prompt_ids, blocks], dim=1)
+        attention_mask = torch.cat([prompt_mask, torch.ones_like(blocks, dtype=torch.bool)], dim=1)
+        maskable = torch.zeros_like(attention_mask)
+        maskable[:, prompt_ids.size(1):] = True
+        return _masked_batch(target_ids, attention_mask, maskable, self.tokenizer.mask_token_id, generator)
+
+
+class MlmLMCollator:
+    """Unconditional masking of `input_ids` rows (already blocked, or right-padded here)."""
+
+    def __init__(self, tokenizer: Tokenizer, *, max_len: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_len = max_len
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]], *,
+                 generator: torch.Generator | None = None) -> MlmTrainBatch:
+        rows = [list(ex["input_ids"]) for ex in examples]
+        for row in rows:
+            _check_length(len(row), self.max_len, "an input row")
+        width = max(len(r) for r in rows)
+        target_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, row in enumerate(rows):
+            target_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            attention_mask[i, : len(row)] = True
+        return _masked_batch(target_ids, attention_mask, attention_mask.clone(), self.tokenizer.mask_token_id,
+                             generator)
+
+
+class MlmPredictCollator:
+    """Rows whose block is all [MASK]: prompt + [BOS] + block (seq2seq), or the block alone when
+    the examples have no `prompt_ids` (unconditional generation)."""
+
+    def __init__(self, tokenizer: Tokenizer, *, block_size: int, max_len: int) -> None:
+        if block_size < 1:
+            raise ValueError(f"block_size (sampler.max_new_tokens) must be >= 1, got {block_size}")
+        self.tokenizer = tokenizer
+        self.block_size = block_size
+        self.max_len = max_len
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> MlmPredictBatch:
+        with_prompt = ["prompt_ids" in ex for ex in examples]
+        if any(with_prompt) and not all(with_prompt):
+            raise ValueError("a prediction batch mixes rows with and without prompt_ids; "
+                             "give every row a prompt (seq2seq) or none (unconditional)")
+        blocks = torch.full((len(examples), self.block_size), self.tokenizer.mask_token_id, dtype=torch.long)
+        targets = [list(ex.get("target_ids", [])) for ex in examples]
+        if not all(with_prompt):
+            _check_length(self.block_size, self.max_len, "a block")
+            return {"input_ids": blocks, "attention_mask": torch.ones_like(blocks, dtype=torch.bool),
+                    "block_start": 0, "target_ids": targets}
+        prompt_ids, prompt_mask = _prompt_columns(examples, self.tokenizer)
+        _check_length(prompt_ids.size(1) + self.block_size, self.max_len, "a prompt + [BOS] + block row")
+        return {"input_ids": torch.cat([prompt_ids, blocks], dim=1),
+                "attention_mask": torch.cat([prompt_mask, torch.ones_like(blocks, dtype=torch.bool)], dim=1),
+                "block_start": prompt_ids.size(1), "target_ids": targets}
