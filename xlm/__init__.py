@@ -1,21 +1,20 @@
 """xlm: language models of different generative families, side by side.
 
     import xlm
-    model = xlm.load_model("runs/arlm_star_star_easy")
+    model = xlm.load_model("runs/arlm_star_easy")       # a run dir, a card name, an HF model dir
+    xlm.load_generator("runs/arlm_star_easy").generate(["..."])
     xlm.list_archs()  # {"arlm_star": "arlm", ...}
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from xlm import models as _models  # noqa: F401  (registers the core families)
-from xlm.data.tokenizers import Tokenizer
 from xlm.registry import Family, get_family, list_families, register_family, families
-from xlm.run_dir import load_run_model, load_run_tokenizer
+from xlm.assets import AssetCard, Generator, all_cards, load_generator, load_model, load_tokenizer
 
 __version__ = "0.1.0"
 
@@ -39,19 +38,10 @@ def create_model(arch: str, *, device: torch.device | str | None = None, dtype: 
     return family.factory(config, device=device, dtype=dtype)
 
 
-def load_model(name_or_path: str | Path, *, device: torch.device | str | None = None,
-               dtype: torch.dtype | None = None, config_overrides: Mapping[str, Any] | None = None) -> torch.nn.Module:
-    """A model from a run or export dir, in eval mode (asset cards and converters come later)."""
-    path = Path(name_or_path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{name_or_path!r} is not a run or export dir (a directory holding "
-                                f"config.json and model.safetensors)")
-    return load_run_model(path, device=device, dtype=dtype, config_overrides=config_overrides)
+def list_cards() -> dict[str, AssetCard]:
+    """Every card on the search path, by name (`xlm cards list`)."""
+    return all_cards()
 
 
-def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
-    return load_run_tokenizer(name_or_path)
-
-
-__all__ = ["Family", "create_model", "get_family", "list_archs", "list_families", "load_model",
-           "load_tokenizer", "register_family"]
+__all__ = ["AssetCard", "Family", "Generator", "create_model", "get_family", "list_archs", "list_cards",
+           "list_families", "load_generator", "load_model", "load_tokenizer", "register_family"]

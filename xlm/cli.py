@@ -12,6 +12,7 @@ commands:
   eval     evaluate a model     (python -m xlm.recipes.evaluate)
   train-tokenizer  train a SentencePiece tokenizer on a corpus (python -m xlm.recipes.train_tokenizer)
   models   list model families and their archs
+  cards    list | show NAME | add RUN_DIR --name NAME   (asset cards)
 """
 
 
@@ -37,12 +38,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from xlm.recipes.evaluate import main as run
     elif command == "train-tokenizer":
         from xlm.recipes.train_tokenizer import main as run
+    elif command == "cards":
+        from xlm.assets.cli import main as run
     elif command == "models":
         run = _models
     else:
         import difflib
 
-        close = difflib.get_close_matches(command, ["train", "eval", "train-tokenizer", "models"], n=1)
+        close = difflib.get_close_matches(command, ["train", "eval", "train-tokenizer", "models", "cards"], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         print(f"xlm: unknown command {command!r}{hint}\n\n{USAGE}", file=sys.stderr, end="")
         return 2

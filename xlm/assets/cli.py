@@ -1,0 +1,87 @@
+"""xlm cards list | show NAME | add RUN_DIR --name NAME"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from xlm.run_dir import RunDirError, read_run_config
+
+from .card import CardError
+from .store import all_cards, resolve_card, user_card_dir
+
+
+def _list() -> int:
+    cards = all_cards()
+    if not cards:
+        print("no cards found")
+    width = max((len(n) for n in cards), default=0)
+    for name in sorted(cards):
+        card = cards[name]
+        what = card.model_arch or card.model_family or (f"base {card.base}" if card.base else "")
+        print(f"{name:<{width}}  {what:<12}  {card.description or ''}  [{card.source_file}]")
+    return 0
+
+
+def _show(name: str) -> int:
+    card = resolve_card(name)
+    fields = {k: v for k, v in asdict(card).items() if v not in (None, {}) and k != "source_file"}
+    print(f"# {card.source_file}")
+    print(yaml.safe_dump({k: str(v) if isinstance(v, Path) else v for k, v in fields.items()}, sort_keys=False), end="")
+    return 0
+
+
+def card_for_run(run_dir: Path, name: str, description: str | None = None) -> dict:
+    """The card of a run or export dir: its checkpoint is the dir itself, read in xlm's format."""
+    config = read_run_config(run_dir)
+    card = {"name": name, "model_family": config["family"], "model_arch": config["arch"],
+            "checkpoint": str(run_dir.resolve()), "checkpoint_format": "xlm", "task": config.get("task"),
+            "description": description or f"{config['arch']} trained on {config.get('task')} ({run_dir})"}
+    return {k: v for k, v in card.items() if v is not None}
+
+
+def _add(run_dir: Path, name: str, description: str | None, force: bool) -> int:
+    cards = all_cards()
+    if name in cards and not force:
+        raise CardError(f"a card named {name!r} already exists ({cards[name].source_file}); choose another "
+                        f"--name or pass --force to replace a card in your user dir")
+    target = user_card_dir() / f"{name}.yaml"
+    if name in cards and cards[name].source_file != target:
+        raise CardError(f"card {name!r} is defined in {cards[name].source_file}, outside your user dir; "
+                        f"--force only replaces cards in {user_card_dir()}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(yaml.safe_dump(card_for_run(run_dir, name, description), sort_keys=False))
+    print(f"wrote {target}; load it with xlm.load_model({name!r})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="xlm cards", description="List, show and add asset cards.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="every card on the search path")
+    show = sub.add_parser("show", help="one card, its base chain merged")
+    show.add_argument("name")
+    add = sub.add_parser("add", help="register a run or export dir as a card in your user dir")
+    add.add_argument("run_dir", type=Path)
+    add.add_argument("--name", required=True)
+    add.add_argument("--description", default=None)
+    add.add_argument("--force", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "list":
+            return _list()
+        if args.command == "show":
+            return _show(args.name)
+        return _add(args.run_dir, args.name, args.description, args.force)
+    except (CardError, RunDirError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

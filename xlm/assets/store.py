@@ -1,0 +1,81 @@
+"""The card store: every card on the search path, by name.
+
+Search path, in order: the package's ``xlm/assets/cards/``, the user's directory
+(``$XLM_USER_ASSET_DIR``, else ``~/.config/xlm/cards``), each directory of ``$XLM_ASSET_PATH``
+(colon-separated), and directories contributed by external families. A name defined twice is
+an error naming both files. Read fresh on every lookup, so a card added a moment ago is seen.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+from .card import AssetCard, CardError, read_card_file
+
+PACKAGE_CARD_DIR = Path(__file__).parent / "cards"
+_extra_dirs: list[Path] = []
+
+
+def user_card_dir() -> Path:
+    root = os.environ.get("XLM_USER_ASSET_DIR")
+    return Path(root) if root else Path.home() / ".config" / "xlm" / "cards"
+
+
+def add_card_dir(path: str | Path) -> None:
+    """Put a directory of cards (e.g. an external family's assets/cards) on the search path."""
+    path = Path(path)
+    if path not in _extra_dirs:
+        _extra_dirs.append(path)
+
+
+def card_dirs() -> list[Path]:
+    env = [Path(p) for p in os.environ.get("XLM_ASSET_PATH", "").split(":") if p]
+    return [PACKAGE_CARD_DIR, user_card_dir(), *env, *_extra_dirs]
+
+
+def all_cards() -> dict[str, AssetCard]:
+    cards: dict[str, AssetCard] = {}
+    for directory in card_dirs():
+        if not directory.is_dir():
+            continue
+        for file in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+            for card in read_card_file(file):
+                if card.name in cards:
+                    raise CardError(f"card {card.name!r} is defined twice: in {cards[card.name].source_file} "
+                                    f"and in {file}; rename one")
+                cards[card.name] = card
+    return cards
+
+
+def resolve_card(name: str, cards: dict[str, AssetCard] | None = None) -> AssetCard:
+    """The card `name` with its `base` chain merged in."""
+    cards = all_cards() if cards is None else cards
+    card = _get(name, cards)
+    chain = [name]
+    while card.base is not None:
+        if card.base in chain:
+            raise CardError(f"card {name!r} has a cycle in its base chain: {' -> '.join([*chain, card.base])}")
+        chain.append(card.base)
+        card = card.merged_onto(_resolve_base(card, cards))
+    return card
+
+
+def _resolve_base(card: AssetCard, cards: dict[str, AssetCard]) -> AssetCard:
+    if card.base not in cards:
+        raise CardError(f"card {card.name!r} ({card.source_file}) names the base {card.base!r}, which is not a known card"
+                        f"{_hint(card.base or '', cards)}")
+    return cards[card.base]
+
+
+def _hint(name: str, cards: dict[str, AssetCard]) -> str:
+    close = difflib.get_close_matches(name, list(cards), n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def _get(name: str, cards: dict[str, AssetCard]) -> AssetCard:
+    if name not in cards:
+        raise CardError(f"no card named {name!r}{_hint(name, cards)} (cards are read from "
+                        f"{', '.join(str(d) for d in card_dirs())}; `xlm cards list` shows them)")
+    return cards[name]
