@@ -15,6 +15,7 @@ import os
 import tempfile
 import urllib.parse
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,10 @@ _LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 class DownloadError(OSError):
     """A checkpoint could not be fetched."""
+
+
+class UnverifiedDownloadWarning(UserWarning):
+    """A remote file was fetched with no checksum to verify it."""
 
 
 class ChecksumError(ValueError):
@@ -135,6 +140,10 @@ def fetch(uri: str, *, sha256: str | None = None, base_dir: Path | None = None, 
         if path.is_file():
             verify_sha256(path, sha256, uri=uri, card=card, delete=False)
         return path
+    if not sha256:
+        warnings.warn(f"{'card ' + repr(card) + ': ' if card else ''}{uri} is downloaded without a sha256 to check "
+                      f"it against; add `sha256:` to the card to make it verifiable", UnverifiedDownloadWarning,
+                      stacklevel=2)
     if scheme == "hf":
         path = _fetch_hf(parse_hf_uri(uri))
         verify_sha256(path, sha256, uri=uri, card=card, delete=True)

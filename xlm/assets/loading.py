@@ -31,6 +31,10 @@ HF_MODEL_TYPES: dict[str, tuple[str, str]] = {"gpt2": ("arlm", "hf_gpt2"), "llam
                                               "bert": ("mlm", "hf_bert")}
 
 
+#: Formats whose weights file comes with a config.json beside it (fetched along with it).
+FORMATS_WITH_CONFIG = ("xlm", "hf_gpt2", "hf_llama", "hf_bert", "mdlm_reference")
+
+
 def _is_run_dir(path: Path) -> bool:
     config = path / "config.json"
     return config.is_file() and "format_version" in json.loads(config.read_text())
@@ -51,7 +55,7 @@ def _checkpoint_path(card: AssetCard) -> Path:
     if not card.checkpoint:
         raise CardError(f"card {card.name!r} ({card.source_file}) has no checkpoint to load")
     path = fetch(card.checkpoint, sha256=card.sha256, base_dir=card.base_dir, card=card.name)
-    if (card.checkpoint_format or "xlm") == "xlm" and path.is_file():
+    if (card.checkpoint_format or "xlm") in FORMATS_WITH_CONFIG and path.is_file():
         config = fetch(sibling_uri(card.checkpoint, "config.json"), base_dir=card.base_dir, card=card.name)
         if config.parent != path.parent:
             raise CardError(f"card {card.name!r}: {card.checkpoint} and its config.json landed in different "
