@@ -15,8 +15,10 @@ import torch
 from xlm import models as _models  # noqa: F401  (registers the core families)
 from xlm.registry import Family, get_family, list_families, register_family, families
 from xlm.assets import AssetCard, Generator, all_cards, load_generator, load_model, load_tokenizer
+from xlm.plugins import load_external_models
 
 __version__ = "0.1.0"
+load_external_models()  # families declared by xlm_models.json, $XLM_MODELS_PATH/_PACKAGES, entry points
 
 
 def list_archs() -> dict[str, str]:
@@ -44,4 +46,4 @@ def list_cards() -> dict[str, AssetCard]:
 
 
 __all__ = ["AssetCard", "Family", "Generator", "create_model", "get_family", "list_archs", "list_cards",
-           "list_families", "load_generator", "load_model", "load_tokenizer", "register_family"]
+           "list_families", "load_external_models", "load_generator", "load_model", "load_tokenizer", "register_family"]

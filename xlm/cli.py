@@ -11,18 +11,22 @@ commands:
   train    train a model        (python -m xlm.recipes.train)
   eval     evaluate a model     (python -m xlm.recipes.evaluate)
   train-tokenizer  train a SentencePiece tokenizer on a corpus (python -m xlm.recipes.train_tokenizer)
-  models   list model families and their archs
+  models   list model families, where each came from, and their archs
   cards    list | show NAME | add RUN_DIR --name NAME   (asset cards)
 """
 
 
 def _models(argv: Sequence[str]) -> int:
+    """xlm models [list]: every family, where it came from, and its archs."""
     import xlm
     from xlm.registry import families
 
+    if argv not in ([], ["list"]):
+        print("usage: xlm models [list]", file=sys.stderr)
+        return 2
     for name in xlm.list_families():
         family = families.get(name)
-        print(f"{name} ({family.source}): {', '.join(family.archs.names())}")
+        print(f"{name}  [{family.source}]\n    archs: {', '.join(family.archs.names())}")
     return 0
 
 

@@ -6,9 +6,11 @@ its archs, a factory, checkpoint converters and the unit the recipes drive.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Mapping, Protocol, TypeVar
+from typing import Any, Callable, Generic, Iterator, Mapping, Protocol, TypeVar
 
 import torch
 
@@ -80,7 +82,12 @@ class UnitFactory(Protocol):
     def __call__(self, model: torch.nn.Module, tokenizer: Any, sampler: Any) -> Any: ...
 
 
-CheckpointConverter = Callable[[Mapping[str, torch.Tensor], Any], dict[str, torch.Tensor]]
+class CheckpointConverter(Protocol):
+    """Reads one foreign checkpoint layout: `config, state = converter(path)` (an HF model dir, a reference
+    dir or a checkpoint file) gives the family's config and a state dict in its layout.
+    `xlm.checkpoint_conversion.Converter` is the implementation the core families use."""
+
+    def __call__(self, path: Any) -> Any: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,9 +147,23 @@ class FamilyRegistry:
 
 
 families = FamilyRegistry()
+_default_source: list[str] = []
+
+
+@contextlib.contextmanager
+def registering_from(source: str) -> Iterator[None]:
+    """Families registered inside this block without a `source` of their own get this one
+    (plugin discovery says where an external family came from)."""
+    _default_source.append(source)
+    try:
+        yield
+    finally:
+        _default_source.pop()
 
 
 def register_family(family: Family) -> None:
+    if _default_source and family.source == "core":
+        family = dataclasses.replace(family, source=_default_source[-1])
     families.register(family)
 
 

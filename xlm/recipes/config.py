@@ -141,7 +141,10 @@ def build_config(*, family: Family, arch: str, task: str, output_dir: str, exper
                              sampler=family.sampler_config_class())
     schema = OmegaConf.structured(base)
     OmegaConf.set_struct(schema, True)
-    layers: list[tuple[str, Any]] = [("the YAML presets", compose_yaml(task, arch, experiment))]
+    from xlm.plugins import external_config_dirs
+
+    presets = compose_yaml(task, arch, experiment, search_path=external_config_dirs())
+    layers: list[tuple[str, Any]] = [("the YAML presets", presets)]
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=3e-4)")

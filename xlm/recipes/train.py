@@ -14,6 +14,7 @@ from typing import Sequence
 
 import xlm  # noqa: F401  (registers the core families)
 from xlm.data.task import Task, build_task
+from xlm.plugins import ExternalModelError, load_external_models
 from xlm.registry import UnknownNameError, families
 
 from .config import ConfigError, TrainRecipeConfig, build_config, config_to_yaml
@@ -34,6 +35,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def resolve_config(args: argparse.Namespace) -> TrainRecipeConfig:
+    load_external_models()  # families declared since `import xlm` (e.g. after a chdir)
     family = families.get_by_arch(args.arch)
     output_dir = args.output_dir or f"runs/{args.arch}_{args.task}"
     config = build_config(family=family, arch=args.arch, task=args.task, output_dir=output_dir,
@@ -66,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = resolve_config(args)
         task = build_task(config.task)
         config = fit_model_to_task(config, task, args.overrides)
-    except (ConfigError, UnknownNameError) as err:
+    except (ConfigError, UnknownNameError, ExternalModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.dump_config:
