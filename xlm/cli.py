@@ -10,6 +10,7 @@ USAGE = """usage: xlm COMMAND [ARGS]
 commands:
   train    train a model        (python -m xlm.recipes.train)
   eval     evaluate a model     (python -m xlm.recipes.evaluate)
+  generate complete prompts, optionally tracing each step (python -m xlm.recipes.generate)
   train-tokenizer  train a SentencePiece tokenizer on a corpus (python -m xlm.recipes.train_tokenizer)
   models   list model families, where each came from, and their archs
   cards    list | show NAME | add RUN_DIR --name NAME   (asset cards)
@@ -42,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from xlm.recipes.evaluate import main as run
     elif command == "train-tokenizer":
         from xlm.recipes.train_tokenizer import main as run
+    elif command == "generate":
+        from xlm.recipes.generate import main as run
     elif command == "cards":
         from xlm.assets.cli import main as run
     elif command == "models":
@@ -49,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         import difflib
 
-        close = difflib.get_close_matches(command, ["train", "eval", "train-tokenizer", "models", "cards"], n=1)
+        close = difflib.get_close_matches(command, ["train", "eval", "generate", "train-tokenizer", "models", "cards"], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         print(f"xlm: unknown command {command!r}{hint}\n\n{USAGE}", file=sys.stderr, end="")
         return 2

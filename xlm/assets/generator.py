@@ -11,6 +11,7 @@ from torch import Tensor
 
 from xlm.data.tokenizers import Tokenizer
 from xlm.registry import Family
+from xlm.trace import StepHook
 
 
 class Generator:
@@ -21,23 +22,24 @@ class Generator:
         self.sampler_config = sampler_config
 
     def _predict(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | None,
-                 generator: torch.Generator | None) -> list[list[int]]:
+                 generator: torch.Generator | None, on_step: StepHook | None = None) -> list[list[int]]:
         config = self.sampler_config if max_new_tokens is None else replace(self.sampler_config,
                                                                             max_new_tokens=max_new_tokens)
         unit = self.family.unit_factory(self.model, self.tokenizer, config)
+        unit.predictor.on_step = on_step
         batch = unit.collate_predict([{"prompt_ids": list(p)} for p in prompts])
         device = next(self.model.parameters()).device
         batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
         with torch.no_grad():
             return unit.predict(batch, generator=generator)["ids"]
 
-    def generate(self, prompts: Sequence[str], *, max_new_tokens: int | None = None,
-                 seed: int | None = None) -> list[str]:
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int | None = None, seed: int | None = None,
+                 on_step: StepHook | None = None) -> list[str]:
         """Each prompt's completion (new text only). A word the tokenizer does not know is an error
-        naming it."""
+        naming it. `on_step` receives every sampler step (xlm.trace)."""
         ids = [self.tokenizer.encode(p) for p in prompts]
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        return [self.tokenizer.decode(row) for row in self._predict(ids, max_new_tokens, generator)]
+        return [self.tokenizer.decode(row) for row in self._predict(ids, max_new_tokens, generator, on_step)]
 
     def generate_ids(self, prompt_ids: Int[Tensor, "batch seq"] | Sequence[Sequence[int]], max_new_tokens: int | None = None,
                      *, seed: int | None = None) -> Int[Tensor, "batch new"]:

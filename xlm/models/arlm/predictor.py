@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from xlm.data.tokenizers import Tokenizer
+from xlm.trace import StepHook, emit
 from xlm.nn.sampling import select_tokens
 
 from .model import ArlmModel
@@ -36,6 +37,7 @@ class ArlmPredictor:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
+        self.on_step: StepHook | None = None  # see xlm.trace
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
@@ -56,11 +58,15 @@ class ArlmPredictor:
         sequences = input_ids
         logits = self.model(input_ids, attention_mask=mask, kv_cache=cache)[:, -1]
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
-        for _ in range(steps):
+        for step in range(steps):
             next_ids = select_tokens(logits, greedy=cfg.strategy == "greedy", temperature=cfg.temperature,
                                      top_k=cfg.top_k, top_p=cfg.top_p, generator=generator)
             next_ids = next_ids.masked_fill(finished, pad)
             sequences = torch.cat([sequences, next_ids[:, None]], dim=1)
+            if self.on_step is not None:
+                written = torch.zeros_like(sequences, dtype=torch.bool)
+                written[:, -1] = ~finished
+                emit(self.on_step, step, sequences, written)
             finished |= next_ids == eos
             if bool(finished.all()):
                 break

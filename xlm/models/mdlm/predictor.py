@@ -24,6 +24,7 @@ from torch import Tensor
 
 from xlm.data.tokenizers import Tokenizer
 from xlm.nn.sampling import filter_logits
+from xlm.trace import StepHook, emit
 
 from .metrics import blocks_to_ids_and_text
 from .noise import NoiseSchedule
@@ -67,6 +68,7 @@ class MdlmPredictor:
         self.tokenizer = tokenizer
         self.config = config
         self.schedule = schedule
+        self.on_step: StepHook | None = None  # see xlm.trace
         if config.use_cache:
             self._check_cache_allowed()
 
@@ -162,6 +164,10 @@ class MdlmPredictor:
                 x[rows, cols] = self._draw(probs[unmask], generator)
                 masked[rows, cols] = False
                 stale[rows] = True
+                if self.on_step is not None:
+                    written = torch.zeros_like(masked)
+                    written[rows, cols] = True
+                    emit(self.on_step, i, x, written)
                 probs = probs[~unmask]
         return x
 

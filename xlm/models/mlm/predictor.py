@@ -26,6 +26,7 @@ from torch import Tensor
 
 from xlm.data.tokenizers import Tokenizer
 from xlm.nn.sampling import select_tokens
+from xlm.trace import StepHook, emit
 
 from .metrics import block_predictions
 from .types import MlmPredictBatch, MlmPredictionDict
@@ -101,6 +102,7 @@ class MlmPredictor:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
+        self.on_step: StepHook | None = None  # see xlm.trace
 
     @torch.no_grad()
     def generate(self, input_ids: Int[Tensor, "batch seq"], attention_mask: Bool[Tensor, "batch seq"] | None = None,
@@ -144,6 +146,7 @@ class MlmPredictor:
                 best = torch.zeros_like(masked).scatter_(1, scores.argmax(dim=1, keepdim=True), True)
                 chosen = masked & ((scores >= cfg.confidence_threshold) | best)
             x = torch.where(chosen, torch.zeros_like(x).masked_scatter(masked, tokens), x)
+            emit(self.on_step, step, x, chosen)
         return x, calls
 
     def predict(self, batch: MlmPredictBatch, *, generator: torch.Generator | None = None) -> MlmPredictionDict:
