@@ -379,7 +379,7 @@ class Trainer:
                     log.log(self.step, "train", {**stats, "tokens_per_s": tps, "tokens_seen": self.tokens_seen})
                 if tc.eval_every_steps and self.step % tc.eval_every_steps == 0 and self.step < tc.max_steps:
                     if env.is_main:
-                        log.log(self.step, "val", self.evaluate())
+                        log.log(self.step, "val", {**self.evaluate(), "train_seconds": self.train_seconds})
                     barrier(env)
                 out_of_time = budget_s is not None and self.train_seconds >= budget_s
                 stop = broadcast_flag(self._stop_signal is not None or out_of_time, env)
@@ -404,7 +404,7 @@ class Trainer:
                                    "train_tokens_per_s": self.tokens_seen / max(self.train_seconds, 1e-9)}
         if self.env.is_main:
             final = self.evaluate(progress=self.config.trainer.progress_bar)
-            log.log(self.step, "val", final)
+            log.log(self.step, "val", {**final, "train_seconds": self.train_seconds})
             summary.update(final)
             ema = self.ema.swapped_into(self.model) if self.ema else contextlib.nullcontext()
             with ema:

@@ -1,0 +1,28 @@
+"""The compare recipe on a tiny budget: every arch x seed trained and scored, a table with
+mean ± std, a plot, and finished runs reused on a rerun."""
+
+import json
+
+from xlm.recipes import compare
+
+
+def test_compare_two_families_two_seeds(tmp_path, capsys):
+    out = tmp_path / "report"
+    argv = ["--task", "star_easy", "--archs", "arlm_tiny,mlm_tiny", "--budget-steps", "12", "--seeds", "2",
+            "--output-dir", str(out), "--eval-every-steps", "6", "--test-limit", "32",
+            "task.train_size=64", "task.eval_size=16", "data.batch_size=16"]
+    assert compare.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert sorted((r["arch"], r["seed"]) for r in results) == [("arlm_tiny", 0), ("arlm_tiny", 1),
+                                                               ("mlm_tiny", 0), ("mlm_tiny", 1)]
+    assert all(r["steps"] == 12 and r["test"]["num_examples"] == 32 for r in results)
+    assert all([p["step"] for p in r["curve"]] == [6, 12] for r in results)
+    seeds = {r["seed"]: r["test"]["loss"] for r in results if r["arch"] == "arlm_tiny"}
+    assert seeds[0] != seeds[1]  # the seed reaches the runs
+    table = (out / "table.md").read_text()
+    assert "| arlm_tiny |" in table and "±" in table and "12 steps" in table
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    mtime = (out / "runs" / "arlm_tiny_seed0" / "model.safetensors").stat().st_mtime
+    assert compare.main(argv) == 0  # a rerun reuses the finished runs
+    assert (out / "runs" / "arlm_tiny_seed0" / "model.safetensors").stat().st_mtime == mtime
+    assert "| mlm_tiny |" in capsys.readouterr().out

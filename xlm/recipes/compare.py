@@ -1,0 +1,135 @@
+"""python -m xlm.recipes.compare --task star_easy --archs arlm_star,mlm_star,mdlm_star,ilm_star
+(--budget-minutes M | --budget-steps N) [--seeds 3] [--output-dir reports/star_easy] [key=value ...]
+
+Trains every arch with the same budget (wall-clock minutes of training steps, evaluation
+excluded, or a number of steps) for each seed, evaluates each on the whole test split, and
+writes into one report directory: `results.json`, `table.md` (mean ± std over seeds) and
+`curves.png` (validation exact match and loss against training time and steps, one colour per
+family). Finished runs are reused, so an interrupted comparison continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import evaluate, train
+
+TABLE_METRICS = ("exact_match", "token_accuracy", "path_valid", "loss")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="xlm compare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True)
+    p.add_argument("--archs", required=True, help="comma-separated arch names")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget-minutes", type=float, help="training time per run (evaluation excluded)")
+    budget.add_argument("--budget-steps", type=int, help="optimizer steps per run")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--output-dir", type=Path, default=None, help="default reports/<task>")
+    p.add_argument("--eval-every-steps", type=int, default=250)
+    p.add_argument("--test-limit", type=int, default=None, help="score only the first N test examples (smoke runs)")
+    p.add_argument("overrides", nargs="*", help="recipe overrides for every run, e.g. data.batch_size=32")
+    return p.parse_intermixed_args(argv)
+
+
+def _val_curve(run: Path) -> list[dict[str, float]]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "val"]
+
+
+def run_one(arch: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    run = out / "runs" / f"{arch}_seed{seed}"
+    budget = ([f"trainer.max_minutes={args.budget_minutes}", "trainer.max_steps=1000000000"]
+              if args.budget_minutes is not None else [f"trainer.max_steps={args.budget_steps}"])
+    if not (run / "model.safetensors").exists():
+        code = train.main(["--arch", arch, "--task", args.task, "--output-dir", str(run), f"seed={seed}",
+                           f"trainer.eval_every_steps={args.eval_every_steps}", "trainer.progress_bar=false",
+                           *budget, *args.overrides])
+        if code != 0:
+            raise RuntimeError(f"training {arch} (seed {seed}) failed with exit code {code}; see {run}")
+    result_file = run / "eval_test.json"
+    if not result_file.exists():
+        limit = ["--limit", str(args.test_limit)] if args.test_limit else []
+        code = evaluate.main(["--model", str(run), "--split", "test", "--output", str(result_file), *limit])
+        if code != 0:
+            raise RuntimeError(f"evaluating {run} failed with exit code {code}")
+    summary = json.loads((run / "metrics.json").read_text())
+    return {"arch": arch, "seed": seed, "run": str(run), "test": json.loads(result_file.read_text()),
+            "steps": summary["step"], "train_seconds": summary["train_seconds"], "curve": _val_curve(run)}
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean = statistics.fmean(values)
+    return f"{mean:.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{mean:.3f}"
+
+
+def table(results: list[dict[str, Any]], archs: Sequence[str], budget: str) -> str:
+    metrics = [m for m in TABLE_METRICS if any(m in r["test"] for r in results)]
+    head = ["arch", *metrics, "steps", "train s", "seeds"]
+    lines = [f"Test split, {budget} per run; mean ± std over seeds (loss: nats/token, a bound for mdlm/ilm).", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arch in archs:
+        rows = [r for r in results if r["arch"] == arch]
+        cells = [_mean_std([r["test"][m] for r in rows if m in r["test"]]) for m in metrics]
+        cells += [_mean_std([float(r["steps"]) for r in rows]).split(".")[0],
+                  _mean_std([r["train_seconds"] for r in rows]).split(".")[0], str(len(rows))]
+        lines.append(f"| {arch} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict[str, Any]], archs: Sequence[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(m, x) for m in ("val_exact_match", "val_loss") for x in ("train_seconds", "step")]
+    panels = [(m, x) for m, x in panels if any(m in p for r in results for p in r["curve"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (metric, x) in zip(axes[0], panels):
+        for i, arch in enumerate(archs):
+            for j, r in enumerate(r for r in results if r["arch"] == arch):
+                points = [(p.get(x, p["step"]), p[metric]) for p in r["curve"] if metric in p]
+                if points:
+                    ax.plot(*zip(*points), color=colours[i % len(colours)], marker="o", markersize=3,
+                            label=arch if j == 0 else None, alpha=0.85)
+        ax.set_xlabel("training seconds" if x == "train_seconds" else "step")
+        ax.set_ylabel(metric.removeprefix("val_").replace("_", " ") + " (validation)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    out = args.output_dir or Path("reports") / args.task
+    out.mkdir(parents=True, exist_ok=True)
+    budget = f"{args.budget_minutes:g} min" if args.budget_minutes is not None else f"{args.budget_steps} steps"
+    try:
+        results = [run_one(arch, seed, args, out) for arch in archs for seed in range(args.seeds)]
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    (out / "results.json").write_text(json.dumps({"task": args.task, "budget": budget, "results": results}, indent=2))
+    text = table(results, archs, budget)
+    (out / "table.md").write_text(f"# {args.task}\n\n{text}")
+    plot(results, archs, out / "curves.png", f"{args.task}, {budget} per run")
+    print(text)
+    print(f"wrote {out / 'table.md'}, {out / 'curves.png'}, {out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
