@@ -15,6 +15,7 @@ import torch
 from xlm import models as _models  # noqa: F401  (registers the core families)
 from xlm.registry import Family, get_family, list_families, register_family, families
 from xlm.assets import AssetCard, Generator, all_cards, load_generator, load_model, load_tokenizer
+from xlm.export import export
 from xlm.plugins import load_external_models
 
 __version__ = "0.1.0"
@@ -45,5 +46,5 @@ def list_cards() -> dict[str, AssetCard]:
     return all_cards()
 
 
-__all__ = ["AssetCard", "Family", "Generator", "create_model", "get_family", "list_archs", "list_cards",
+__all__ = ["AssetCard", "Family", "Generator", "create_model", "export", "get_family", "list_archs", "list_cards",
            "list_families", "load_external_models", "load_generator", "load_model", "load_tokenizer", "register_family"]

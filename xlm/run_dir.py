@@ -27,14 +27,14 @@ class RunDirError(ValueError):
 
 
 def write_run_dir(path: Path, *, model: torch.nn.Module, family: str, arch: str, model_config: Any,
-                  sampler_config: Any, tokenizer: Tokenizer, task: str | None,
+                  sampler_config: Any, tokenizer: Tokenizer | None, task: str | None,
                   train_config: Mapping[str, Any] | None, metrics: Mapping[str, Any]) -> None:
     from xlm.recipes.checkpoint import state_dict_for_safetensors, write_atomically
 
     path.mkdir(parents=True, exist_ok=True)
     config = {"format_version": FORMAT_VERSION, "family": family, "arch": arch,
               "model_config": asdict(model_config), "sampler_config": asdict(sampler_config),
-              "tokenizer": tokenizer.spec(), "task": task, "train_config": train_config}
+              "tokenizer": tokenizer.spec() if tokenizer is not None else None, "task": task, "train_config": train_config}
     state = state_dict_for_safetensors(model.state_dict())
     tied = _tied_keys(model)
     for key in tied:
@@ -124,7 +124,11 @@ def load_state_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor],
 
 
 def load_run_tokenizer(path: str | Path) -> Tokenizer:
-    return tokenizer_from_spec(read_run_config(Path(path))["tokenizer"])
+    spec = read_run_config(Path(path))["tokenizer"]
+    if spec is None:
+        raise RunDirError(f"{path} was exported without a tokenizer; pass tokenizer= to xlm.export, or load the "
+                          f"tokenizer it was trained with separately")
+    return tokenizer_from_spec(spec)
 
 
 def load_run_sampler_config(path: str | Path, **overrides: Any) -> Any:

@@ -233,3 +233,33 @@ def test_strict_loading_reports_every_bad_key_and_corrupt_files(tmp_path):
         xlm.load_model("no_such_card")
     config = json.loads((run2 / "config.json").read_text())
     assert config["family"] == "arlm"
+
+
+def test_hf_model_dirs_and_hub_cards_load_through_the_converters(tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=50, n_positions=32, n_embd=32, n_layer=2,
+                                                                n_head=2)).eval()
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    bert = transformers.BertForMaskedLM(transformers.BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2,
+                                                                num_attention_heads=2, intermediate_size=64,
+                                                                max_position_embeddings=32)).eval()
+    bert.save_pretrained(tmp_path / "bert")
+    ids = torch.randint(0, 40, (2, 12))
+    with torch.no_grad():
+        ours = xlm.load_model(tmp_path / "gpt2")
+        assert type(ours).__name__ == "ArlmModel"
+        assert torch.allclose(ours(ids), gpt2(ids).logits, atol=1e-5)
+        assert torch.allclose(xlm.load_model(tmp_path / "bert")(ids), bert(ids).logits, atol=1e-5)
+    with FakeHub() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        weights = (tmp_path / "gpt2" / "model.safetensors").read_bytes()
+        hub.files[("openai/tiny-gpt2", "main", "model.safetensors")] = weights
+        hub.files[("openai/tiny-gpt2", "main", "config.json")] = (tmp_path / "gpt2" / "config.json").read_bytes()
+        _write(tmp_path / "user_cards" / "gpt.yaml", [
+            {"name": "tiny_gpt2", "model_family": "arlm", "checkpoint": "hf://openai/tiny-gpt2/model.safetensors",
+             "checkpoint_format": "hf_gpt2", "sha256": hashlib.sha256(weights).hexdigest()}])
+        with torch.no_grad():
+            assert torch.allclose(xlm.load_model("tiny_gpt2")(ids), gpt2(ids).logits, atol=1e-5)
+    with pytest.raises(ValueError, match="pass family="):
+        xlm.load_model(tmp_path / "gpt2" / "model.safetensors")

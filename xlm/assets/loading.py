@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
-from xlm.data.tokenizers import Tokenizer, tokenizer_from_spec
+from xlm.data.tokenizers import Tokenizer
 from xlm.registry import Family, get_family
-from xlm.run_dir import RunDirError, load_run_model, load_run_sampler_config, read_run_config
+from xlm.run_dir import RunDirError, load_run_model, load_run_sampler_config, load_run_tokenizer
 
 from .card import AssetCard, CardError
 from .download import fetch, sibling_uri
@@ -55,7 +55,7 @@ def _checkpoint_path(card: AssetCard) -> Path:
     if not card.checkpoint:
         raise CardError(f"card {card.name!r} ({card.source_file}) has no checkpoint to load")
     path = fetch(card.checkpoint, sha256=card.sha256, base_dir=card.base_dir, card=card.name)
-    if (card.checkpoint_format or "xlm") in FORMATS_WITH_CONFIG and path.is_file():
+    if (card.checkpoint_format or "xlm") in FORMATS_WITH_CONFIG and path.is_file() and path.suffix == ".safetensors":
         config = fetch(sibling_uri(card.checkpoint, "config.json"), base_dir=card.base_dir, card=card.name)
         if config.parent != path.parent:
             raise CardError(f"card {card.name!r}: {card.checkpoint} and its config.json landed in different "
@@ -134,7 +134,7 @@ def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
         path = _checkpoint_path(card)
     assert path is not None
     if path.is_dir() and _is_run_dir(path):
-        return tokenizer_from_spec(read_run_config(path)["tokenizer"])
+        return load_run_tokenizer(path)
     if path.is_dir() and (path / "tokenizer.json").is_file():
         from xlm.data.hf_tokenizer import HFTokenizer
 

@@ -173,32 +173,19 @@ def randomize_(module: torch.nn.Module) -> None:
 
 
 def test_matches_hf_gpt2():
+    """The knobs GPT-2 needs (learned positions, gelu_tanh, tied head) reproduce it; the key map itself
+    is xlm.models.arlm.loader's (tests/models/arlm/test_arlm_loader.py covers it in depth)."""
     transformers = pytest.importorskip("transformers")
+    from xlm.models.arlm.loader import convert_hf_gpt2
+
     torch.manual_seed(0)
     hf_config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=64,
                                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     hf = transformers.GPT2LMHeadModel(hf_config).eval()
     randomize_(hf)
-    config = ArlmConfig(vocab_size=100, model_dim=64, num_layers=2, num_heads=4, ffn_dim=256, max_seq_len=64,
-                        pos_encoding="learned", norm="layernorm", norm_eps=hf_config.layer_norm_epsilon,
-                        activation="gelu_tanh", bias=True, tie_embeddings=True)
+    config, state = convert_hf_gpt2(hf.state_dict(), hf_config)
+    assert (config.pos_encoding, config.activation, config.tie_embeddings) == ("learned", "gelu_tanh", True)
     model = create_arlm_model(config).eval()
-
-    src = hf.state_dict()
-    state = {"embed_tokens.weight": src["transformer.wte.weight"],
-             "embed_positions.weight": src["transformer.wpe.weight"],
-             "final_norm.weight": src["transformer.ln_f.weight"], "final_norm.bias": src["transformer.ln_f.bias"],
-             "lm_head.proj.weight": src["transformer.wte.weight"]}
-    for i in range(2):
-        h, dst = f"transformer.h.{i}.", f"layers.{i}."
-        for a, b in (("ln_1", "attn_norm"), ("ln_2", "ffn_norm")):
-            state[dst + b + ".weight"], state[dst + b + ".bias"] = src[h + a + ".weight"], src[h + a + ".bias"]
-        # Conv1D stores (in, out): transpose for nn.Linear; c_attn packs q, k, v along out
-        for proj, w, b in zip(("q_proj", "k_proj", "v_proj"), src[h + "attn.c_attn.weight"].split(64, dim=1),
-                              src[h + "attn.c_attn.bias"].split(64)):
-            state[dst + f"attn.{proj}.weight"], state[dst + f"attn.{proj}.bias"] = w.t(), b
-        for a, b in (("attn.c_proj", "attn.out_proj"), ("mlp.c_fc", "ffn.up_proj"), ("mlp.c_proj", "ffn.down_proj")):
-            state[dst + b + ".weight"], state[dst + b + ".bias"] = src[h + a + ".weight"].t(), src[h + a + ".bias"]
     model.load_state_dict(state, strict=True)
 
     ids = torch.randint(0, 100, (2, 20))
@@ -213,24 +200,17 @@ def test_matches_hf_gpt2():
 
 def test_matches_hf_llama():
     transformers = pytest.importorskip("transformers")
+    from xlm.models.arlm.loader import convert_hf_llama
+
     torch.manual_seed(0)
     hf_config = transformers.LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                                          rms_norm_eps=1e-6, tie_word_embeddings=False)
     hf = transformers.LlamaForCausalLM(hf_config).eval()
     randomize_(hf)
-    config = ArlmConfig(vocab_size=100, model_dim=64, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=160,
-                        max_seq_len=64, pos_encoding="rope", rope_base=10000.0, norm="rmsnorm", norm_eps=1e-6,
-                        activation="swiglu", bias=False, tie_embeddings=False)
+    config, state = convert_hf_llama(hf.state_dict(), hf_config)
+    assert (config.norm, config.activation, config.kv_heads, config.bias) == ("rmsnorm", "swiglu", 2, False)
     model = create_arlm_model(config).eval()
-    renames = {"model.embed_tokens.": "embed_tokens.", "model.norm.": "final_norm.", "lm_head.": "lm_head.proj.",
-               "self_attn.o_proj": "attn.out_proj", "self_attn.": "attn.", "mlp.": "ffn.",
-               "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "model.layers.": "layers."}
-    state = {}
-    for key, value in hf.state_dict().items():
-        for old, new in renames.items():
-            key = key.replace(old, new)
-        state[key] = value
     model.load_state_dict(state, strict=True)
 
     ids = torch.randint(0, 100, (2, 20))

@@ -137,28 +137,6 @@ def randomize_(module: torch.nn.Module) -> None:
             p.copy_(torch.randn_like(p) * 0.1)
 
 
-def bert_key_map(src: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
-    """HF BertForMaskedLM -> MlmModel (the later converter's job; here it proves the config knobs)."""
-    e, p = "bert.embeddings.", "cls.predictions."
-    state = {"embed_tokens.weight": src[e + "word_embeddings.weight"],
-             "embed_positions.weight": src[e + "position_embeddings.weight"],
-             "embed_token_types.weight": src[e + "token_type_embeddings.weight"],
-             "embed_norm.weight": src[e + "LayerNorm.weight"], "embed_norm.bias": src[e + "LayerNorm.bias"],
-             "head.dense.weight": src[p + "transform.dense.weight"], "head.dense.bias": src[p + "transform.dense.bias"],
-             "head.norm.weight": src[p + "transform.LayerNorm.weight"],
-             "head.norm.bias": src[p + "transform.LayerNorm.bias"],
-             "head.proj.weight": src[p + "decoder.weight"], "head.proj.bias": src[p + "bias"]}
-    names = {"attention.self.query": "attn.q_proj", "attention.self.key": "attn.k_proj",
-             "attention.self.value": "attn.v_proj", "attention.output.dense": "attn.out_proj",
-             "attention.output.LayerNorm": "attn_norm", "intermediate.dense": "ffn.up_proj",
-             "output.dense": "ffn.down_proj", "output.LayerNorm": "ffn_norm"}
-    for i in range(num_layers):
-        for hf, ours in names.items():
-            for kind in ("weight", "bias"):
-                state[f"layers.{i}.{ours}.{kind}"] = src[f"bert.encoder.layer.{i}.{hf}.{kind}"]
-    return state
-
-
 def test_matches_hf_bert_masked_lm():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
@@ -168,12 +146,15 @@ def test_matches_hf_bert_masked_lm():
                                         attention_probs_dropout_prob=0.0)
     hf = transformers.BertForMaskedLM(hf_config).eval()
     randomize_(hf)
-    config = MlmConfig(vocab_size=100, model_dim=64, num_layers=2, num_heads=4, ffn_dim=128, max_seq_len=64,
-                       norm_position="post", pos_encoding="learned", type_vocab_size=2, norm="layernorm",
-                       norm_eps=1e-12, activation="gelu", bias=True, head_transform=True, head_bias=True,
-                       tie_embeddings=True)
+    from xlm.models.mlm.loader import convert_hf_bert
+
+    config, state = convert_hf_bert(hf.state_dict(), hf_config)  # the key map lives in the loader
+    assert config == MlmConfig(vocab_size=100, model_dim=64, num_layers=2, num_heads=4, ffn_dim=128, max_seq_len=64,
+                               norm_position="post", pos_encoding="learned", type_vocab_size=2, norm="layernorm",
+                               norm_eps=1e-12, activation="gelu", bias=True, head_transform=True, head_bias=True,
+                               tie_embeddings=True, pad_token_id=0)
     model = create_mlm_model(config).eval()
-    model.load_state_dict(bert_key_map(hf.state_dict(), 2), strict=True)
+    model.load_state_dict(state, strict=True)
     assert model.head.proj.weight is model.embed_tokens.weight
 
     ids = torch.randint(0, 100, (2, 20))

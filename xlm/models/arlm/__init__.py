@@ -4,6 +4,7 @@ from xlm.registry import Family, register_family
 
 from .config import ArlmConfig, arlm_arch, arlm_archs
 from .factory import create_arlm_model
+from .loader import CONVERTERS
 from .model import ArlmModel
 from .predictor import ArlmPredictor, ArlmSamplerConfig
 from .unit import ArlmUnit
@@ -14,6 +15,7 @@ register_family(Family(
     archs=arlm_archs,
     factory=create_arlm_model,
     unit_factory=ArlmUnit,
+    converters=CONVERTERS,
     sampler_config_class=ArlmSamplerConfig,
 ))
 

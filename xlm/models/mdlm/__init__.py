@@ -5,6 +5,7 @@ from xlm.registry import Family, register_family
 
 from .config import MdlmConfig, mdlm_arch, mdlm_archs
 from .factory import create_mdlm_model
+from .loader import CONVERTERS
 from .model import MdlmModel
 from .noise import CosineSchedule, LogLinearSchedule, NoiseSchedule, build_noise_schedule, sample_t
 from .predictor import MdlmPredictor, MdlmSamplerConfig
@@ -16,6 +17,7 @@ register_family(Family(
     archs=mdlm_archs,
     factory=create_mdlm_model,
     unit_factory=MdlmUnit,
+    converters=CONVERTERS,
     sampler_config_class=MdlmSamplerConfig,
 ))
 

@@ -1,0 +1,248 @@
+"""Checkpoint converter for MDLM: the reference DiT of kuleshov-group/mdlm, both ways.
+
+    config, state = MDLM_REFERENCE("path/to/mdlm-owt")          # the HF repo: config.json + model.safetensors
+    config, state = MDLM_REFERENCE("path/to/last.ckpt")         # a Lightning checkpoint (EMA weights)
+    converted = convert_mdlm_reference(state, ref_config)        # in memory
+
+Reference layout (`backbone.` + the module tree of the reference's `models/dit.py`):
+
+    backbone.vocab_embed.embedding                 (vocab, hidden)          -> vocab_embed.weight
+    backbone.sigma_map.mlp.{0,2}.{weight,bias}     256 -> cond -> cond      -> sigma_map.mlp.{0,2}.*
+    backbone.rotary_emb.inv_freq                   buffer, recomputed       -> dropped (checked)
+    backbone.blocks.N.norm1.weight / norm2.weight  weight-only LayerNorm    -> blocks.N.norm1/norm2.weight
+    backbone.blocks.N.attn_qkv.weight              (3*hidden, hidden) q|k|v -> blocks.N.attn_qkv.weight
+    backbone.blocks.N.attn_out.weight              no bias                  -> blocks.N.attn_out.weight
+    backbone.blocks.N.mlp.0 / mlp.2                GELU-tanh MLP, biases    -> blocks.N.mlp.up_proj / down_proj
+    backbone.blocks.N.adaLN_modulation             cond -> 6*hidden         -> same name
+    backbone.output_layer.{norm_final,linear,adaLN_modulation}              -> same names
+
+Sizes come from the checkpoint's config.json (`hidden_dim`, `n_blocks`, `n_heads`, `cond_dim`,
+`model_length`, `vocab_size`, `dropout`, `time_conditioning`; the released file says cond_dim 128,
+where the repo's config class defaults to 129) or, for a Lightning `.ckpt`, from its Hydra config
+(`model.hidden_size`, `model.n_blocks`, `model.n_heads`, `model.cond_dim`, `model.length`, and
+`time_conditioning`), with the vocabulary read off the embedding. The two sizes the reference
+hard-codes (256 sinusoidal features of sigma, MLP ratio 4) are read off the weights.
+
+A Lightning checkpoint keeps its EMA as `ema.shadow_params`, a list in the order of
+`backbone.parameters()` (then the noise schedule's, none for log-linear); `use_ema=True` (the
+default, as the paper evaluates) puts those values under the reference's parameter names.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from xlm.checkpoint_conversion import (ConversionError, Converted, Converter, KeyMap, Rule, check_mapped,
+                                       check_state_dict, config_dict, read_checkpoint, read_hf_dir, require,
+                                       to_plain)
+
+from .config import MdlmConfig
+from .factory import create_mdlm_model
+
+__all__ = ["CONVERTERS", "MDLM_REFERENCE", "REFERENCE_KEY_MAP", "convert_mdlm_reference", "convert_to_mdlm_reference",
+           "mdlm_config_from_reference", "mdlm_reference_config", "read_mdlm_reference", "reference_export_problems",
+           "reference_inv_freq"]
+
+_B = "backbone."
+
+#: reference (`backbone.*`) -> MdlmModel (its inverse maps back).
+REFERENCE_KEY_MAP = KeyMap([
+    Rule(_B + "vocab_embed.embedding", "vocab_embed.weight"),
+    Rule(_B + "sigma_map.mlp.{n:[02]}.{p}", "sigma_map.mlp.{n}.{p}"),
+    Rule(_B + "blocks.{i}.{norm:norm[12]}.weight", "blocks.{i}.{norm}.weight"),
+    Rule(_B + "blocks.{i}.{proj:attn_(qkv|out)}.weight", "blocks.{i}.{proj}.weight"),
+    Rule(_B + "blocks.{i}.mlp.0.{p}", "blocks.{i}.mlp.up_proj.{p}"),
+    Rule(_B + "blocks.{i}.mlp.2.{p}", "blocks.{i}.mlp.down_proj.{p}"),
+    Rule(_B + "blocks.{i}.adaLN_modulation.{p}", "blocks.{i}.adaLN_modulation.{p}"),
+    Rule(_B + "output_layer.norm_final.weight", "output_layer.norm_final.weight"),
+    Rule(_B + "output_layer.{m:linear|adaLN_modulation}.{p}", "output_layer.{m}.{p}"),
+], drop=[_B + "rotary_emb.inv_freq", "noise.{rest:.+}"])
+
+_INV_FREQ = _B + "rotary_emb.inv_freq"
+_NOTES = "__xlm_read_notes__"  # passes what the reader did (EMA, prefixes) on to the converter's report
+
+# what the reference hard-codes: not in its config, so checked on export
+_REFERENCE_FIXED = {"sigma_embed_dim": 256, "mlp_ratio": 4, "rope_base": 10000.0, "norm_eps": 1e-5}
+
+
+def reference_inv_freq(head_dim: int, base: float = 10000.0) -> Tensor:
+    """The reference's rotary buffer: 1 / base^(2k / head_dim), fp32."""
+    return 1.0 / (base ** (torch.arange(0, head_dim, 2).float() / head_dim))
+
+
+def _model_fields(c: Mapping[str, Any]) -> dict[str, Any]:
+    """The HF MDLMConfig fields, or a Lightning checkpoint's Hydra config (`model.*`) in their terms."""
+    if isinstance(c.get("model"), Mapping):  # Hydra config of the reference repo
+        model = c["model"]
+        return {"hidden_dim": model.get("hidden_size"), "n_blocks": model.get("n_blocks"),
+                "n_heads": model.get("n_heads"), "cond_dim": model.get("cond_dim"),
+                "model_length": model.get("length"), "dropout": model.get("dropout", 0.0),
+                "time_conditioning": c.get("time_conditioning", model.get("time_conditioning")),
+                "vocab_size": c.get("vocab_size")}
+    fields = dict(c)
+    if fields.get("hidden_dim") is None and fields.get("hidden_size") is not None:
+        fields["hidden_dim"] = fields["hidden_size"]
+    return fields
+
+
+def mdlm_config_from_reference(ref_config: Any, state: Mapping[str, Tensor] | None = None) -> MdlmConfig:
+    """An MdlmConfig for a reference checkpoint. Sizes come from its config; `state` (reference keys)
+    supplies the vocabulary when the config lacks it and the two sizes the reference hard-codes."""
+    c = _model_fields(config_dict(ref_config))
+    state = state or {}
+    embedding = state.get(_B + "vocab_embed.embedding")
+    if c.get("vocab_size") is None and embedding is not None:
+        c["vocab_size"] = embedding.shape[0]
+    require(c, ["vocab_size", "model_length", "hidden_dim", "cond_dim", "n_blocks", "n_heads"],
+            where="MDLM reference config")
+    if c.get("time_conditioning") is None:
+        raise ConversionError("the MDLM reference config does not say whether the model is time-conditioned "
+                              "(time_conditioning); the released mdlm-owt is not")
+    dim = c["hidden_dim"]
+    sigma_in = state.get(_B + "sigma_map.mlp.0.weight")
+    mlp_in = state.get(_B + "blocks.0.mlp.0.weight")
+    fixed = _REFERENCE_FIXED
+    return MdlmConfig(vocab_size=c["vocab_size"], max_seq_len=c["model_length"], model_dim=dim,
+                      num_layers=c["n_blocks"], num_heads=c["n_heads"], cond_dim=c["cond_dim"],
+                      mlp_ratio=mlp_in.shape[0] // dim if mlp_in is not None else fixed["mlp_ratio"],
+                      sigma_embed_dim=sigma_in.shape[1] if sigma_in is not None else fixed["sigma_embed_dim"],
+                      rope_base=fixed["rope_base"], norm_eps=fixed["norm_eps"],
+                      dropout=float(c.get("dropout") or 0.0), time_conditioning=bool(c["time_conditioning"]))
+
+
+def reference_export_problems(config: MdlmConfig) -> list[str]:
+    """Why the reference DiT cannot hold this config ([] = it can): it hard-codes these sizes."""
+    return [f"{name}={getattr(config, name)} (the reference fixes {value})" for name, value in _REFERENCE_FIXED.items()
+            if getattr(config, name) != value]
+
+
+def mdlm_reference_config(config: MdlmConfig) -> dict[str, Any]:
+    """The config.json (HF MDLMConfig fields) of the reference model equal in function to `config`."""
+    problems = reference_export_problems(config)
+    if problems:
+        raise ConversionError(f"this MDLM config has no reference-DiT equivalent: {'; '.join(problems)}")
+    return {"model_type": "mdlm", "architectures": ["MDLM"], "vocab_size": config.vocab_size,
+            "model_length": config.max_seq_len, "hidden_dim": config.model_dim, "cond_dim": config.cond_dim,
+            "n_blocks": config.num_layers, "n_heads": config.num_heads, "dropout": config.dropout,
+            "time_conditioning": config.time_conditioning}
+
+
+def _normalise_keys(state: Mapping[str, Tensor], notes: list[str]) -> dict[str, Tensor]:
+    state = dict(state)
+    if any("_orig_mod." in k for k in state):
+        state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
+        notes.append("removed torch.compile's '_orig_mod.' from keys")
+    if state and not any(k.startswith(_B) for k in state):
+        state = {f"{_B}{k}": v for k, v in state.items()}
+        notes.append("keys had no 'backbone.' prefix (a bare DIT state dict); added it")
+    return state
+
+
+def convert_mdlm_reference(state: Mapping[str, Tensor], ref_config: Any, *,
+                           source: str | None = None) -> Converted:
+    """Reference DiT (`backbone.*`) -> (MdlmConfig, MdlmModel state dict)."""
+    ref = config_dict(ref_config)
+    notes = list(ref.pop(_NOTES, []))
+    state = _normalise_keys(state, notes)
+    config = mdlm_config_from_reference(ref, state)
+    inv_freq = state.get(_INV_FREQ)
+    if inv_freq is not None:
+        expected = reference_inv_freq(config.head_dim, config.rope_base)
+        if inv_freq.shape != expected.shape or not torch.allclose(inv_freq.float(), expected, rtol=1e-4):
+            raise ConversionError(f"{_INV_FREQ} does not match rotary embeddings over head_dim={config.head_dim} with "
+                                  f"base {config.rope_base}; the checkpoint's n_heads or rotary base differ",
+                                  source=source)
+    result = REFERENCE_KEY_MAP.apply(state, source=source)
+    check_mapped(result, create_mdlm_model(config, device="meta"), source=source)
+    return Converted(config, result.state, dropped=result.dropped, notes=notes, source=source)
+
+
+def convert_to_mdlm_reference(state: Mapping[str, Tensor], config: MdlmConfig) -> Converted:
+    """MdlmModel state dict -> (reference config.json dict, `backbone.*` state dict with the rotary buffer)."""
+    ref_config = mdlm_reference_config(config)
+    check_state_dict(state, create_mdlm_model(config, device="meta"), target="the MDLM config")
+    result = REFERENCE_KEY_MAP.inverse().apply(state)
+    if result.unmatched or result.incomplete:
+        raise ConversionError("keys with no place in the reference layout", unexpected=result.unmatched)
+    out: dict[str, Tensor] = {}
+    for key, tensor in result.state.items():  # the rotary buffer sits where the reference registers it
+        if key.startswith(_B + "blocks.") and _INV_FREQ not in out:
+            out[_INV_FREQ] = reference_inv_freq(config.head_dim, config.rope_base)
+        out[key] = tensor.contiguous()
+    return Converted(ref_config, out)
+
+
+def _reference_parameter_order(config: MdlmConfig) -> list[str]:
+    """The reference's `backbone.parameters()` order: ours is the same module tree, mapped back."""
+    model = create_mdlm_model(config, device="meta")
+    names = [name for name, _ in model.named_parameters()]
+    inverse = REFERENCE_KEY_MAP.inverse()
+    order = []
+    for name in names:
+        mapped = inverse.apply({name: torch.empty(0)}).state
+        order.extend(mapped)
+    return order
+
+
+def _apply_ema(ckpt: Mapping[str, Any], state: dict[str, Tensor], config: MdlmConfig, notes: list[str],
+               path: Path) -> dict[str, Tensor]:
+    shadow = ckpt["ema"].get("shadow_params") if isinstance(ckpt.get("ema"), Mapping) else None
+    if not isinstance(shadow, (list, tuple)):
+        raise ConversionError("use_ema=True but the checkpoint has no ema.shadow_params list; pass use_ema=False "
+                              "for the raw weights", source=path)
+    order = _reference_parameter_order(config)
+    if len(shadow) < len(order):
+        raise ConversionError(f"ema.shadow_params has {len(shadow)} tensors but the backbone has {len(order)} "
+                              f"parameters", source=path)
+    bad = [(key, tuple(t.shape), tuple(state[key].shape)) for key, t in zip(order, shadow)
+           if key in state and tuple(t.shape) != tuple(state[key].shape)]
+    if bad:
+        raise ConversionError("ema.shadow_params is not in the backbone's parameter order", wrong_shapes=bad,
+                              source=path, target="the raw weights")
+    state = dict(state)
+    state.update(zip(order, shadow))
+    extra = len(shadow) - len(order)
+    notes.append(f"EMA weights (ema.shadow_params, decay {ckpt['ema'].get('decay')})"
+                 + (f"; {extra} trailing noise-schedule tensor(s) ignored" if extra else ""))
+    return state
+
+
+def read_mdlm_reference(path: str | Path, *, use_ema: bool = True) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """(reference config, `backbone.*` state dict) from the HF repo's dir (config.json + weights), a weights
+    file with a config.json beside it, or a Lightning `.ckpt` (its Hydra config; EMA weights if `use_ema`)."""
+    path = Path(path)
+    if path.is_dir():
+        return read_hf_dir(path)
+    ckpt = read_checkpoint(path)
+    if not (isinstance(ckpt, Mapping) and isinstance(ckpt.get("state_dict"), Mapping)):
+        return read_hf_dir(path)  # a bare weights file: sizes from config.json beside it
+    notes: list[str] = []
+    state = _normalise_keys(ckpt["state_dict"], notes)
+    hyper = to_plain(ckpt.get("hyper_parameters") or {})
+    ref_config = hyper.get("config") if isinstance(hyper, Mapping) else None
+    if isinstance(ref_config, Mapping):
+        ref_config = to_plain(ref_config, resolve=True)
+    if not isinstance(ref_config, Mapping):
+        sibling = path.parent / "config.json"
+        if not sibling.is_file():
+            raise ConversionError("the Lightning checkpoint carries no readable hyper_parameters.config and there is "
+                                  "no config.json beside it to give the model's sizes", source=path)
+        ref_config = json.loads(sibling.read_text())
+    config = mdlm_config_from_reference(ref_config, state)
+    if use_ema and ckpt.get("ema") is not None:
+        state = _apply_ema(ckpt, state, config, notes, path)
+    elif use_ema:
+        notes.append("no EMA in the checkpoint: raw weights")
+    return {**ref_config, _NOTES: notes}, state
+
+
+MDLM_REFERENCE = Converter(name="mdlm_reference",
+                           description="kuleshov-group/mdlm DiT (HF repo kuleshov-group/mdlm-owt, Lightning .ckpt)",
+                           to_xlm=convert_mdlm_reference, from_xlm=convert_to_mdlm_reference,
+                           export_problems=reference_export_problems, read=read_mdlm_reference)
+CONVERTERS = {"mdlm_reference": MDLM_REFERENCE}

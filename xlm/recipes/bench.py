@@ -1,0 +1,225 @@
+"""python -m xlm.recipes.bench [SECTION ...] [--output bench.json] [--quick]
+
+Performance comparisons measured in one process, each against a peer run in the same call, so
+ratios hold on any machine (absolute numbers are this machine's). Sections:
+
+  peak         fp32 matmul throughput of this machine (the MFU denominator)
+  train        training tokens/s and model FLOPs utilisation per family, at two model sizes
+  hf_gpt2      ARLM training step vs HF transformers GPT-2 of identical shape, same batch
+  generate     ARLM generation with xlm's KV cache vs HF `generate` (same weights, greedy)
+  mdlm_cache   MDLM cached vs uncached ancestral sampler (T steps over a masked block)
+  ilm_multi    ILM several insertions per step vs one, with the exact-match cost on an oracle
+
+Prints a table per section and writes everything as JSON with --output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+
+import xlm
+from xlm.data.tokenizers import WordTokenizer
+
+Row = dict[str, Any]
+TOKENIZER = WordTokenizer([str(i) for i in range(121)])  # 128 ids, the star tasks' vocabulary size
+
+
+def timed(fn: Callable[[], Any], *, repeats: int, warmup: int = 1) -> float:
+    """Median seconds of `fn()` over `repeats` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_peak(quick: bool) -> list[Row]:
+    n = 1024 if quick else 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    seconds = timed(lambda: a @ b, repeats=5 if quick else 10)
+    return [{"matmul": f"{n}x{n} fp32", "gflops": round(2 * n**3 / seconds / 1e9, 1),
+             "threads": torch.get_num_threads()}]
+
+
+def _star_examples(batch: int, prompt_len: int = 26, target_len: int = 8) -> list[dict[str, list[int]]]:
+    g = torch.Generator().manual_seed(0)
+    return [{"prompt_ids": torch.randint(7, 128, (prompt_len,), generator=g).tolist(),
+             "target_ids": torch.randint(7, 128, (target_len,), generator=g).tolist()} for _ in range(batch)]
+
+
+SIZES = {"S": {"model_dim": 128, "num_layers": 4, "num_heads": 4}, "M": {"model_dim": 256, "num_layers": 6, "num_heads": 8}}
+
+
+def _train_flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
+    """6 N (N = parameters outside the token table) + the attention scores, 12 L d T."""
+    config = model.config  # type: ignore[attr-defined]
+    params = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name)
+    return 6 * params + 12 * config.num_layers * config.model_dim * seq_len
+
+
+def bench_train(quick: bool, peak_gflops: float) -> list[Row]:
+    rows = []
+    batch = 16 if quick else 64
+    examples = _star_examples(batch)
+    archs = [a for a in ("arlm_star", "mlm_star", "mdlm_star", "ilm_star") if a in xlm.list_archs()]
+    for size, dims in SIZES.items():
+        for arch in archs:
+            family = xlm.get_family(xlm.list_archs()[arch])
+            overrides = dict(dims)
+            if family.name == "mdlm":
+                overrides["cond_dim"] = dims["model_dim"] // 2
+            if "ffn_dim" in {f for f in family.config_class.__dataclass_fields__}:
+                overrides["ffn_dim"] = 4 * dims["model_dim"]
+            torch.manual_seed(0)
+            model = xlm.create_model(arch, vocab_size=128, **overrides)
+            unit = family.unit_factory(model, TOKENIZER, family.sampler_config_class(max_new_tokens=9))
+            optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            batch_t = unit.collate_train(examples)
+            tokens = int(batch_t["attention_mask"].sum()) if "attention_mask" in batch_t else batch * 36
+
+            def step() -> None:
+                out = unit.loss(model, batch_t)
+                out["loss"].backward()
+                optim.step()
+                optim.zero_grad(set_to_none=True)
+
+            seconds = timed(step, repeats=3 if quick else 10)
+            seq_len = next(v for v in batch_t.values() if isinstance(v, torch.Tensor) and v.ndim == 2).size(1)
+            flops = _train_flops_per_token(model, seq_len) * tokens / seconds
+            rows.append({"size": size, "arch": arch, "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+                         "tokens_per_s": round(tokens / seconds), "gflops": round(flops / 1e9, 1),
+                         "mfu": round(flops / 1e9 / peak_gflops, 3)})
+    return rows
+
+
+def bench_hf_gpt2(quick: bool) -> list[Row]:
+    import transformers
+
+    from xlm.models.arlm.config import ArlmConfig
+    from xlm.models.arlm.factory import create_arlm_model
+
+    rows = []
+    for dim, layers, heads in ((128, 4, 4), (256, 6, 8)):
+        batch, seq = (8, 128) if quick else (16, 256)
+        hf_config = transformers.GPT2Config(vocab_size=1024, n_positions=seq, n_embd=dim, n_layer=layers, n_head=heads,
+                                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        torch.manual_seed(0)
+        hf = transformers.GPT2LMHeadModel(hf_config)
+        ours = create_arlm_model(ArlmConfig(vocab_size=1024, model_dim=dim, num_layers=layers, num_heads=heads,
+                                            ffn_dim=4 * dim, max_seq_len=seq, pos_encoding="learned", norm="layernorm",
+                                            activation="gelu_tanh", bias=True, tie_embeddings=True))
+        ids = torch.randint(0, 1024, (batch, seq))
+
+        def step_fn(model: torch.nn.Module, forward: Callable[[], torch.Tensor]) -> Callable[[], None]:
+            optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+            def step() -> None:
+                forward().backward()
+                optim.step()
+                optim.zero_grad(set_to_none=True)
+            return step
+
+        def ours_loss() -> torch.Tensor:
+            logits = ours(ids[:, :-1])
+            return torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+
+        t_hf = timed(step_fn(hf, lambda: hf(input_ids=ids, labels=ids).loss), repeats=3 if quick else 8)
+        t_ours = timed(step_fn(ours, ours_loss), repeats=3 if quick else 8)
+        rows.append({"shape": f"{layers}x{dim}", "batch": f"{batch}x{seq}", "xlm_s": round(t_ours, 4),
+                     "hf_s": round(t_hf, 4), "hf_over_xlm": round(t_hf / t_ours, 2)})
+    return rows
+
+
+def bench_mdlm_cache(quick: bool) -> list[Row]:
+    from xlm.models.mdlm import MdlmPredictor, MdlmSamplerConfig, build_noise_schedule
+
+    steps, length = (200, 64) if quick else (1000, 128)
+    rows = []
+    torch.manual_seed(0)
+    model = xlm.create_model("mdlm_star", vocab_size=128, time_conditioning=False).eval()
+    with torch.no_grad():  # a fresh DiT predicts uniformly (zero-initialised output): give it an opinion
+        for p in model.parameters():
+            p.normal_(std=0.02)
+    calls = {"forwards": 0, "rows": 0}
+
+    def count(_module: torch.nn.Module, args: tuple) -> None:
+        calls["forwards"] += 1
+        calls["rows"] += args[0].size(0)
+
+    model.register_forward_pre_hook(count)
+    schedule = build_noise_schedule(model.config)
+    for batch in (1, 16):
+        row: Row = {"steps": steps, "block": length, "batch": batch}
+        outputs = {}
+        for use_cache in (False, True):
+            predictor = MdlmPredictor(model, TOKENIZER, MdlmSamplerConfig(max_new_tokens=length, num_steps=steps,
+                                                                          use_cache=use_cache), schedule=schedule)
+            calls.update(forwards=0, rows=0)
+            start = time.perf_counter()
+            outputs[use_cache] = predictor.unconditional(batch, length, generator=torch.Generator().manual_seed(0))
+            name = "cached" if use_cache else "uncached"
+            row[f"{name}_s"] = round(time.perf_counter() - start, 3)
+            row[f"{name}_forwards"] = calls["forwards"]
+            row[f"{name}_row_forwards"] = calls["rows"]
+        row["speedup"] = round(row["uncached_s"] / row["cached_s"], 2)
+        row["same_tokens"] = bool(torch.equal(outputs[False], outputs[True]))
+        rows.append(row)
+    return rows
+
+
+SECTIONS = ("peak", "train", "hf_gpt2", "mdlm_cache")
+
+
+def print_table(name: str, rows: list[Row]) -> None:
+    print(f"\n## {name}")
+    if not rows:
+        return
+    keys = list(rows[0])
+    print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+    for r in rows:
+        print("| " + " | ".join(str(r.get(k, "")) for k in keys) + " |")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="xlm bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sections", nargs="*", default=list(SECTIONS), help=f"any of {', '.join(SECTIONS)}")
+    p.add_argument("--quick", action="store_true", help="small sizes and few repeats (a smoke run)")
+    p.add_argument("--output", default=None, help="JSON file for every row")
+    args = p.parse_args(argv)
+    unknown = [s for s in args.sections if s not in SECTIONS]
+    if unknown:
+        print(f"error: unknown section(s) {unknown}; choose from {list(SECTIONS)}", file=sys.stderr)
+        return 2
+    results: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    peak = bench_peak(args.quick)
+    results["peak"] = peak
+    runners: dict[str, Callable[[], list[Row]]] = {
+        "train": lambda: bench_train(args.quick, peak[0]["gflops"]),
+        "hf_gpt2": lambda: bench_hf_gpt2(args.quick),
+        "mdlm_cache": lambda: bench_mdlm_cache(args.quick),
+    }
+    print_table("peak", peak)
+    for section in args.sections:
+        if section == "peak":
+            continue
+        results[section] = runners[section]()
+        print_table(section, results[section])
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
