@@ -10,6 +10,7 @@ USAGE = """usage: xlm COMMAND [ARGS]
 commands:
   train    train a model        (python -m xlm.recipes.train)
   eval     evaluate a model     (python -m xlm.recipes.evaluate)
+  convert  convert a checkpoint between layouts (python -m xlm.recipes.convert)
   compare  train several archs with one budget and tabulate/plot them (python -m xlm.recipes.compare)
   generate complete prompts, optionally tracing each step (python -m xlm.recipes.generate)
   train-tokenizer  train a SentencePiece tokenizer on a corpus (python -m xlm.recipes.train_tokenizer)
@@ -44,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from xlm.recipes.evaluate import main as run
     elif command == "train-tokenizer":
         from xlm.recipes.train_tokenizer import main as run
+    elif command == "convert":
+        from xlm.recipes.convert import main as run
     elif command == "compare":
         from xlm.recipes.compare import main as run
     elif command == "generate":
@@ -55,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         import difflib
 
-        close = difflib.get_close_matches(command, ["train", "eval", "compare", "generate", "train-tokenizer", "models", "cards"], n=1)
+        close = difflib.get_close_matches(command, ["train", "eval", "convert", "compare", "generate", "train-tokenizer", "models", "cards"], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         print(f"xlm: unknown command {command!r}{hint}\n\n{USAGE}", file=sys.stderr, end="")
         return 2

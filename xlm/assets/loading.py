@@ -17,7 +17,7 @@ import torch
 
 from xlm.data.tokenizers import Tokenizer
 from xlm.registry import Family, get_family
-from xlm.run_dir import RunDirError, load_run_model, load_run_sampler_config, load_run_tokenizer
+from xlm.run_dir import RunDirError, load_run_model, load_run_sampler_config, load_run_tokenizer, load_state_strict
 
 from .card import AssetCard, CardError
 from .download import fetch, sibling_uri
@@ -64,36 +64,46 @@ def _checkpoint_path(card: AssetCard) -> Path:
     return path
 
 
-def _convert(family: Family, fmt: str, path: Path, config_overrides: Mapping[str, Any] | None,
-             device: torch.device | str | None, dtype: torch.dtype | None) -> torch.nn.Module:
+def convert_checkpoint(family: Family, fmt: str, path: Path, config_overrides: Mapping[str, Any] | None = None,
+                       device: torch.device | str | None = None,
+                       dtype: torch.dtype | None = None) -> tuple[torch.nn.Module, Any]:
+    """The model read from a foreign layout, and the converter's record of it (`.summary()`)."""
     converter = family.converters.get(fmt)
     if converter is None:
         raise ValueError(f"family {family.name!r} cannot read checkpoint format {fmt!r}; it reads "
                          f"{sorted(['xlm', *family.converters])}")
-    config, state = converter(path)  # type: ignore[call-arg]
+    converted = converter(path)
+    config, state = converted
     if config_overrides:
         config = replace(config, **config_overrides)
     model = family.factory(config, device=device, dtype=dtype)
-    from xlm.run_dir import load_state_strict
-
     load_state_strict(model, state, where=str(path))
-    return model.eval()
+    return model.eval(), converted
+
+
+def detect_format(path: Path, family: str | None, fmt: str | None) -> tuple[str, str]:
+    """(family, checkpoint format) of an HF model dir, or as given for a checkpoint file."""
+    if fmt is None and path.is_dir() and (path / "config.json").is_file():
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        if model_type not in HF_MODEL_TYPES:
+            raise ValueError(f"{path}/config.json has model_type {model_type!r}; xlm converts HF "
+                             f"{sorted(HF_MODEL_TYPES)} models (or give family= and a checkpoint format)")
+        family, fmt = HF_MODEL_TYPES[model_type]
+    if fmt is None and family is not None and not path.is_dir():
+        formats = list(get_family(family).converters)
+        fmt = formats[0] if len(formats) == 1 else None
+    if family is None or fmt is None:
+        raise ValueError(f"cannot tell what {path} holds: pass family= (one of the registered families) and, when "
+                         f"the family reads several layouts, checkpoint_format=; or give a run dir / HF model dir")
+    return family, fmt
 
 
 def _load_path(path: Path, *, family: str | None, fmt: str | None, config_overrides: Mapping[str, Any] | None,
                device: torch.device | str | None, dtype: torch.dtype | None) -> torch.nn.Module:
     if path.is_dir() and _is_run_dir(path):
         return load_run_model(path, device=device, dtype=dtype, config_overrides=config_overrides)
-    if path.is_dir() and (path / "config.json").is_file() and fmt is None:
-        model_type = json.loads((path / "config.json").read_text()).get("model_type")
-        if model_type not in HF_MODEL_TYPES:
-            raise ValueError(f"{path}/config.json has model_type {model_type!r}; xlm converts HF "
-                             f"{sorted(HF_MODEL_TYPES)} models (or give family= and a checkpoint format)")
-        family, fmt = HF_MODEL_TYPES[model_type]
-    if family is None or fmt is None:
-        raise ValueError(f"cannot tell what {path} holds: pass family= (one of the registered families) for a "
-                         f"checkpoint file, or give a run dir / HF model dir")
-    return _convert(get_family(family), fmt, path, config_overrides, device, dtype)
+    family, fmt = detect_format(path, family, fmt)
+    return convert_checkpoint(get_family(family), fmt, path, config_overrides, device, dtype)[0]
 
 
 def load_model(name_or_path: str | Path, *, family: str | None = None, device: torch.device | str | None = None,
@@ -106,8 +116,8 @@ def load_model(name_or_path: str | Path, *, family: str | None = None, device: t
     card, path = _card_or_path(name_or_path)
     if card is None:
         assert path is not None
-        fmt = checkpoint_format or (None if path.is_dir() else _guess_format(path, family))
-        return _load_path(path, family=family, fmt=fmt, config_overrides=config_overrides, device=device, dtype=dtype)
+        return _load_path(path, family=family, fmt=checkpoint_format, config_overrides=config_overrides, device=device,
+                          dtype=dtype)
     overrides = {**card.model_config, **(config_overrides or {})}
     path = _checkpoint_path(card)
     fmt = card.checkpoint_format or "xlm"
@@ -115,13 +125,6 @@ def load_model(name_or_path: str | Path, *, family: str | None = None, device: t
         return load_run_model(path, device=device, dtype=dtype, config_overrides=overrides or None)
     return _load_path(path, family=family or card.model_family, fmt=fmt, config_overrides=overrides or None,
                       device=device, dtype=dtype)
-
-
-def _guess_format(path: Path, family: str | None) -> str | None:
-    if family is None:
-        return None
-    formats = list(get_family(family).converters)
-    return formats[0] if len(formats) == 1 else None
 
 
 def load_tokenizer(name_or_path: str | Path) -> Tokenizer:

@@ -1,3 +1,3 @@
 """The core model families; importing this package registers them."""
 
-from xlm.models import arlm, mdlm, mlm  # noqa: F401
+from xlm.models import arlm, ilm, mdlm, mlm  # noqa: F401

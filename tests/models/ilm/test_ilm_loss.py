@@ -1,0 +1,124 @@
+import math
+
+import pytest
+import torch
+
+import xlm
+from xlm.data.tokenizers import WordTokenizer
+from xlm.models.ilm.collators import IlmSeq2SeqCollator
+from xlm.models.ilm.loss import ilm_loss
+
+TOK = WordTokenizer(["a", "b", "c"])  # a=7 b=8 c=9
+V = TOK.vocab_size
+A, B, C = 7, 8, 9
+
+
+class ColumnTable(torch.nn.Module):
+    """Token logits depend only on the column, stop logits only on the row: small enough to
+    compute the loss by hand."""
+
+    def __init__(self, table: list[list[float]], stop: list[list[float]]) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.tensor(table))
+        self.stop = torch.nn.Parameter(torch.tensor(stop))
+
+    def forward(self, input_ids, attention_mask=None, positions=None):
+        batch, seq = input_ids.shape
+        return self.table[:seq].expand(batch, -1, -1), self.stop[:batch]
+
+
+EXAMPLES = [{"prompt_ids": [A], "target_ids": [B, C, A]},
+            {"prompt_ids": [B, C], "target_ids": [A]},
+            {"prompt_ids": [C], "target_ids": [A, A, B]}]
+DROPS = [[0, 2], [], [0, 1]]  # row 0 loses b and a; row 1 nothing; row 2 both a's (the same (gap, token) twice)
+
+
+def fixed_batch():
+    return IlmSeq2SeqCollator(TOK, max_len=16)(EXAMPLES, drops=DROPS)
+
+
+def table_and_stop():
+    table = [[0.1 * ((col + 2) * (tok + 3) % 7) - 0.2 for tok in range(V)] for col in range(5)]
+    stop = [[0.3, -0.4], [1.2, 0.5], [-0.7, 0.2]]
+    return table, stop
+
+
+def lse(values) -> float:
+    return math.log(sum(math.exp(v) for v in values))
+
+
+def test_layout_of_the_fixed_batch():
+    batch = fixed_batch()
+    P, K, S = TOK.pad_token_id, TOK.cls_token_id, TOK.bos_token_id
+    assert batch["input_ids"].tolist() == [[K, P, A, S, C], [K, B, C, S, A], [K, P, C, S, B]]
+    assert batch["gap_mask"][:, 3:].all()
+    assert not batch["gap_mask"][:, :3].any()
+    assert list(zip(batch["target_rows"].tolist(), batch["target_cols"].tolist(),
+                    batch["target_tokens"].tolist())) == [(0, 3, B), (0, 4, A), (2, 3, A), (2, 3, A)]
+    assert len(batch["target_tokens"]) == sum(len(d) for d in DROPS)
+    assert batch["num_dropped"].tolist() == [2, 0, 2]
+
+
+def test_loss_matches_hand_computation():
+    table, stop = table_and_stop()
+    out = ilm_loss(ColumnTable(table, stop), fixed_batch())
+    # one softmax over every (gap, token) pair of the row: gaps are the real columns from [BOS] on
+    z0 = lse(table[3] + table[4])  # row 0: gaps at columns 3 and 4
+    z2 = lse(table[3] + table[4])  # row 2 too
+    token = [z0 - 0.5 * (table[3][B] + table[4][A]),  # weight 1/2 on each dropped token
+             0.0,  # nothing dropped
+             z2 - (0.5 + 0.5) * table[3][A]]  # the duplicate pair adds up to weight 1
+    stop_nll = [lse(stop[0]) - stop[0][1],  # something dropped: target "continue" (class 1)
+                lse(stop[1]) - stop[1][0],  # nothing dropped: target "stop" (class 0)
+                lse(stop[2]) - stop[2][1]]
+    assert out["token_loss"].item() == pytest.approx(sum(token) / 3, rel=1e-6)
+    assert out["stop_loss"].item() == pytest.approx(sum(stop_nll) / 3, rel=1e-6)
+    assert out["loss"].item() == pytest.approx((sum(token) + sum(stop_nll)) / 3, rel=1e-6)
+    assert out["num_tokens"].item() == 3  # a mean over rows
+    assert out["nll_sum"].item() == pytest.approx(out["loss"].item() * 3, rel=1e-6)
+    assert out["num_targets"].item() == 4
+
+    weighted = ilm_loss(ColumnTable(table, stop), fixed_batch(), stop_loss_weight=0.25)
+    assert weighted["loss"].item() == pytest.approx((sum(token) + 0.25 * sum(stop_nll)) / 3, rel=1e-6)
+
+
+def test_gradients_reach_only_the_gap_columns():
+    table, stop = table_and_stop()
+    model = ColumnTable(table, stop)
+    ilm_loss(model, fixed_batch())["loss"].backward()
+    touched = model.table.grad.abs().sum(dim=1) > 0
+    assert touched.tolist() == [False, False, False, True, True]  # never [CLS], padding or the prompt
+    assert (model.stop.grad.abs().sum(dim=1) > 0).all()
+
+
+def test_a_confident_right_model_has_near_zero_loss():
+    table = [[-30.0] * V for _ in range(5)]
+    table[2][A] = 30.0  # everything on the one true pair of row 2 ...
+    batch = IlmSeq2SeqCollator(TOK, max_len=16)(EXAMPLES[2:], drops=[[0, 1]])
+    assert batch["input_ids"][0, 2] == TOK.bos_token_id and batch["target_cols"].tolist() == [2, 2]
+    out = ilm_loss(ColumnTable(table, [[-30.0, 30.0]]), batch)
+    assert out["loss"].item() < 1e-6
+    # a row with two different targets: the best the model can do is the target distribution itself,
+    # half on each pair, and the loss is then its entropy, log 2
+    table = [[-30.0] * V for _ in range(5)]
+    table[2][B] = table[3][A] = 30.0
+    batch = IlmSeq2SeqCollator(TOK, max_len=16)(EXAMPLES[:1], drops=[[0, 2]])
+    assert batch["target_cols"].tolist() == [2, 3] and batch["target_tokens"].tolist() == [B, A]
+    out = ilm_loss(ColumnTable(table, [[-30.0, 30.0]]), batch)
+    assert out["token_loss"].item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_unit_loss_on_a_real_model_uses_the_config_weight():
+    torch.manual_seed(0)
+    plain = xlm.create_model("ilm_tiny", vocab_size=V)
+    no_stop = xlm.create_model("ilm_tiny", vocab_size=V, stop_loss_weight=0.0)
+    no_stop.load_state_dict(plain.state_dict())
+    family = xlm.get_family("ilm")
+    sampler = family.sampler_config_class(max_new_tokens=4)
+    a = family.unit_factory(plain, TOK, sampler).loss(plain, fixed_batch())
+    b = family.unit_factory(no_stop, TOK, sampler).loss(no_stop, fixed_batch())
+    assert torch.isclose(a["token_loss"], b["token_loss"]) and torch.isclose(b["loss"], b["token_loss"])
+    assert torch.isclose(a["loss"], a["token_loss"] + a["stop_loss"])
+    # an untrained model is close to uniform over the row's (gap, token) pairs
+    uniform = (math.log(2 * V) + 0 + math.log(2 * V)) / 3
+    assert abs(a["token_loss"].item() - uniform) < 0.1

@@ -1,0 +1,100 @@
+"""ILM configuration and named architectures.
+
+The network follows xlm-core's `RotaryTransformerILMModelWithStoppingClassification`: a
+bidirectional pre-LN rotary encoder, token logits at every position (the gap after that token)
+and a binary stopping classifier read at the [CLS] column. The flags that xlm-core varies
+between checkpoints (final norm or none, untied output projection, partial rotary) are fields
+here, so a converted checkpoint only needs a config and a key map (see `model.py`).
+Fields are plain `str`/`int`/`float`/`bool` (OmegaConf), checked in `__post_init__`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xlm.nn.feed_forward import ACTIVATIONS
+from xlm.nn.norm import NORMS
+from xlm.registry import ArchRegistry
+
+
+@dataclass(kw_only=True)
+class IlmConfig:
+    vocab_size: int
+    model_dim: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    ffn_dim: int | None = None  # None = 4 * model_dim
+    max_seq_len: int = 1024  # longest row: [CLS] + prompt + [BOS] + target
+    rope_base: float = 10000.0
+    rotary_dim: int | None = None  # dims of each head that are rotated; None = the whole head
+    norm: str = "layernorm"  # "layernorm" | "rmsnorm"
+    norm_eps: float = 1e-5
+    activation: str = "gelu"  # "gelu" | "gelu_tanh" | "swiglu"
+    bias: bool = True  # biases in attention, MLP and norms (xlm-core: MLP yes, attention no -> zeros)
+    final_norm: bool = True  # a norm before the token projection (xlm-core stopping models: none)
+    tie_embeddings: bool = False  # xlm-core's output projection is its own matrix
+    dropout: float = 0.0
+    init_std: float = 0.02
+    pad_token_id: int = 0
+    stop_loss_weight: float = 1.0  # loss = token_loss + stop_loss_weight * stop_loss
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "model_dim", "num_layers", "num_heads", "max_seq_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.model_dim % self.num_heads:
+            raise ValueError(f"num_heads={self.num_heads} does not divide model_dim={self.model_dim}")
+        if self.ffn_dim is not None and self.ffn_dim < 1:
+            raise ValueError(f"ffn_dim must be >= 1 or None (4 * model_dim), got {self.ffn_dim}")
+        rotary = self.head_dim if self.rotary_dim is None else self.rotary_dim
+        if rotary < 2 or rotary % 2 or rotary > self.head_dim:
+            raise ValueError(f"rotary_dim must be even and in [2, head_dim={self.head_dim}] (model_dim/num_heads), "
+                             f"got {rotary}")
+        for name, allowed in (("norm", NORMS), ("activation", ACTIVATIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.rope_base <= 0:
+            raise ValueError(f"rope_base must be > 0, got {self.rope_base}")
+        if self.norm_eps <= 0:
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.init_std <= 0:
+            raise ValueError(f"init_std must be > 0, got {self.init_std}")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"pad_token_id={self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})")
+        if self.stop_loss_weight < 0:
+            raise ValueError(f"stop_loss_weight must be >= 0, got {self.stop_loss_weight}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.num_heads
+
+    @property
+    def hidden_ffn_dim(self) -> int:
+        return self.ffn_dim if self.ffn_dim is not None else 4 * self.model_dim
+
+
+ilm_archs = ArchRegistry[IlmConfig]("ilm")
+ilm_arch = ilm_archs.decorator
+
+
+@ilm_arch("ilm_tiny")
+def ilm_tiny() -> IlmConfig:
+    """For tests: builds and runs in milliseconds."""
+    return IlmConfig(vocab_size=128, model_dim=32, num_layers=2, num_heads=2, ffn_dim=64, max_seq_len=256)
+
+
+@ilm_arch("ilm_star")
+def ilm_star() -> IlmConfig:
+    """The star-graph size shared with mlm_star/mdlm_star: pre-LN, rotary, 4 x 128."""
+    return IlmConfig(vocab_size=128, model_dim=128, num_layers=4, num_heads=4, ffn_dim=512, max_seq_len=256)
+
+
+@ilm_arch("ilm_small")
+def ilm_small() -> IlmConfig:
+    """GPT-2-small shapes (12 x 768, 12 heads, 1024 context) in xlm-core's ILM layout: no final norm,
+    an untied output projection, dropout 0.1. The vocabulary is a placeholder (GPT-2's); a task or
+    a converted checkpoint sets it."""
+    return IlmConfig(vocab_size=50257, model_dim=768, num_layers=12, num_heads=12, ffn_dim=3072, max_seq_len=1024,
+                     final_norm=False, tie_embeddings=False, dropout=0.1)

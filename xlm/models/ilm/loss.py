@@ -1,0 +1,50 @@
+"""The ILM objective: one cross-entropy over all (gap, token) pairs of a row, plus the stop loss.
+
+For row b with logits l[s, v] (s = a gap column of the row, v = a token) the model's insertion
+distribution is the softmax over the flattened (s, v) pairs, so its log-normaliser is
+Z_b = logsumexp_{s in gaps, v} l[s, v] (computed as a logsumexp over gaps of the per-gap
+logsumexp: the same number, without a masked copy of the logits). The target distribution puts
+weight 1/n on each of the n dropped tokens' (gap, token) pairs (duplicates add up), so
+
+    token_nll_b = sum_t w_t (Z_b - l[s_t, v_t]) = Z_b - (1/n) sum_t l[s_t, v_t]      (0 when n = 0)
+    stop_nll_b  = cross-entropy of the stop head with target "stop" iff n = 0
+
+Both are averaged over the rows of the batch; `num_tokens` is the number of rows, so the
+trainer's weighting by `num_tokens` (gradient accumulation, data parallelism, evaluation) gives
+the mean over all rows. Only the gap columns ([BOS] and what follows it, never [CLS], the prompt
+or padding) enter the normaliser: the sampler inserts nowhere else. (xlm-core's loss also
+normalises over the prompt columns, which its sampler then never uses.)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .model import CONTINUE, STOP
+from .types import IlmLossDict, IlmTrainBatch
+
+
+def ilm_loss(model: torch.nn.Module, batch: IlmTrainBatch, *, stop_loss_weight: float = 1.0) -> IlmLossDict:
+    token_logits, stop_logits = model(batch["input_ids"], attention_mask=batch["attention_mask"])
+    logits = token_logits.float()
+    gap_mask = batch["gap_mask"]
+    per_gap = logits.logsumexp(dim=-1).masked_fill(~gap_mask, float("-inf"))  # (batch, seq)
+    log_z = per_gap.logsumexp(dim=-1)  # (batch,)
+    rows, weights = batch["target_rows"], batch["target_weights"].float()
+    picked = logits[rows, batch["target_cols"], batch["target_tokens"]]  # (targets,)
+    batch_size = logits.size(0)
+    target_mass = torch.zeros(batch_size, device=logits.device).index_add(0, rows, weights)
+    target_score = torch.zeros(batch_size, device=logits.device).index_add(0, rows, weights * picked)
+    has_targets = batch["num_dropped"] > 0
+    token_nll = torch.where(has_targets, target_mass * log_z - target_score, torch.zeros_like(log_z))
+
+    stop_target = torch.where(has_targets, CONTINUE, STOP)
+    stop_nll = F.cross_entropy(stop_logits.float(), stop_target, reduction="none")
+
+    token_loss, stop_loss = token_nll.mean(), stop_nll.mean()
+    loss = token_loss + stop_loss_weight * stop_loss
+    num_rows = torch.tensor(batch_size, device=logits.device)
+    return {"loss": loss, "num_tokens": num_rows, "nll_sum": loss.detach() * batch_size,
+            "token_loss": token_loss.detach(), "stop_loss": stop_loss.detach(),
+            "num_targets": torch.tensor(rows.numel(), device=logits.device)}
