@@ -160,6 +160,10 @@ def test_uri_schemes_and_local_files(tmp_path):
     assert f.exists()  # a local file is never deleted
     with pytest.raises(FileNotFoundError, match="not found"):
         fetch("missing.bin", base_dir=f.parent, card="c")
+    (tmp_path / "secret.bin").write_bytes(b"s")
+    with pytest.raises(ValueError, match="leaves the card's directory"):
+        fetch("../secret.bin", base_dir=f.parent, card="c")
+    assert fetch(str(tmp_path / "secret.bin"), base_dir=f.parent) == tmp_path / "secret.bin"  # absolute: explicit
 
 
 # -- loading ---------------------------------------------------------------------------------------

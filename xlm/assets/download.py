@@ -133,7 +133,11 @@ def fetch(uri: str, *, sha256: str | None = None, base_dir: Path | None = None, 
     if scheme in ("file", ""):
         path = Path(urllib.parse.unquote(parsed.path) if scheme == "file" else uri).expanduser()
         if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
+            path = (base_dir / path).resolve()
+            if not path.is_relative_to(base_dir.resolve()):
+                raise ValueError(f"{'card ' + repr(card) + ': ' if card else ''}the relative path {uri!r} leaves the "
+                                 f"card's directory {base_dir}; write an absolute path or file:// URI to point "
+                                 f"outside it")
         if not path.exists():
             raise FileNotFoundError(f"{'card ' + repr(card) + ': ' if card else ''}checkpoint {uri!r} "
                                     f"not found (looked at {path})")

@@ -62,6 +62,9 @@ class TrainerConfig:
     resume: bool = True  # continue from output_dir's last checkpoint when there is one
     progress_bar: bool = True
     tensorboard: bool = True  # when the tensorboard package is installed
+    on_nonfinite: str = "stop"  # a NaN/Inf loss or gradient: "stop" (raise, nothing saved) | "skip" (no update)
+    max_skipped_steps: int = 10  # with "skip": stop after this many consecutive skipped steps
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
 
 
 @dataclass(kw_only=True)
@@ -86,6 +89,8 @@ class TrainRecipeConfig:
             (self.trainer.grad_accum_steps >= 1, "trainer.grad_accum_steps", "a positive integer",
              self.trainer.grad_accum_steps),
             (self.trainer.max_steps >= 1, "trainer.max_steps", "a positive integer", self.trainer.max_steps),
+            (self.trainer.on_nonfinite in ("stop", "skip"), "trainer.on_nonfinite", "'stop' or 'skip'",
+             self.trainer.on_nonfinite),
         ]
         for ok, key, expected, got in checks:
             if not ok:

@@ -19,7 +19,7 @@ from xlm.registry import UnknownNameError, families
 
 from .config import ConfigError, TrainRecipeConfig, build_config, config_to_yaml
 from .distributed import init_distributed, shutdown
-from .trainer import Trainer, TrainingInterrupted
+from .trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -81,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if env.is_main:
             print(stop, file=sys.stderr)
         return 128 + stop.signum
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     finally:
         shutdown(env)
     if env.is_main:

@@ -8,10 +8,12 @@ a saved data position, and saved RNG states; evaluation never touches the traini
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import random
 import signal
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -42,6 +44,29 @@ class TrainingInterrupted(Exception):
         self.signum = signum
         super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved in "
                          f"{checkpoint}; run the same command again to resume")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A NaN/Inf loss or gradient; raised before anything is saved."""
+
+
+def checkpoint_activations(model: torch.nn.Module) -> int:
+    """Recompute every transformer block's activations in the backward pass instead of storing
+    them (the blocks are the entries of the model's `layers`/`blocks` ModuleList). The module
+    tree and state dict are unchanged. Returns the number of blocks wrapped."""
+    from torch.utils.checkpoint import checkpoint
+
+    wrapped = 0
+    for name in ("layers", "blocks"):
+        blocks = getattr(model, name, None)
+        if isinstance(blocks, torch.nn.ModuleList):
+            for block in blocks:
+                block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+                wrapped += 1
+    if not wrapped:
+        raise ValueError(f"trainer.activation_checkpointing: {type(model).__name__} has no `layers` or `blocks` "
+                         f"ModuleList to checkpoint")
+    return wrapped
 
 
 class EpochBatches:
@@ -220,6 +245,9 @@ class Trainer:
         self.batches = EpochBatches(len(self.train_ds), config.data.batch_size * tc.grad_accum_steps,
                                     config.seed, env)
         self.step, self.tokens_seen, self.train_seconds = 0, 0, 0.0
+        self.skipped_in_a_row = 0
+        if tc.activation_checkpointing:
+            checkpoint_activations(self.model)
 
         wrapped: torch.nn.Module = self.model
         if env.enabled:
@@ -317,11 +345,25 @@ class Trainer:
             if p.grad is not None:
                 p.grad.mul_(scale)
         loss = float(all_reduce_sum(nll_sum, self.env)) / float(global_tokens)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss} at step {self.step + 1} "
-                                     f"(data epoch {self.batches.epoch}, batch {self.batches.index - 1})")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                    self.config.optim.grad_clip or float("inf"))
+        if not (math.isfinite(loss) and math.isfinite(float(grad_norm))):
+            where = (f"at step {self.step + 1} (data epoch {self.batches.epoch}, batch {self.batches.index - 1}, "
+                     f"rows {indices[:8]}{'...' if len(indices) > 8 else ''})")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_in_a_row += 1
+            if self.config.trainer.on_nonfinite == "stop" or \
+                    self.skipped_in_a_row > self.config.trainer.max_skipped_steps:
+                raise NonFiniteLossError(f"non-finite training loss {loss} / gradient norm {float(grad_norm)} {where}; "
+                                         f"the last checkpoint in {self.checkpoint_dir} is untouched "
+                                         f"(trainer.on_nonfinite=skip skips such steps)")
+            print(f"warning: skipped the update {where}: loss {loss}, gradient norm {float(grad_norm)}",
+                  file=sys.stderr, flush=True)
+            self.step += 1
+            self.scheduler.step()
+            return {"loss": loss, "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
+                    "tokens": 0, "skipped": 1.0}
+        self.skipped_in_a_row = 0
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
