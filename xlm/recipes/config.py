@@ -153,7 +153,12 @@ def build_config(*, family: Family, arch: str, task: str, output_dir: str, exper
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=3e-4)")
-        layers.append((f"the command line ({item})", OmegaConf.from_dotlist([item])))
+        try:
+            layer = OmegaConf.from_dotlist([item])
+        except Exception as err:  # YAML parser errors for values such as "{0"
+            raise ConfigError(f"cannot parse the override {item!r}: {str(err).splitlines()[0]}; quote a value "
+                              f"that holds YAML punctuation, e.g. key='{{0'") from None
+        layers.append((f"the command line ({item})", layer))
     merged = schema
     for source, layer in layers:
         try:
