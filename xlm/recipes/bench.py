@@ -140,10 +140,12 @@ def bench_hf_gpt2(quick: bool) -> list[Row]:
     return rows
 
 
-def bench_mdlm_cache(quick: bool) -> list[Row]:
+def bench_mdlm_cache(quick: bool, *, steps: int | None = None, length: int | None = None,
+                     batches: Sequence[int] = (1, 16)) -> list[Row]:
     from xlm.models.mdlm import MdlmPredictor, MdlmSamplerConfig, build_noise_schedule
 
-    steps, length = (200, 64) if quick else (1000, 128)
+    steps = steps or (200 if quick else 1000)
+    length = length or (64 if quick else 128)
     rows = []
     torch.manual_seed(0)
     model = xlm.create_model("mdlm_star", vocab_size=128, time_conditioning=False).eval()
@@ -158,7 +160,7 @@ def bench_mdlm_cache(quick: bool) -> list[Row]:
 
     model.register_forward_pre_hook(count)
     schedule = build_noise_schedule(model.config)
-    for batch in (1, 16):
+    for batch in batches:
         row: Row = {"steps": steps, "block": length, "batch": batch}
         outputs = {}
         for use_cache in (False, True):
@@ -177,7 +179,86 @@ def bench_mdlm_cache(quick: bool) -> list[Row]:
     return rows
 
 
-SECTIONS = ("peak", "train", "hf_gpt2", "mdlm_cache")
+class _NoStopTokenizer:
+    """Ids only, and an [EOS] that is never produced, so both generators write every token."""
+
+    pad_token_id, eos_token_id, bos_token_id = 0, -1, 0
+    special_ids: frozenset[int] = frozenset()
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        return " ".join(map(str, ids))
+
+
+def bench_generate(quick: bool) -> list[Row]:
+    import transformers
+
+    from xlm.models.arlm.loader import convert_hf_gpt2
+    from xlm.models.arlm.predictor import ArlmPredictor, ArlmSamplerConfig
+
+    rows = []
+    new_tokens = 32 if quick else 128
+    for dim, layers, heads, batch in ((128, 4, 4, 1), (256, 6, 8, 8)):
+        hf_config = transformers.GPT2Config(vocab_size=1024, n_positions=512, n_embd=dim, n_layer=layers, n_head=heads)
+        torch.manual_seed(0)
+        hf = transformers.GPT2LMHeadModel(hf_config).eval()
+        config, state = convert_hf_gpt2(hf.state_dict(), hf_config.to_dict())
+        ours = xlm.get_family("arlm").factory(config)
+        ours.load_state_dict(state, strict=False)
+        ours.eval()
+        predictor = ArlmPredictor(ours, _NoStopTokenizer(), ArlmSamplerConfig(max_new_tokens=new_tokens,
+                                                                              strategy="greedy"))
+        prompt = torch.randint(0, 1024, (batch, 32))
+        mask = torch.ones_like(prompt, dtype=torch.bool)
+        out: dict[str, torch.Tensor] = {}
+
+        def run_ours() -> None:
+            out["ours"] = predictor.generate(prompt, mask)
+
+        def run_hf() -> None:
+            with torch.no_grad():
+                out["hf"] = hf.generate(prompt, attention_mask=mask.long(), do_sample=False, max_new_tokens=new_tokens,
+                                        min_new_tokens=new_tokens, use_cache=True, pad_token_id=0)
+
+        t_ours = timed(run_ours, repeats=3 if quick else 5)
+        t_hf = timed(run_hf, repeats=3 if quick else 5)
+        rows.append({"shape": f"{layers}x{dim}", "batch": batch, "new_tokens": new_tokens, "xlm_s": round(t_ours, 4),
+                     "hf_s": round(t_hf, 4), "hf_over_xlm": round(t_hf / t_ours, 2),
+                     "same_tokens": bool(torch.equal(out["ours"], out["hf"]))})
+    return rows
+
+
+def bench_ilm_multi(quick: bool, run: str = "runs/ilm_star_star_easy") -> list[Row]:
+    """Single vs multi-insertion on a trained ilm_star (the run dir), first N star_easy test examples."""
+    from pathlib import Path
+
+    from xlm.data.task import TaskConfig, build_task
+    from xlm.recipes.evaluation import evaluate_predictions
+    from xlm.run_dir import load_run_sampler_config
+
+    if not (Path(run) / "model.safetensors").exists():
+        return [{"skipped": f"no trained ILM at {run}; train it with `python -m xlm.recipes.train --arch ilm_star "
+                            f"--task star_easy --output-dir {run}`"}]
+    task = build_task(TaskConfig(name="star_easy"))
+    ds = task.dataset("test").select(range(100 if quick else 1000))
+    model = xlm.load_model(run)
+    rows = []
+    for k in (1, 2, 4):
+        sampler = load_run_sampler_config(run, insertions_per_step=k)
+        unit = xlm.get_family("ilm").unit_factory(model, task.tokenizer, sampler)
+        calls = {"n": 0}
+        handle = model.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+        start = time.perf_counter()
+        means, _ = evaluate_predictions(unit, task, ds, batch_size=250, device=torch.device("cpu"))
+        seconds = time.perf_counter() - start
+        handle.remove()
+        rows.append({"insertions_per_step": k, "examples": len(ds), "seconds": round(seconds, 3),
+                     "forwards": calls["n"], "exact_match": round(means["exact_match"], 4)})
+    for r in rows:
+        r["speedup_vs_1"] = round(rows[0]["seconds"] / r["seconds"], 2)
+    return rows
+
+
+SECTIONS = ("peak", "train", "hf_gpt2", "generate", "mdlm_cache", "ilm_multi")
 
 
 def print_table(name: str, rows: list[Row]) -> None:
@@ -207,7 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     runners: dict[str, Callable[[], list[Row]]] = {
         "train": lambda: bench_train(args.quick, peak[0]["gflops"]),
         "hf_gpt2": lambda: bench_hf_gpt2(args.quick),
+        "generate": lambda: bench_generate(args.quick),
         "mdlm_cache": lambda: bench_mdlm_cache(args.quick),
+        "ilm_multi": lambda: bench_ilm_multi(args.quick),
     }
     print_table("peak", peak)
     for section in args.sections:
