@@ -9,7 +9,7 @@ from xlm.recipes import bench
 
 def test_mdlm_cache_section_small():
     for row in bench.bench_mdlm_cache(True, steps=60, length=16, batches=(1, 3)):
-        assert row["same_tokens"] and row["cached_forwards"] < row["uncached_forwards"] == row["steps"]
+        assert row["same_tokens"] and row["cached_forwards"] < row["uncached_forwards"] <= row["steps"]
 
 
 @pytest.mark.slow
@@ -19,7 +19,7 @@ def test_quick_bench_sections(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["peak"][0]["gflops"] > 0
     for row in result["mdlm_cache"]:
-        assert row["same_tokens"] and row["cached_forwards"] < row["uncached_forwards"] == row["steps"]
+        assert row["same_tokens"] and row["cached_forwards"] < row["uncached_forwards"] <= row["steps"]
     assert all(row["same_tokens"] for row in result["generate"])  # our KV-cache decoding = HF generate
     assert "## mdlm_cache" in capsys.readouterr().out
     assert bench.main(["nope"]) == 2
