@@ -129,8 +129,10 @@ def test_swiglu_and_rmsnorm_formulas():
     expected = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight
     assert torch.allclose(norm(x), expected, atol=1e-6)
     assert norm(x.bfloat16()).dtype == torch.bfloat16
+    relu = FeedForward(8, 16, activation="relu")  # xlm-core's default MLP
+    assert torch.allclose(relu(x), relu.down_proj(torch.relu(relu.up_proj(x))))
     with pytest.raises(ValueError, match="activation"):
-        FeedForward(8, 16, activation="relu")
+        FeedForward(8, 16, activation="tanh")
     with pytest.raises(ValueError, match="norm"):
         make_norm("batchnorm", 8, 1e-5)
 

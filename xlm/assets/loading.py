@@ -32,7 +32,7 @@ HF_MODEL_TYPES: dict[str, tuple[str, str]] = {"gpt2": ("arlm", "hf_gpt2"), "llam
 
 
 #: Formats whose weights file comes with a config.json beside it (fetched along with it).
-FORMATS_WITH_CONFIG = ("xlm", "hf_gpt2", "hf_llama", "hf_bert", "mdlm_reference")
+FORMATS_WITH_CONFIG = ("xlm", "hf_gpt2", "hf_llama", "hf_bert", "mdlm_reference", "xlm_core")
 
 
 def _is_run_dir(path: Path) -> bool:

@@ -1,4 +1,4 @@
-"""Position-wise MLP: GELU (GPT-2/BERT) or SwiGLU (Llama).
+"""Position-wise MLP: GELU (GPT-2/BERT), ReLU (xlm-core's default) or SwiGLU (Llama).
 
 The output projection is always `down_proj`, so models can find it for residual-scaled init.
 """
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-ACTIVATIONS = ("gelu", "gelu_tanh", "swiglu")
+ACTIVATIONS = ("gelu", "gelu_tanh", "swiglu", "relu")
 
 
 class FeedForward(nn.Module):
@@ -26,6 +26,8 @@ class FeedForward(nn.Module):
     def forward(self, x: Float[Tensor, "... dim"]) -> Float[Tensor, "... dim"]:
         if self.activation == "swiglu":
             hidden = F.silu(self.gate_proj(x)) * self.up_proj(x)
+        elif self.activation == "relu":
+            hidden = F.relu(self.up_proj(x))
         else:
             approximate = "tanh" if self.activation == "gelu_tanh" else "none"
             hidden = F.gelu(self.up_proj(x), approximate=approximate)

@@ -121,7 +121,7 @@ def test_init():
     (dict(num_kv_heads=5), "num_kv_heads=5 does not divide num_heads=12"),
     (dict(pos_encoding="alibi"), "pos_encoding must be 'rope' or 'learned', got 'alibi'"),
     (dict(norm="batchnorm"), "norm must be one of"),
-    (dict(activation="relu"), "activation must be one of"),
+    (dict(activation="tanh"), "activation must be one of"),
     (dict(rotary_dim=7), "rotary_dim must be even"),
     (dict(rotary_dim=8, pos_encoding="learned"), "rotary_dim only applies"),
     (dict(dropout=1.0), "dropout"),

@@ -102,7 +102,7 @@ def test_partial_rotary():
     (dict(model_dim=30), "num_heads=4 does not divide model_dim=30"),
     (dict(model_dim=12, num_heads=4), "rotary_dim must be even"),
     (dict(rotary_dim=16), r"rotary_dim must be even and in \[2, head_dim=8\]"),
-    (dict(activation="relu"), "activation must be one of"),
+    (dict(activation="tanh"), "activation must be one of"),
     (dict(norm="batchnorm"), "norm must be one of"),
     (dict(dropout=1.0), "dropout"),
     (dict(pad_token_id=50), "pad_token_id=50"),

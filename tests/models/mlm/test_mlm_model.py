@@ -94,7 +94,7 @@ def test_untied_head_counts_its_own_weights():
     (dict(model_dim=12, num_heads=4), "rope needs an even head_dim"),
     (dict(norm_position="sandwich"), "norm_position must be one of"),
     (dict(pos_encoding="alibi"), "pos_encoding must be one of"),
-    (dict(activation="relu"), "activation must be one of"),
+    (dict(activation="tanh"), "activation must be one of"),
     (dict(loss_weighting="1/t"), "loss_weighting must be one of"),
     (dict(type_vocab_size=-1), "type_vocab_size must be >= 0"),
     (dict(dropout=1.0), "dropout"),

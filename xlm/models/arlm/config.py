@@ -30,7 +30,7 @@ class ArlmConfig:
     rotary_dim: int | None = None  # None = full head dim
     norm: str = "layernorm"  # "layernorm" | "rmsnorm"
     norm_eps: float = 1e-5
-    activation: str = "gelu"  # "gelu" | "gelu_tanh" | "swiglu"
+    activation: str = "gelu"  # "gelu" | "gelu_tanh" | "swiglu" | "relu"
     bias: bool = True  # biases in attention and MLP linears (and layernorm); GPT-2 yes, Llama no
     tie_embeddings: bool = True
     dropout: float = 0.0

@@ -1,8 +1,10 @@
-"""Checkpoint converters for ARLM: HF transformers GPT-2 and Llama, both ways.
+"""Checkpoint converters for ARLM: HF transformers GPT-2 and Llama, and xlm-core's ARLM, both ways.
 
     config, state = HF_GPT2("path/to/gpt2")                 # an HF model dir (config.json + weights)
     converted = convert_hf_llama(hf_model.state_dict(), hf_model.config)
     hf = convert_to_hf_gpt2(model.state_dict(), model.config)   # .config is a config.json dict
+    config, state = XLM_CORE("run/checkpoints/last.ckpt")   # xlm-core Lightning .ckpt (EMA when present)
+    raw = convert_arlm_xlm_core(*reversed(read_xlm_core("last.ckpt", use_ema=False)))   # its raw weights
 
 GPT-2 stores its linears as Conv1D, (in, out), with q|k|v fused in `c_attn`: the key map
 transposes and splits them. Llama's weights are already laid out for half-split ("NeoX") rotary
@@ -10,6 +12,24 @@ embeddings, which is what xlm.nn.RotaryEmbedding computes, so its map is a plain
 (`num_key_value_heads`), `rope_theta` and tied or untied heads carry over. Every size comes from
 the checkpoint's config.json; a feature our model lacks (rope scaling, cross-attention, ...) is
 an error that names it, never a silent approximation.
+
+xlm-core's `RotaryTransformerARLMModel` (`xlm-models/arlm/model_arlm.py`, layers from
+`src/xlm/modules/rotary_transformer.py`) is a pre-LN causal decoder: LayerNorm (with bias), fused bias-free
+q|k|v (`attn_qkv`, chunked along its output), bias-free `o_proj`, an MLP with biases (ReLU or GELU-tanh),
+NeoX half-split rotary with base 10000 over the first `rotary_emb_dim` dims of each head, a final
+LayerNorm unless `final_layer_without_normalization`, and an untied bias-free output linear:
+
+    embed_tokens.weight                      -> embed_tokens.weight
+    encoder.{i}.norm1 / norm2                -> layers.{i}.attn_norm / ffn_norm
+    encoder.{i}.attn_qkv.weight (3d, d)      -> layers.{i}.attn.{q,k,v}_proj.weight   (q|k|v, chunk(3, dim=0))
+    encoder.{i}.o_proj.weight                -> layers.{i}.attn.out_proj.weight       (attention biases: zeros)
+    encoder.{i}.mlp.0 / mlp.2                -> layers.{i}.ffn.up_proj / down_proj
+    encoder.{i}.rotary_emb.inv_freq          -> dropped (checked against rotary_emb_dim)
+    output_layer.norm_final                  -> final_norm
+    output_layer.linear.weight               -> lm_head.proj.weight                    (tie_embeddings=False)
+
+It is trained with positions = cumsum(attention_mask) - 1 and a causal mask, which is what ArlmModel
+computes by default. ArlmModel always has a final norm: a checkpoint without one is refused.
 """
 
 from __future__ import annotations
@@ -21,14 +41,18 @@ from torch import Tensor
 
 from xlm.checkpoint_conversion import (Chain, ConversionError, Converted, Converter, KeyMap, Rule, Split, Transpose,
                                        check_mapped, check_state_dict, config_dict, read_hf_dir, require)
+from xlm.xlm_core_checkpoints import (ENCODER_DROP, ENCODER_RULES, ROPE_BASE, XlmCoreConfig, common_export_problems,
+                                      constructor_args, convert_from_xlm_core, convert_to_xlm_core, pad_token_id,
+                                      read_xlm_core, xlm_core_config)
 
 from .config import ArlmConfig
 from .factory import create_arlm_model
 
-__all__ = ["CONVERTERS", "GPT2_KEY_MAP", "HF_GPT2", "HF_LLAMA", "LLAMA_KEY_MAP", "arlm_config_from_hf_gpt2",
-           "arlm_config_from_hf_llama", "convert_hf_gpt2", "convert_hf_llama", "convert_to_hf_gpt2",
+__all__ = ["CONVERTERS", "GPT2_KEY_MAP", "HF_GPT2", "HF_LLAMA", "LLAMA_KEY_MAP", "XLM_CORE", "XLM_CORE_KEY_MAP",
+           "arlm_config_from_hf_gpt2", "arlm_config_from_hf_llama", "arlm_config_from_xlm_core",
+           "convert_arlm_xlm_core", "convert_hf_gpt2", "convert_hf_llama", "convert_to_arlm_xlm_core", "convert_to_hf_gpt2",
            "convert_to_hf_llama", "gpt2_export_problems", "hf_gpt2_config", "hf_llama_config",
-           "llama_export_problems"]
+           "llama_export_problems", "xlm_core_arlm_config", "xlm_core_export_problems"]
 
 _QKV = ("layers.{i}.attn.q_proj.{p}", "layers.{i}.attn.k_proj.{p}", "layers.{i}.attn.v_proj.{p}")
 
@@ -61,6 +85,15 @@ LLAMA_KEY_MAP = KeyMap([
     Rule("model.norm.weight", "final_norm.weight"),
     Rule("lm_head.weight", "lm_head.proj.weight"),
 ], drop=["model.layers.{i}.self_attn.rotary_emb.inv_freq", "model.rotary_emb.inv_freq"])
+
+#: xlm-core RotaryTransformerARLMModel -> ArlmModel (attention biases, which it lacks, are added as zeros).
+XLM_CORE_KEY_MAP = KeyMap([
+    Rule("embed_tokens.weight", "embed_tokens.weight"),
+    *ENCODER_RULES,
+    Rule("output_layer.norm_final.{p}", "final_norm.{p}"),
+    Rule("output_layer.linear.weight", "lm_head.proj.weight"),
+], drop=ENCODER_DROP)
+_XLM_CORE_CLASSES = ("RotaryTransformerARLMModel",)
 
 
 # -- configs ---------------------------------------------------------------------------------
@@ -268,4 +301,69 @@ HF_GPT2 = Converter(name="hf_gpt2", description="HF transformers GPT-2 (GPT2LMHe
 HF_LLAMA = Converter(name="hf_llama", description="HF transformers Llama (LlamaForCausalLM)",
                      to_xlm=convert_hf_llama, from_xlm=convert_to_hf_llama, export_problems=llama_export_problems,
                      read=_reader("llama"), hf=True)
-CONVERTERS = {"hf_gpt2": HF_GPT2, "hf_llama": HF_LLAMA}
+
+
+# -- xlm-core --------------------------------------------------------------------------------
+
+def _arlm_from_xlm_core(xc: XlmCoreConfig, notes: list[str]) -> ArlmConfig:
+    if not xc.final_layer_norm:
+        raise ConversionError("the xlm-core model has no final LayerNorm (final_layer_without_normalization=True); "
+                              "ArlmModel always normalises before its head, so it cannot compute this model")
+    return ArlmConfig(vocab_size=xc.num_embeddings, model_dim=xc.d_model, num_layers=xc.num_layers,
+                      num_heads=xc.nhead, ffn_dim=xc.dim_feedforward, max_seq_len=xc.max_length, pos_encoding="rope",
+                      rope_base=ROPE_BASE, rotary_dim=None if xc.rotary_emb_dim == xc.head_dim else xc.rotary_emb_dim,
+                      norm="layernorm", norm_eps=xc.layer_norm_eps, activation=xc.activation_ours, bias=True,
+                      tie_embeddings=False, dropout=xc.dropout, pad_token_id=pad_token_id(xc, notes))
+
+
+def arlm_config_from_xlm_core(source_config: Any, state: Mapping[str, Tensor] | None = None) -> ArlmConfig:
+    """The ArlmConfig of an xlm-core ARLM: its constructor arguments (config.json, or a Hydra config's `model`),
+    with unresolved ones read off `state` (xlm-core keys) where the weights tell."""
+    notes: list[str] = []
+    xc = xlm_core_config(source_config, state or {}, where="xlm-core ARLM config", notes=notes,
+                         classes=_XLM_CORE_CLASSES, final_layer_default=False)
+    return _arlm_from_xlm_core(xc, notes)
+
+
+def convert_arlm_xlm_core(state: Mapping[str, Tensor], source_config: Any, *,
+                          source: str | None = None) -> Converted:
+    """xlm-core RotaryTransformerARLMModel (its own keys, `model.` already stripped) -> (ArlmConfig, state)."""
+    return convert_from_xlm_core(state, source_config, source=source, key_map=XLM_CORE_KEY_MAP,
+                                 classes=_XLM_CORE_CLASSES, final_layer_default=False, build=_arlm_from_xlm_core,
+                                 factory=create_arlm_model)
+
+
+def xlm_core_export_problems(config: ArlmConfig) -> list[str]:
+    """Why xlm-core's ARLM cannot hold this config ([] = it can). A tied head is written as its own copy."""
+    problems = common_export_problems(config)
+    if config.pos_encoding != "rope":
+        problems.append(f"pos_encoding={config.pos_encoding!r} (xlm-core uses rope)")
+    if config.kv_heads != config.num_heads:
+        problems.append(f"num_kv_heads={config.num_kv_heads} (xlm-core has no grouped-query attention)")
+    return problems
+
+
+def xlm_core_arlm_config(config: ArlmConfig) -> dict[str, Any]:
+    """The config.json (RotaryTransformerARLMModel's constructor arguments) equal in function to `config`."""
+    _check_exportable(config, xlm_core_export_problems(config), "xlm-core")
+    return constructor_args(config, rotary_dim=config.rotary_dim or config.head_dim,
+                            final_layer_without_normalization=False)
+
+
+def convert_to_arlm_xlm_core(state: Mapping[str, Tensor], config: ArlmConfig) -> Converted:
+    """ArlmModel state dict -> (xlm-core config.json dict, RotaryTransformerARLMModel state dict as its hub export
+    writes it). The attention biases must be zero: xlm-core's attention has none."""
+    state = dict(state)
+    if config.tie_embeddings and "lm_head.proj.weight" not in state and "embed_tokens.weight" in state:
+        state["lm_head.proj.weight"] = state["embed_tokens.weight"]
+    return convert_to_xlm_core(state, config, key_map=XLM_CORE_KEY_MAP, problems=xlm_core_export_problems(config),
+                               export_config=lambda: xlm_core_arlm_config(config), factory=create_arlm_model,
+                               rotary_dim=config.rotary_dim or config.head_dim, what="ARLM")
+
+
+XLM_CORE = Converter(name="xlm_core",
+                     description="xlm-core RotaryTransformerARLMModel (Lightning .ckpt, EMA when present; or its hub "
+                                 "export: model.safetensors + config.json)",
+                     to_xlm=convert_arlm_xlm_core, from_xlm=convert_to_arlm_xlm_core,
+                     export_problems=xlm_core_export_problems, read=read_xlm_core)
+CONVERTERS = {"hf_gpt2": HF_GPT2, "hf_llama": HF_LLAMA, "xlm_core": XLM_CORE}

@@ -5,6 +5,7 @@ from xlm.registry import Family, register_family
 
 from .config import IlmConfig, ilm_arch, ilm_archs
 from .factory import create_ilm_model
+from .loader import CONVERTERS
 from .loss import ilm_loss
 from .model import IlmModel, IlmOutput
 from .predictor import IlmPredictor, IlmSamplerConfig
@@ -16,6 +17,7 @@ register_family(Family(
     archs=ilm_archs,
     factory=create_ilm_model,
     unit_factory=IlmUnit,
+    converters=CONVERTERS,
     sampler_config_class=IlmSamplerConfig,
 ))
 

@@ -29,7 +29,7 @@ class IlmConfig:
     rotary_dim: int | None = None  # dims of each head that are rotated; None = the whole head
     norm: str = "layernorm"  # "layernorm" | "rmsnorm"
     norm_eps: float = 1e-5
-    activation: str = "gelu"  # "gelu" | "gelu_tanh" | "swiglu"
+    activation: str = "gelu"  # "gelu" | "gelu_tanh" | "swiglu" | "relu"
     bias: bool = True  # biases in attention, MLP and norms (xlm-core: MLP yes, attention no -> zeros)
     final_norm: bool = True  # a norm before the token projection (xlm-core stopping models: none)
     tie_embeddings: bool = False  # xlm-core's output projection is its own matrix
@@ -93,8 +93,8 @@ def ilm_star() -> IlmConfig:
 
 @ilm_arch("ilm_small")
 def ilm_small() -> IlmConfig:
-    """GPT-2-small shapes (12 x 768, 12 heads, 1024 context) in xlm-core's ILM layout: no final norm,
-    an untied output projection, dropout 0.1. The vocabulary is a placeholder (GPT-2's); a task or
+    """GPT-2-small shapes (12 x 768, 12 heads, 1024 context) in xlm-core's ILM layout: ReLU FFN, no
+    final norm, an untied output projection, dropout 0.1. The vocabulary is a placeholder (GPT-2's); a task or
     a converted checkpoint sets it."""
     return IlmConfig(vocab_size=50257, model_dim=768, num_layers=12, num_heads=12, ffn_dim=3072, max_seq_len=1024,
-                     final_norm=False, tie_embeddings=False, dropout=0.1)
+                     activation="relu", final_norm=False, tie_embeddings=False, dropout=0.1)

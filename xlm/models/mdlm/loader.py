@@ -1,4 +1,4 @@
-"""Checkpoint converter for MDLM: the reference DiT of kuleshov-group/mdlm, both ways.
+"""Checkpoint converters for MDLM: the reference DiT of kuleshov-group/mdlm, both ways; xlm-core's DDiT (refused).
 
     config, state = MDLM_REFERENCE("path/to/mdlm-owt")          # the HF repo: config.json + model.safetensors
     config, state = MDLM_REFERENCE("path/to/last.ckpt")         # a Lightning checkpoint (EMA weights)
@@ -26,6 +26,18 @@ hard-codes (256 sinusoidal features of sigma, MLP ratio 4) are read off the weig
 A Lightning checkpoint keeps its EMA as `ema.shadow_params`, a list in the order of
 `backbone.parameters()` (then the noise schedule's, none for log-linear); `use_ema=True` (the
 default, as the paper evaluates) puts those values under the reference's parameter names.
+
+xlm-core's `MDLMModel` (`xlm-models/mdlm/model_mdlm.py`, layers from `src/xlm/modules/ddit_simple.py`) has
+the same parts under other names (`XLM_CORE_KEY_MAP`: embed_tokens -> vocab_embed, encoder.{i}.o_proj ->
+blocks.{i}.attn_out, encoder.{i}.ada_ln_modulations.modulation -> blocks.{i}.adaLN_modulation,
+output_layer.adaLN_modulation.modulation -> output_layer.adaLN_modulation, a bias-free output linear, the
+`sigma_map.freqs` and rotary buffers dropped), is fed the total noise sigma(t) (time-conditioned), and is read
+by the "xlm_core" converter (`read_xlm_core`: Lightning .ckpt with EMA, or hub export). But it computes
+something else than MdlmModel: `DDiTLayer.forward` adds the attention branch to the adaLN-modulated,
+normalised input (`x = modulate(norm1(x)); x = gate * attn(x) + x`) where the reference DiT adds it to the
+block's input, and its default MLP is ReLU and its rotary may cover part of a head. Loading those weights into
+MdlmModel would silently give another model, so the converter refuses, naming each difference
+(`xlm_core_mdlm_problems`), until MdlmModel can compute xlm-core's block.
 """
 
 from __future__ import annotations
@@ -40,13 +52,16 @@ from torch import Tensor
 from xlm.checkpoint_conversion import (ConversionError, Converted, Converter, KeyMap, Rule, check_mapped,
                                        check_state_dict, config_dict, read_checkpoint, read_hf_dir, require,
                                        to_plain)
+from xlm.xlm_core_checkpoints import (ROPE_BASE, XlmCoreConfig, check_rotary_buffers, pop_read_record, read_xlm_core,
+                                      xlm_core_config)
 
 from .config import MdlmConfig
 from .factory import create_mdlm_model
 
-__all__ = ["CONVERTERS", "MDLM_REFERENCE", "REFERENCE_KEY_MAP", "convert_mdlm_reference", "convert_to_mdlm_reference",
+__all__ = ["CONVERTERS", "MDLM_REFERENCE", "REFERENCE_KEY_MAP", "XLM_CORE", "XLM_CORE_KEY_MAP",
+           "convert_mdlm_reference", "convert_mdlm_xlm_core", "convert_to_mdlm_reference", "convert_to_mdlm_xlm_core",
            "mdlm_config_from_reference", "mdlm_reference_config", "read_mdlm_reference", "reference_export_problems",
-           "reference_inv_freq"]
+           "reference_inv_freq", "xlm_core_export_problems", "xlm_core_mdlm_problems"]
 
 _B = "backbone."
 
@@ -241,8 +256,89 @@ def read_mdlm_reference(path: str | Path, *, use_ema: bool = True) -> tuple[dict
     return {**ref_config, _NOTES: notes}, state
 
 
+# -- xlm-core's MDLMModel (DDiT of src/xlm/modules/ddit_simple.py) -------------------------------
+
+#: xlm-core MDLMModel -> MdlmModel (the output linear, bias-free there, gets a zero bias here).
+XLM_CORE_KEY_MAP = KeyMap([
+    Rule("embed_tokens.weight", "vocab_embed.weight"),
+    Rule("sigma_map.mlp.{n:[02]}.{p}", "sigma_map.mlp.{n}.{p}"),
+    Rule("encoder.{i}.{norm:norm[12]}.weight", "blocks.{i}.{norm}.weight"),
+    Rule("encoder.{i}.attn_qkv.weight", "blocks.{i}.attn_qkv.weight"),
+    Rule("encoder.{i}.o_proj.weight", "blocks.{i}.attn_out.weight"),
+    Rule("encoder.{i}.mlp.0.{p}", "blocks.{i}.mlp.up_proj.{p}"),
+    Rule("encoder.{i}.mlp.2.{p}", "blocks.{i}.mlp.down_proj.{p}"),
+    Rule("encoder.{i}.ada_ln_modulations.modulation.{p}", "blocks.{i}.adaLN_modulation.{p}"),
+    Rule("output_layer.norm_final.weight", "output_layer.norm_final.weight"),
+    Rule("output_layer.linear.weight", "output_layer.linear.weight"),
+    Rule("output_layer.adaLN_modulation.modulation.{p}", "output_layer.adaLN_modulation.{p}"),
+], drop=["encoder.{i}.rotary_emb.{b:inv_freq|sin|cos}", "sigma_map.freqs"])
+_XLM_CORE_CLASSES = ("MDLMModel",)
+_XLM_CORE_SIGMA_FEATURES = 256  # MDLMModel: TimestepEmbedder(d_cond, 256)
+_XLM_CORE_RESIDUAL = ("xlm-core's DDiTLayer adds each residual branch to the adaLN-modulated, normalised input "
+                      "(x = modulate(norm1(x)); x = gate * attn(x) + x), MdlmModel (the reference DiT) to the block's "
+                      "input")
+
+
+def xlm_core_mdlm_problems(xc: XlmCoreConfig) -> list[str]:
+    """What MdlmModel lacks to compute this xlm-core MDLMModel ([] = nothing)."""
+    problems = [_XLM_CORE_RESIDUAL]
+    if xc.activation != "gelu":
+        problems.append(f"activation={xc.activation!r} (MdlmModel's MLP is GELU-tanh, xlm-core's 'gelu')")
+    if xc.rotary_emb_dim != xc.head_dim:
+        problems.append(f"rotary_emb_dim={xc.rotary_emb_dim} rotates part of each {xc.head_dim}-dim head (MdlmModel "
+                        f"rotates whole heads)")
+    if xc.dim_feedforward % xc.d_model:
+        problems.append(f"dim_feedforward={xc.dim_feedforward} is not a multiple of d_model={xc.d_model} (MdlmModel "
+                        f"has mlp_ratio)")
+    return problems
+
+
+def _mdlm_from_xlm_core(xc: XlmCoreConfig, state: Mapping[str, Tensor]) -> MdlmConfig:
+    sigma = state.get("sigma_map.mlp.0.weight")
+    return MdlmConfig(vocab_size=xc.num_embeddings, max_seq_len=xc.max_length, model_dim=xc.d_model,
+                      num_layers=xc.num_layers, num_heads=xc.nhead, cond_dim=xc.d_cond or xc.d_model // 2,
+                      mlp_ratio=xc.dim_feedforward // xc.d_model,
+                      sigma_embed_dim=int(sigma.shape[1]) if sigma is not None else _XLM_CORE_SIGMA_FEATURES,
+                      rope_base=ROPE_BASE, norm_eps=xc.layer_norm_eps, dropout=xc.dropout, time_conditioning=True)
+
+
+def convert_mdlm_xlm_core(state: Mapping[str, Tensor], source_config: Any, *, source: str | None = None) -> Converted:
+    """xlm-core MDLMModel (its own keys) -> (MdlmConfig, state), once MdlmModel computes the same function; until
+    then a ConversionError naming every difference (`xlm_core_mdlm_problems`)."""
+    config_in, notes, dropped = pop_read_record(source_config)
+    xc = xlm_core_config(config_in, state, where=source or "the xlm-core MDLM config", notes=notes,
+                         classes=_XLM_CORE_CLASSES)
+    check_rotary_buffers(state, xc.rotary_emb_dim, source=source)
+    problems = xlm_core_mdlm_problems(xc)
+    if problems:
+        raise ConversionError(f"MdlmModel cannot compute xlm-core's MDLMModel (src/xlm/modules/ddit_simple.py), so its "
+                              f"weights are not loaded into one: {'; '.join(problems)}", source=source)
+    config = _mdlm_from_xlm_core(xc, state)  # reached once MdlmModel can compute xlm-core's block
+    result = XLM_CORE_KEY_MAP.apply(state, source=source)
+    linear = result.state.get("output_layer.linear.weight")
+    if linear is not None:
+        result.state["output_layer.linear.bias"] = linear.new_zeros(linear.shape[0])
+    check_mapped(result, create_mdlm_model(config, device="meta"), source=source)
+    return Converted(config, result.state, dropped=dropped + result.dropped, notes=notes, source=source)
+
+
+def xlm_core_export_problems(config: MdlmConfig) -> list[str]:
+    """Why xlm-core's MDLMModel cannot hold this config: its block computes another function (see above)."""
+    return [_XLM_CORE_RESIDUAL]
+
+
+def convert_to_mdlm_xlm_core(state: Mapping[str, Tensor], config: MdlmConfig) -> Converted:
+    """MdlmModel -> xlm-core MDLMModel: refused, xlm-core's block computes another function."""
+    raise ConversionError(f"this MDLM model has no xlm-core equivalent: {'; '.join(xlm_core_export_problems(config))}")
+
+
 MDLM_REFERENCE = Converter(name="mdlm_reference",
                            description="kuleshov-group/mdlm DiT (HF repo kuleshov-group/mdlm-owt, Lightning .ckpt)",
                            to_xlm=convert_mdlm_reference, from_xlm=convert_to_mdlm_reference,
                            export_problems=reference_export_problems, read=read_mdlm_reference)
-CONVERTERS = {"mdlm_reference": MDLM_REFERENCE}
+XLM_CORE = Converter(name="xlm_core",
+                     description="xlm-core MDLMModel (DDiT; Lightning .ckpt or hub export) - read, then refused: its "
+                                 "block differs from MdlmModel's",
+                     to_xlm=convert_mdlm_xlm_core, from_xlm=convert_to_mdlm_xlm_core,
+                     export_problems=xlm_core_export_problems, read=read_xlm_core)
+CONVERTERS = {"mdlm_reference": MDLM_REFERENCE, "xlm_core": XLM_CORE}

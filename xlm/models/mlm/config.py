@@ -33,7 +33,7 @@ class MlmConfig:
     type_vocab_size: int = 0  # token-type (segment) embeddings; 0 = none, BERT = 2
     norm: str = "layernorm"  # "layernorm" | "rmsnorm"
     norm_eps: float = 1e-5
-    activation: str = "gelu"  # "gelu" (exact, BERT) | "gelu_tanh" | "swiglu"
+    activation: str = "gelu"  # "gelu" (exact, BERT) | "gelu_tanh" | "swiglu" | "relu"
     bias: bool = True  # biases in attention and MLP linears (and layernorm)
     head_transform: bool = False  # BERT's dense + GELU + norm before the decoder
     head_bias: bool = False  # a bias on the decoder (BERT: yes)

@@ -1,8 +1,9 @@
-"""Checkpoint converters for MLM: HF transformers BERT (BertForMaskedLM), both ways.
+"""Checkpoint converters for MLM: HF transformers BERT (BertForMaskedLM) and xlm-core's MLM, both ways.
 
     config, state = HF_BERT("path/to/bert-base-uncased")
     converted = convert_hf_bert(hf_model.state_dict(), hf_model.config)
     print(converted.dropped)     # e.g. the pooler and next-sentence head of a BertForPreTraining file
+    config, state = XLM_CORE("run/checkpoints/last.ckpt")   # xlm-core Lightning .ckpt (EMA when present)
 
 MlmModel's BERT configuration (post-LN, learned positions, token types, the dense+GELU+LayerNorm
 head transform, a tied decoder with its own bias) matches BERT key by key, so the map is a rename.
@@ -10,6 +11,23 @@ BERT's decoder bias appears twice in HF state dicts (`cls.predictions.bias` and 
 `cls.predictions.decoder.bias`): both feed `head.proj.bias`, and must agree. Pre-training-only
 weights (pooler, next-sentence head) are dropped and reported; old files' `LayerNorm.gamma/beta`
 names are read as `weight/bias`.
+
+xlm-core's `RotaryTransformerMLMModel` (`xlm-models/mlm/model_mlm.py`, layers from
+`src/xlm/modules/rotary_transformer.py`) is a pre-LN bidirectional encoder: LayerNorm with bias, fused
+bias-free q|k|v, bias-free `o_proj`, an MLP with biases (ReLU or GELU-tanh), NeoX half-split rotary (base
+10000), a final LayerNorm unless `final_layer_without_normalization`, an untied bias-free output linear:
+
+    embed_tokens.weight                      -> embed_tokens.weight
+    encoder.{i}.norm1 / norm2                -> layers.{i}.attn_norm / ffn_norm
+    encoder.{i}.attn_qkv.weight (3d, d)      -> layers.{i}.attn.{q,k,v}_proj.weight   (q|k|v, chunk(3, dim=0))
+    encoder.{i}.o_proj.weight                -> layers.{i}.attn.out_proj.weight       (attention biases: zeros)
+    encoder.{i}.mlp.0 / mlp.2                -> layers.{i}.ffn.up_proj / down_proj
+    encoder.{i}.rotary_emb.inv_freq          -> dropped (checked against rotary_emb_dim)
+    output_layer.norm_final                  -> final_norm
+    output_layer.linear.weight               -> head.proj.weight    (no head transform, no bias, untied)
+
+MlmModel rotates the whole head and always has a final norm: a checkpoint with partial rotary
+(rotary_emb_dim < d_model / nhead) or without the final norm is refused, naming which.
 """
 
 from __future__ import annotations
@@ -22,12 +40,16 @@ from torch import Tensor
 
 from xlm.checkpoint_conversion import (ConversionError, Converted, Converter, KeyMap, Rule, check_mapped,
                                        check_state_dict, config_dict, read_hf_dir, require)
+from xlm.xlm_core_checkpoints import (ENCODER_DROP, ENCODER_RULES, ROPE_BASE, XlmCoreConfig, common_export_problems,
+                                      constructor_args, convert_from_xlm_core, convert_to_xlm_core, pad_token_id,
+                                      read_xlm_core, xlm_core_config)
 
 from .config import MlmConfig
 from .factory import create_mlm_model
 
-__all__ = ["BERT_KEY_MAP", "CONVERTERS", "HF_BERT", "bert_export_problems", "convert_hf_bert", "convert_to_hf_bert",
-           "hf_bert_config", "mlm_config_from_hf_bert"]
+__all__ = ["BERT_KEY_MAP", "CONVERTERS", "HF_BERT", "XLM_CORE", "XLM_CORE_KEY_MAP", "bert_export_problems",
+           "convert_hf_bert", "convert_mlm_xlm_core", "convert_to_hf_bert", "convert_to_mlm_xlm_core", "hf_bert_config",
+           "mlm_config_from_hf_bert", "mlm_config_from_xlm_core", "xlm_core_export_problems", "xlm_core_mlm_config"]
 
 _LAYER = "bert.encoder.layer.{i}."
 
@@ -52,6 +74,15 @@ BERT_KEY_MAP = KeyMap([
     Rule("cls.predictions.bias", "head.proj.bias"),  # the same bias, listed twice by HF
 ], drop=["bert.pooler.dense.{p}", "cls.seq_relationship.{p}", "bert.embeddings.position_ids",
          "bert.embeddings.token_type_ids"])
+
+#: xlm-core RotaryTransformerMLMModel -> MlmModel (attention biases, which it lacks, are added as zeros).
+XLM_CORE_KEY_MAP = KeyMap([
+    Rule("embed_tokens.weight", "embed_tokens.weight"),
+    *ENCODER_RULES,
+    Rule("output_layer.norm_final.{p}", "final_norm.{p}"),
+    Rule("output_layer.linear.weight", "head.proj.weight"),
+], drop=ENCODER_DROP)
+_XLM_CORE_CLASSES = ("RotaryTransformerMLMModel",)
 
 _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 
@@ -163,4 +194,81 @@ def _read_bert(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
 HF_BERT = Converter(name="hf_bert", description="HF transformers BERT (BertForMaskedLM / BertForPreTraining)",
                     to_xlm=convert_hf_bert, from_xlm=convert_to_hf_bert, export_problems=bert_export_problems,
                     read=_read_bert, hf=True)
-CONVERTERS = {"hf_bert": HF_BERT}
+
+
+# -- xlm-core --------------------------------------------------------------------------------
+
+def _mlm_from_xlm_core(xc: XlmCoreConfig, notes: list[str]) -> MlmConfig:
+    problems = []
+    if xc.rotary_emb_dim != xc.head_dim:
+        problems.append(f"rotary_emb_dim={xc.rotary_emb_dim} rotates part of each {xc.head_dim}-dim head; MlmModel "
+                        f"rotates whole heads")
+    if not xc.final_layer_norm:
+        problems.append("no final LayerNorm (final_layer_without_normalization=True); MlmModel's pre-LN encoder "
+                        "always normalises before its head")
+    if problems:
+        raise ConversionError(f"MlmModel cannot compute this xlm-core MLM: {'; '.join(problems)}")
+    return MlmConfig(vocab_size=xc.num_embeddings, model_dim=xc.d_model, num_layers=xc.num_layers, num_heads=xc.nhead,
+                     ffn_dim=xc.dim_feedforward, max_seq_len=xc.max_length, norm_position="pre", pos_encoding="rope",
+                     rope_base=ROPE_BASE, type_vocab_size=0, norm="layernorm", norm_eps=xc.layer_norm_eps,
+                     activation=xc.activation_ours, bias=True, head_transform=False, head_bias=False,
+                     tie_embeddings=False, dropout=xc.dropout, pad_token_id=pad_token_id(xc, notes))
+
+
+def mlm_config_from_xlm_core(source_config: Any, state: Mapping[str, Tensor] | None = None) -> MlmConfig:
+    """The MlmConfig of an xlm-core MLM: its constructor arguments (config.json, or a Hydra config's `model`),
+    with unresolved ones read off `state` (xlm-core keys) where the weights tell."""
+    notes: list[str] = []
+    xc = xlm_core_config(source_config, state or {}, where="xlm-core MLM config", notes=notes,
+                         classes=_XLM_CORE_CLASSES, final_layer_default=False)
+    return _mlm_from_xlm_core(xc, notes)
+
+
+def convert_mlm_xlm_core(state: Mapping[str, Tensor], source_config: Any, *, source: str | None = None) -> Converted:
+    """xlm-core RotaryTransformerMLMModel (its own keys, `model.` already stripped) -> (MlmConfig, state)."""
+    return convert_from_xlm_core(state, source_config, source=source, key_map=XLM_CORE_KEY_MAP,
+                                 classes=_XLM_CORE_CLASSES, final_layer_default=False, build=_mlm_from_xlm_core,
+                                 factory=create_mlm_model)
+
+
+def xlm_core_export_problems(config: MlmConfig) -> list[str]:
+    """Why xlm-core's MLM cannot hold this config ([] = it can). A tied head is written as its own copy."""
+    problems = common_export_problems(config)
+    if config.norm_position != "pre":
+        problems.append(f"norm_position={config.norm_position!r} (xlm-core is pre-LN)")
+    if config.pos_encoding != "rope":
+        problems.append(f"pos_encoding={config.pos_encoding!r} (xlm-core uses rope)")
+    if config.type_vocab_size:
+        problems.append(f"type_vocab_size={config.type_vocab_size} (xlm-core has no token types)")
+    if config.head_transform or config.head_bias:
+        problems.append("a head transform or head bias (xlm-core's head is one bias-free linear)")
+    return problems
+
+
+def xlm_core_mlm_config(config: MlmConfig) -> dict[str, Any]:
+    """The config.json (RotaryTransformerMLMModel's constructor arguments) equal in function to `config`.
+    `mask_idx` is left out (the config does not know it; it does not change the network's function)."""
+    problems = xlm_core_export_problems(config)
+    if problems:
+        raise ConversionError(f"this MLM config has no xlm-core equivalent: {'; '.join(problems)}")
+    return constructor_args(config, rotary_dim=config.head_dim, use_flex_attn=False,
+                            final_layer_without_normalization=False)
+
+
+def convert_to_mlm_xlm_core(state: Mapping[str, Tensor], config: MlmConfig) -> Converted:
+    """MlmModel state dict -> (xlm-core config.json dict, RotaryTransformerMLMModel state dict as its hub export
+    writes it). The attention biases must be zero: xlm-core's attention has none."""
+    state = dict(state)
+    if config.tie_embeddings and "head.proj.weight" not in state and "embed_tokens.weight" in state:
+        state["head.proj.weight"] = state["embed_tokens.weight"]
+    return convert_to_xlm_core(state, config, key_map=XLM_CORE_KEY_MAP, problems=xlm_core_export_problems(config),
+                               export_config=lambda: xlm_core_mlm_config(config), factory=create_mlm_model,
+                               rotary_dim=config.head_dim, what="MLM")
+
+
+XLM_CORE = Converter(name="xlm_core",
+                     description="xlm-core RotaryTransformerMLMModel (Lightning .ckpt, EMA when present; or its hub "
+                                 "export: model.safetensors + config.json)",
+                     to_xlm=convert_mlm_xlm_core, from_xlm=convert_to_mlm_xlm_core,
+                     export_problems=xlm_core_export_problems, read=read_xlm_core)
+CONVERTERS = {"hf_bert": HF_BERT, "xlm_core": XLM_CORE}

@@ -1,0 +1,281 @@
+"""ARLM <-> xlm-core's RotaryTransformerARLMModel (the "xlm_core" legacy layout): Lightning .ckpt and hub export.
+
+xlm-core needs Lightning, Hydra and its own package, so these tests build random state dicts with its exact key
+names, shapes and order (`xlm-models/arlm/model_arlm.py`, `src/xlm/modules/rotary_transformer.py`) and write its
+forward out here: pre-LN with LayerNorm biases, fused bias-free q|k|v chunked along the output, NeoX half-split
+rotary (base 10000) over the first `rotary_emb_dim` dims of each head, causal attention, MLP with biases (ReLU or
+GELU-tanh), final LayerNorm, untied bias-free output linear."""
+
+import json
+import math
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import xlm
+from xlm.checkpoint_conversion import ConversionError
+from xlm.export import ExportError, export
+from xlm.models.arlm import ArlmConfig, create_arlm_model
+from xlm.models.arlm.loader import (XLM_CORE, arlm_config_from_xlm_core, convert_arlm_xlm_core,
+                                    convert_to_arlm_xlm_core)
+from xlm.registry import get_family
+from xlm.xlm_core_checkpoints import read_xlm_core
+
+V, D, L, H, FF, S = 37, 32, 2, 4, 48, 16  # head dim 8
+
+
+def inv_freq(rotary):
+    return 1.0 / (10000 ** (torch.arange(0, rotary, 2).float() / rotary))
+
+
+def hub_config(**overrides):
+    """What PyTorchModelHubMixin writes: every constructor argument, defaults included."""
+    return {"num_embeddings": V, "d_model": D, "num_layers": L, "nhead": H, "padding_idx": 3, "dim_feedforward": FF,
+            "dropout": 0.1, "activation": "relu", "layer_norm_eps": 1e-5, "rotary_emb_dim": 4, "max_length": S,
+            "force_flash_attn": False, "final_layer_without_normalization": False} | overrides
+
+
+def xlm_core_state(seed=0, rotary=4):
+    """RotaryTransformerARLMModel.state_dict(): keys, shapes and order."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g) * 0.2
+
+    s = OrderedDict()
+    s["embed_tokens.weight"] = r(V, D)
+    for i in range(L):
+        p = f"encoder.{i}."
+        s[p + "norm1.weight"], s[p + "norm1.bias"] = 1 + r(D), r(D)
+        s[p + "attn_qkv.weight"] = r(3 * D, D)
+        s[p + "o_proj.weight"] = r(D, D)
+        s[p + "norm2.weight"], s[p + "norm2.bias"] = 1 + r(D), r(D)
+        s[p + "mlp.0.weight"], s[p + "mlp.0.bias"] = r(FF, D), r(FF)
+        s[p + "mlp.2.weight"], s[p + "mlp.2.bias"] = r(D, FF), r(D)
+        s[p + "rotary_emb.inv_freq"] = inv_freq(rotary)  # one module shared by every layer: a key per layer
+    s["output_layer.norm_final.weight"], s["output_layer.norm_final.bias"] = 1 + r(D), r(D)
+    s["output_layer.linear.weight"] = r(V, D)
+    return s
+
+
+def xlm_core_forward(s, ids, *, rotary=4, activation="relu", attention_mask=None):
+    """RotaryTransformerARLMModel.forward as its loss calls it: causal & padding mask, positions cumsum - 1."""
+    batch, seq = ids.shape
+    head = D // H
+    mask = torch.ones(batch, seq, dtype=torch.bool) if attention_mask is None else attention_mask
+    positions = (mask.long().cumsum(1) - 1) * mask
+    allowed = torch.tril(torch.ones(seq, seq, dtype=torch.bool))[None] & mask[:, None, :]
+    angles = positions[..., None].float() * inv_freq(rotary)
+    cos, sin = angles.cos()[:, None], angles.sin()[:, None]
+
+    def rope(t):
+        part, rest = t[..., :rotary], t[..., rotary:]
+        t1, t2 = part.chunk(2, dim=-1)
+        return torch.cat([t1 * cos - t2 * sin, t2 * cos + t1 * sin, rest], dim=-1)
+
+    x = s["embed_tokens.weight"][ids]
+    for i in range(L):
+        p = f"encoder.{i}."
+        h = F.layer_norm(x, (D,), s[p + "norm1.weight"], s[p + "norm1.bias"], 1e-5)
+        q, k, v = (t.view(batch, seq, H, head).transpose(1, 2) for t in (h @ s[p + "attn_qkv.weight"].T).chunk(3, -1))
+        scores = rope(q) @ rope(k).transpose(-1, -2) / math.sqrt(head)
+        attended = scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1) @ v
+        x = x + attended.transpose(1, 2).reshape(batch, seq, D) @ s[p + "o_proj.weight"].T
+        h = F.layer_norm(x, (D,), s[p + "norm2.weight"], s[p + "norm2.bias"], 1e-5)
+        h = F.linear(h, s[p + "mlp.0.weight"], s[p + "mlp.0.bias"])
+        h = F.relu(h) if activation == "relu" else F.gelu(h, approximate="tanh")
+        x = x + F.linear(h, s[p + "mlp.2.weight"], s[p + "mlp.2.bias"])
+    x = F.layer_norm(x, (D,), s["output_layer.norm_final.weight"], s["output_layer.norm_final.bias"], 1e-5)
+    return x @ s["output_layer.linear.weight"].T
+
+
+def load(converted):
+    model = create_arlm_model(converted.config).eval()
+    model.load_state_dict(converted.state, strict=True)
+    return model
+
+
+@pytest.mark.parametrize("activation,rotary", [("relu", 4), ("gelu", 8)])
+def test_converted_model_computes_xlm_core(activation, rotary):
+    ref = xlm_core_state(rotary=rotary)
+    converted = convert_arlm_xlm_core(ref, hub_config(activation=activation, rotary_emb_dim=rotary))
+    assert converted.dropped == [f"encoder.{i}.rotary_emb.inv_freq" for i in range(L)]
+    assert converted.config.rotary_dim == (None if rotary == D // H else rotary)
+    model = load(converted)
+    ids = torch.randint(0, V, (3, S))
+    with torch.no_grad():
+        assert torch.allclose(model(ids), xlm_core_forward(ref, ids, rotary=rotary, activation=activation), atol=1e-5)
+        mask = torch.ones(3, S, dtype=torch.bool)
+        mask[1, 11:] = False  # right padding: the real tokens' logits agree
+        ours = model(ids, attention_mask=mask)
+        theirs = xlm_core_forward(ref, ids, rotary=rotary, activation=activation, attention_mask=mask)
+        assert torch.allclose(ours[mask], theirs[mask], atol=1e-5)
+
+
+def test_config_comes_from_the_checkpoint():
+    config = arlm_config_from_xlm_core(hub_config(), xlm_core_state())
+    assert config == ArlmConfig(vocab_size=V, model_dim=D, num_layers=L, num_heads=H, ffn_dim=FF, max_seq_len=S,
+                                pos_encoding="rope", rope_base=10000.0, rotary_dim=4, norm="layernorm", norm_eps=1e-5,
+                                activation="relu", bias=True, tie_embeddings=False, dropout=0.1, pad_token_id=3)
+    # a Hydra config (the .ckpt's hyper_parameters) whose tokenizer-derived values stayed interpolation strings
+    hydra = {"model": hub_config(num_embeddings="${tokenizer:full_vocab_size}", padding_idx="${tokenizer:pad_token_id}",
+                                 dim_feedforward="${eval:${.d_model}*4}",
+                                 _target_="arlm.model_arlm.RotaryTransformerARLMModel")}
+    assert arlm_config_from_xlm_core(hydra, xlm_core_state()) == ArlmConfig(**{**config.__dict__, "pad_token_id": 0})
+    with pytest.raises(ConversionError, match="nhead"):
+        arlm_config_from_xlm_core(hub_config(nhead=None), xlm_core_state())
+    with pytest.raises(ConversionError, match="final LayerNorm"):
+        arlm_config_from_xlm_core(hub_config(final_layer_without_normalization=True), xlm_core_state())
+    with pytest.raises(ConversionError, match="RotaryTransformerMLMModel"):
+        arlm_config_from_xlm_core(hub_config(_target_="mlm.model_mlm.RotaryTransformerMLMModel"), xlm_core_state())
+    with pytest.raises(ConversionError, match="rotary_emb.inv_freq"):  # the config's rotary dim is not the weights'
+        convert_arlm_xlm_core(xlm_core_state(rotary=4), hub_config(rotary_emb_dim=8))
+
+
+def test_round_trips_are_identity():
+    ref = xlm_core_state()
+    converted = convert_arlm_xlm_core(ref, hub_config())
+    assert all(not converted.state[f"layers.{i}.attn.{p}.bias"].any() for i in range(L)
+               for p in ("q_proj", "k_proj", "v_proj", "out_proj"))
+    back = convert_to_arlm_xlm_core(converted.state, converted.config)
+    hub_layout = [k for k in ref if not (k.endswith("inv_freq") and not k.startswith("encoder.0."))]
+    assert list(back.state) == hub_layout  # what xlm-core's own safetensors export holds, in its order
+    assert all(torch.equal(back.state[k], ref[k]) for k in hub_layout)
+    assert back.config == hub_config()
+
+    torch.manual_seed(0)
+    model = create_arlm_model(converted.config).eval()
+    for name, p in model.named_parameters():
+        torch.nn.init.zeros_(p) if ".attn." in name and name.endswith(".bias") else torch.nn.init.normal_(p, std=0.1)
+    again = convert_arlm_xlm_core(*reversed(tuple(convert_to_arlm_xlm_core(model.state_dict(), model.config))))
+    assert again.config == model.config
+    assert set(again.state) == set(model.state_dict())
+    assert all(torch.equal(again.state[k], v) for k, v in model.state_dict().items())
+
+    with torch.no_grad():
+        model.layers[1].attn.k_proj.bias[0] = 0.5
+    with pytest.raises(ConversionError, match="layers.1.attn.k_proj.bias"):
+        convert_to_arlm_xlm_core(model.state_dict(), model.config)
+
+
+class AttributeDictLike(dict):
+    """Like Lightning's AttributeDict: a dict subclass the weights-only unpickler does not know."""
+
+
+def lightning_checkpoint(path, ref, *, hyper, ema=None, compiled=True):
+    """A Lightning .ckpt of xlm-core's Harness: `model.` (+ `_orig_mod.` under torch.compile), the predictor's
+    duplicate `predictor.model.*` (older runs), the noise schedule's buffers, persistent rotary sin/cos (older runs)."""
+    inner = "model._orig_mod." if compiled else "model."
+    state = OrderedDict()
+    state["noise_schedule.sigma_max"] = torch.tensor(20.0)
+    for k, v in ref.items():
+        state[inner + k] = v
+        if k.endswith("inv_freq"):
+            state[inner + k.replace("inv_freq", "sin")] = torch.zeros(S + 1, v.shape[0])
+            state[inner + k.replace("inv_freq", "cos")] = torch.ones(S + 1, v.shape[0])
+    for k, v in ref.items():
+        state["predictor.model." + k] = v
+    ckpt = {"state_dict": state, "hyper_parameters": hyper, "epoch": 3, "global_step": 120,
+            "pytorch-lightning_version": "2.4.0"}
+    if ema is not None:
+        ckpt["ema"] = ema
+    torch.save(ckpt, path)
+    return path
+
+
+def test_lightning_checkpoint_with_ema_loads_strictly(tmp_path):
+    omegaconf = pytest.importorskip("omegaconf")
+    ref, averaged = xlm_core_state(seed=0), xlm_core_state(seed=1)
+    params = [k for k in ref if not k.endswith("inv_freq")]
+    hyper = AttributeDictLike(omegaconf.OmegaConf.create({  # an older run: the Hydra config as a DictConfig
+        "model": hub_config(num_embeddings="${tokenizer:full_vocab_size}", max_length="${predictor.max_length}",
+                            _target_="arlm.model_arlm.RotaryTransformerARLMModel"),
+        "predictor": {"max_length": S}, "block_size": S}))
+    ema = {"decay": 0.9999, "num_updates": 120, "shadow_params": [averaged[k] for k in params],
+           "collected_params": None}
+    path = lightning_checkpoint(tmp_path / "last.ckpt", ref, hyper=hyper, ema=ema)
+
+    converted = get_family("arlm").converters["xlm_core"](path)
+    assert converted.config.vocab_size == V and converted.config.max_seq_len == S
+    assert any("EMA" in n for n in converted.notes) and any("_orig_mod" in n for n in converted.notes)
+    assert "predictor.model.embed_tokens.weight" in converted.dropped
+    assert "noise_schedule.sigma_max" in converted.dropped
+    assert "encoder.1.rotary_emb.sin" in converted.dropped
+    ids = torch.randint(0, V, (2, S))
+    with torch.no_grad():
+        assert torch.allclose(load(converted)(ids), xlm_core_forward(averaged, ids), atol=1e-5)
+        model = xlm.load_model(path, family="arlm", checkpoint_format="xlm_core")  # strict load through the registry
+        assert torch.allclose(model(ids), xlm_core_forward(averaged, ids), atol=1e-5)
+        raw = convert_arlm_xlm_core(*reversed(read_xlm_core(path, use_ema=False)))
+        assert torch.allclose(load(raw)(ids), xlm_core_forward(ref, ids), atol=1e-5)
+
+
+def test_plain_hyper_parameters_and_no_ema(tmp_path):
+    ref = xlm_core_state()
+    hyper = {"model": hub_config(num_embeddings="${tokenizer:full_vocab_size}"), "block_size": S}  # current xlm-core
+    path = lightning_checkpoint(tmp_path / "step.ckpt", ref, hyper=hyper, compiled=False)
+    converted = XLM_CORE(path)
+    assert any("no EMA" in n for n in converted.notes)
+    ids = torch.randint(0, V, (2, S))
+    with torch.no_grad():
+        assert torch.allclose(load(converted)(ids), xlm_core_forward(ref, ids), atol=1e-5)
+    with pytest.raises(ConversionError, match="use_ema=True but the checkpoint has no 'ema'"):
+        read_xlm_core(path, use_ema=True)
+
+
+def test_ema_out_of_order_is_an_error(tmp_path):
+    ref = xlm_core_state()
+    params = [k for k in ref if not k.endswith("inv_freq")]
+    ema = {"decay": 0.999, "num_updates": 1, "shadow_params": [ref[k] for k in reversed(params)]}
+    path = lightning_checkpoint(tmp_path / "last.ckpt", ref, hyper={"model": hub_config()}, ema=ema)
+    with pytest.raises(ConversionError, match="not in the order of the model's parameters"):
+        XLM_CORE(path)
+
+
+def test_hub_export_dir_and_export_back(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    ref = xlm_core_state()
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    save_file({k: v for k, v in ref.items() if k == "encoder.0.rotary_emb.inv_freq" or not k.endswith("inv_freq")},
+              hub / "model.safetensors")
+    (hub / "config.json").write_text(json.dumps(hub_config()))
+    ids = torch.randint(0, V, (2, S))
+    with torch.no_grad():
+        model = xlm.load_model(hub, family="arlm", checkpoint_format="xlm_core")
+        assert torch.allclose(model(ids), xlm_core_forward(ref, ids), atol=1e-5)
+        out = export(model, tmp_path / "back", format="xlm_core")
+        written_config = json.loads((out / "config.json").read_text())
+        assert {k: v for k, v in written_config.items() if k != "torch_dtype"} == hub_config()
+        written = load_file(out / "model.safetensors")
+        assert set(written) == set(load_file(hub / "model.safetensors"))
+        assert all(torch.equal(written[k], ref[k]) for k in written)
+        assert torch.allclose(load(XLM_CORE(hub / "model.safetensors"))(ids), model(ids))  # config.json beside it
+        assert torch.allclose(load(XLM_CORE(out))(ids), model(ids))
+    tied = create_arlm_model(ArlmConfig(vocab_size=V, model_dim=D, num_layers=1, num_heads=H, activation="relu"))
+    for name, p in tied.named_parameters():
+        if ".attn." in name and name.endswith(".bias"):
+            torch.nn.init.zeros_(p)
+    out = export(tied, tmp_path / "tied", format="xlm_core")  # the tied head is written as its own matrix
+    with torch.no_grad():
+        assert torch.allclose(load(XLM_CORE(out))(ids), tied.eval()(ids), atol=1e-6)
+    learned = create_arlm_model(ArlmConfig(vocab_size=V, model_dim=D, num_layers=1, num_heads=H, pos_encoding="learned",
+                                           norm="rmsnorm"))
+    with pytest.raises(ExportError, match="norm='rmsnorm'.*pos_encoding='learned'"):
+        export(learned, tmp_path / "no", format="xlm_core")
+
+
+def test_misfits_are_reported_together():
+    ref = dict(xlm_core_state())
+    del ref["encoder.1.mlp.2.bias"]
+    ref["encoder.0.attn_qkv.bias"] = torch.zeros(3 * D)
+    ref["output_layer.linear.weight"] = torch.zeros(V + 1, D)
+    with pytest.raises(ConversionError) as err:
+        convert_arlm_xlm_core(ref, hub_config(), source="run/last.ckpt")
+    assert err.value.missing == ["layers.1.ffn.down_proj.bias"]
+    assert err.value.unexpected == ["encoder.0.attn_qkv.bias"]
+    assert err.value.wrong_shapes == [("lm_head.proj.weight", (V + 1, D), (V, D))]
+    assert str(err.value).startswith("run/last.ckpt: ")

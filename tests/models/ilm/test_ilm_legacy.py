@@ -1,0 +1,260 @@
+"""ILM <-> xlm-core's RotaryTransformerILMModelWithStoppingClassification (the "xlm_core" legacy layout, as of
+dhruveshpatel/ilm-owt): hub export, Lightning .ckpt with EMA, cards.
+
+The state dicts have xlm-core's exact key names, shapes and order (`xlm-models/ilm/model_ilm.py`,
+`src/xlm/modules/rotary_transformer.py`); its forward is written out here: pre-LN with LayerNorm biases, fused
+bias-free q|k|v chunked along the output, NeoX half-split rotary (base 10000) over the first rotary_emb_dim dims at
+the given positions, bidirectional attention under a key-padding mask, MLP with biases, token logits through an
+optional final LayerNorm, and the stop logits from the last block's output at column 0 through
+x + mlp(norm(x)) (d -> 2d -> d, tanh) and a bias-free 2-way linear."""
+
+import importlib.util
+import json
+import math
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+import xlm
+from xlm.checkpoint_conversion import ConversionError
+from xlm.export import export
+from xlm.models.ilm import IlmConfig, create_ilm_model
+from xlm.models.ilm.loader import XLM_CORE, convert_ilm_xlm_core, convert_to_ilm_xlm_core, ilm_config_from_xlm_core
+from xlm.registry import get_family
+from xlm.xlm_core_checkpoints import read_xlm_core
+
+V, D, L, H, FF, S = 43, 32, 2, 4, 64, 14  # head dim 8
+TARGET = "ilm.model_ilm.RotaryTransformerILMModelWithStoppingClassification"
+
+
+def inv_freq(rotary):
+    return 1.0 / (10000 ** (torch.arange(0, rotary, 2).float() / rotary))
+
+
+def hub_config(**overrides):
+    """What PyTorchModelHubMixin writes for the stopping ILM: its constructor arguments, defaults included."""
+    return {"num_embeddings": V, "d_model": D, "num_layers": L, "nhead": H, "padding_idx": 0, "mask_idx": 1,
+            "dim_feedforward": FF, "dropout": 0.1, "activation": "relu", "layer_norm_eps": 1e-5, "rotary_emb_dim": 4,
+            "max_length": S, "force_flash_attn": False, "final_layer_without_normalization": True} | overrides
+
+
+def xlm_core_state(seed=0, rotary=4, final_norm=False, classes=2):
+    """RotaryTransformerILMModelWithStoppingClassification.state_dict(): keys, shapes and order."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g) * 0.2
+
+    s = OrderedDict()
+    s["embed_tokens.weight"] = r(V, D)
+    for i in range(L):
+        p = f"encoder.{i}."
+        s[p + "norm1.weight"], s[p + "norm1.bias"] = 1 + r(D), r(D)
+        s[p + "attn_qkv.weight"] = r(3 * D, D)
+        s[p + "o_proj.weight"] = r(D, D)
+        s[p + "norm2.weight"], s[p + "norm2.bias"] = 1 + r(D), r(D)
+        s[p + "mlp.0.weight"], s[p + "mlp.0.bias"] = r(FF, D), r(FF)
+        s[p + "mlp.2.weight"], s[p + "mlp.2.bias"] = r(D, FF), r(D)
+        s[p + "rotary_emb.inv_freq"] = inv_freq(rotary)
+    if final_norm:
+        s["output_layer.norm_final.weight"], s["output_layer.norm_final.bias"] = 1 + r(D), r(D)
+    s["output_layer.linear.weight"] = r(V, D)
+    o = "length_output_layer."
+    s[o + "norm_final.weight"], s[o + "norm_final.bias"] = 1 + r(D), r(D)
+    s[o + "mlp.0.weight"], s[o + "mlp.0.bias"] = r(2 * D, D), r(2 * D)
+    s[o + "mlp.2.weight"], s[o + "mlp.2.bias"] = r(D, 2 * D), r(D)
+    s[o + "linear.weight"] = r(classes, D)
+    return s
+
+
+def xlm_core_forward(s, ids, attention_mask, positions, *, rotary=4, activation="relu"):
+    """(vocab_logits, length_logits) of the stopping ILM with cls_position=None."""
+    batch, seq = ids.shape
+    head = D // H
+    angles = positions[..., None].float() * inv_freq(rotary)
+    cos, sin = angles.cos()[:, None], angles.sin()[:, None]
+
+    def rope(t):
+        part, rest = t[..., :rotary], t[..., rotary:]
+        t1, t2 = part.chunk(2, dim=-1)
+        return torch.cat([t1 * cos - t2 * sin, t2 * cos + t1 * sin, rest], dim=-1)
+
+    x = s["embed_tokens.weight"][ids]
+    for i in range(L):
+        p = f"encoder.{i}."
+        h = F.layer_norm(x, (D,), s[p + "norm1.weight"], s[p + "norm1.bias"], 1e-5)
+        q, k, v = (t.view(batch, seq, H, head).transpose(1, 2) for t in (h @ s[p + "attn_qkv.weight"].T).chunk(3, -1))
+        scores = rope(q) @ rope(k).transpose(-1, -2) / math.sqrt(head)
+        attended = scores.masked_fill(~attention_mask[:, None, None, :], float("-inf")).softmax(-1) @ v
+        x = x + attended.transpose(1, 2).reshape(batch, seq, D) @ s[p + "o_proj.weight"].T
+        h = F.layer_norm(x, (D,), s[p + "norm2.weight"], s[p + "norm2.bias"], 1e-5)
+        h = F.linear(h, s[p + "mlp.0.weight"], s[p + "mlp.0.bias"])
+        h = F.relu(h) if activation == "relu" else F.gelu(h, approximate="tanh")
+        x = x + F.linear(h, s[p + "mlp.2.weight"], s[p + "mlp.2.bias"])
+    out = x
+    if "output_layer.norm_final.weight" in s:
+        out = F.layer_norm(x, (D,), s["output_layer.norm_final.weight"], s["output_layer.norm_final.bias"], 1e-5)
+    vocab_logits = out @ s["output_layer.linear.weight"].T
+    o = "length_output_layer."
+    cls = x[:, :1]
+    h = F.layer_norm(cls, (D,), s[o + "norm_final.weight"], s[o + "norm_final.bias"], 1e-5)
+    h = F.linear(torch.tanh(F.linear(h, s[o + "mlp.0.weight"], s[o + "mlp.0.bias"])), s[o + "mlp.2.weight"],
+                 s[o + "mlp.2.bias"])
+    return vocab_logits, ((cls + h) @ s[o + "linear.weight"].T).squeeze(1)
+
+
+def batch():
+    ids = torch.randint(0, V, (3, S))
+    mask = torch.ones(3, S, dtype=torch.bool)
+    mask[2, 9:] = False  # a right-padded row
+    positions = torch.arange(S).expand(3, S).clone()
+    positions[1] = torch.randperm(S)  # the sampler appends inserted tokens at the end: positions are explicit
+    return ids, mask, positions
+
+
+def load(converted):
+    model = create_ilm_model(converted.config).eval()
+    model.load_state_dict(converted.state, strict=True)
+    return model
+
+
+def assert_same(model, ref, *, rotary=4, activation="relu"):
+    ids, mask, positions = batch()
+    with torch.no_grad():
+        ours = model(ids, attention_mask=mask, positions=positions)
+    vocab, stop = xlm_core_forward(ref, ids, mask, positions, rotary=rotary, activation=activation)
+    assert torch.allclose(ours.token_logits[mask], vocab[mask], atol=1e-5)
+    assert torch.allclose(ours.stop_logits, stop, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation,rotary,final_norm", [("relu", 4, False), ("gelu", 8, True)])
+def test_converted_model_computes_xlm_core(activation, rotary, final_norm):
+    ref = xlm_core_state(rotary=rotary, final_norm=final_norm)
+    converted = convert_ilm_xlm_core(ref, hub_config(activation=activation, rotary_emb_dim=rotary,
+                                                     final_layer_without_normalization=not final_norm))
+    assert converted.config.final_norm is final_norm
+    assert converted.dropped == [f"encoder.{i}.rotary_emb.inv_freq" for i in range(L)]
+    assert_same(load(converted), ref, rotary=rotary, activation=activation)
+
+
+def test_config_comes_from_the_checkpoint():
+    config = ilm_config_from_xlm_core(hub_config(), xlm_core_state())
+    assert config == IlmConfig(vocab_size=V, model_dim=D, num_layers=L, num_heads=H, ffn_dim=FF, max_seq_len=S,
+                               rope_base=10000.0, rotary_dim=4, norm="layernorm", norm_eps=1e-5, activation="relu",
+                               bias=True, final_norm=False, tie_embeddings=False, dropout=0.1, pad_token_id=0)
+    # rotary_transformer_small_ilm.yaml sets neither rotary_emb_dim nor final_layer_without_normalization: the
+    # rotary buffer and the absence of output_layer.norm_final tell; the vocabulary comes off the embedding
+    hydra = {k: v for k, v in hub_config(num_embeddings="${tokenizer:full_vocab_size}", _target_=TARGET).items()
+             if k not in ("rotary_emb_dim", "final_layer_without_normalization")}
+    assert ilm_config_from_xlm_core({"model": hydra}, xlm_core_state()) == config
+    with pytest.raises(ConversionError, match="no length_output_layer"):
+        convert_ilm_xlm_core({k: v for k, v in xlm_core_state().items() if not k.startswith("length_")}, hub_config())
+    with pytest.raises(ConversionError, match="14 classes.*LengthClassification"):
+        convert_ilm_xlm_core(xlm_core_state(classes=S), hub_config())
+    with pytest.raises(ConversionError, match="RotaryTransformerILMModel,|reads xlm-core's"):
+        ilm_config_from_xlm_core(hub_config(_target_="ilm.model_ilm.RotaryTransformerILMModel"), xlm_core_state())
+
+
+def test_round_trips_are_identity():
+    ref = xlm_core_state()
+    converted = convert_ilm_xlm_core(ref, hub_config())
+    back = convert_to_ilm_xlm_core(converted.state, converted.config)
+    hub_layout = [k for k in ref if not (k.endswith("inv_freq") and not k.startswith("encoder.0."))]
+    assert list(back.state) == hub_layout and all(torch.equal(back.state[k], ref[k]) for k in hub_layout)
+    assert back.config == {k: v for k, v in hub_config().items() if k != "mask_idx"}
+
+    torch.manual_seed(0)
+    model = create_ilm_model(IlmConfig(vocab_size=V, model_dim=D, num_layers=L, num_heads=H, ffn_dim=FF, max_seq_len=S,
+                                       rotary_dim=6, activation="gelu_tanh", final_norm=True)).eval()
+    for name, p in model.named_parameters():
+        torch.nn.init.zeros_(p) if ".attn." in name and name.endswith(".bias") else torch.nn.init.normal_(p, std=0.1)
+    there = convert_to_ilm_xlm_core(model.state_dict(), model.config)
+    assert there.config["rotary_emb_dim"] == 6 and there.config["final_layer_without_normalization"] is False
+    again = convert_ilm_xlm_core(there.state, there.config)
+    assert again.config == model.config
+    assert all(torch.equal(again.state[k], v) for k, v in model.state_dict().items())
+    assert set(again.state) == set(model.state_dict())
+
+
+def test_lightning_checkpoint_with_ema_loads_strictly(tmp_path):
+    omegaconf = pytest.importorskip("omegaconf")
+    ref, averaged = xlm_core_state(seed=0), xlm_core_state(seed=1)
+    params = [k for k in ref if not k.endswith("inv_freq")]
+    state = OrderedDict()
+    for k, v in ref.items():
+        state["model._orig_mod." + k] = v
+        if k.endswith("inv_freq"):
+            state["model._orig_mod." + k[:-len("inv_freq")] + "cos"] = torch.ones(S + 1, 2)
+    state.update(("predictor.model." + k, v) for k, v in ref.items())
+    hyper = omegaconf.OmegaConf.create({"model": hub_config(num_embeddings="${tokenizer:full_vocab_size}",
+                                                            max_length="${predictor.max_length}", _target_=TARGET),
+                                        "predictor": {"max_length": S}})
+    ckpt = {"state_dict": state, "hyper_parameters": hyper, "global_step": 11,
+            "ema": {"decay": 0.9999, "num_updates": 11, "shadow_params": [averaged[k] for k in params],
+                    "collected_params": [ref[k] for k in params]}}
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    assert_same(xlm.load_model(tmp_path / "last.ckpt", family="ilm"), averaged)  # the only ILM format: no name needed
+    converted = get_family("ilm").converters["xlm_core"](tmp_path / "last.ckpt")
+    assert converted.config.max_seq_len == S and any("EMA" in n for n in converted.notes)
+    assert_same(load(convert_ilm_xlm_core(*reversed(read_xlm_core(tmp_path / "last.ckpt", use_ema=False)))), ref)
+
+
+def _hub_export(directory, ref):
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v for k, v in ref.items() if k == "encoder.0.rotary_emb.inv_freq" or not k.endswith("inv_freq")},
+              directory / "model.safetensors")
+    (directory / "config.json").write_text(json.dumps(hub_config()))
+    return directory
+
+
+def test_a_card_with_the_xlm_core_format(tmp_path, monkeypatch):
+    ref = xlm_core_state()
+    _hub_export(tmp_path / "cards" / "ilm_export", ref)
+    (tmp_path / "cards" / "mine.yaml").write_text(yaml.safe_dump(
+        {"name": "my_xlm_core_ilm", "model_family": "ilm", "checkpoint": "ilm_export/model.safetensors",
+         "checkpoint_format": "xlm_core"}))
+    monkeypatch.setenv("XLM_USER_ASSET_DIR", str(tmp_path / "cards"))
+    monkeypatch.delenv("XLM_ASSET_PATH", raising=False)
+    assert_same(xlm.load_model("my_xlm_core_ilm"), ref)
+    out = export(xlm.load_model("my_xlm_core_ilm"), tmp_path / "again", format="xlm_core")
+    assert_same(load(XLM_CORE(out)), ref)
+
+
+def _fake_hub():
+    path = Path(__file__).parents[2] / "assets" / "hub_server.py"
+    spec = importlib.util.spec_from_file_location("xlm_test_hub_server", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.FakeHub
+
+
+def test_the_shipped_ilm_owt_card_through_a_stand_in_hub(tmp_path, monkeypatch):
+    ref = xlm_core_state()
+    export_dir = _hub_export(tmp_path / "export", ref)
+    monkeypatch.setenv("XLM_USER_ASSET_DIR", str(tmp_path / "no_cards"))
+    monkeypatch.setenv("XLM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("XLM_ASSET_PATH", raising=False)
+    with _fake_hub()() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        for name in ("model.safetensors", "config.json"):
+            hub.files[("dhruveshpatel/ilm-owt", "main", name)] = (export_dir / name).read_bytes()
+        with pytest.warns(xlm.assets.download.UnverifiedDownloadWarning):
+            assert_same(xlm.load_model("ilm-owt"), ref)
+
+
+def test_misfits_are_reported_together():
+    ref = dict(xlm_core_state())
+    del ref["length_output_layer.mlp.2.bias"]
+    ref["output_layer.norm_final.weight"] = torch.ones(D)  # the config says no final norm
+    ref["encoder.1.mlp.0.weight"] = torch.zeros(FF + 1, D)
+    with pytest.raises(ConversionError) as err:
+        convert_ilm_xlm_core(ref, hub_config(), source="ilm-owt/model.safetensors")
+    assert err.value.missing == ["stop_head.down_proj.bias"]
+    assert err.value.unexpected == ["final_norm.weight"]
+    assert err.value.wrong_shapes == [("layers.1.ffn.up_proj.weight", (FF + 1, D), (FF, D))]
