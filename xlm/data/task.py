@@ -32,6 +32,8 @@ class TaskConfig:
     block_size: int = 128  # tokens per row ([BOS]/[EOS] included)
     packing: bool = True  # concatenate documents into full blocks (else one truncated document per row)
     held_out_fraction: float = 0.05  # validation and test slices of train when the source has none
+    streaming: bool = False  # read, tokenize and pack the training text on the fly (corpora larger than memory)
+    streaming_eval_documents: int = 1000  # streaming: validation/test are their split's first N documents
 
 
 class Task(Protocol):
@@ -95,16 +97,40 @@ class TextTask:
         self.source = text.TextSource(data_files=config.data_files, dataset=config.dataset,
                                       dataset_config=config.dataset_config, text_column=config.text_column,
                                       held_out_fraction=config.held_out_fraction, seed=config.seed)
+        self.streaming = config.streaming
+        if self.streaming and config.streaming_eval_documents < 1:
+            raise ValueError(f"task.streaming_eval_documents must be >= 1, got {config.streaming_eval_documents}")
         self.tokenizer = (text.load_tokenizer_file(config.tokenizer) if config.tokenizer
-                          else text.corpus_tokenizer(self.source, vocab_size=config.tokenizer_vocab_size))
+                          else text.corpus_tokenizer(self.source, vocab_size=config.tokenizer_vocab_size,
+                                                     streaming=self.streaming))
         self.max_seq_len = config.block_size
         self.max_new_tokens = config.block_size  # the length of an unconditional sample
-        self._tokenized = text.tokenized_split
+        self._text = text
 
     def dataset(self, split: str) -> datasets.Dataset:
-        ds = self._tokenized(self.source, split, self.tokenizer, block_size=self.config.block_size,
-                             packing=self.config.packing)
+        if self.streaming:
+            if split == "train":
+                raise TypeError("with task.streaming=true the training split is a stream (TextTask.train_stream), "
+                                "not a dataset")
+            return self._text.streamed_eval_split(self.source, split, self.tokenizer,
+                                                  block_size=self.config.block_size, packing=self.config.packing,
+                                                  max_documents=self.config.streaming_eval_documents)
+        ds = self._text.tokenized_split(self.source, split, self.tokenizer, block_size=self.config.block_size,
+                                        packing=self.config.packing)
         return _take(ds, self.config.train_size if split == "train" else None)
+
+    def train_stream(self, *, rank: int, world_size: int, num_workers: int, seed: int) -> Any:
+        """This rank's training rows (`xlm.data.streaming.RowStream`): `next_rows(n)`, `state()`,
+        `load_state(state)`. The shards are split between `world_size * max(1, num_workers)` readers;
+        with task.train_size, each reader's pass over the corpus stops after its share of that many rows."""
+        from .streaming import RowStream
+
+        if not self.streaming:
+            raise TypeError("train_stream needs task.streaming=true")
+        factory = self._text.TextRowFactory(self.source, self.tokenizer, block_size=self.config.block_size,
+                                            packing=self.config.packing, seed=seed,
+                                            train_size=self.config.train_size)
+        return RowStream(factory, rank=rank, world_size=world_size, num_workers=num_workers)
 
     def score(self, pred_text: str, example: Mapping[str, Any]) -> dict[str, float]:
         raise TypeError("the text task has no reference answers to score against; it is evaluated by its loss")

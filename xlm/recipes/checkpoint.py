@@ -3,6 +3,11 @@
 A checkpoint dir `step_000100/` holds `model.safetensors` (and `ema.safetensors`) plus
 `trainer_state.pt` (optimizer, scheduler, RNG, data position), read with weights_only=True.
 A dir either is complete or does not exist under its final name.
+
+Under FSDP (`trainer.parallelism=fsdp`) the model, optimizer and EMA are saved sharded with
+`torch.distributed.checkpoint` into `step_000100/dcp/` (every rank writes its own shards into
+the same temp dir, rank 0 adds `trainer_state.pt` and renames the dir into place), so no rank
+ever holds the full state; `is_sharded_checkpoint` tells the two layouts apart.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ def _fsync_dir(path: Path) -> None:
 
 def _fsync_tree(path: Path) -> None:
     for f in path.iterdir():
+        if f.is_dir():
+            _fsync_tree(f)
+            continue
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     _fsync_dir(path)
@@ -45,21 +53,31 @@ def state_dict_for_safetensors(state: dict[str, torch.Tensor]) -> dict[str, torc
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
+def new_temp_dir(final: Path) -> Path:
+    """A fresh hidden sibling of `final` to fill, then `commit_dir` into place."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+
+
+def commit_dir(tmp: Path, final: Path) -> None:
+    """fsyncs `tmp` and renames it to `final` (replacing it) in one step."""
+    _fsync_tree(tmp)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
 def write_atomically(final: Path, write: Any) -> None:
     """`write(tmp_dir)` fills a fresh dir that then replaces `final` in one rename."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp = new_temp_dir(final)
     try:
         write(tmp)
-        _fsync_tree(tmp)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        commit_dir(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -84,9 +102,48 @@ def save_checkpoint(root: Path, step: int, *, model_state: dict[str, torch.Tenso
         torch.save(trainer_state, tmp / "trainer_state.pt")
 
     write_atomically(final, write)
+    prune_checkpoints(root, keep_last)
+    return final
+
+
+def prune_checkpoints(root: Path, keep_last: int) -> None:
     for _, old in checkpoint_dirs(root)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
-    return final
+
+
+SHARDED_SUBDIR = "dcp"
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    return (path / SHARDED_SUBDIR).is_dir()
+
+
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    file = path / "trainer_state.pt"
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"checkpoint file {file} is unreadable ({type(err).__name__}: {err}); "
+                              f"it may be truncated or corrupted") from err
+
+
+def save_sharded(path: Path, state: dict[str, Any]) -> None:
+    """Collective: every rank writes its shards of `state` (DTensors or plain tensors) into `path`/dcp."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(state, checkpoint_id=str(path / SHARDED_SUBDIR))
+
+
+def load_sharded(path: Path, state: dict[str, Any]) -> None:
+    """Collective: fills `state` (same keys and layout as saved, any sharding) in place from `path`/dcp."""
+    import torch.distributed.checkpoint as dcp
+
+    try:
+        dcp.load(state, checkpoint_id=str(path / SHARDED_SUBDIR))
+    except Exception as err:
+        raise CheckpointError(f"sharded checkpoint {path / SHARDED_SUBDIR} is unreadable "
+                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                              f"it may be truncated or corrupted") from err
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict[str, Any]]:

@@ -30,7 +30,7 @@ class ConfigError(ValueError):
 class DataConfig:
     batch_size: int = 64  # global examples per micro-step, split evenly across ranks
     eval_batch_size: int = 256
-    num_workers: int = 0
+    num_workers: int = 0  # task.streaming: dataloader worker processes reading and tokenizing per rank
 
 
 @dataclass(kw_only=True)
@@ -65,6 +65,9 @@ class TrainerConfig:
     on_nonfinite: str = "stop"  # a NaN/Inf loss or gradient: "stop" (raise, nothing saved) | "skip" (no update)
     max_skipped_steps: int = 10  # with "skip": stop after this many consecutive skipped steps
     activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
+    parallelism: str = "ddp"  # under torchrun: "ddp" (replicated weights) | "fsdp" (FSDP2: sharded weights,
+    #                           gradients and optimizer state; sharded torch.distributed.checkpoint checkpoints)
+    fsdp_param_dtype: str | None = None  # fsdp: "bf16" | "fp16" compute dtype (MixedPrecisionPolicy); None = fp32
 
 
 @dataclass(kw_only=True)
@@ -91,6 +94,13 @@ class TrainRecipeConfig:
             (self.trainer.max_steps >= 1, "trainer.max_steps", "a positive integer", self.trainer.max_steps),
             (self.trainer.on_nonfinite in ("stop", "skip"), "trainer.on_nonfinite", "'stop' or 'skip'",
              self.trainer.on_nonfinite),
+            (self.trainer.parallelism in ("ddp", "fsdp"), "trainer.parallelism", "'ddp' or 'fsdp'",
+             self.trainer.parallelism),
+            (self.trainer.fsdp_param_dtype in (None, "bf16", "fp16", "fp32"), "trainer.fsdp_param_dtype",
+             "null, 'bf16', 'fp16' or 'fp32'", self.trainer.fsdp_param_dtype),
+            (self.data.num_workers >= 0, "data.num_workers", "a non-negative integer", self.data.num_workers),
+            (not self.task.streaming or self.task.name == "text", "task.streaming",
+             "false for this task (only the text task streams)", self.task.streaming),
         ]
         for ok, key, expected, got in checks:
             if not ok:

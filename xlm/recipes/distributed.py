@@ -1,9 +1,11 @@
-"""torch.distributed setup: one process, or many under torchrun (gloo on CPU, nccl on GPU)."""
+"""torch.distributed setup: one process, or many under torchrun (gloo on CPU, nccl on GPU), and
+FSDP2 sharding (`torch.distributed.fsdp.fully_shard`) of a model's transformer blocks."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -61,6 +63,56 @@ def broadcast_flag(flag: bool, env: DistEnv) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=env.device if env.device.type == "cuda" else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def all_gather_object(obj: Any, env: DistEnv) -> list[Any]:
+    """Every rank's `obj`, in rank order (picklable Python values)."""
+    if not env.enabled:
+        return [obj]
+    gathered: list[Any] = [None] * env.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast_object(obj: Any, env: DistEnv) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if not env.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+PARAM_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The entries of the model's `layers`/`blocks` ModuleList(s)."""
+    blocks: list[torch.nn.Module] = []
+    for name in ("layers", "blocks"):
+        found = getattr(model, name, None)
+        if isinstance(found, torch.nn.ModuleList):
+            blocks.extend(found)
+    return blocks
+
+
+def apply_fsdp(model: torch.nn.Module, env: DistEnv, *, param_dtype: str | None = None) -> int:
+    """Shards `model` in place with FSDP2: `fully_shard` on each transformer block, then on the root
+    (embeddings, final norm, heads). With `param_dtype` ("bf16" | "fp16" | "fp32") the forward and
+    backward run in that dtype while the sharded parameters, optimizer state and gradient reductions
+    stay fp32 (`MixedPrecisionPolicy`). Returns the number of blocks sharded on their own."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(env.device.type, (env.world_size,))
+    policy = MixedPrecisionPolicy()
+    if param_dtype is not None:
+        policy = MixedPrecisionPolicy(param_dtype=PARAM_DTYPES[param_dtype], reduce_dtype=torch.float32)
+    blocks = transformer_blocks(model)
+    for block in blocks:
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    return len(blocks)
 
 
 def barrier(env: DistEnv) -> None:

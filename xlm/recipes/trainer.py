@@ -3,6 +3,16 @@ EMA, logging, periodic evaluation, checkpoints and exact resume, under torch.dis
 
 Exact resume rests on three things: a data order that is a pure function of (seed, epoch),
 a saved data position, and saved RNG states; evaluation never touches the training RNG.
+
+Data: a map-style dataset indexed by `EpochBatches` (global batches, the same whatever the
+number of ranks), or with a streaming task (`task.streaming=true`) each rank's own row stream
+(`xlm.data.streaming.RowStream`), whose per-rank position is gathered into every checkpoint.
+
+Parallelism under torchrun: DDP (`trainer.parallelism=ddp`), or FSDP2 (`fsdp`: `fully_shard` on
+every transformer block and the root, checkpoints sharded through torch.distributed.checkpoint,
+the exported model.safetensors gathered to rank 0). Either way the loss is the per-token mean
+over the whole global batch: each rank sums its token losses, the gradients are averaged over
+ranks by DDP/FSDP and rescaled by world_size / global token count.
 """
 
 from __future__ import annotations
@@ -15,22 +25,25 @@ import random
 import signal
 import sys
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from xlm.data.task import Task
 from xlm.registry import Family
 
-from .checkpoint import load_latest_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointError, checkpoint_dirs, commit_dir, is_sharded_checkpoint, load_checkpoint,
+                         load_sharded, load_trainer_state, new_temp_dir, prune_checkpoints, save_checkpoint,
+                         save_sharded)
 from .config import TrainRecipeConfig
-from .distributed import DistEnv, all_reduce_sum, barrier, broadcast_flag
+from .distributed import (DistEnv, all_gather_object, all_reduce_sum, apply_fsdp, barrier, broadcast_flag,
+                          broadcast_object)
 from .evaluation import evaluate_loss, evaluate_predictions
 from xlm.run_dir import write_run_dir
 
@@ -231,10 +244,25 @@ class Trainer:
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.model = family.factory(config.model, device=env.device)
         self.unit = family.unit_factory(self.model, task.tokenizer, config.sampler)
-        self.train_ds = task.dataset("train").select_columns(self._train_columns(task))
+        self.streaming = bool(getattr(task, "streaming", False))
+        if config.task.streaming and not self.streaming:
+            raise ValueError(f"task.streaming=true: the {task.name!r} task does not stream; the text task does")
+        if self.streaming:
+            self.train_ds = None
+        else:
+            self.train_ds = task.dataset("train").select_columns(self._train_columns(task))
         val = task.dataset("validation")
         limit = config.task.eval_size
         self.val_ds = val if limit is None or limit >= len(val) else val.select(range(limit))
+
+        if tc.activation_checkpointing:
+            checkpoint_activations(self.model)
+        # FSDP needs a process group; one process trains unsharded whatever trainer.parallelism says
+        self.fsdp = tc.parallelism == "fsdp" and env.enabled
+        if tc.parallelism == "fsdp" and not env.enabled:
+            print("note: trainer.parallelism=fsdp in a single process trains unsharded", file=sys.stderr, flush=True)
+        if self.fsdp:
+            apply_fsdp(self.model, env, param_dtype=tc.fsdp_param_dtype)  # before the optimizer sees the params
 
         self.optimizer = torch.optim.AdamW(
             _param_groups(self.model, config.optim.weight_decay), lr=config.optim.lr,
@@ -242,15 +270,18 @@ class Trainer:
             fused=env.device.type == "cuda")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config))
         self.ema = ModelEma(self.model, tc.ema_decay) if tc.ema_decay else None
-        self.batches = EpochBatches(len(self.train_ds), config.data.batch_size * tc.grad_accum_steps,
-                                    config.seed, env)
+        self.batches: Any
+        if self.streaming:
+            self.batches = task.train_stream(rank=env.rank, world_size=env.world_size,  # type: ignore[attr-defined]
+                                             num_workers=config.data.num_workers, seed=config.seed)
+        else:
+            self.batches = EpochBatches(len(self.train_ds), config.data.batch_size * tc.grad_accum_steps,
+                                        config.seed, env)
         self.step, self.tokens_seen, self.train_seconds = 0, 0, 0.0
         self.skipped_in_a_row = 0
-        if tc.activation_checkpointing:
-            checkpoint_activations(self.model)
 
         wrapped: torch.nn.Module = self.model
-        if env.enabled:
+        if env.enabled and not self.fsdp:
             wrapped = DistributedDataParallel(self.model, device_ids=[env.device.index] if env.device.type == "cuda"
                                               else None)
         self.train_model = torch.compile(wrapped) if tc.compile else wrapped
@@ -263,46 +294,120 @@ class Trainer:
 
     # ----------------------------------------------------------------- state
 
+    def _data_position(self) -> dict[str, Any]:
+        if not self.streaming:
+            return self.batches.state()  # global: the same on every rank
+        # every rank reads its own shards: keep each rank's position
+        return {"streaming": True, "ranks": all_gather_object(self.batches.state(), self.env)}
+
+    def _load_data_position(self, position: dict[str, Any], path: Path) -> None:
+        if bool(position.get("streaming")) != self.streaming:
+            saved, now = ("a streaming", "a map-style") if self.streaming is False else ("a map-style", "a streaming")
+            raise ValueError(f"checkpoint {path} holds {saved} data position but this run reads {now} training "
+                             f"set; resume with the same task.streaming, or start a new --output-dir")
+        if not self.streaming:
+            self.batches.load_state(position)
+            return
+        ranks = position["ranks"]
+        if len(ranks) != self.env.world_size:
+            raise ValueError(f"checkpoint {path} holds the streaming data positions of {len(ranks)} ranks; resume "
+                             f"it with {len(ranks)} processes (this run has {self.env.world_size}) to continue the "
+                             f"same data streams, or start a new --output-dir")
+        self.batches.load_state(ranks[self.env.rank])
+
     def _trainer_state(self) -> dict[str, Any]:
-        rng = _rng_state()
-        if self.env.enabled:  # every rank's RNG, so each resumes its own stream
-            gathered: list[Any] = [None] * self.env.world_size
-            dist.all_gather_object(gathered, rng)
-            rng_states = gathered
+        rng_states = all_gather_object(_rng_state(), self.env)  # every rank's RNG: each resumes its own stream
+        state = {"step": self.step, "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
+                 "scheduler": self.scheduler.state_dict(), "data_position": self._data_position(),
+                 "rng": rng_states, "world_size": self.env.world_size}
+        if self.fsdp:  # the optimizer state is sharded like the parameters: saved with them
+            state["sharded"], state["has_ema"] = True, self.ema is not None
         else:
-            rng_states = [rng]
-        return {"step": self.step, "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "data_position": self.batches.state(), "rng": rng_states, "world_size": self.env.world_size}
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
+
+    def _sharded_state(self) -> dict[str, Any]:
+        """Model, optimizer (and EMA) state dicts whose tensors are the live (sharded) ones."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        state: dict[str, Any] = {"model": model_state, "optimizer": optim_state}
+        if self.ema is not None:
+            state["ema"] = self.ema.shadow
+        return state
 
     def _save(self) -> Path:
         state = self._trainer_state()  # collective: every rank takes part
         path = self.checkpoint_dir / f"step_{self.step:09d}"
-        if self.env.is_main:
+        keep = self.config.trainer.keep_last_checkpoints
+        if self.fsdp:
+            # every rank writes its shards into one temp dir; rank 0 completes it and renames it into place
+            tmp = broadcast_object(new_temp_dir(path) if self.env.is_main else None, self.env)
+            save_sharded(tmp, self._sharded_state())
+            barrier(self.env)
+            if self.env.is_main:
+                torch.save(state, tmp / "trainer_state.pt")
+                commit_dir(tmp, path)
+                prune_checkpoints(self.checkpoint_dir, keep)
+        elif self.env.is_main:
             save_checkpoint(self.checkpoint_dir, self.step, model_state=self.model.state_dict(),
-                            ema_state=self.ema.shadow if self.ema else None, trainer_state=state,
-                            keep_last=self.config.trainer.keep_last_checkpoints)
+                            ema_state=self.ema.shadow if self.ema else None, trainer_state=state, keep_last=keep)
         barrier(self.env)
         return path
 
-    def _resume(self) -> None:
-        found = load_latest_checkpoint(self.checkpoint_dir)
-        if found is None:
-            return
-        path, (model_state, ema_state, state) = found
+    def _load(self, path: Path) -> dict[str, Any]:
+        """Loads one checkpoint into the model, optimizer and EMA; returns its trainer state.
+        CheckpointError when a file is unreadable (nothing is changed for the plain layout)."""
+        if is_sharded_checkpoint(path):
+            from torch.distributed.checkpoint.state_dict import set_state_dict
+
+            state = load_trainer_state(path)
+            live = self._sharded_state()
+            if self.ema is None or not state.get("has_ema", True):
+                live.pop("ema", None)
+            self._touched = True  # a failed sharded load may have filled some tensors already
+            load_sharded(path, live)  # collective; any sharding: DCP reshards to this run's layout
+            set_state_dict(self.model, self.optimizer, model_state_dict=live["model"],
+                           optim_state_dict=live["optimizer"])
+            return state
+        if self.fsdp:
+            raise ValueError(f"checkpoint {path} was written without FSDP (model.safetensors); resume it with "
+                             f"trainer.parallelism=ddp, or start a new --output-dir")
+        model_state, ema_state, state = load_checkpoint(path)
         self.model.load_state_dict(model_state, strict=True)
         if self.ema is not None and ema_state is not None:
             self.ema.shadow = {k: v.to(self.env.device) for k, v in ema_state.items()}
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.batches.load_state(state["data_position"])
-        self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
-        self.train_seconds = float(state["train_seconds"])
-        rng_states = state["rng"]
-        if len(rng_states) == self.env.world_size:
-            _set_rng_state(rng_states[self.env.rank])
-        if self.env.is_main:
-            print(f"resumed from {path} (step {self.step})", flush=True)
+        return state
+
+    def _resume(self) -> None:
+        """Continues from the newest checkpoint every rank can read; unreadable newer ones are
+        reported and skipped."""
+        self._touched = False
+        for step, path in reversed(checkpoint_dirs(self.checkpoint_dir)):
+            try:
+                state = self._load(path)
+                failed = False
+            except CheckpointError as err:
+                warnings.warn(f"skipping checkpoint at step {step}: {err}", stacklevel=2)
+                failed = True
+            self._touched = self._touched or not failed
+            if broadcast_flag(failed, self.env):  # any rank failed: all fall back together
+                continue
+            self.scheduler.load_state_dict(state["scheduler"])
+            self._load_data_position(state["data_position"], path)
+            self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
+            self.train_seconds = float(state["train_seconds"])
+            rng_states = state["rng"]
+            if len(rng_states) == self.env.world_size:
+                _set_rng_state(rng_states[self.env.rank])
+            if self.env.is_main:
+                print(f"resumed from {path} (step {self.step})", flush=True)
+            return
+        if broadcast_flag(self._touched, self.env):  # the weights are half-restored: do not train from them
+            raise CheckpointError(f"no checkpoint in {self.checkpoint_dir} could be restored on every rank (see the "
+                                  f"warnings above); check that every rank sees the same files, or move the "
+                                  f"checkpoints away to start over")
 
     # ----------------------------------------------------------------- steps
 
@@ -315,21 +420,43 @@ class Trainer:
         return {k: v.to(self.env.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                 for k, v in batch.items()}
 
+    def _micro_batches(self) -> tuple[list[list[dict[str, Any]]], str]:
+        """This rank's examples for one optimizer step, split into grad_accum_steps micro-batches,
+        and where they came from (for error messages)."""
+        accum = self.config.trainer.grad_accum_steps
+        if self.streaming:
+            local = self.config.data.batch_size * accum // self.env.world_size
+            where = f"before this step: {self.batches.describe()}"
+            rows = self.batches.next_rows(local)
+            micro = local // accum
+            return [[{"input_ids": r} for r in rows[i * micro : (i + 1) * micro]] for i in range(accum)], where
+        indices = self.batches.next_indices()
+        micro = len(indices) // accum
+        out = []
+        for i in range(accum):
+            rows = self.train_ds[indices[i * micro : (i + 1) * micro]]
+            out.append([dict(zip(rows, values)) for values in zip(*rows.values())])
+        where = (f"data epoch {self.batches.epoch}, batch {self.batches.index - 1}, "
+                 f"rows {indices[:8]}{'...' if len(indices) > 8 else ''}")
+        return out, where
+
     def _train_step(self) -> dict[str, float]:
         """One optimizer step over grad_accum_steps micro-batches; per-token mean over all ranks."""
         accum = self.config.trainer.grad_accum_steps
-        indices = self.batches.next_indices()
-        micro = len(indices) // accum
+        micro_batches, data_where = self._micro_batches()
         nll_sum = torch.zeros((), device=self.env.device)
         num_tokens = torch.zeros((), device=self.env.device)
         input_tokens = 0
-        for i in range(accum):
-            rows = self.train_ds[indices[i * micro : (i + 1) * micro]]
-            examples = [dict(zip(rows, values)) for values in zip(*rows.values())]
+        for i, examples in enumerate(micro_batches):
             batch = self._to_device(self.unit.collate_train(examples))
             input_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
-            sync = self.env.enabled and i < accum - 1
-            ctx = self.train_model.no_sync() if sync and hasattr(self.train_model, "no_sync") else contextlib.nullcontext()
+            last = i == accum - 1
+            ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+            if self.fsdp:  # inner micro-steps: no reduce-scatter, keep the gathered weights for the next one
+                self.model.set_requires_gradient_sync(last)  # type: ignore[operator]
+                self.model.set_reshard_after_backward(last)  # type: ignore[operator]
+            elif self.env.enabled and not last and hasattr(self.train_model, "no_sync"):
+                ctx = self.train_model.no_sync()
             with ctx, self._autocast():
                 out = self.unit.loss(self.train_model, batch)
                 weighted = out["loss"].float() * out["num_tokens"]
@@ -339,7 +466,7 @@ class Trainer:
         global_tokens = all_reduce_sum(num_tokens, self.env)
         if float(global_tokens) == 0:
             raise ValueError(f"step {self.step + 1}: the batch has no target tokens")
-        # DDP averaged the gradients over ranks; turn the sum of per-rank sums into a global mean
+        # DDP/FSDP averaged the gradients over ranks; turn the sum of per-rank sums into a global mean
         scale = self.env.world_size / float(global_tokens)
         for p in self.model.parameters():
             if p.grad is not None:
@@ -347,9 +474,10 @@ class Trainer:
         loss = float(all_reduce_sum(nll_sum, self.env)) / float(global_tokens)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                    self.config.optim.grad_clip or float("inf"))
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor norm over the sharded gradients
+            grad_norm = grad_norm.full_tensor()
         if not (math.isfinite(loss) and math.isfinite(float(grad_norm))):
-            where = (f"at step {self.step + 1} (data epoch {self.batches.epoch}, batch {self.batches.index - 1}, "
-                     f"rows {indices[:8]}{'...' if len(indices) > 8 else ''})")
+            where = f"at step {self.step + 1} ({data_where})"
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped_in_a_row += 1
             if self.config.trainer.on_nonfinite == "stop" or \
@@ -420,8 +548,9 @@ class Trainer:
                 if self.step % tc.log_every_steps == 0 or self.step == 1:
                     log.log(self.step, "train", {**stats, "tokens_per_s": tps, "tokens_seen": self.tokens_seen})
                 if tc.eval_every_steps and self.step % tc.eval_every_steps == 0 and self.step < tc.max_steps:
-                    if env.is_main:
-                        log.log(self.step, "val", {**self.evaluate(), "train_seconds": self.train_seconds})
+                    if env.is_main or self.fsdp:  # under FSDP every forward pass is collective
+                        metrics = self.evaluate()
+                        log.log(self.step, "val", {**metrics, "train_seconds": self.train_seconds})
                     barrier(env)
                 out_of_time = budget_s is not None and self.train_seconds >= budget_s
                 stop = broadcast_flag(self._stop_signal is not None or out_of_time, env)
@@ -437,6 +566,8 @@ class Trainer:
         finally:
             bar.close()
             log.close()
+            if self.streaming:
+                self.batches.close()  # dataloader workers
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
@@ -444,15 +575,38 @@ class Trainer:
         summary: dict[str, Any] = {"step": self.step, "tokens_seen": self.tokens_seen,
                                    "train_seconds": round(self.train_seconds, 2),
                                    "train_tokens_per_s": self.tokens_seen / max(self.train_seconds, 1e-9)}
+        if self.fsdp:
+            return self._finish_sharded(log, summary)
         if self.env.is_main:
             final = self.evaluate(progress=self.config.trainer.progress_bar)
             log.log(self.step, "val", {**final, "train_seconds": self.train_seconds})
             summary.update(final)
             ema = self.ema.swapped_into(self.model) if self.ema else contextlib.nullcontext()
             with ema:
-                write_run_dir(self.output_dir, model=self.model, family=self.family.name, arch=self.config.arch,
-                              model_config=self.config.model, sampler_config=self.config.sampler,
-                              tokenizer=self.task.tokenizer, task=self.task.name,
-                              train_config=asdict(self.config), metrics=summary)
+                self._write_run_dir(self.model, summary)
+        barrier(self.env)
+        return summary
+
+    def _write_run_dir(self, model: torch.nn.Module, summary: dict[str, Any]) -> None:
+        write_run_dir(self.output_dir, model=model, family=self.family.name, arch=self.config.arch,
+                      model_config=self.config.model, sampler_config=self.config.sampler,
+                      tokenizer=self.task.tokenizer, task=self.task.name,
+                      train_config=asdict(self.config), metrics=summary)
+
+    def _finish_sharded(self, log: MetricsLog, summary: dict[str, Any]) -> dict[str, Any]:
+        """FSDP: every rank evaluates (forward passes gather the weights), then the full state dict is
+        gathered to rank 0's CPU memory and exported as one model.safetensors."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        final = self.evaluate(progress=self.config.trainer.progress_bar and self.env.is_main)
+        log.log(self.step, "val", {**final, "train_seconds": self.train_seconds})
+        summary.update(final)
+        with self.ema.swapped_into(self.model) if self.ema else contextlib.nullcontext():
+            full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.env.is_main:
+            with torch.random.fork_rng(devices=[]):
+                plain = self.family.factory(self.config.model, device=torch.device("cpu"))
+            plain.load_state_dict(full, strict=True)
+            self._write_run_dir(plain, summary)
         barrier(self.env)
         return summary

@@ -11,6 +11,15 @@ held-out slices of ``train`` (``held_out_fraction`` each, chosen by the task see
 Tokenized splits are cached under ``$XLM_CACHE_DIR/text`` keyed by the source, the tokenizer,
 the block layout and the seed; when no tokenizer is given, a SentencePiece model is trained on
 the training split and cached the same way.
+
+Streaming (``task.streaming=true``, for corpora that do not fit in memory or on disk twice):
+nothing is loaded or cached; the documents are read through HF ``datasets`` with
+``streaming=True`` (an ``IterableDataset`` whose shards are the local files, or the hub
+dataset's shards), sharded by rank and dataloader worker, tokenized and packed on the fly
+(:mod:`xlm.data.streaming`, which also keeps the data position saved in checkpoints). When the
+source has no ``validation``/``test`` splits, a document's split is a seeded hash of its text
+(``held_out_fraction`` each), so no pass over the corpus is needed; the evaluation splits are the
+first ``task.streaming_eval_documents`` documents of their split, packed into blocks in memory.
 """
 
 from __future__ import annotations
@@ -26,7 +35,8 @@ from typing import Any, Iterator, Sequence
 import datasets
 
 from xlm.data.disk_cache import cached_dataset, default_cache_root, quiet_datasets
-from xlm.data.tokenizers import Tokenizer
+from xlm.data.streaming import PackedRows
+from xlm.data.tokenizers import Tokenizer, tokenizer_from_spec
 
 #: Bumped whenever the tokenized layout changes; part of every cache key.
 CACHE_FORMAT_VERSION = 1
@@ -139,18 +149,24 @@ def iter_texts(ds: datasets.Dataset, column: str, limit: int) -> Iterator[str]:
         yield row[column]
 
 
-def corpus_tokenizer(source: TextSource, *, vocab_size: int, cache_dir: Path | None = None) -> Tokenizer:
-    """A SentencePiece model trained on the training split (at most 1M documents), cached."""
+def corpus_tokenizer(source: TextSource, *, vocab_size: int, cache_dir: Path | None = None,
+                     streaming: bool = False) -> Tokenizer:
+    """A SentencePiece model trained on the training split (at most 1M documents; streamed, the
+    first 1M), cached."""
     from xlm.data.sentencepiece_tokenizer import SentencePieceTokenizer, train_sentencepiece
 
     root = (cache_dir or default_cache_root() / "text") / "tokenizers"
-    path = root / f"sp-{source.fingerprint()}-v{vocab_size}.model"
+    fingerprint = stream_fingerprint(source) if streaming else source.fingerprint()
+    path = root / f"sp-{'stream-' if streaming else ''}{fingerprint}-v{vocab_size}.model"
     if path.is_file():
         return SentencePieceTokenizer.from_file(path)
-    with quiet_datasets():
-        train = raw_split(source, "train")
-    tokenizer = SentencePieceTokenizer(train_sentencepiece(iter_texts(train, source.text_column, 1_000_000),
-                                                           vocab_size=vocab_size))
+    if streaming:
+        texts: Iterator[str] = stream_texts(source, "train", 1_000_000)
+    else:
+        with quiet_datasets():
+            train = raw_split(source, "train")
+        texts = iter_texts(train, source.text_column, 1_000_000)
+    tokenizer = SentencePieceTokenizer(train_sentencepiece(texts, vocab_size=vocab_size))
     root.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=root, prefix=".tmp-")
     os.close(fd)
@@ -203,3 +219,134 @@ def tokenized_split(source: TextSource, split: str, tokenizer: Tokenizer, *, blo
             raise ValueError(f"unexpected columns {ds.column_names}")
 
     return cached_dataset(path, build, check)
+
+
+# ------------------------------------------------------------------------------- streaming
+
+
+def stream_fingerprint(source: TextSource) -> str:
+    """What a streamed source depends on, without reading it: file paths, sizes and mtimes."""
+    parts: list[Any] = [source.dataset, source.dataset_config, source.text_column, source.held_out_fraction,
+                        source.seed]
+    if source.data_files is not None:
+        parts += [[path, (st := os.stat(path)).st_size, st.st_mtime_ns] for path in source.files()]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def held_out_bucket(text: str, *, seed: int, fraction: float) -> str:
+    """The streaming split of a document without its own split: 'validation' or 'test' (each with
+    probability `fraction`) or 'train', from a seeded hash of its text (duplicates stay together)."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8, salt=seed.to_bytes(8, "little", signed=True))
+    u = int.from_bytes(digest.digest(), "big") / 2.0 ** 64
+    return "validation" if u < fraction else "test" if u < 2 * fraction else "train"
+
+
+def _streaming_splits(source: TextSource) -> dict[str, datasets.IterableDataset]:
+    with quiet_datasets():
+        if source.data_files is not None:
+            files = source.files()
+            builder = _BUILDER_BY_SUFFIX[Path(files[0]).suffix]
+            return {"train": datasets.load_dataset(builder, data_files=files, split="train", streaming=True)}
+        path = Path(source.dataset or "").expanduser()
+        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():  # save_to_disk: memory-mapped
+            saved = datasets.load_from_disk(str(path))
+            splits = {"train": saved} if isinstance(saved, datasets.Dataset) else dict(saved)
+            return {k: v.to_iterable_dataset(num_shards=max(1, min(len(v), 256))) for k, v in splits.items()}
+        loaded = datasets.load_dataset(source.dataset, source.dataset_config, streaming=True)
+        return dict(loaded) if isinstance(loaded, datasets.IterableDatasetDict) else {"train": loaded}
+
+
+class StreamedSplit:
+    """One split of a text source as sharded documents (`xlm.data.streaming.DocumentSource`).
+
+    `documents(shard, start)` yields one item per raw row of the shard from row `start` on: the
+    text, or None for an empty row or (without the source's own splits) a row held out for
+    another split. Picklable: each dataloader worker opens the source itself."""
+
+    def __init__(self, source: TextSource, split: str) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; the text task has {SPLITS}")
+        self.source, self.split = source, split
+        self._streams: dict[str, datasets.IterableDataset] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"source": self.source, "split": self.split, "_streams": None}
+
+    def _open(self) -> tuple[datasets.IterableDataset, bool]:
+        if self._streams is None:
+            self._streams = _streaming_splits(self.source)
+            if "train" not in self._streams:
+                raise ValueError(f"the text source has splits {sorted(self._streams)}, but no 'train' split")
+        own = "validation" in self._streams and "test" in self._streams
+        return self._streams[self.split if own else "train"], own
+
+    @property
+    def num_shards(self) -> int:
+        return self._open()[0].num_shards
+
+    def documents(self, shard: int, start: int) -> Iterator[str | None]:
+        stream, own = self._open()
+        column, seed, fraction = self.source.text_column, self.source.seed, self.source.held_out_fraction
+        part = stream.shard(num_shards=stream.num_shards, index=shard) if stream.num_shards > 1 else stream
+        if start:
+            part = part.skip(start)
+        # .iter(batch_size), not iter(): inside a dataloader worker, iter() would shard again by worker
+        for batch in part.iter(batch_size=256):
+            if column not in batch:
+                raise ValueError(f"the text source has no column {column!r} (columns: {sorted(batch)}); "
+                                 f"set task.text_column")
+            for text in batch[column]:
+                if not (text and text.strip()) or (not own and held_out_bucket(text, seed=seed, fraction=fraction)
+                                                    != self.split):
+                    yield None
+                else:
+                    yield text
+
+
+def stream_texts(source: TextSource, split: str, limit: int) -> Iterator[str]:
+    """The first `limit` documents of a split, shard after shard."""
+    docs, count = StreamedSplit(source, split), 0
+    for shard in range(docs.num_shards):
+        for text in docs.documents(shard, 0):
+            if text is not None:
+                if count >= limit:
+                    return
+                count += 1
+                yield text
+
+
+def streamed_eval_split(source: TextSource, split: str, tokenizer: Tokenizer, *, block_size: int, packing: bool,
+                        max_documents: int) -> datasets.Dataset:
+    """An evaluation split of a streamed source: its first `max_documents` documents in blocks."""
+    ids = [tokenizer.encode(text) for text in stream_texts(source, split, max_documents)]
+    rows = blocks_from_documents(ids, bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id,
+                                 block_size=block_size, packing=packing)
+    if not rows:
+        raise ValueError(f"the streamed {split} split's first {max_documents} documents hold too little text for "
+                         f"one block of {block_size} tokens; raise task.streaming_eval_documents or "
+                         f"task.held_out_fraction, or lower task.block_size")
+    return datasets.Dataset.from_dict({"input_ids": rows})
+
+
+class TextRowFactory:
+    """Builds consumer `c` of `n`'s packed training rows (`xlm.data.streaming.PackedRows`).
+    Picklable (the tokenizer travels as its spec) so that dataloader workers build their own."""
+
+    def __init__(self, source: TextSource, tokenizer: Tokenizer, *, block_size: int, packing: bool, seed: int,
+                 train_size: int | None) -> None:
+        self.source, self.tokenizer, self.block_size, self.packing = source, tokenizer, block_size, packing
+        self.seed, self.train_size = seed, train_size
+        self._docs = StreamedSplit(source, "train")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "tokenizer": self.tokenizer.spec()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({**state, "tokenizer": tokenizer_from_spec(state["tokenizer"])})
+
+    def __call__(self, consumer: int, num_consumers: int) -> PackedRows:
+        per_pass = None if self.train_size is None else -(-self.train_size // num_consumers)
+        tok = self.tokenizer
+        return PackedRows(self._docs, consumer=consumer, num_consumers=num_consumers, seed=self.seed,
+                          encode=tok.encode, bos_id=tok.bos_token_id, eos_id=tok.eos_token_id,
+                          block_size=self.block_size, packing=self.packing, rows_per_pass=per_pass)
