@@ -1,0 +1,43 @@
+"""Every checkpoint shipped inside the package loads offline from its card (sha256 verified) and
+still scores what its card says on the first 500 test examples (tolerance 0.02 absolute, for
+sampling samplers' run-to-run float differences across machines)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+import xlm
+from xlm.assets.store import PACKAGE_CARD_DIR, all_cards
+from xlm.data.tasks.star import load_star
+
+SHIPPED = sorted(name for name, card in all_cards().items()
+                 if card.source_file and card.source_file.parent == PACKAGE_CARD_DIR and card.metrics)
+TOLERANCE = 0.02
+
+
+def _ship_script():
+    path = Path(__file__).parents[1] / "scripts" / "ship_checkpoint.py"
+    spec = importlib.util.spec_from_file_location("ship_checkpoint", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ship_checkpoint"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_some_checkpoints_are_shipped():
+    assert SHIPPED, "no shipped checkpoint cards found in xlm/assets/cards"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_matches_its_card(name):
+    card = all_cards()[name]
+    assert (PACKAGE_CARD_DIR / card.checkpoint).stat().st_size <= 4 * 1024 * 1024
+    generator = xlm.load_generator(name)
+    example = load_star(card.task, "test")[0]
+    assert isinstance(generator.generate([example["prompt"]], seed=0)[0], str)
+    expected = card.metrics["test_first_500"]
+    measured = _ship_script().slice_metrics(PACKAGE_CARD_DIR / "checkpoints" / name, card.task)
+    for metric in ("exact_match", "token_accuracy"):
+        assert abs(measured[metric] - expected[metric]) <= TOLERANCE, (metric, measured, expected)
