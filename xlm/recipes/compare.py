@@ -97,7 +97,7 @@ def plot(results: list[dict[str, Any]], archs: Sequence[str], path: Path, title:
     for ax, (metric, x) in zip(axes[0], panels):
         for i, arch in enumerate(archs):
             for j, r in enumerate(r for r in results if r["arch"] == arch):
-                points = [(p.get(x, p["step"]), p[metric]) for p in r["curve"] if metric in p]
+                points = [(p[x], p[metric]) for p in r["curve"] if metric in p and x in p]
                 if points:
                     ax.plot(*zip(*points), color=colours[i % len(colours)], marker="o", markersize=3,
                             label=arch if j == 0 else None, alpha=0.85)
