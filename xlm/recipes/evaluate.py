@@ -52,6 +52,15 @@ def _parse_sampler_overrides(items: Sequence[str]) -> dict[str, object]:
     return out
 
 
+#: What each family's loss is, so a table never passes a bound off as a likelihood.
+LOSS_MEANING = {
+    "arlm": "loss: NLL in nats per target token",
+    "mlm": "loss: cross-entropy in nats per masked token (not a likelihood of the sequence)",
+    "mdlm": "loss: NELBO in nats per token, an upper bound on the NLL; perplexity is a bound",
+    "ilm": "loss: insertion cross-entropy + stop loss, per sequence (not per token); no perplexity",
+}
+
+
 def _task_config(run: dict, name: str | None) -> TaskConfig:
     """The run's own task settings (data files, tokenizer, block size) when evaluating on its task."""
     saved = dict((run.get("train_config") or {}).get("task") or {})
@@ -80,14 +89,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         ds = ds.select(range(min(args.limit, len(ds))))
     torch.manual_seed(args.seed)
     metrics = {"loss": evaluate_loss(unit, ds, batch_size=args.batch_size, device=device, progress=True)["loss"]}
-    if not task.is_seq2seq:  # nats per token; for diffusion/insertion families a bound (NELBO), not the NLL
-        metrics["perplexity"] = math.exp(min(metrics["loss"], 50.0))
+    note = LOSS_MEANING.get(run["family"], "loss: nats per token")
+    if not task.is_seq2seq and run["family"] != "ilm":
+        metrics["perplexity"] = math.exp(min(metrics["loss"], 50.0))  # a bound where the loss is one
     records: list[dict] = []
     if task.is_seq2seq:
         means, records = evaluate_predictions(unit, task, ds, batch_size=args.batch_size, device=device,
                                               progress=True)
         metrics.update(means)
-    result = {"model": args.model, "task": task.name, "split": args.split, "num_examples": len(ds), **metrics}
+    result = {"model": args.model, "task": task.name, "split": args.split, "num_examples": len(ds), **metrics,
+              "loss_meaning": note}
     output = Path(args.output or Path(args.model) / f"eval_{task.name}_{args.split}.json")
     output.write_text(json.dumps(result, indent=2) + "\n")
     if args.predictions:
@@ -97,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{task.name} / {args.split} ({len(ds)} examples), {args.model}")
     for k, v in metrics.items():
         print(f"  {k:<{width}}  {v:.4f}")
+    print(f"  ({note})")
     print(f"wrote {output}")
     return 0
 
