@@ -73,7 +73,10 @@ def _mean_std(values: list[float]) -> str:
 def table(results: list[dict[str, Any]], archs: Sequence[str], budget: str) -> str:
     metrics = [m for m in TABLE_METRICS if any(m in r["test"] for r in results)]
     head = ["arch", *metrics, "steps", "train s", "seeds"]
-    lines = [f"Test split, {budget} per run; mean ± std over seeds (loss: nats/token, a bound for mdlm/ilm).", "",
+    lines = [f"Test split, {budget} per run; mean ± std over seeds. `loss` is each family's own objective "
+             f"(ARLM NLL/token, MLM masked CE, MDLM NELBO/token, ILM per-sequence insertion loss): compare it within "
+             f"a family, not across. `train s`: seconds of training steps (on a shared CPU they include contention).",
+             "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arch in archs:
         rows = [r for r in results if r["arch"] == arch]
@@ -104,7 +107,8 @@ def plot(results: list[dict[str, Any]], archs: Sequence[str], path: Path, title:
         ax.set_xlabel("training seconds" if x == "train_seconds" else "step")
         ax.set_ylabel(metric.removeprefix("val_").replace("_", " ") + " (validation)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    labelled = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
+    axes[0][-1].legend(labelled.values(), labelled.keys(), fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
