@@ -21,6 +21,8 @@ target is "stop".
 
 from __future__ import annotations
 
+import abc
+
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -94,13 +96,16 @@ def build_train_batch(prompts: Sequence[Sequence[int]], contents: Sequence[Seque
             "num_dropped": torch.tensor(num_dropped, dtype=torch.long)}
 
 
-class _DropCollator:
+class _DropCollator(abc.ABC):
+    """Shared by the seq2seq and LM collators; each says what its rows' prompt and droppable content are."""
+
     def __init__(self, tokenizer: Tokenizer, *, max_len: int) -> None:
         self.tokenizer = tokenizer
         self.max_len = max_len
 
+    @abc.abstractmethod
     def rows(self, examples: Sequence[Mapping[str, Any]]) -> tuple[list[list[int]], list[list[int]]]:
-        raise NotImplementedError
+        """(prompt ids, droppable content ids) per example."""
 
     def __call__(self, examples: Sequence[Mapping[str, Any]], *, generator: torch.Generator | None = None,
                  drops: Sequence[Sequence[int]] | None = None) -> IlmTrainBatch:
