@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from xlm.nn import KVCache, MultiheadAttention, RotaryEmbedding, TransformerBlock, make_norm
+from xlm.nn import (KVCache, MultiheadAttention, RotaryEmbedding, TransformerBlock, attention_mask_for,
+                    build_attention_mask, make_norm)
 from xlm.nn.feed_forward import FeedForward
 
 
@@ -100,6 +101,25 @@ def test_kv_cache_incremental_equals_full(with_mask):
                          positions=torch.arange(start, end).expand(2, -1)))
         cache.advance(end - start)
     assert torch.allclose(torch.cat(outs, dim=1), full, atol=1e-5)
+
+
+def test_mask_is_built_only_where_sdpa_needs_one():
+    """No padding: a square pattern is `is_causal` (or nothing) and one cached query sees every key;
+    a chunk after a cache, or any padding, needs the explicit mask."""
+    full = torch.ones(2, 5, dtype=torch.bool)
+    padded = full.clone()
+    padded[0, 0] = False
+    common = {"batch_size": 2, "device": torch.device("cpu")}
+    for causal in (True, False):
+        assert attention_mask_for(num_queries=5, past=0, causal=causal, key_padding_mask=full, **common) is None
+        built = attention_mask_for(num_queries=5, past=0, causal=causal, key_padding_mask=padded, **common)
+        assert torch.equal(built, build_attention_mask(num_queries=5, num_keys=5, past=0, causal=causal,
+                                                       key_padding_mask=padded, **common))
+    assert attention_mask_for(num_queries=1, past=4, causal=True, key_padding_mask=full, **common) is None
+    chunk = attention_mask_for(num_queries=2, past=3, causal=True, key_padding_mask=None, **common)
+    assert chunk is not None and chunk[0, 0].tolist() == [[True] * 4 + [False], [True] * 5]
+    with pytest.raises(ValueError, match=r"key_padding_mask must have shape \(2, 4\) \(cached \+ new\), got \(2, 5\)"):
+        attention_mask_for(num_queries=1, past=3, causal=True, key_padding_mask=full, **common)
 
 
 def test_kv_cache_bounds():

@@ -1,6 +1,6 @@
 """Building blocks shared by every model family."""
 
-from .attention import MultiheadAttention, build_attention_mask
+from .attention import MultiheadAttention, attention_mask_for, build_attention_mask
 from .feed_forward import ACTIVATIONS, FeedForward
 from .kv_cache import KVCache
 from .norm import NORMS, RMSNorm, make_norm
@@ -18,6 +18,7 @@ __all__ = [
     "RMSNorm",
     "RotaryEmbedding",
     "TransformerBlock",
+    "attention_mask_for",
     "build_attention_mask",
     "make_norm",
     "rotate_half",

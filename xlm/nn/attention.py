@@ -32,6 +32,25 @@ def build_attention_mask(*, batch_size: int, num_queries: int, num_keys: int, pa
     return mask | (blind & (key_idx == query_idx))
 
 
+def attention_mask_for(*, batch_size: int, num_queries: int, past: int, causal: bool,
+                       key_padding_mask: Bool[Tensor, "batch keys"] | None,
+                       device: torch.device) -> Bool[Tensor, "batch 1 queries keys"] | None:
+    """The mask SDPA needs, or None where none is needed: no padding and either a square causal or
+    bidirectional pattern (SDPA's `is_causal` covers it) or a single cached-decoding query that sees
+    every key. Models call this once per forward and hand the result to every layer."""
+    num_keys = past + num_queries
+    if key_padding_mask is not None:
+        if key_padding_mask.shape != (batch_size, num_keys):
+            raise ValueError(f"key_padding_mask must have shape {(batch_size, num_keys)} (cached + new), "
+                             f"got {tuple(key_padding_mask.shape)}")
+        if bool(key_padding_mask.all()):
+            key_padding_mask = None
+    if key_padding_mask is None and (past == 0 or num_queries == 1 or not causal):
+        return None
+    return build_attention_mask(batch_size=batch_size, num_queries=num_queries, num_keys=num_keys, past=past,
+                                causal=causal, key_padding_mask=key_padding_mask, device=device)
+
+
 class MultiheadAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, *, num_kv_heads: int | None = None, bias: bool = True,
                  causal: bool = True, rope: RotaryEmbedding | None = None, dropout: float = 0.0) -> None:
@@ -58,8 +77,10 @@ class MultiheadAttention(nn.Module):
 
     def forward(self, x: Float[Tensor, "batch seq dim"], *, positions: Int[Tensor, "batch seq"] | None = None,
                 key_padding_mask: Bool[Tensor, "batch total"] | None = None, kv_cache: KVCache | None = None,
-                layer_idx: int = 0) -> Float[Tensor, "batch seq dim"]:
-        """`key_padding_mask` (True = real token) covers cached + new keys; `positions` default to
+                layer_idx: int = 0,
+                attn_mask: Bool[Tensor, "batch 1 seq total"] | None = None) -> Float[Tensor, "batch seq dim"]:
+        """`key_padding_mask` (True = real token) covers cached + new keys; `attn_mask` is the same
+        mask prebuilt by `attention_mask_for` (pass one or the other); `positions` default to
         past + arange(seq) and only feed RoPE."""
         batch, seq, _ = x.shape
         past = kv_cache.length if kv_cache is not None else 0
@@ -76,16 +97,10 @@ class MultiheadAttention(nn.Module):
             groups = self.num_heads // self.num_kv_heads
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
 
-        num_keys = k.size(2)
-        if key_padding_mask is not None and key_padding_mask.shape != (batch, num_keys):
-            raise ValueError(f"key_padding_mask must have shape {(batch, num_keys)} (cached + new), "
-                             f"got {tuple(key_padding_mask.shape)}")
-        attn_mask = None
-        if key_padding_mask is not None or num_keys != seq:
-            attn_mask = build_attention_mask(batch_size=batch, num_queries=seq, num_keys=num_keys, past=past,
-                                             causal=self.causal, key_padding_mask=key_padding_mask,
-                                             device=x.device)
+        if attn_mask is None:
+            attn_mask = attention_mask_for(batch_size=batch, num_queries=seq, past=past, causal=self.causal,
+                                           key_padding_mask=key_padding_mask, device=x.device)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0,
-            is_causal=self.causal and attn_mask is None)
+            is_causal=self.causal and attn_mask is None and k.size(2) == seq)
         return self.out_proj(out.transpose(1, 2).reshape(batch, seq, -1))

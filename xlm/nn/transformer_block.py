@@ -28,8 +28,9 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: Float[Tensor, "batch seq dim"], *, positions: Int[Tensor, "batch seq"] | None = None,
                 key_padding_mask: Bool[Tensor, "batch total"] | None = None, kv_cache: KVCache | None = None,
-                layer_idx: int = 0) -> Float[Tensor, "batch seq dim"]:
+                layer_idx: int = 0,
+                attn_mask: Bool[Tensor, "batch 1 seq total"] | None = None) -> Float[Tensor, "batch seq dim"]:
         attended = self.attn(self.attn_norm(x), positions=positions, key_padding_mask=key_padding_mask,
-                             kv_cache=kv_cache, layer_idx=layer_idx)
+                             kv_cache=kv_cache, layer_idx=layer_idx, attn_mask=attn_mask)
         x = x + self.dropout(attended)
         return x + self.dropout(self.ffn(self.ffn_norm(x)))

@@ -8,7 +8,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from xlm.nn import KVCache, LMHead, RotaryEmbedding, TransformerBlock, make_norm
+from xlm.nn import KVCache, LMHead, RotaryEmbedding, TransformerBlock, attention_mask_for, make_norm
 
 from .config import ArlmConfig
 
@@ -76,8 +76,10 @@ class ArlmModel(nn.Module):
                                  "of the learned position embedding")
             x = x + self.embed_positions(positions)
         x = self.dropout(x)
+        attn_mask = attention_mask_for(batch_size=batch, num_queries=seq, past=past, causal=True,
+                                       key_padding_mask=attention_mask, device=input_ids.device)
         for idx, layer in enumerate(self.layers):
-            x = layer(x, positions=positions, key_padding_mask=attention_mask, kv_cache=kv_cache, layer_idx=idx)
+            x = layer(x, positions=positions, kv_cache=kv_cache, layer_idx=idx, attn_mask=attn_mask)
         if kv_cache is not None:
             kv_cache.advance(seq)
         return self.final_norm(x)

@@ -54,27 +54,34 @@ class ArlmPredictor:
         batch, prompt_len = input_ids.shape
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
 
-        cache = self.model.new_kv_cache(batch, prompt_len + steps) if cfg.use_kv_cache else None
-        sequences = input_ids
+        total = prompt_len + steps
+        cache = self.model.new_kv_cache(batch, total) if cfg.use_kv_cache else None
+        # written in place, one column per step: no per-step concatenation of ids or mask
+        sequences = torch.full((batch, total), pad, dtype=input_ids.dtype, device=device)
+        sequences[:, :prompt_len] = input_ids
+        full_mask = torch.ones(batch, total, dtype=torch.bool, device=device)
+        full_mask[:, :prompt_len] = mask
         logits = self.model(input_ids, attention_mask=mask, kv_cache=cache)[:, -1]
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        end = prompt_len
         for step in range(steps):
             next_ids = select_tokens(logits, greedy=cfg.strategy == "greedy", temperature=cfg.temperature,
                                      top_k=cfg.top_k, top_p=cfg.top_p, generator=generator)
             next_ids = next_ids.masked_fill(finished, pad)
-            sequences = torch.cat([sequences, next_ids[:, None]], dim=1)
+            sequences[:, end] = next_ids
+            end += 1
             if self.on_step is not None:
-                written = torch.zeros_like(sequences, dtype=torch.bool)
+                written = torch.zeros(batch, end, dtype=torch.bool, device=device)
                 written[:, -1] = ~finished
-                emit(self.on_step, step, sequences, written)
+                emit(self.on_step, step, sequences[:, :end], written)
             finished |= next_ids == eos
             if bool(finished.all()):
                 break
-            mask = torch.cat([mask, torch.ones_like(next_ids, dtype=torch.bool)[:, None]], dim=1)
             if cache is not None:
-                logits = self.model(next_ids[:, None], attention_mask=mask, kv_cache=cache)[:, -1]
+                logits = self.model(next_ids[:, None], attention_mask=full_mask[:, :end], kv_cache=cache)[:, -1]
             else:
-                logits = self.model(sequences, attention_mask=mask)[:, -1]
+                logits = self.model(sequences[:, :end], attention_mask=full_mask[:, :end])[:, -1]
+        sequences = sequences[:, :end]
         return sequences
 
     def predict(self, batch: ArlmPredictBatch, *, generator: torch.Generator | None = None) -> ArlmPredictionDict:

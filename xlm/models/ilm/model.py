@@ -43,7 +43,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from xlm.nn import RotaryEmbedding, TransformerBlock, make_norm
+from xlm.nn import RotaryEmbedding, TransformerBlock, attention_mask_for, make_norm
 
 from .config import IlmConfig
 
@@ -125,8 +125,10 @@ class IlmModel(nn.Module):
             else:
                 positions = torch.arange(seq, device=input_ids.device).expand(batch, seq)
         x = self.dropout(self.embed_tokens(input_ids))
+        attn_mask = attention_mask_for(batch_size=batch, num_queries=seq, past=0, causal=False,
+                                       key_padding_mask=attention_mask, device=input_ids.device)
         for layer in self.layers:
-            x = layer(x, positions=positions, key_padding_mask=attention_mask)
+            x = layer(x, positions=positions, attn_mask=attn_mask)
         return x
 
     def forward(self, input_ids: Int[Tensor, "batch seq"], *,

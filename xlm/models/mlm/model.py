@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from xlm.nn import FeedForward, MultiheadAttention, RotaryEmbedding, TransformerBlock, make_norm
+from xlm.nn import FeedForward, MultiheadAttention, RotaryEmbedding, TransformerBlock, attention_mask_for, make_norm
 
 from .config import MlmConfig
 
@@ -32,8 +32,8 @@ class PostNormBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Float[Tensor, "batch seq dim"], *, positions: Int[Tensor, "batch seq"] | None = None,
-                key_padding_mask: Bool[Tensor, "batch seq"] | None = None) -> Float[Tensor, "batch seq dim"]:
-        x = self.attn_norm(x + self.dropout(self.attn(x, positions=positions, key_padding_mask=key_padding_mask)))
+                attn_mask: Bool[Tensor, "batch 1 seq seq"] | None = None) -> Float[Tensor, "batch seq dim"]:
+        x = self.attn_norm(x + self.dropout(self.attn(x, positions=positions, attn_mask=attn_mask)))
         return self.ffn_norm(x + self.dropout(self.ffn(x)))
 
 
@@ -128,8 +128,10 @@ class MlmModel(nn.Module):
         if self.embed_norm is not None:
             x = self.embed_norm(x)
         x = self.dropout(x)
+        attn_mask = attention_mask_for(batch_size=batch, num_queries=seq, past=0, causal=False,
+                                       key_padding_mask=attention_mask, device=input_ids.device)
         for layer in self.layers:
-            x = layer(x, positions=positions, key_padding_mask=attention_mask)
+            x = layer(x, positions=positions, attn_mask=attn_mask)
         return x if self.final_norm is None else self.final_norm(x)
 
     def forward(self, input_ids: Int[Tensor, "batch seq"], *,
