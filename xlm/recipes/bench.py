@@ -26,6 +26,8 @@ import torch
 
 import xlm
 from xlm.data.tokenizers import WordTokenizer
+from xlm.recipes.config import OptimConfig
+from xlm.recipes.trainer import build_adamw
 
 Row = dict[str, Any]
 TOKENIZER = WordTokenizer([str(i) for i in range(121)])  # 128 ids, the star tasks' vocabulary size
@@ -43,6 +45,21 @@ def timed(fn: Callable[[], Any], *, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def interleaved(first: Callable[[], Any], second: Callable[[], Any], *, repeats: int,
+                warmup: int = 1) -> tuple[float, float]:
+    """Median seconds of each, run alternately so drifting machine load hits both alike."""
+    for _ in range(warmup):
+        first()
+        second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, acc in ((first, times[0]), (second, times[1])):
+            start = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def bench_peak(quick: bool) -> list[Row]:
     n = 1024 if quick else 2048
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -57,7 +74,8 @@ def _star_examples(batch: int, prompt_len: int = 26, target_len: int = 8) -> lis
              "target_ids": torch.randint(7, 128, (target_len,), generator=g).tolist()} for _ in range(batch)]
 
 
-SIZES = {"S": {"model_dim": 128, "num_layers": 4, "num_heads": 4}, "M": {"model_dim": 256, "num_layers": 6, "num_heads": 8}}
+SIZES = {"S": {"model_dim": 128, "num_layers": 4, "num_heads": 4}, "L": {"model_dim": 512, "num_layers": 4, "num_heads": 8}}
+QUICK_SIZES = {"S": SIZES["S"]}
 
 
 def _train_flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
@@ -72,7 +90,7 @@ def bench_train(quick: bool, peak_gflops: float) -> list[Row]:
     batch = 16 if quick else 64
     examples = _star_examples(batch)
     archs = [a for a in ("arlm_star", "mlm_star", "mdlm_star", "ilm_star") if a in xlm.list_archs()]
-    for size, dims in SIZES.items():
+    for size, dims in (QUICK_SIZES if quick else SIZES).items():
         for arch in archs:
             family = xlm.get_family(xlm.list_archs()[arch])
             overrides = dict(dims)
@@ -83,7 +101,7 @@ def bench_train(quick: bool, peak_gflops: float) -> list[Row]:
             torch.manual_seed(0)
             model = xlm.create_model(arch, vocab_size=128, **overrides)
             unit = family.unit_factory(model, TOKENIZER, family.sampler_config_class(max_new_tokens=9))
-            optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            optim = build_adamw(model.parameters(), OptimConfig(lr=1e-4), device=torch.device("cpu"))
             batch_t = unit.collate_train(examples)
             tokens = int(batch_t["attention_mask"].sum()) if "attention_mask" in batch_t else batch * 36
 
@@ -120,8 +138,8 @@ def bench_hf_gpt2(quick: bool) -> list[Row]:
                                             activation="gelu_tanh", bias=True, tie_embeddings=True))
         ids = torch.randint(0, 1024, (batch, seq))
 
-        def step_fn(model: torch.nn.Module, forward: Callable[[], torch.Tensor]) -> Callable[[], None]:
-            optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        def step_fn(model: torch.nn.Module, forward: Callable[[], torch.Tensor],
+                    optim: torch.optim.Optimizer) -> Callable[[], None]:
 
             def step() -> None:
                 forward().backward()
@@ -133,8 +151,11 @@ def bench_hf_gpt2(quick: bool) -> list[Row]:
             logits = ours(ids[:, :-1])
             return torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
 
-        t_hf = timed(step_fn(hf, lambda: hf(input_ids=ids, labels=ids).loss), repeats=3 if quick else 8)
-        t_ours = timed(step_fn(ours, ours_loss), repeats=3 if quick else 8)
+        # each side as its users run it: xlm's recipe optimizer, HF's model with torch's default AdamW
+        hf_step = step_fn(hf, lambda: hf(input_ids=ids, labels=ids).loss, torch.optim.AdamW(hf.parameters(), lr=1e-4))
+        ours_step = step_fn(ours, ours_loss, build_adamw(ours.parameters(), OptimConfig(lr=1e-4),
+                                                         device=torch.device("cpu")))
+        t_hf, t_ours = interleaved(hf_step, ours_step, repeats=3 if quick else 8)
         rows.append({"shape": f"{layers}x{dim}", "batch": f"{batch}x{seq}", "xlm_s": round(t_ours, 4),
                      "hf_s": round(t_hf, 4), "hf_over_xlm": round(t_hf / t_ours, 2)})
     return rows
@@ -219,8 +240,7 @@ def bench_generate(quick: bool) -> list[Row]:
                 out["hf"] = hf.generate(prompt, attention_mask=mask.long(), do_sample=False, max_new_tokens=new_tokens,
                                         min_new_tokens=new_tokens, use_cache=True, pad_token_id=0)
 
-        t_ours = timed(run_ours, repeats=3 if quick else 5)
-        t_hf = timed(run_hf, repeats=3 if quick else 5)
+        t_ours, t_hf = interleaved(run_ours, run_hf, repeats=3 if quick else 5)
         rows.append({"shape": f"{layers}x{dim}", "batch": batch, "new_tokens": new_tokens, "xlm_s": round(t_ours, 4),
                      "hf_s": round(t_hf, 4), "hf_over_xlm": round(t_hf / t_ours, 2),
                      "same_tokens": bool(torch.equal(out["ours"], out["hf"]))})

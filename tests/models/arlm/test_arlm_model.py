@@ -221,3 +221,14 @@ def test_matches_hf_llama():
 def test_config_replace_keeps_derived_sizes_consistent():
     config = dataclasses.replace(arlm_archs.get("arlm_base"), model_dim=512, num_heads=8)
     assert config.hidden_ffn_dim == 1408 and config.head_dim == 64
+
+
+def test_output_positions_give_the_selected_rows_of_the_full_logits():
+    model = build(tiny_config("rope"))
+    ids = torch.randint(0, 50, (3, 7))
+    selected = torch.rand(3, 7) < 0.4
+    selected[0, 0] = True
+    full = model(ids)
+    assert torch.allclose(model(ids, output_positions=selected), full[selected], atol=1e-6)
+    with pytest.raises(ValueError, match=r"output_positions must have the shape of input_ids \(3, 7\)"):
+        model(ids, output_positions=selected[:, :5])

@@ -11,9 +11,9 @@ from .types import ArlmLossDict, ArlmTrainBatch
 
 def arlm_loss(model: torch.nn.Module, batch: ArlmTrainBatch) -> ArlmLossDict:
     """Mean NLL per target token; `nll_sum` and `num_tokens` let callers re-weight exactly."""
-    logits = model(batch["input_ids"], attention_mask=batch["attention_mask"])
     labels = batch["labels"]
     selected = labels != IGNORE_INDEX
-    nll_sum = F.cross_entropy(logits[selected].float(), labels[selected], reduction="sum")
+    logits = model(batch["input_ids"], attention_mask=batch["attention_mask"], output_positions=selected)
+    nll_sum = F.cross_entropy(logits.float(), labels[selected], reduction="sum")
     num_tokens = selected.sum()
     return {"loss": nll_sum / num_tokens.clamp(min=1), "num_tokens": num_tokens, "nll_sum": nll_sum}

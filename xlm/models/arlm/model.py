@@ -90,9 +90,19 @@ class ArlmModel(nn.Module):
     def forward(self, input_ids: Int[Tensor, "batch seq"], *,
                 attention_mask: Bool[Tensor, "batch total"] | None = None,
                 positions: Int[Tensor, "batch seq"] | None = None,
-                kv_cache: KVCache | None = None) -> Float[Tensor, "batch seq vocab"]:
-        return self.logits(self.hidden_states(input_ids, attention_mask=attention_mask, positions=positions,
-                                              kv_cache=kv_cache))
+                kv_cache: KVCache | None = None,
+                output_positions: Bool[Tensor, "batch seq"] | None = None,
+                ) -> Float[Tensor, "batch seq vocab"] | Float[Tensor, "selected vocab"]:
+        """Logits at every position, or, given `output_positions`, only where it is True, flattened in
+        row-major order: a seq2seq loss scores the target tokens only, and the head is the largest
+        matmul when the vocabulary is big."""
+        hidden = self.hidden_states(input_ids, attention_mask=attention_mask, positions=positions, kv_cache=kv_cache)
+        if output_positions is not None:
+            if output_positions.shape != input_ids.shape:
+                raise ValueError(f"output_positions must have the shape of input_ids {tuple(input_ids.shape)}, "
+                                 f"got {tuple(output_positions.shape)}")
+            hidden = hidden[output_positions]
+        return self.logits(hidden)
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty cache on the parameters' device and dtype; max_len defaults to max_seq_len."""
