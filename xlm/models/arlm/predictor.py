@@ -61,7 +61,11 @@ class ArlmPredictor:
         sequences[:, :prompt_len] = input_ids
         full_mask = torch.ones(batch, total, dtype=torch.bool, device=device)
         full_mask[:, :prompt_len] = mask
-        logits = self.model(input_ids, attention_mask=mask, kv_cache=cache)[:, -1]
+        last_column = torch.zeros_like(mask)
+        last_column[:, -1] = True
+        logits = self.model(input_ids, attention_mask=mask, kv_cache=cache, output_positions=last_column)
+        # each row's next position is its count of real tokens: left padding takes no positions
+        next_position = mask.sum(1, keepdim=True)
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
         end = prompt_len
         for step in range(steps):
@@ -78,7 +82,8 @@ class ArlmPredictor:
             if bool(finished.all()):
                 break
             if cache is not None:
-                logits = self.model(next_ids[:, None], attention_mask=full_mask[:, :end], kv_cache=cache)[:, -1]
+                logits = self.model(next_ids[:, None], attention_mask=full_mask[:, :end], kv_cache=cache,
+                                    positions=next_position + step)[:, -1]
             else:
                 logits = self.model(sequences[:, :end], attention_mask=full_mask[:, :end])[:, -1]
         sequences = sequences[:, :end]
