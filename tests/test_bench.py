@@ -23,3 +23,17 @@ def test_quick_bench_sections(tmp_path, capsys):
     assert all(row["same_tokens"] for row in result["generate"])  # our KV-cache decoding = HF generate
     assert "## mdlm_cache" in capsys.readouterr().out
     assert bench.main(["nope"]) == 2
+
+
+def test_generate_section_gives_hf_generate_tokens():
+    rows = bench.bench_generate(True)
+    assert [r["batch"] for r in rows] == [1, 8]
+    assert all(r["same_tokens"] for r in rows)  # our KV-cache decoding = HF generate, greedy
+
+
+def test_ilm_multi_insertion_calls_the_model_less_with_the_shipped_checkpoint():
+    rows = bench.bench_ilm_multi(True)
+    forwards = [r["forwards"] for r in rows]
+    assert [r["insertions_per_step"] for r in rows] == [1, 2, 4, 8]
+    assert forwards == sorted(forwards, reverse=True) and forwards[-1] < forwards[0]
+    assert rows[0]["fewer_forwards"] == 1.0 and rows[-1]["fewer_forwards"] == round(forwards[0] / forwards[-1], 2)
