@@ -279,6 +279,27 @@ def bench_ilm_multi(quick: bool, model: str = "ilm_star_easy") -> list[Row]:
 SECTIONS = ("peak", "train", "hf_gpt2", "generate", "mdlm_cache", "ilm_multi")
 
 
+def targets(results: dict[str, Any]) -> list[Row]:
+    """The project's performance goals against this run's figures (sections not run are skipped)."""
+    most_k = max((r.get("insertions_per_step", 0) for r in results.get("ilm_multi", [])), default=0)
+    goals: list[tuple[str, str, str, float, Callable[[Row], bool]]] = [
+        ("hf_gpt2", "training step, HF GPT-2 time / xlm time", "hf_over_xlm", 1.2, lambda r: True),
+        ("train", "MFU at width 512 (size L)", "mfu", 0.6, lambda r: r.get("size") == "L"),
+        ("generate", "KV-cache greedy generation, HF generate time / xlm time", "hf_over_xlm", 1.5, lambda r: True),
+        ("mdlm_cache", "MDLM cached sampler speedup", "speedup", 4.0, lambda r: True),
+        ("ilm_multi", "ILM fewer forwards with several insertions per step", "fewer_forwards", 3.0,
+         lambda r: r.get("insertions_per_step") == most_k),
+    ]
+    rows = []
+    for section, what, key, goal, keep in goals:
+        for r in results.get(section, []):
+            if keep(r) and key in r:
+                where = ", ".join(f"{k}={r[k]}" for k in ("shape", "batch", "arch", "insertions_per_step") if k in r)
+                rows.append({"goal": what, "where": where, "measured": r[key], "target": goal,
+                             "met": r[key] >= goal})
+    return rows
+
+
 def print_table(name: str, rows: list[Row]) -> None:
     print(f"\n## {name}")
     if not rows:
@@ -316,6 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         results[section] = runners[section]()
         print_table(section, results[section])
+    results["targets"] = targets(results)
+    print_table("targets", results["targets"])
     if args.output:
         with open(args.output, "w") as f:
             json.dump(results, f, indent=2)
