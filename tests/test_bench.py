@@ -37,3 +37,13 @@ def test_ilm_multi_insertion_calls_the_model_less_with_the_shipped_checkpoint():
     assert [r["insertions_per_step"] for r in rows] == [1, 2, 4, 8]
     assert forwards == sorted(forwards, reverse=True) and forwards[-1] < forwards[0]
     assert rows[0]["fewer_forwards"] == 1.0 and rows[-1]["fewer_forwards"] == round(forwards[0] / forwards[-1], 2)
+
+
+def test_targets_compare_each_goal_with_the_measured_row():
+    results = {"hf_gpt2": [{"shape": "4x128", "hf_over_xlm": 1.3}, {"shape": "6x256", "hf_over_xlm": 1.1}],
+               "train": [{"size": "S", "arch": "arlm_star", "mfu": 0.2}, {"size": "L", "arch": "arlm_star", "mfu": 0.7}],
+               "ilm_multi": [{"insertions_per_step": 1, "fewer_forwards": 1.0},
+                             {"insertions_per_step": 8, "fewer_forwards": 2.25}]}
+    rows = bench.targets(results)
+    assert [(r["measured"], r["met"]) for r in rows] == [(1.3, True), (1.1, False), (0.7, True), (2.25, False)]
+    assert rows[2]["where"] == "arch=arlm_star"
