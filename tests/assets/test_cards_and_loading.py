@@ -76,6 +76,7 @@ def test_several_cards_per_file_and_base_inheritance(tmp_path, monkeypatch):
     ({"name": "x", "model_config": [1, 2]}, "field 'model_config' must be a mapping"),
     ({"name": "x", "sha256": "abc"}, "sha256 must be 64 hex digits"),
     ({"name": "x", "checkpoint": 5}, "field 'checkpoint' must be a string"),
+    ({None: None, "name": "x"}, "card field names are strings, got None"),  # what a stray `?` line parses to
 ])
 def test_malformed_cards_name_the_file_and_the_problem(tmp_path, doc, message):
     file = _write(tmp_path / "bad.yaml", [doc])

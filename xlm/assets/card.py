@@ -75,6 +75,10 @@ def card_from_mapping(data: Any, source: Path | str) -> AssetCard:
     where = str(source)
     if not isinstance(data, dict):
         raise CardError(f"{where}: a card is a YAML mapping of fields, got {type(data).__name__}")
+    odd = [k for k in data if not isinstance(k, str)]
+    if odd:
+        raise CardError(f"{where}: card field names are strings, got {', '.join(map(repr, odd))} "
+                        f"(a stray `?`, `:` or number at the start of a line?); known fields: {', '.join(sorted(_FIELDS))}")
     unknown = sorted(set(data) - _FIELDS)
     if unknown:
         hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, _FIELDS, n=1)) else repr(k)
