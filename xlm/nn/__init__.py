@@ -4,7 +4,7 @@ from .attention import MultiheadAttention, attention_mask_for, build_attention_m
 from .feed_forward import ACTIVATIONS, FeedForward
 from .kv_cache import KVCache
 from .norm import NORMS, RMSNorm, make_norm
-from .output_head import LMHead
+from .output_head import LMHead, select_positions
 from .rope import RotaryEmbedding, rotate_half
 from .transformer_block import TransformerBlock
 
@@ -21,5 +21,6 @@ __all__ = [
     "attention_mask_for",
     "build_attention_mask",
     "make_norm",
+    "select_positions",
     "rotate_half",
 ]

@@ -7,8 +7,20 @@ both keys over one storage. `safetensors.torch.save_file` refuses shared tensors
 
 from __future__ import annotations
 
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor, nn
+
+
+def select_positions(hidden: Float[Tensor, "batch seq dim"],
+                     output_positions: Bool[Tensor, "batch seq"] | None) -> Float[Tensor, "... dim"]:
+    """All hidden states, or only those where `output_positions` is True, flattened in row-major
+    order: losses and samplers that read a few positions skip the head everywhere else."""
+    if output_positions is None:
+        return hidden
+    if output_positions.shape != hidden.shape[:2]:
+        raise ValueError(f"output_positions must have the shape of input_ids {tuple(hidden.shape[:2])}, "
+                         f"got {tuple(output_positions.shape)}")
+    return hidden[output_positions]
 
 
 class LMHead(nn.Module):

@@ -250,17 +250,16 @@ def bench_generate(quick: bool) -> list[Row]:
 def bench_ilm_multi(quick: bool, model: str = "ilm_star_easy") -> list[Row]:
     """Single vs multi-insertion with the same trained ilm_star (the shipped star_easy checkpoint by
     default, or a run dir), on the first N star_easy test examples: model calls and accuracy per k."""
-    from xlm.assets.loading import _sampler_config, family_of
     from xlm.data.task import TaskConfig, build_task
     from xlm.recipes.evaluation import evaluate_predictions
 
     task = build_task(TaskConfig(name="star_easy"))
     ds = task.dataset("test").select(range(100 if quick else 1000))
-    ilm = xlm.load_model(model)
-    family = family_of(ilm)
     rows = []
     for k in (1, 2, 4, 8):
-        unit = family.unit_factory(ilm, task.tokenizer, _sampler_config(model, family, {"insertions_per_step": k}))
+        generator = xlm.load_generator(model, insertions_per_step=k)  # the card's sampler settings, k replaced
+        ilm = generator.model
+        unit = generator.family.unit_factory(ilm, task.tokenizer, generator.sampler_config)
         calls = {"n": 0}
         handle = ilm.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
         start = time.perf_counter()

@@ -8,7 +8,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from xlm.nn import KVCache, LMHead, RotaryEmbedding, TransformerBlock, attention_mask_for, make_norm
+from xlm.nn import (KVCache, LMHead, RotaryEmbedding, TransformerBlock, attention_mask_for, make_norm,
+                    select_positions)
 
 from .config import ArlmConfig
 
@@ -97,12 +98,7 @@ class ArlmModel(nn.Module):
         row-major order: a seq2seq loss scores the target tokens only, and the head is the largest
         matmul when the vocabulary is big."""
         hidden = self.hidden_states(input_ids, attention_mask=attention_mask, positions=positions, kv_cache=kv_cache)
-        if output_positions is not None:
-            if output_positions.shape != input_ids.shape:
-                raise ValueError(f"output_positions must have the shape of input_ids {tuple(input_ids.shape)}, "
-                                 f"got {tuple(output_positions.shape)}")
-            hidden = hidden[output_positions]
-        return self.logits(hidden)
+        return self.logits(select_positions(hidden, output_positions))
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty cache on the parameters' device and dtype; max_len defaults to max_seq_len."""

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from xlm.nn import FeedForward, MultiheadAttention, RotaryEmbedding, TransformerBlock, attention_mask_for, make_norm
+from xlm.nn import (FeedForward, MultiheadAttention, RotaryEmbedding, TransformerBlock, attention_mask_for,
+                    make_norm, select_positions)
 
 from .config import MlmConfig
 
@@ -145,12 +146,7 @@ class MlmModel(nn.Module):
         largest matmul when the vocabulary is big."""
         hidden = self.hidden_states(input_ids, attention_mask=attention_mask, positions=positions,
                                     token_type_ids=token_type_ids)
-        if output_positions is not None:
-            if output_positions.shape != input_ids.shape:
-                raise ValueError(f"output_positions must have the shape of input_ids {tuple(input_ids.shape)}, "
-                                 f"got {tuple(output_positions.shape)}")
-            hidden = hidden[output_positions]
-        return self.head(hidden)
+        return self.head(select_positions(hidden, output_positions))
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Unique parameters; `non_embedding` drops the embedding tables and an untied decoder."""
