@@ -47,3 +47,11 @@ def test_targets_compare_each_goal_with_the_measured_row():
     rows = bench.targets(results)
     assert [(r["measured"], r["met"]) for r in rows] == [(1.3, True), (1.1, False), (0.7, True), (2.25, False)]
     assert rows[2]["where"] == "arch=arlm_star"
+
+
+def test_ilm_multi_takes_the_task_from_the_command_line(tmp_path):
+    out = tmp_path / "bench.json"  # the shipped star_easy model on star_medium prompts (same vocabulary)
+    assert bench.main(["ilm_multi", "--quick", "--ilm-task", "star_medium", "--output", str(out)]) == 0
+    rows = json.loads(out.read_text())["ilm_multi"]
+    assert {r["task"] for r in rows} == {"star_medium"} and rows[-1]["forwards"] < rows[0]["forwards"]
+    assert json.loads(out.read_text())["targets"][-1]["where"] == "task=star_medium, insertions_per_step=8"
