@@ -19,6 +19,8 @@ class LossDict(TypedDict, total=False):
     loss: Tensor
     num_tokens: Tensor
     nll_sum: Tensor
+    nll_bound_sum: Tensor  # optional: a family whose loss is not a per-token NLL gives a bound on one
+    bound_tokens: Tensor  # ... and the tokens it is over (evaluation reports the ratio as nll_bound)
 
 
 class PredictionDict(TypedDict):

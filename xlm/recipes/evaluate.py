@@ -57,7 +57,8 @@ LOSS_MEANING = {
     "arlm": "loss: NLL in nats per target token",
     "mlm": "loss: cross-entropy in nats per masked token (not a likelihood of the sequence)",
     "mdlm": "loss: NELBO in nats per token, an upper bound on the NLL; perplexity is a bound",
-    "ilm": "loss: insertion cross-entropy + stop loss, per sequence (not per token); no perplexity",
+    "ilm": "loss: insertion cross-entropy + stop loss, per sequence (not per token); nll_bound: an upper "
+           "bound on the NLL in nats per token (ELBO over insertion orders); perplexity is a bound",
 }
 
 
@@ -88,10 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.limit is not None:
         ds = ds.select(range(min(args.limit, len(ds))))
     torch.manual_seed(args.seed)
-    metrics = {"loss": evaluate_loss(unit, ds, batch_size=args.batch_size, device=device, progress=True)["loss"]}
+    losses = evaluate_loss(unit, ds, batch_size=args.batch_size, device=device, progress=True)
+    metrics = {k: losses[k] for k in ("loss", "nll_bound") if k in losses}
     note = LOSS_MEANING.get(run["family"], "loss: nats per token")
-    if not task.is_seq2seq and run["family"] != "ilm":
-        metrics["perplexity"] = math.exp(min(metrics["loss"], 50.0))  # a bound where the loss is one
+    if not task.is_seq2seq:  # from the per-token NLL, or the bound on it where the loss is not per token
+        metrics["perplexity"] = math.exp(min(metrics.get("nll_bound", metrics["loss"]), 50.0))
     records: list[dict] = []
     if task.is_seq2seq:
         means, records = evaluate_predictions(unit, task, ds, batch_size=args.batch_size, device=device,

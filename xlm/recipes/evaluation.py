@@ -27,18 +27,25 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 @torch.no_grad()
 def evaluate_loss(unit: Unit, ds: datasets.Dataset, *, batch_size: int, device: torch.device,
                   progress: bool = False) -> dict[str, float]:
-    """Token-weighted mean loss over the split."""
+    """Token-weighted mean loss over the split, and `nll_bound` (nats per token) where the family's
+    loss gives a likelihood bound of its own (`nll_bound_sum` over `bound_tokens`: ILM)."""
     was_training = unit.model.training
     unit.model.eval()
-    total, count = 0.0, 0.0
+    total, count, bound, bound_tokens = 0.0, 0.0, 0.0, 0.0
     for examples in tqdm(_batches(ds, batch_size), total=-(-len(ds) // batch_size), desc="eval loss",
                          disable=not progress, leave=False):
         out = unit.loss(unit.model, _to_device(unit.collate_train(examples), device))
         n = float(out["num_tokens"])
         total += float(out["loss"]) * n
         count += n
+        if "nll_bound_sum" in out:
+            bound += float(out["nll_bound_sum"])
+            bound_tokens += float(out["bound_tokens"])
     unit.model.train(was_training)
-    return {"loss": total / max(count, 1.0), "num_tokens": count}
+    result = {"loss": total / max(count, 1.0), "num_tokens": count}
+    if bound_tokens:
+        result["nll_bound"] = bound / bound_tokens
+    return result
 
 
 @torch.no_grad()

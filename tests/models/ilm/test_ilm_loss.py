@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -7,6 +8,7 @@ import xlm
 from xlm.data.tokenizers import WordTokenizer
 from xlm.models.ilm.collators import IlmSeq2SeqCollator
 from xlm.models.ilm.loss import ilm_loss
+from xlm.models.ilm.model import CONTINUE, STOP
 
 TOK = WordTokenizer(["a", "b", "c"])  # a=7 b=8 c=9
 V = TOK.vocab_size
@@ -122,3 +124,48 @@ def test_unit_loss_on_a_real_model_uses_the_config_weight():
     # an untrained model is close to uniform over the row's (gap, token) pairs
     uniform = (math.log(2 * V) + 0 + math.log(2 * V)) / 3
     assert abs(a["token_loss"].item() - uniform) < 0.1
+
+
+def _path_log_probs(model, prompt: list[int], target: list[int], order: tuple[int, ...]) -> float:
+    """log p of inserting `target` in `order` (indices into it), each step a fresh model call on
+    [CLS] prompt [BOS] canvas, then stopping: the ILM's generative process, written out."""
+    cls, bos = TOK.cls_token_id, TOK.bos_token_id
+    kept: list[int] = []
+    total = 0.0
+    for index in order:
+        canvas = [target[i] for i in kept]
+        ids = torch.tensor([[cls, *prompt, bos, *canvas]])
+        token_logits, stop_logits = model(ids)
+        gaps = token_logits[0, len(prompt) + 1:]  # [BOS] and every canvas token: the gaps after them
+        gap = sum(i < index for i in kept)
+        total += gaps.flatten().log_softmax(0).view_as(gaps)[gap, target[index]].item()
+        total += stop_logits[0].log_softmax(0)[CONTINUE].item()
+        kept = sorted(kept + [index])
+    _, stop_logits = model(torch.tensor([[cls, *prompt, bos, *target]]))
+    return total + stop_logits[0].log_softmax(0)[STOP].item()
+
+
+@torch.no_grad()
+def test_nll_bound_is_the_insertion_order_elbo_and_bounds_the_exact_nll():
+    torch.manual_seed(0)
+    model = xlm.create_model("ilm_tiny", vocab_size=V, init_std=0.3).eval()  # far from uniform
+    prompt, target = [C], [A, B, A, A]  # repeated tokens, two of them in one gap
+    length = len(target)
+    paths = [_path_log_probs(model, prompt, target, order) for order in itertools.permutations(range(length))]
+    exact_nll = -torch.tensor(paths).logsumexp(0).item()  # every insertion path to the target, summed
+    elbo_bound = -sum(paths) / len(paths) - math.lgamma(length + 1)  # uniform orders, q = 1/L!
+
+    # what evaluation estimates: n ~ U{0..L} dropped, a uniform subset of them, one row per draw
+    collate = IlmSeq2SeqCollator(TOK, max_len=16)
+    expected = 0.0
+    for n in range(length + 1):
+        subsets = list(itertools.combinations(range(length), n))
+        for drops in subsets:
+            out = ilm_loss(model, collate([{"prompt_ids": prompt, "target_ids": target}], drops=[list(drops)]))
+            assert out["bound_tokens"].item() == length
+            expected += out["nll_bound_sum"].item() / (len(subsets) * (length + 1))
+    assert expected == pytest.approx(elbo_bound, abs=1e-4)
+    # the gap is KL(uniform orders || the model's posterior over paths to the target), nothing else
+    posterior = torch.tensor(paths).log_softmax(0)
+    kl = (-math.lgamma(length + 1) - posterior).mean().item()
+    assert exact_nll < elbo_bound and elbo_bound - exact_nll == pytest.approx(kl, abs=1e-4)

@@ -2,6 +2,7 @@
 scored, a reloaded model generates after its prompt) and a few steps on the text task (LM rows)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -70,6 +71,14 @@ def test_text_task_trains_on_lm_rows(tmp_path):
     assert last < first - 0.5, (first, last)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["val_loss"] > 0
+
+    out = tmp_path / "eval.json"
+    assert evaluate.main(["--model", str(run), "--split", "validation", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert math.isclose(result["perplexity"], math.exp(result["nll_bound"]), rel_tol=1e-6)
+    # per token: a uniform insertion model would score log 256 + its stop cost; the order entropy
+    # log L! is taken off (without it the bound would exceed log 256 + log(31!) / 31 ~ 8.2)
+    assert 0 < result["nll_bound"] < math.log(256) + 1.0 and "bound" in result["loss_meaning"]
 
     # unconditional generation from [CLS] [BOS]
     model, tokenizer = xlm.load_model(run), xlm.load_tokenizer(run)

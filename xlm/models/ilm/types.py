@@ -37,6 +37,8 @@ class IlmLossDict(TypedDict):
     token_loss: Tensor  # mean over rows of the cross-entropy of the (gap, token) target distribution
     stop_loss: Tensor  # mean over rows of the stop classifier's cross-entropy
     num_targets: Tensor  # dropped tokens in the batch
+    nll_bound_sum: Tensor  # sum over rows of a one-sample estimate of an upper bound on -log p(row) (loss.py)
+    bound_tokens: Tensor  # the tokens those rows insert in all (the bound's per-token denominator)
 
 
 class IlmPredictionDict(TypedDict):
