@@ -35,7 +35,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--limit", type=int, default=None, help="only the first N examples")
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0, help="for sampling strategies")
+    p.add_argument("--seed", type=int, default=0, help="for sampling strategies and the Monte-Carlo losses")
+    p.add_argument("--loss-samples", type=int, default=1,
+                   help="passes over the split, averaged, for losses that are Monte-Carlo estimates (MDLM's "
+                        "NELBO over noise levels, ILM's bound over insertion orders); 1 for ARLM and MLM suffices")
     p.add_argument("sampler", nargs="*", help="sampler overrides, e.g. sampler.strategy=sample sampler.top_p=0.9")
     return p.parse_intermixed_args(argv)
 
@@ -81,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if task.tokenizer.spec() != run["tokenizer"]:
             raise ValueError(f"task {task.name!r} uses a different vocabulary from the model's "
                              f"(trained on {run['task']!r}); evaluate on a task with the same tokenizer")
+        if args.loss_samples < 1:
+            raise ValueError(f"--loss-samples must be >= 1, got {args.loss_samples}")
     except (RunDirError, UnknownNameError, ValueError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -89,8 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.limit is not None:
         ds = ds.select(range(min(args.limit, len(ds))))
     torch.manual_seed(args.seed)
-    losses = evaluate_loss(unit, ds, batch_size=args.batch_size, device=device, progress=True)
-    metrics = {k: losses[k] for k in ("loss", "nll_bound") if k in losses}
+    draws = [evaluate_loss(unit, ds, batch_size=args.batch_size, device=device, progress=True)
+             for _ in range(args.loss_samples)]  # each pass draws fresh noise levels / drop patterns
+    metrics = {k: sum(d[k] for d in draws) / len(draws) for k in ("loss", "nll_bound") if k in draws[0]}
     note = LOSS_MEANING.get(run["family"], "loss: nats per token")
     if not task.is_seq2seq:  # from the per-token NLL, or the bound on it where the loss is not per token
         metrics["perplexity"] = math.exp(min(metrics.get("nll_bound", metrics["loss"]), 50.0))
@@ -100,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                               progress=True)
         metrics.update(means)
     result = {"model": args.model, "task": task.name, "split": args.split, "num_examples": len(ds), **metrics,
-              "loss_meaning": note}
+              "loss_samples": args.loss_samples, "loss_meaning": note}
     output = Path(args.output or Path(args.model) / f"eval_{task.name}_{args.split}.json")
     output.write_text(json.dumps(result, indent=2) + "\n")
     if args.predictions:

@@ -73,8 +73,10 @@ def test_text_task_trains_on_lm_rows(tmp_path):
     assert metrics["val_loss"] > 0
 
     out = tmp_path / "eval.json"
-    assert evaluate.main(["--model", str(run), "--split", "validation", "--output", str(out)]) == 0
+    assert evaluate.main(["--model", str(run), "--split", "validation", "--loss-samples", "0"]) == 2
+    assert evaluate.main(["--model", str(run), "--split", "validation", "--output", str(out), "--loss-samples", "3"]) == 0
     result = json.loads(out.read_text())
+    assert result["loss_samples"] == 3
     assert math.isclose(result["perplexity"], math.exp(result["nll_bound"]), rel_tol=1e-6)
     # per token: a uniform insertion model would score log 256 + its stop cost; the order entropy
     # log L! is taken off (without it the bound would exceed log 256 + log(31!) / 31 ~ 8.2)
