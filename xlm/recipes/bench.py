@@ -155,7 +155,7 @@ def bench_hf_gpt2(quick: bool) -> list[Row]:
         hf_step = step_fn(hf, lambda: hf(input_ids=ids, labels=ids).loss, torch.optim.AdamW(hf.parameters(), lr=1e-4))
         ours_step = step_fn(ours, ours_loss, build_adamw(ours.parameters(), OptimConfig(lr=1e-4),
                                                          device=torch.device("cpu")))
-        t_hf, t_ours = interleaved(hf_step, ours_step, repeats=3 if quick else 8)
+        t_hf, t_ours = interleaved(hf_step, ours_step, repeats=3 if quick else 20)
         rows.append({"shape": f"{layers}x{dim}", "batch": f"{batch}x{seq}", "xlm_s": round(t_ours, 4),
                      "hf_s": round(t_hf, 4), "hf_over_xlm": round(t_hf / t_ours, 2)})
     return rows
@@ -240,7 +240,7 @@ def bench_generate(quick: bool) -> list[Row]:
                 out["hf"] = hf.generate(prompt, attention_mask=mask.long(), do_sample=False, max_new_tokens=new_tokens,
                                         min_new_tokens=new_tokens, use_cache=True, pad_token_id=0)
 
-        t_ours, t_hf = interleaved(run_ours, run_hf, repeats=3 if quick else 5)
+        t_ours, t_hf = interleaved(run_ours, run_hf, repeats=3 if quick else 15)
         rows.append({"shape": f"{layers}x{dim}", "batch": batch, "new_tokens": new_tokens, "xlm_s": round(t_ours, 4),
                      "hf_s": round(t_hf, 4), "hf_over_xlm": round(t_hf / t_ours, 2),
                      "same_tokens": bool(torch.equal(out["ours"], out["hf"]))})
