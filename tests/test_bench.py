@@ -55,3 +55,21 @@ def test_ilm_multi_takes_the_task_from_the_command_line(tmp_path):
     rows = json.loads(out.read_text())["ilm_multi"]
     assert {r["task"] for r in rows} == {"star_medium"} and rows[-1]["forwards"] < rows[0]["forwards"]
     assert json.loads(out.read_text())["targets"][-1]["where"] == "task=star_medium, insertions_per_step=8"
+
+
+def test_train_section_counts_each_familys_own_flops():
+    rows = {r["arch"]: r for r in bench.bench_train(True)}
+    assert set(rows) == {"arlm_star", "mlm_star", "mdlm_star", "ilm_star"}
+    for r in rows.values():
+        assert r["peak_gflops"] > 0 and r["mfu"] == pytest.approx(r["gflops"] / r["peak_gflops"], abs=2e-3)
+    # MDLM's conditioning runs once per row, so its FLOPs per token are far below 6 x its parameters
+    model = bench.xlm.create_model("mdlm_star", vocab_size=128, **bench.SIZES["S"], cond_dim=64)
+    family = bench.xlm.get_family("mdlm")
+    unit = family.unit_factory(model, bench.TOKENIZER, family.sampler_config_class(max_new_tokens=9))
+    batch = unit.collate_train(bench._star_examples(4))
+    tokens = int(batch["attention_mask"].sum())
+    counted = bench._train_flops_per_step(model, lambda: unit.loss(model, batch)["loss"].backward(),
+                                          tokens=tokens, seq_len=batch["attention_mask"].size(1))
+    attention = 12 * model.config.num_layers * model.config.model_dim * batch["attention_mask"].size(1) * tokens
+    non_embedding = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n)
+    assert 0.5 < (counted - attention) / (6 * non_embedding * tokens) < 0.9  # 6N per token would overcount

@@ -3,7 +3,7 @@
 Performance comparisons measured in one process, each against a peer run in the same call, so
 ratios hold on any machine (absolute numbers are this machine's). Sections:
 
-  peak         fp32 matmul throughput of this machine (the MFU denominator)
+  peak         fp32 matmul throughput of this machine (train times it again alongside each step for MFU)
   train        training tokens/s and model FLOPs utilisation per family, at two model sizes
   hf_gpt2      ARLM training step vs HF transformers GPT-2 of identical shape, same batch
   generate     ARLM generation with xlm's KV cache vs HF `generate` (same weights, greedy)
@@ -60,12 +60,16 @@ def interleaved(first: Callable[[], Any], second: Callable[[], Any], *, repeats:
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-def bench_peak(quick: bool) -> list[Row]:
+def _peak_matmul(quick: bool) -> tuple[str, Callable[[], Any], float]:
     n = 1024 if quick else 2048
     a, b = torch.randn(n, n), torch.randn(n, n)
-    seconds = timed(lambda: a @ b, repeats=5 if quick else 10)
-    return [{"matmul": f"{n}x{n} fp32", "gflops": round(2 * n**3 / seconds / 1e9, 1),
-             "threads": torch.get_num_threads()}]
+    return f"{n}x{n} fp32", lambda: a @ b, 2 * n**3
+
+
+def bench_peak(quick: bool) -> list[Row]:
+    name, matmul, flops = _peak_matmul(quick)
+    seconds = timed(matmul, repeats=5 if quick else 10)
+    return [{"matmul": name, "gflops": round(flops / seconds / 1e9, 1), "threads": torch.get_num_threads()}]
 
 
 def _star_examples(batch: int, prompt_len: int = 26, target_len: int = 8) -> list[dict[str, list[int]]]:
@@ -78,15 +82,23 @@ SIZES = {"S": {"model_dim": 128, "num_layers": 4, "num_heads": 4}, "L": {"model_
 QUICK_SIZES = {"S": SIZES["S"]}
 
 
-def _train_flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
-    """6 N (N = parameters outside the token table) + the attention scores, 12 L d T."""
+def _train_flops_per_step(model: torch.nn.Module, step: Callable[[], None], *, tokens: int, seq_len: int) -> float:
+    """Matmul FLOPs of one training step as counted by torch (forward and backward: what each family
+    really multiplies, e.g. MDLM's conditioning once per row, ARLM's head only where scored), plus the
+    attention scores, 12 L d T per token (torch does not count its CPU flash kernel)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
     config = model.config  # type: ignore[attr-defined]
-    params = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name)
-    return 6 * params + 12 * config.num_layers * config.model_dim * seq_len
+    return counter.get_total_flops() + 12 * config.num_layers * config.model_dim * seq_len * tokens
 
 
-def bench_train(quick: bool, peak_gflops: float) -> list[Row]:
+def bench_train(quick: bool) -> list[Row]:
+    """MFU against the peak matmul timed alternately with each step, so that the machine's load
+    drifting between the two measurements (a shared host's does) cannot push it past 1."""
     rows = []
+    _, matmul, matmul_flops = _peak_matmul(quick)
     batch = 16 if quick else 64
     examples = _star_examples(batch)
     archs = [a for a in ("arlm_star", "mlm_star", "mdlm_star", "ilm_star") if a in xlm.list_archs()]
@@ -111,12 +123,13 @@ def bench_train(quick: bool, peak_gflops: float) -> list[Row]:
                 optim.step()
                 optim.zero_grad(set_to_none=True)
 
-            seconds = timed(step, repeats=3 if quick else 10)
             seq_len = next(v for v in batch_t.values() if isinstance(v, torch.Tensor) and v.ndim == 2).size(1)
-            flops = _train_flops_per_token(model, seq_len) * tokens / seconds
+            step_flops = _train_flops_per_step(model, step, tokens=tokens, seq_len=seq_len)
+            seconds, matmul_seconds = interleaved(step, matmul, repeats=3 if quick else 10)
+            gflops, peak = step_flops / seconds / 1e9, matmul_flops / matmul_seconds / 1e9
             rows.append({"size": size, "arch": arch, "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-                         "tokens_per_s": round(tokens / seconds), "gflops": round(flops / 1e9, 1),
-                         "mfu": round(flops / 1e9 / peak_gflops, 3)})
+                         "tokens_per_s": round(tokens / seconds), "gflops": round(gflops, 1),
+                         "peak_gflops": round(peak, 1), "mfu": round(gflops / peak, 3)})
     return rows
 
 
@@ -328,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     peak = bench_peak(args.quick)
     results["peak"] = peak
     runners: dict[str, Callable[[], list[Row]]] = {
-        "train": lambda: bench_train(args.quick, peak[0]["gflops"]),
+        "train": lambda: bench_train(args.quick),
         "hf_gpt2": lambda: bench_hf_gpt2(args.quick),
         "generate": lambda: bench_generate(args.quick),
         "mdlm_cache": lambda: bench_mdlm_cache(args.quick),
