@@ -37,8 +37,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0, help="for sampling strategies and the Monte-Carlo losses")
     p.add_argument("--loss-samples", type=int, default=1,
-                   help="passes over the split, averaged, for losses that are Monte-Carlo estimates (MDLM's "
-                        "NELBO over noise levels, ILM's bound over insertion orders); 1 for ARLM and MLM suffices")
+                   help="passes over the split, averaged, for the losses that are Monte-Carlo estimates (MDLM's "
+                        "noise levels, ILM's insertion orders, MLM's masks); ARLM's is exact in one")
     p.add_argument("sampler", nargs="*", help="sampler overrides, e.g. sampler.strategy=sample sampler.top_p=0.9")
     return p.parse_intermixed_args(argv)
 
