@@ -1,7 +1,8 @@
 """python -m xlm.recipes.evaluate --model RUN_DIR --task TASK [--split test] [--output F.json]
 [sampler.key=value ...]
 
-Scores a trained model on a whole split: loss, and for seq2seq tasks every prediction metric
+Scores a trained model on a whole split: loss (for ILM also `nll_bound`, nats per token), on text
+a perplexity (a bound for MDLM and ILM, said so), and for seq2seq tasks every prediction metric
 (star: exact_match, token_accuracy, path_valid). Prints a table and writes JSON.
 """
 
