@@ -22,7 +22,13 @@ def test_compare_two_families_two_seeds(tmp_path, capsys):
     table = (out / "table.md").read_text()
     assert "| arlm_tiny |" in table and "±" in table and "12 steps" in table
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert compare.plot_panels(results) == ["val_exact_match", "val_token_accuracy", "val_loss"]
     mtime = (out / "runs" / "arlm_tiny_seed0" / "model.safetensors").stat().st_mtime
     assert compare.main(argv) == 0  # a rerun reuses the finished runs
     assert (out / "runs" / "arlm_tiny_seed0" / "model.safetensors").stat().st_mtime == mtime
     assert "| mlm_tiny |" in capsys.readouterr().out
+
+
+def test_plot_panels_are_the_metrics_the_runs_logged():
+    text_runs = [{"curve": [{"step": 5, "val_loss": 3.2}]}]  # an LM task logs no prediction metrics
+    assert compare.plot_panels(text_runs) == ["val_loss"]

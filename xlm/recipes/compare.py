@@ -4,8 +4,8 @@
 Trains every arch with the same budget (wall-clock minutes of training steps, evaluation
 excluded, or a number of steps) for each seed, evaluates each on the whole test split, and
 writes into one report directory: `results.json`, `table.md` (mean ± std over seeds) and
-`curves.png` (validation exact match and loss against training time and steps, one colour per
-family). Finished runs are reused, so an interrupted comparison continues where it stopped.
+`curves.png` (validation exact match, token accuracy and loss against training time and steps,
+one colour per family). Finished runs are reused, so an interrupted comparison continues where it stopped.
 """
 
 from __future__ import annotations
@@ -87,27 +87,37 @@ def table(results: list[dict[str, Any]], archs: Sequence[str], budget: str) -> s
     return "\n".join(lines) + "\n"
 
 
+PLOT_METRICS = ("val_exact_match", "val_token_accuracy", "val_loss")
+
+
+def plot_panels(results: list[dict[str, Any]]) -> list[str]:
+    """The validation metrics the runs logged, in PLOT_METRICS order: token accuracy as well as exact
+    match, because on a hard task every family can sit at exact match 0 while its tokens improve."""
+    return [m for m in PLOT_METRICS if any(m in p for r in results for p in r["curve"])]
+
+
 def plot(results: list[dict[str, Any]], archs: Sequence[str], path: Path, title: str) -> None:
+    """One row per validation metric, against training time (left) and steps (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(m, x) for m in ("val_exact_match", "val_loss") for x in ("train_seconds", "step")]
-    panels = [(m, x) for m, x in panels if any(m in p for r in results for p in r["curve"])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    metrics, xs = plot_panels(results), ("train_seconds", "step")
+    fig, axes = plt.subplots(len(metrics), len(xs), figsize=(9, 3.0 * len(metrics)), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, (metric, x) in zip(axes[0], panels):
-        for i, arch in enumerate(archs):
-            for j, r in enumerate(r for r in results if r["arch"] == arch):
-                points = [(p[x], p[metric]) for p in r["curve"] if metric in p and x in p]
-                if points:
-                    ax.plot(*zip(*points), color=colours[i % len(colours)], marker="o", markersize=3,
-                            label=arch if j == 0 else None, alpha=0.85)
-        ax.set_xlabel("training seconds" if x == "train_seconds" else "step")
-        ax.set_ylabel(metric.removeprefix("val_").replace("_", " ") + " (validation)")
-        ax.grid(alpha=0.3)
-    labelled = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
+    for row, metric in zip(axes, metrics):
+        for ax, x in zip(row, xs):
+            for i, arch in enumerate(archs):
+                for j, r in enumerate(r for r in results if r["arch"] == arch):
+                    points = [(p[x], p[metric]) for p in r["curve"] if metric in p and x in p]
+                    if points:
+                        ax.plot(*zip(*points), color=colours[i % len(colours)], marker="o", markersize=3,
+                                label=arch if j == 0 else None, alpha=0.85)
+            ax.set_xlabel("training seconds" if x == "train_seconds" else "step")
+            ax.set_ylabel(metric.removeprefix("val_").replace("_", " ") + " (validation)")
+            ax.grid(alpha=0.3)
+    labelled = {label: handle for ax in axes.flat for handle, label in zip(*ax.get_legend_handles_labels())}
     axes[0][-1].legend(labelled.values(), labelled.keys(), fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
