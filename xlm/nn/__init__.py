@@ -2,6 +2,7 @@
 
 from .attention import MultiheadAttention, attention_mask_for, build_attention_mask
 from .feed_forward import ACTIVATIONS, FeedForward
+from .init import init_transformer_weights
 from .kv_cache import KVCache
 from .norm import NORMS, RMSNorm, make_norm
 from .output_head import LMHead, select_positions
@@ -20,6 +21,7 @@ __all__ = [
     "TransformerBlock",
     "attention_mask_for",
     "build_attention_mask",
+    "init_transformer_weights",
     "make_norm",
     "select_positions",
     "rotate_half",

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from xlm.nn import (KVCache, LMHead, RotaryEmbedding, TransformerBlock, attention_mask_for, make_norm,
-                    select_positions)
+from xlm.nn import (KVCache, LMHead, RotaryEmbedding, TransformerBlock, attention_mask_for, init_transformer_weights,
+                    make_norm, select_positions)
 
 from .config import ArlmConfig
 
@@ -36,23 +34,7 @@ class ArlmModel(nn.Module):
         self.lm_head = LMHead(dim, config.vocab_size)
         if config.tie_embeddings:
             self.lm_head.tie_to(self.embed_tokens)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """GPT-2 init: N(0, init_std), zero biases, residual output projections scaled by 1/sqrt(2 * layers)
-        so the residual stream's variance does not grow with depth."""
-        std = self.config.init_std
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-                if isinstance(module, nn.Linear) and module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
-                module.reset_parameters()
-        residual_std = std / math.sqrt(2 * self.config.num_layers)
-        for layer in self.layers:
-            nn.init.normal_(layer.attn.out_proj.weight, mean=0.0, std=residual_std)
-            nn.init.normal_(layer.ffn.down_proj.weight, mean=0.0, std=residual_std)
+        init_transformer_weights(self, std=self.config.init_std, blocks=self.layers)
 
     def hidden_states(self, input_ids: Int[Tensor, "batch seq"], *,
                       attention_mask: Bool[Tensor, "batch total"] | None = None,

@@ -36,14 +36,13 @@ before the final norm, as xlm-core's does. xlm-core's default FFN activation is 
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from xlm.nn import RotaryEmbedding, TransformerBlock, attention_mask_for, make_norm
+from xlm.nn import RotaryEmbedding, TransformerBlock, attention_mask_for, init_transformer_weights, make_norm
 
 from .config import IlmConfig
 
@@ -90,25 +89,9 @@ class IlmModel(nn.Module):
         self.final_norm = make_norm(config.norm, dim, config.norm_eps, bias=config.bias) if config.final_norm else None
         self.output_proj = nn.Linear(dim, config.vocab_size, bias=False)
         self.stop_head = IlmStopHead(config)
-        self._init_weights()
+        init_transformer_weights(self, std=self.config.init_std, blocks=self.layers)
         if config.tie_embeddings:
             self.output_proj.weight = self.embed_tokens.weight
-
-    def _init_weights(self) -> None:
-        """N(0, init_std) weights, zero biases, unit norms; the residual output projections scaled
-        by 1/sqrt(2 * layers) so the residual stream does not grow with depth (GPT-2)."""
-        std = self.config.init_std
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-                if isinstance(module, nn.Linear) and module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
-                module.reset_parameters()
-        residual_std = std / math.sqrt(2 * self.config.num_layers)
-        for layer in self.layers:
-            nn.init.normal_(layer.attn.out_proj.weight, mean=0.0, std=residual_std)
-            nn.init.normal_(layer.ffn.down_proj.weight, mean=0.0, std=residual_std)
 
     def hidden_states(self, input_ids: Int[Tensor, "batch seq"], *,
                       attention_mask: Bool[Tensor, "batch seq"] | None = None,

@@ -7,15 +7,13 @@ family needs it. Submodule names follow one scheme in both layouts (`attn`, `att
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from xlm.nn import (FeedForward, MultiheadAttention, RotaryEmbedding, TransformerBlock, attention_mask_for,
-                    make_norm, select_positions)
+                    init_transformer_weights, make_norm, select_positions)
 
 from .config import MlmConfig
 
@@ -79,24 +77,8 @@ class MlmModel(nn.Module):
         self.head = MlmHead(config)
         if config.tie_embeddings:
             self.head.proj.weight = self.embed_tokens.weight
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """N(0, init_std) weights, zero biases, unit norms (BERT); pre-LN also scales the residual
-        output projections by 1/sqrt(2 * layers) so the residual stream does not grow with depth."""
-        std = self.config.init_std
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-                if isinstance(module, nn.Linear) and module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
-                module.reset_parameters()
-        if self.config.norm_position == "pre":
-            residual_std = std / math.sqrt(2 * self.config.num_layers)
-            for layer in self.layers:
-                nn.init.normal_(layer.attn.out_proj.weight, mean=0.0, std=residual_std)
-                nn.init.normal_(layer.ffn.down_proj.weight, mean=0.0, std=residual_std)
+        init_transformer_weights(self, std=self.config.init_std,
+                                 blocks=() if post else self.layers)
 
     def hidden_states(self, input_ids: Int[Tensor, "batch seq"], *,
                       attention_mask: Bool[Tensor, "batch seq"] | None = None,
