@@ -73,3 +73,9 @@ def test_train_section_counts_each_familys_own_flops():
     attention = 12 * model.config.num_layers * model.config.model_dim * batch["attention_mask"].size(1) * tokens
     non_embedding = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n)
     assert 0.5 < (counted - attention) / (6 * non_embedding * tokens) < 0.9  # 6N per token would overcount
+
+
+def test_hf_gpt2_rows_carry_the_floor_that_bounds_their_ratio():
+    for row in bench.bench_hf_gpt2(True):
+        assert row["sdpa_s"] > 0 and row["matmul_floor_s"] > 0
+        assert row["hf_over_floor"] == pytest.approx(row["hf_s"] / (row["sdpa_s"] + row["matmul_floor_s"]), abs=0.02)

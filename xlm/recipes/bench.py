@@ -5,7 +5,8 @@ ratios hold on any machine (absolute numbers are this machine's). Sections:
 
   peak         fp32 matmul throughput of this machine (train times it again alongside each step for MFU)
   train        training tokens/s and model FLOPs utilisation per family, at two model sizes
-  hf_gpt2      ARLM training step vs HF transformers GPT-2 of identical shape, same batch
+  hf_gpt2      ARLM training step vs HF transformers GPT-2 of identical shape, same batch, and the floor
+               (matmuls at the peak rate + torch's SDPA) that bounds the ratio on this machine
   generate     ARLM generation with xlm's KV cache vs HF `generate` (same weights, greedy)
   mdlm_cache   MDLM cached vs uncached ancestral sampler (T steps over a masked block)
   ilm_multi    ILM several insertions per step vs one: model calls and the accuracy cost (shipped ilm_star_easy)
@@ -170,9 +171,34 @@ def bench_hf_gpt2(quick: bool) -> list[Row]:
         ours_step = step_fn(ours, ours_loss, build_adamw(ours.parameters(), OptimConfig(lr=1e-4),
                                                          device=torch.device("cpu")))
         t_hf, t_ours = interleaved(hf_step, ours_step, repeats=3 if quick else 20)
+        floor = _step_floor(ours_step, batch=batch, seq=seq - 1, heads=heads, head_dim=dim // heads, layers=layers,
+                            quick=quick)
         rows.append({"shape": f"{layers}x{dim}", "batch": f"{batch}x{seq}", "xlm_s": round(t_ours, 4),
-                     "hf_s": round(t_hf, 4), "hf_over_xlm": round(t_hf / t_ours, 2)})
+                     "hf_s": round(t_hf, 4), "hf_over_xlm": round(t_hf / t_ours, 2), **floor,
+                     "hf_over_floor": round(t_hf / (floor["sdpa_s"] + floor["matmul_floor_s"]), 2)})
     return rows
+
+
+def _step_floor(step: Callable[[], None], *, batch: int, seq: int, heads: int, head_dim: int, layers: int,
+                quick: bool) -> Row:
+    """What no GPT-2 implementation on torch can go below: its matmul FLOPs (counted by torch) at the
+    peak matmul rate, plus torch's SDPA forward and backward at the step's shapes (HF and xlm call
+    the same kernel). `hf_over_floor` is then the most `hf_over_xlm` could reach on this machine."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    _, matmul, matmul_flops = _peak_matmul(quick)
+    q, k, v = (torch.randn(batch, seq, heads, head_dim).transpose(1, 2).requires_grad_() for _ in range(3))
+    grad = torch.randn(batch, seq, heads, head_dim).transpose(1, 2)
+
+    def attention() -> None:
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).backward(grad)
+
+    t_attention, t_matmul = interleaved(attention, matmul, repeats=3 if quick else 10)
+    # torch counts the projections and the head; its CPU flash-attention kernel is left out and timed above
+    matmul_seconds = counter.get_total_flops() * t_matmul / matmul_flops
+    return {"sdpa_s": round(layers * t_attention, 4), "matmul_floor_s": round(matmul_seconds, 4)}
 
 
 def bench_mdlm_cache(quick: bool, *, steps: int | None = None, length: int | None = None,
