@@ -52,16 +52,19 @@ def evaluate_loss(unit: Unit, ds: datasets.Dataset, *, batch_size: int, device: 
 def evaluate_predictions(unit: Unit, task: Task, ds: datasets.Dataset, *, batch_size: int,
                          device: torch.device, progress: bool = False,
                          generator: torch.Generator | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Mean of each of the task's metrics, and one record per example."""
+    """Mean of each of the task's metrics (and of `model_calls`, the forward passes a row took, where
+    the sampler reports them), and one record per example."""
     was_training = unit.model.training
     unit.model.eval()
     records: list[dict[str, Any]] = []
     for examples in tqdm(_batches(ds, batch_size), total=-(-len(ds) // batch_size), desc="predict",
                          disable=not progress, leave=False):
         out = unit.predict(_to_device(unit.collate_predict(examples), device), generator=generator)
-        for example, text in zip(examples, out["text"]):
+        row_calls = out.get("row_calls")  # samplers whose rows stop on their own report each row's forwards
+        for i, (example, text) in enumerate(zip(examples, out["text"])):
             records.append({"prompt": example.get("prompt"), "target": example.get("target"),
-                            "prediction": text, **task.score(text, example)})
+                            "prediction": text, **task.score(text, example),
+                            **({"model_calls": float(row_calls[i])} if row_calls is not None else {})})
     unit.model.train(was_training)
     metric_names = [k for k in records[0] if k not in ("prompt", "target", "prediction")] if records else []
     means = {name: sum(r[name] for r in records) / len(records) for name in metric_names}

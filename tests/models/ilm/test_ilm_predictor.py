@@ -15,7 +15,7 @@ class Oracle(torch.nn.Module):
     tokens at true gaps: at every gap of the current row that misses tokens, the middle missing one
     gets logit 0 (so several gaps are open at once and multi-insertion has something to do), every
     other (gap, token) pair -inf. Its stop logit says stop iff nothing is missing (`stops=False`:
-    never). Records the rows it sees."""
+    never), or once a row holds a token the truth cannot explain. Records the rows it sees."""
 
     def __init__(self, truths: list[list[int]], *, certainty: float = 30.0, stops: bool = True) -> None:
         super().__init__()
@@ -38,11 +38,14 @@ class Oracle(torch.nn.Module):
             row = [int(input_ids[b, c]) for c in cols]
             seen.append(row)
             match, t = [], 0
-            for token in row:  # align the row to the truth (it is always a subsequence of it)
-                while truth[t] != token:
+            for token in row:  # align the row to the truth (a subsequence of it unless a wrong token went in)
+                while t < len(truth) and truth[t] != token:
                     t += 1
                 match.append(t)
                 t += 1
+            if t > len(truth):  # off the truth: nothing is right to insert any more, say stop
+                stop[b] = torch.tensor([self.certainty, 0.0])
+                continue
             missing = False
             for i, col in enumerate(cols):
                 following = match[i + 1] if i + 1 < len(cols) else len(truth)
@@ -88,6 +91,7 @@ def test_oracle_target_is_rebuilt_exactly_and_stops(mode, tokens):
     assert out["num_inserted"] == [len(t) for t in targets]
     # one insertion per call, and one more call that says stop for the longest row
     assert out["num_model_calls"] == model.calls == max(len(t) for t in targets) + 1
+    assert out["row_calls"] == [len(t) + 1 for t in targets]  # each row: its insertions and its stop call
 
 
 @pytest.mark.parametrize("mode", ["seq2seq", "unconditional"])
@@ -103,6 +107,55 @@ def test_multi_insertion_gives_the_same_result_in_fewer_calls(mode, tokens):
     # no step inserted more than 3 tokens into a row
     lengths = [[len(row) for row in rows] for rows in model.rows_seen]
     assert all(0 <= b - a <= 3 for before, after in zip(lengths, lengths[1:]) for a, b in zip(before, after))
+
+
+class LeakyOracle(Oracle):
+    """The oracle, but like a trained model: every pair it rules out keeps a little mass (logit
+    `leak` instead of -inf), complete gaps included."""
+
+    def __init__(self, truths, *, leak: float = -6.0) -> None:
+        super().__init__(truths)
+        self.leak = leak
+
+    def forward(self, input_ids, attention_mask=None, positions=None):
+        logits, stop = super().forward(input_ids, attention_mask=attention_mask, positions=positions)
+        return logits.clamp(min=self.leak), stop
+
+
+@pytest.mark.parametrize("mode", ["seq2seq", "unconditional"])
+def test_multi_insertion_leaves_complete_gaps_alone(mode):
+    batch, truths, targets = case(mode)
+    cfg = IlmSamplerConfig(max_new_tokens=12, insertions_per_step=3)
+    out = IlmPredictor(LeakyOracle(truths), TOK, cfg).predict(batch)
+    assert out["ids"] == targets and out["sequences"] == truths
+    assert max(out["row_calls"]) < max(len(t) for t in targets) + 1  # still fewer calls than one by one
+    # taking the 3 best gaps whatever their probability puts tokens into complete gaps
+    careless = IlmSamplerConfig(max_new_tokens=12, insertions_per_step=3, multi_insertion_min_ratio=1e-6)
+    assert IlmPredictor(LeakyOracle(truths), TOK, careless).predict(batch)["ids"] != targets
+
+
+class TwoReadings(torch.nn.Module):
+    """Target "7 7". Once one 7 is in, the model cannot tell whether the other goes before or after
+    it and splits its mass between the two gaps; it stops at two 7s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, input_ids, attention_mask=None, positions=None):
+        batch, seq = input_ids.shape
+        logits = torch.full((batch, seq, V), float("-inf"))
+        sevens = int((input_ids[0] == 7).sum())
+        if sevens < 2:
+            logits[0, (input_ids[0] == BOS) | (input_ids[0] == 7), 7] = 0.0
+        stop = torch.tensor([[30.0, 0.0] if sevens >= 2 else [0.0, 30.0]])
+        return logits, stop
+
+
+def test_multi_insertion_does_not_insert_one_token_twice_in_a_step():
+    batch = IlmPredictCollator(TOK, max_new_tokens=4, max_len=64)([{"prompt_ids": [8]}])
+    out = IlmPredictor(TwoReadings(), TOK, IlmSamplerConfig(max_new_tokens=4, insertions_per_step=2)).predict(batch)
+    assert out["text"] == ["0 0"]  # both readings taken at once would give "0 0 0"
 
 
 def test_on_step_reports_rows_in_order_with_the_insertions_marked():
@@ -222,6 +275,7 @@ def test_sampling_is_reproducible_with_a_generator():
     (dict(stop_threshold=1.5), r"stop_threshold must be a probability in \[0, 1\]"),
     (dict(max_steps=0), "max_steps must be >= 1 or null"),
     (dict(insertions_per_step=0), "insertions_per_step must be >= 1"),
+    (dict(multi_insertion_min_ratio=0.0), r"multi_insertion_min_ratio must be in \(0, 1\]"),
 ])
 def test_sampler_config_validation(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -11,9 +11,13 @@ positions, not columns). Rows that insert nothing in a step get a [PAD] column h
 attention. A row also stops when it has inserted `max_new_tokens` tokens; the whole batch stops
 after `max_steps` model calls.
 
-`insertions_per_step = k > 1` inserts the k best pairs in distinct gaps at once (each gap with
-its best token; under `sample`, "best" after Gumbel noise, i.e. sampling without replacement
-over gaps), trading a little accuracy for k times fewer model calls.
+`insertions_per_step = k > 1` inserts up to k pairs in distinct gaps at once (each gap with its
+best token; under `sample`, "best" after Gumbel noise, i.e. sampling without replacement over
+gaps). Beyond the first, a pair is taken only if its probability is at least
+`multi_insertion_min_ratio` times the most probable pair's: a trained model puts about 1/n of its
+mass on each of the n missing tokens and almost none on a gap that is complete, so the rule fills
+the gaps that need tokens and leaves the complete ones alone (taking the k best gaps regardless
+fills complete gaps with wrong tokens whenever fewer than k gaps are open).
 
 Seq2seq rows only insert from [BOS] on (never into the prompt); unconditional rows start from
 `[CLS] [BOS]`. [PAD], [MASK] and [CLS] are never inserted. With `on_step` set (xlm.trace) every
@@ -24,6 +28,7 @@ as written more than once.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -50,7 +55,8 @@ class IlmSamplerConfig:
     top_p: float | None = None
     stop_threshold: float = 0.5  # a row stops once the stop head's probability reaches this
     max_steps: int | None = None  # most model calls per batch; None = as many as needed (<= max_new_tokens + 1)
-    insertions_per_step: int = 1  # k > 1: the k best (gap, token) pairs in distinct gaps per model call
+    insertions_per_step: int = 1  # k > 1: up to k (gap, token) pairs in distinct gaps per model call
+    multi_insertion_min_ratio: float = 0.5  # k > 1: a further pair needs this fraction of the best pair's probability
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -69,6 +75,9 @@ class IlmSamplerConfig:
             raise ValueError(f"sampler.max_steps must be >= 1 or null (until every row stops), got {self.max_steps}")
         if self.insertions_per_step < 1:
             raise ValueError(f"sampler.insertions_per_step must be >= 1, got {self.insertions_per_step}")
+        if not 0.0 < self.multi_insertion_min_ratio <= 1.0:
+            raise ValueError(f"sampler.multi_insertion_min_ratio must be in (0, 1] (a fraction of the best pair's "
+                             f"probability), got {self.multi_insertion_min_ratio}")
 
 
 def insert_columns(tokens: Int[Tensor, "batch seq"], positions: Int[Tensor, "batch seq"],
@@ -114,12 +123,21 @@ class IlmPredictor:
         else:
             if not greedy:
                 flat = filter_logits(flat / cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+            log_probs = flat.log_softmax(dim=1)
+            if not greedy:
                 rand_device = generator.device if generator is not None else flat.device
                 uniform = torch.rand(flat.shape, generator=generator, device=rand_device).to(flat.device)
                 flat = flat - torch.log(-torch.log(uniform.clamp(min=1e-20, max=1.0 - 1e-7)))
             best, best_token = flat.view(batch, seq, vocab).max(dim=-1)  # each gap's best token
             score, gap = best.topk(k, dim=1)
             index = gap * vocab + best_token.gather(1, gap)
+            floor = log_probs.max(dim=1, keepdim=True).values + math.log(cfg.multi_insertion_min_ratio)
+            confident = log_probs.gather(1, index) >= floor
+            confident[:, 0] = True  # the step's first pair is taken as with k = 1
+            tokens = index % vocab
+            earlier = torch.ones(k, k, dtype=torch.bool, device=index.device).tril(-1)
+            repeated = ((tokens[:, :, None] == tokens[:, None, :]) & earlier & confident[:, None, :]).any(-1)
+            score = score.masked_fill(~confident | repeated, float("-inf"))
         chosen = (torch.arange(index.size(1), device=index.device)[None, :] < quota[:, None]) & score.isfinite()
         chosen &= ~dead[:, None]
         return index // vocab, index % vocab, chosen
@@ -130,7 +148,7 @@ class IlmPredictor:
                  ) -> dict[str, Tensor | int]:
         """Insert into each row until it stops. Returns the final `tokens`, `positions`, `mask`
         (columns out of sequence order), `inserted` (the appended real columns), `num_inserted`
-        per row and `num_model_calls`."""
+        per row, `num_model_calls` and `row_calls` (the calls each row took part in before it stopped)."""
         cfg, tok = self.config, self.tokenizer
         device = next(self.model.parameters()).device
         tokens = input_ids.to(device)
@@ -140,6 +158,7 @@ class IlmPredictor:
         batch, start = tokens.shape
         num_inserted = torch.zeros(batch, dtype=torch.long, device=device)
         done = torch.zeros(batch, dtype=torch.bool, device=device)
+        row_calls = torch.zeros(batch, dtype=torch.long, device=device)
         calls = 0
         while True:
             done |= num_inserted >= cfg.max_new_tokens
@@ -147,6 +166,7 @@ class IlmPredictor:
                 break
             token_logits, stop_logits = self.model(tokens, attention_mask=mask, positions=positions)
             calls += 1
+            row_calls += ~done
             done |= stop_logits.float().softmax(-1)[:, STOP] >= cfg.stop_threshold
             if bool(done.all()):
                 break
@@ -170,7 +190,7 @@ class IlmPredictor:
         inserted = mask.clone()
         inserted[:, :start] = False
         return {"tokens": tokens, "positions": positions, "mask": mask, "inserted": inserted,
-                "num_inserted": num_inserted, "num_model_calls": calls}
+                "num_inserted": num_inserted, "num_model_calls": calls, "row_calls": row_calls}
 
     def predict(self, batch: IlmPredictBatch, *, generator: torch.Generator | None = None) -> IlmPredictionDict:
         out = self.generate(batch["input_ids"], batch["attention_mask"], batch["gap_mask"], generator=generator)
@@ -178,4 +198,5 @@ class IlmPredictor:
         ids, text = insertion_predictions(tokens, positions, out["inserted"], self.tokenizer)  # type: ignore[arg-type]
         return {"ids": ids, "text": text, "sequences": ordered_rows(tokens, positions, out["mask"]),  # type: ignore[arg-type]
                 "num_inserted": out["num_inserted"].tolist(),  # type: ignore[union-attr]
-                "num_model_calls": int(out["num_model_calls"])}
+                "num_model_calls": int(out["num_model_calls"]),
+                "row_calls": out["row_calls"].tolist()}  # type: ignore[union-attr]

@@ -47,3 +47,4 @@ class IlmPredictionDict(TypedDict):
     sequences: list[list[int]]  # each full row in sequence order: [CLS] prompt [BOS] inserted tokens
     num_inserted: list[int]  # insertions per row
     num_model_calls: int  # forward passes the sampler made
+    row_calls: list[int]  # forward passes each row took part in until it stopped (its own cost at batch size 1)
