@@ -17,7 +17,9 @@ gaps). Beyond the first, a pair is taken only if its probability is at least
 `multi_insertion_min_ratio` times the most probable pair's: a trained model puts about 1/n of its
 mass on each of the n missing tokens and almost none on a gap that is complete, so the rule fills
 the gaps that need tokens and leaves the complete ones alone (taking the k best gaps regardless
-fills complete gaps with wrong tokens whenever fewer than k gaps are open).
+fills complete gaps with wrong tokens whenever fewer than k gaps are open). Nor is one token
+inserted twice in a step: where a repeated token may go on either side of its twin, the model
+splits its mass between the two gaps, and taking both would insert it once too often.
 
 Seq2seq rows only insert from [BOS] on (never into the prompt); unconditional rows start from
 `[CLS] [BOS]`. [PAD], [MASK] and [CLS] are never inserted. With `on_step` set (xlm.trace) every
