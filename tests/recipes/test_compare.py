@@ -3,6 +3,8 @@ mean ± std, a plot, and finished runs reused on a rerun."""
 
 import json
 
+import pytest
+
 from xlm.recipes import compare
 
 
@@ -27,6 +29,29 @@ def test_compare_two_families_two_seeds(tmp_path, capsys):
     assert compare.main(argv) == 0  # a rerun reuses the finished runs
     assert (out / "runs" / "arlm_tiny_seed0" / "model.safetensors").stat().st_mtime == mtime
     assert "| mlm_tiny |" in capsys.readouterr().out
+    mixed = [*argv[:argv.index("--seeds")], "--seeds", "arlm_tiny=2,mlm_tiny=1", *argv[argv.index("--seeds") + 2:]]
+    assert compare.main(mixed) == 0  # per-arch seed counts tabulate the runs already there
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert sorted((r["arch"], r["seed"]) for r in results) == [("arlm_tiny", 0), ("arlm_tiny", 1), ("mlm_tiny", 0)]
+    rows = {line.split(" | ")[0]: line.rstrip(" |").split(" | ")[-1] for line in
+            (out / "table.md").read_text().splitlines() if line.startswith("| ") and "_tiny" in line}
+    assert rows == {"| arlm_tiny": "2", "| mlm_tiny": "1"}
+
+
+def test_seeds_per_arch_reads_one_count_or_one_per_arch():
+    assert compare.seeds_per_arch("3", ["a", "b"]) == {"a": 3, "b": 3}
+    assert compare.seeds_per_arch("a=3, b=1", ["a", "b"]) == {"a": 3, "b": 1}
+    for spec, says in [("0", "positive whole number"), ("a=3", "no count for b"), ("a=3,b=1,c=2", "c, which --archs"),
+                       ("a=3,b", "'b' is not ARCH=N"), ("a=x,b=1", "seed count of a")]:
+        with pytest.raises(ValueError, match=says):
+            compare.seeds_per_arch(spec, ["a", "b"])
+
+
+def test_bad_seed_spec_is_refused_before_any_training(tmp_path, capsys):
+    argv = ["--task", "star_easy", "--archs", "arlm_tiny,mlm_tiny", "--budget-steps", "2", "--seeds", "arlm_tiny=1",
+            "--output-dir", str(tmp_path / "report")]
+    assert compare.main(argv) == 2
+    assert "no count for mlm_tiny" in capsys.readouterr().err and not (tmp_path / "report").exists()
 
 
 def test_plot_panels_are_the_metrics_the_runs_logged():

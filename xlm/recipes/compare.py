@@ -1,11 +1,14 @@
 """python -m xlm.recipes.compare --task star_easy --archs arlm_star,mlm_star,mdlm_star,ilm_star
-(--budget-minutes M | --budget-steps N) [--seeds 3] [--output-dir reports/star_easy] [key=value ...]
+(--budget-minutes M | --budget-steps N) [--seeds 3 | --seeds arlm_star=3,mlm_star=1,...]
+[--output-dir reports/star_easy] [key=value ...]
 
 Trains every arch with the same budget (wall-clock minutes of training steps, evaluation
 excluded, or a number of steps) for each seed, evaluates each on the whole test split, and
 writes into one report directory: `results.json`, `table.md` (mean ± std over seeds) and
 `curves.png` (validation exact match, token accuracy and loss against training time and steps,
-one colour per family). Finished runs are reused, so an interrupted comparison continues where it stopped.
+one colour per family). Finished runs are reused, so an interrupted comparison continues where it stopped,
+and a comparison run one arch at a time (in parallel, into the same directory) is tabulated by one
+last call naming every arch, with `--seeds` per arch where they differ.
 """
 
 from __future__ import annotations
@@ -30,12 +33,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget-minutes", type=float, help="training time per run (evaluation excluded)")
     budget.add_argument("--budget-steps", type=int, help="optimizer steps per run")
-    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--seeds", default="1", help="seeds per arch: N for every arch, or ARCH=N,... for each")
     p.add_argument("--output-dir", type=Path, default=None, help="default reports/<task>")
     p.add_argument("--eval-every-steps", type=int, default=250)
     p.add_argument("--test-limit", type=int, default=None, help="score only the first N test examples (smoke runs)")
     p.add_argument("overrides", nargs="*", help="recipe overrides for every run, e.g. data.batch_size=32")
     return p.parse_intermixed_args(argv)
+
+
+def seeds_per_arch(spec: str, archs: Sequence[str]) -> dict[str, int]:
+    """`--seeds 3` gives every arch 3 seeds; `--seeds arlm_star=3,mlm_star=1` names each arch's count."""
+    def count(text: str, what: str) -> int:
+        if not text.strip().isdigit() or int(text) < 1:
+            raise ValueError(f"--seeds: {what} must be a positive whole number, got {text!r}")
+        return int(text)
+
+    if "=" not in spec:
+        return {arch: count(spec, "the seed count") for arch in archs}
+    given: dict[str, int] = {}
+    for item in spec.split(","):
+        arch, sep, n = item.partition("=")
+        if not sep:
+            raise ValueError(f"--seeds: {item!r} is not ARCH=N (write either one number or ARCH=N for every arch)")
+        given[arch.strip()] = count(n, f"the seed count of {arch.strip()}")
+    if missing := [a for a in archs if a not in given]:
+        raise ValueError(f"--seeds names no count for {', '.join(missing)}; give ARCH=N for each of {', '.join(archs)}")
+    if extra := [a for a in given if a not in archs]:
+        raise ValueError(f"--seeds names {', '.join(extra)}, which --archs does not list ({', '.join(archs)})")
+    return given
 
 
 def _val_curve(run: Path) -> list[dict[str, float]]:
@@ -129,10 +154,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     out = args.output_dir or Path("reports") / args.task
-    out.mkdir(parents=True, exist_ok=True)
     budget = f"{args.budget_minutes:g} min" if args.budget_minutes is not None else f"{args.budget_steps} steps"
     try:
-        results = [run_one(arch, seed, args, out) for arch in archs for seed in range(args.seeds)]
+        seeds = seeds_per_arch(args.seeds, archs)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        results = [run_one(arch, seed, args, out) for arch in archs for seed in range(seeds[arch])]
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
