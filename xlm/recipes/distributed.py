@@ -43,6 +43,11 @@ def init_distributed(device_name: str) -> DistEnv:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)
     if world_size > 1 and not dist.is_initialized():
+        # DDP imports torch.distributed.nn on first use, whose functions take `group=group.WORLD` as a
+        # default: imported after the group exists, they keep it (and gloo's threads) alive past
+        # destroy_process_group, and a rank still finalizing when its peer exits can then abort.
+        import torch.distributed.nn
+
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import replace
-from typing import Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 import xlm  # noqa: F401  (registers the core families)
 from xlm.data.task import Task, build_task
@@ -18,7 +20,7 @@ from xlm.plugins import ExternalModelError, load_external_models
 from xlm.registry import UnknownNameError, families
 
 from .config import ConfigError, TrainRecipeConfig, build_config, config_to_yaml
-from .distributed import init_distributed, shutdown
+from .distributed import DistEnv, init_distributed, shutdown
 from .trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
 
@@ -75,6 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(config_to_yaml(config), end="")
         return 0
     env = init_distributed(config.trainer.device)
+    code = _train(config, task, env)
+    if env.enabled:
+        _end_worker(code)
+    return code
+
+
+def _train(config: TrainRecipeConfig, task: Task, env: DistEnv) -> int:
     try:
         summary = Trainer(config, families.get_by_arch(config.arch), task, env).run()
     except TrainingInterrupted as stop:
@@ -91,6 +100,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"run dir: {config.output_dir}")
     return 0
 
+
+def _end_worker(code: int) -> NoReturn:
+    """A torchrun worker ends here, once its files are written and its process group destroyed,
+    without interpreter teardown: FSDP2 leaves the gloo group alive past destroy_process_group
+    (torch's DTensor caches keep its mesh), and a rank tearing down while its peer exits can abort
+    with SIGABRT, failing a run that has finished."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 if __name__ == "__main__":
     sys.exit(main())
