@@ -103,9 +103,9 @@ def _train(config: TrainRecipeConfig, task: Task, env: DistEnv) -> int:
 
 def _end_worker(code: int) -> NoReturn:
     """A torchrun worker ends here, once its files are written and its process group destroyed,
-    without interpreter teardown: FSDP2 leaves the gloo group alive past destroy_process_group
-    (torch's DTensor caches keep its mesh), and a rank tearing down while its peer exits can abort
-    with SIGABRT, failing a run that has finished."""
+    without interpreter teardown: after FSDP2 the gloo group stays alive past destroy_process_group
+    (its DeviceMesh outlives the model, held by torch's DTensor caches), and a rank tearing down
+    while its peer exits can abort with SIGABRT, failing a run that has finished."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
