@@ -55,7 +55,8 @@ def seeds_per_arch(spec: str, archs: Sequence[str]) -> dict[str, int]:
         arch, sep, n = item.partition("=")
         if not sep:
             raise ValueError(f"--seeds: {item!r} is not ARCH=N (write either one number or ARCH=N for every arch)")
-        given[arch.strip()] = count(n, f"the seed count of {arch.strip()}")
+        arch = arch.strip()
+        given[arch] = count(n, f"the seed count of {arch}")
     if missing := [a for a in archs if a not in given]:
         raise ValueError(f"--seeds names no count for {', '.join(missing)}; give ARCH=N for each of {', '.join(archs)}")
     if extra := [a for a in given if a not in archs]:

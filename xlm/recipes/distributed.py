@@ -4,8 +4,9 @@ FSDP2 sharding (`torch.distributed.fsdp.fully_shard`) of a model's transformer b
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -128,3 +129,13 @@ def barrier(env: DistEnv) -> None:
 def shutdown(env: DistEnv) -> None:
     if env.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_worker(code: int) -> NoReturn:
+    """A torchrun worker ends here, once its files are written and its process group destroyed,
+    without interpreter teardown: after FSDP2 the gloo group stays alive past destroy_process_group
+    (its DeviceMesh outlives the model, held by torch's DTensor caches), and a rank tearing down
+    while its peer exits can abort with SIGABRT, failing a run that has finished."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

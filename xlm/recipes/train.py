@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import replace
 from collections.abc import Sequence
-from typing import NoReturn
 
 import xlm  # noqa: F401  (registers the core families)
 from xlm.data.task import Task, build_task
@@ -20,7 +18,7 @@ from xlm.plugins import ExternalModelError, load_external_models
 from xlm.registry import UnknownNameError, families
 
 from .config import ConfigError, TrainRecipeConfig, build_config, config_to_yaml
-from .distributed import DistEnv, init_distributed, shutdown
+from .distributed import DistEnv, exit_worker, init_distributed, shutdown
 from .trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
 
@@ -79,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = init_distributed(config.trainer.device)
     code = _train(config, task, env)
     if env.enabled:
-        _end_worker(code)
+        exit_worker(code)
     return code
 
 
@@ -100,15 +98,6 @@ def _train(config: TrainRecipeConfig, task: Task, env: DistEnv) -> int:
         print(f"run dir: {config.output_dir}")
     return 0
 
-
-def _end_worker(code: int) -> NoReturn:
-    """A torchrun worker ends here, once its files are written and its process group destroyed,
-    without interpreter teardown: after FSDP2 the gloo group stays alive past destroy_process_group
-    (its DeviceMesh outlives the model, held by torch's DTensor caches), and a rank tearing down
-    while its peer exits can abort with SIGABRT, failing a run that has finished."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 if __name__ == "__main__":
     sys.exit(main())
