@@ -2,12 +2,14 @@ import math
 
 import pytest
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 import xlm
 from xlm.data.tokenizers import WordTokenizer
 from xlm.models.arlm.collators import ArlmSeq2SeqCollator, ArlmSeq2SeqPredictCollator
 from xlm.models.arlm.loss import arlm_loss
 from xlm.models.arlm.predictor import ArlmPredictor, ArlmSamplerConfig
+from xlm.nn.prepacked import can_prepack
 
 TOK = WordTokenizer(["a", "b", "c"])  # a=7 b=8 c=9
 V = TOK.vocab_size
@@ -62,13 +64,19 @@ def _tiny_model(**overrides):
 
 @pytest.mark.parametrize("pos_encoding", ["rope", "learned"])
 @pytest.mark.parametrize("strategy", ["greedy", "sample"])
-def test_kv_cache_generation_equals_recomputation(pos_encoding, strategy):
-    model = _tiny_model(pos_encoding=pos_encoding)
+@pytest.mark.parametrize("prepack", [True, False])  # decode steps with weights reordered once (xlm.nn.prepacked)
+def test_kv_cache_generation_equals_recomputation(pos_encoding, strategy, prepack):
+    # 256 x 1024 feed-forward weights: large enough for xlm.nn.prepacked to reorder them
+    model = _tiny_model(pos_encoding=pos_encoding, model_dim=256, num_heads=4, ffn_dim=1024)
     batch = ArlmSeq2SeqPredictCollator(TOK, 256)([{"prompt_ids": [7, 8, 9, 7]}, {"prompt_ids": [9]}])
     outs = []
     for use_cache in (True, False):
-        cfg = ArlmSamplerConfig(strategy=strategy, top_k=5, top_p=0.9, max_new_tokens=12, use_kv_cache=use_cache)
+        cfg = ArlmSamplerConfig(strategy=strategy, top_k=5, top_p=0.9, max_new_tokens=12, use_kv_cache=use_cache,
+                                prepack_weights=prepack)
         gen = torch.Generator().manual_seed(123)
-        outs.append(ArlmPredictor(model, TOK, cfg).generate(batch["input_ids"], batch["attention_mask"],
-                                                             generator=gen))
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            outs.append(ArlmPredictor(model, TOK, cfg).generate(batch["input_ids"], batch["attention_mask"],
+                                                                 generator=gen))
+        packed = any(e.key == "mkldnn::_linear_pointwise" for e in prof.key_averages())
+        assert packed == (prepack and use_cache and can_prepack(model))
     assert torch.equal(outs[0], outs[1])

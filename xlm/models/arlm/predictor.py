@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
 from xlm.data.tokenizers import Tokenizer
-from xlm.trace import StepHook, emit
+from xlm.nn.prepacked import prepacked_linears
 from xlm.nn.sampling import select_tokens
+from xlm.trace import StepHook, emit
 
 from .model import ArlmModel
 from .types import ArlmPredictBatch, ArlmPredictionDict
@@ -24,6 +26,9 @@ class ArlmSamplerConfig:
     top_p: float | None = None
     max_new_tokens: int = 64
     use_kv_cache: bool = True
+    # CPU: decode steps use weights reordered once for the batch's row count (xlm.nn.prepacked);
+    # costs one copy of the linear weights while generating
+    prepack_weights: bool = True
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -68,26 +73,27 @@ class ArlmPredictor:
         next_position = mask.sum(1, keepdim=True)
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
         end = prompt_len
-        for step in range(steps):
-            next_ids = select_tokens(logits, greedy=cfg.strategy == "greedy", temperature=cfg.temperature,
-                                     top_k=cfg.top_k, top_p=cfg.top_p, generator=generator)
-            next_ids = next_ids.masked_fill(finished, pad)
-            sequences[:, end] = next_ids
-            end += 1
-            if self.on_step is not None:
-                written = torch.zeros(batch, end, dtype=torch.bool, device=device)
-                written[:, -1] = ~finished
-                emit(self.on_step, step, sequences[:, :end], written)
-            finished |= next_ids == eos
-            if bool(finished.all()):
-                break
-            if cache is not None:
-                logits = self.model(next_ids[:, None], attention_mask=full_mask[:, :end], kv_cache=cache,
-                                    positions=next_position + step)[:, -1]
-            else:
-                logits = self.model(sequences[:, :end], attention_mask=full_mask[:, :end])[:, -1]
-        sequences = sequences[:, :end]
-        return sequences
+        prepack = cfg.prepack_weights and cache is not None  # a cached decode step has one row per sequence
+        with prepacked_linears(self.model, batch) if prepack else nullcontext():
+            for step in range(steps):
+                next_ids = select_tokens(logits, greedy=cfg.strategy == "greedy", temperature=cfg.temperature,
+                                         top_k=cfg.top_k, top_p=cfg.top_p, generator=generator)
+                next_ids = next_ids.masked_fill(finished, pad)
+                sequences[:, end] = next_ids
+                end += 1
+                if self.on_step is not None:
+                    written = torch.zeros(batch, end, dtype=torch.bool, device=device)
+                    written[:, -1] = ~finished
+                    emit(self.on_step, step, sequences[:, :end], written)
+                finished |= next_ids == eos
+                if bool(finished.all()):
+                    break
+                if cache is not None:
+                    logits = self.model(next_ids[:, None], attention_mask=full_mask[:, :end], kv_cache=cache,
+                                        positions=next_position + step)[:, -1]
+                else:
+                    logits = self.model(sequences[:, :end], attention_mask=full_mask[:, :end])[:, -1]
+        return sequences[:, :end]
 
     def predict(self, batch: ArlmPredictBatch, *, generator: torch.Generator | None = None) -> ArlmPredictionDict:
         sequences = self.generate(batch["input_ids"], batch["attention_mask"], generator=generator)

@@ -1,0 +1,56 @@
+"""Prepacked decode-time linears compute what nn.Linear does, only where they should, and leave no trace."""
+
+import pytest
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+from xlm.nn.prepacked import can_prepack, prepacked_linears
+
+pytestmark = pytest.mark.skipif(not can_prepack(nn.Linear(2, 2)), reason="this torch build has no oneDNN linear ops")
+
+
+def _ops(fn) -> set[str]:
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {event.key for event in prof.key_averages()}
+
+
+def test_rows_of_the_packed_count_take_the_reordered_weight_and_match_linear():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 1024), nn.GELU(), nn.Linear(1024, 256, bias=False))
+    x = torch.randn(8, 1, 256)
+    with torch.no_grad():
+        expected = model(x)
+        with prepacked_linears(model, rows=8):
+            got = model(x)
+            ops = _ops(lambda: model(x))
+            other_rows = _ops(lambda: model(torch.randn(3, 256)))  # another row count: the layer's own forward
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert "mkldnn::_linear_pointwise" in ops and "mkldnn::_linear_pointwise" not in other_rows
+
+
+def test_small_weights_and_single_rows_stay_unpacked():
+    model = nn.Sequential(nn.Linear(128, 128), nn.Linear(128, 1024))
+    with torch.no_grad():
+        with prepacked_linears(model, rows=8):
+            assert "forward" not in model[0].__dict__ and "forward" in model[1].__dict__
+        with prepacked_linears(model, rows=1):
+            assert "forward" not in model[1].__dict__
+
+
+def test_autograd_and_exit_restore_the_layers_own_forward():
+    torch.manual_seed(0)
+    linear = nn.Linear(512, 512)
+    x = torch.randn(4, 512, requires_grad=True)
+    with prepacked_linears(linear, rows=4):
+        assert "mkldnn::_linear_pointwise" not in _ops(lambda: linear(x).sum().backward())  # grad mode: unpacked
+        assert x.grad is not None
+    assert "forward" not in linear.__dict__
+    with pytest.raises(RuntimeError, match="inside"):
+        with prepacked_linears(linear, rows=4):
+            raise RuntimeError("inside")
+    assert "forward" not in linear.__dict__  # restored after an error too
+    with torch.no_grad():
+        assert "mkldnn::_linear_pointwise" not in _ops(lambda: linear(x))
+
