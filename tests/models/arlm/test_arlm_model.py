@@ -119,7 +119,7 @@ def test_init():
 @pytest.mark.parametrize("overrides, message", [
     (dict(model_dim=100), "num_heads=12 does not divide model_dim=100"),
     (dict(num_kv_heads=5), "num_kv_heads=5 does not divide num_heads=12"),
-    (dict(pos_encoding="alibi"), "pos_encoding must be 'rope' or 'learned', got 'alibi'"),
+    (dict(pos_encoding="alibi"), "pos_encoding must be one of \\('rope', 'learned'\\), got 'alibi'"),
     (dict(norm="batchnorm"), "norm must be one of"),
     (dict(activation="tanh"), "activation must be one of"),
     (dict(rotary_dim=7), "rotary_dim must be even"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from xlm.nn.config_checks import check_choices, check_ffn_init_and_padding, check_transformer
 from xlm.nn.feed_forward import ACTIVATIONS
 from xlm.nn.norm import NORMS
 from xlm.registry import ArchRegistry
@@ -38,36 +39,16 @@ class ArlmConfig:
     pad_token_id: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "model_dim", "num_layers", "num_heads", "max_seq_len"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.model_dim % self.num_heads:
-            raise ValueError(f"num_heads={self.num_heads} does not divide model_dim={self.model_dim}")
+        check_transformer(self)
+        check_ffn_init_and_padding(self)
+        check_choices(self, {"pos_encoding": POS_ENCODINGS, "norm": NORMS, "activation": ACTIVATIONS})
         if self.num_kv_heads is not None and (self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads):
             raise ValueError(f"num_kv_heads={self.num_kv_heads} does not divide num_heads={self.num_heads}")
-        if self.ffn_dim is not None and self.ffn_dim < 1:
-            raise ValueError(f"ffn_dim must be >= 1 or None, got {self.ffn_dim}")
-        if self.pos_encoding not in POS_ENCODINGS:
-            raise ValueError(f"pos_encoding must be 'rope' or 'learned', got {self.pos_encoding!r}")
         if self.rotary_dim is not None:
             if self.pos_encoding != "rope":
                 raise ValueError(f"rotary_dim only applies to pos_encoding='rope', got {self.pos_encoding!r}")
             if self.rotary_dim < 2 or self.rotary_dim % 2 or self.rotary_dim > self.head_dim:
                 raise ValueError(f"rotary_dim must be even and in [2, head_dim={self.head_dim}], got {self.rotary_dim}")
-        if self.rope_base <= 0:
-            raise ValueError(f"rope_base must be > 0, got {self.rope_base}")
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
-        if self.norm_eps <= 0:
-            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.init_std <= 0:
-            raise ValueError(f"init_std must be > 0, got {self.init_std}")
-        if not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(f"pad_token_id={self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})")
 
     @property
     def head_dim(self) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from xlm.nn.config_checks import check_choices, check_ffn_init_and_padding, check_transformer
 from xlm.nn.feed_forward import ACTIVATIONS
 from xlm.nn.norm import NORMS
 from xlm.registry import ArchRegistry
@@ -39,30 +40,13 @@ class IlmConfig:
     stop_loss_weight: float = 1.0  # loss = token_loss + stop_loss_weight * stop_loss
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "model_dim", "num_layers", "num_heads", "max_seq_len"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.model_dim % self.num_heads:
-            raise ValueError(f"num_heads={self.num_heads} does not divide model_dim={self.model_dim}")
-        if self.ffn_dim is not None and self.ffn_dim < 1:
-            raise ValueError(f"ffn_dim must be >= 1 or None (4 * model_dim), got {self.ffn_dim}")
+        check_transformer(self)
+        check_ffn_init_and_padding(self)
+        check_choices(self, {"norm": NORMS, "activation": ACTIVATIONS})
         rotary = self.head_dim if self.rotary_dim is None else self.rotary_dim
         if rotary < 2 or rotary % 2 or rotary > self.head_dim:
             raise ValueError(f"rotary_dim must be even and in [2, head_dim={self.head_dim}] (model_dim/num_heads), "
                              f"got {rotary}")
-        for name, allowed in (("norm", NORMS), ("activation", ACTIVATIONS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.rope_base <= 0:
-            raise ValueError(f"rope_base must be > 0, got {self.rope_base}")
-        if self.norm_eps <= 0:
-            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.init_std <= 0:
-            raise ValueError(f"init_std must be > 0, got {self.init_std}")
-        if not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(f"pad_token_id={self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})")
         if self.stop_loss_weight < 0:
             raise ValueError(f"stop_loss_weight must be >= 0, got {self.stop_loss_weight}")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from xlm.nn.config_checks import check_at_least_one, check_choices, check_transformer
 from xlm.registry import ArchRegistry
 
 NOISE_SCHEDULES = ("loglinear", "cosine")
@@ -36,25 +37,14 @@ class MdlmConfig:
     antithetic_sampling: bool = True  # one t per stratum of [0, 1) across the batch
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "max_seq_len", "model_dim", "num_layers", "num_heads", "cond_dim",
-                     "mlp_ratio", "sigma_embed_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.model_dim % self.num_heads:
-            raise ValueError(f"num_heads={self.num_heads} does not divide model_dim={self.model_dim}")
+        check_transformer(self)
+        check_at_least_one(self, "cond_dim", "mlp_ratio", "sigma_embed_dim")
         if self.head_dim % 2:
             raise ValueError(f"the head dim model_dim/num_heads={self.head_dim} must be even for rotary "
                              f"embeddings; choose num_heads so that it is")
         if self.sigma_embed_dim % 2:
             raise ValueError(f"sigma_embed_dim must be even (cos and sin halves), got {self.sigma_embed_dim}")
-        if self.rope_base <= 0:
-            raise ValueError(f"rope_base must be > 0, got {self.rope_base}")
-        if self.norm_eps <= 0:
-            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.noise_schedule not in NOISE_SCHEDULES:
-            raise ValueError(f"noise_schedule must be one of {NOISE_SCHEDULES}, got {self.noise_schedule!r}")
+        check_choices(self, {"noise_schedule": NOISE_SCHEDULES})
         if not 0.0 < self.noise_eps < 1.0:
             raise ValueError(f"noise_eps must be in (0, 1), got {self.noise_eps}")
         if not 0.0 < self.sampling_eps < 1.0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from xlm.nn.config_checks import check_choices, check_ffn_init_and_padding, check_transformer
 from xlm.nn.feed_forward import ACTIVATIONS
 from xlm.nn.norm import NORMS
 from xlm.registry import ArchRegistry
@@ -45,32 +46,14 @@ class MlmConfig:
     loss_weighting: str = "none"
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "model_dim", "num_layers", "num_heads", "max_seq_len"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.model_dim % self.num_heads:
-            raise ValueError(f"num_heads={self.num_heads} does not divide model_dim={self.model_dim}")
-        if self.ffn_dim is not None and self.ffn_dim < 1:
-            raise ValueError(f"ffn_dim must be >= 1 or None, got {self.ffn_dim}")
-        choices = (("norm_position", NORM_POSITIONS), ("pos_encoding", POS_ENCODINGS), ("norm", NORMS),
-                   ("activation", ACTIVATIONS), ("loss_weighting", LOSS_WEIGHTINGS))
-        for name, allowed in choices:
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        check_transformer(self)
+        check_ffn_init_and_padding(self)
+        check_choices(self, {"norm_position": NORM_POSITIONS, "pos_encoding": POS_ENCODINGS, "norm": NORMS,
+                             "activation": ACTIVATIONS, "loss_weighting": LOSS_WEIGHTINGS})
         if self.pos_encoding == "rope" and self.head_dim % 2:
             raise ValueError(f"rope needs an even head_dim, got model_dim/num_heads={self.head_dim}")
-        if self.rope_base <= 0:
-            raise ValueError(f"rope_base must be > 0, got {self.rope_base}")
         if self.type_vocab_size < 0:
             raise ValueError(f"type_vocab_size must be >= 0 (0 = no token types), got {self.type_vocab_size}")
-        if self.norm_eps <= 0:
-            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.init_std <= 0:
-            raise ValueError(f"init_std must be > 0, got {self.init_std}")
-        if not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(f"pad_token_id={self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})")
 
     @property
     def head_dim(self) -> int:

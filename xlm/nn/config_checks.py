@@ -1,0 +1,46 @@
+"""The `__post_init__` checks every transformer family's config makes, worded once.
+
+A config names its own fields; these functions only read them, so a family keeps its config a
+plain dataclass and adds the checks of its own fields after these.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+
+def check_at_least_one(config: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def check_choices(config: Any, choices: Mapping[str, Sequence[str]]) -> None:
+    for name, allowed in choices.items():
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"{name} must be one of {tuple(allowed)}, got {getattr(config, name)!r}")
+
+
+def check_transformer(config: Any) -> None:
+    """The fields all families share: sizes, heads dividing the width, RoPE base, norm eps, dropout."""
+    check_at_least_one(config, "vocab_size", "model_dim", "num_layers", "num_heads", "max_seq_len")
+    if config.model_dim % config.num_heads:
+        raise ValueError(f"num_heads={config.num_heads} does not divide model_dim={config.model_dim}")
+    if config.rope_base <= 0:
+        raise ValueError(f"rope_base must be > 0, got {config.rope_base}")
+    if config.norm_eps <= 0:
+        raise ValueError(f"norm_eps must be > 0, got {config.norm_eps}")
+    if not 0.0 <= config.dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {config.dropout}")
+
+
+def check_ffn_init_and_padding(config: Any) -> None:
+    """`ffn_dim` (None = 4 * model_dim), `init_std` and `pad_token_id`, for the families built
+    from `xlm.nn.TransformerBlock`."""
+    if config.ffn_dim is not None and config.ffn_dim < 1:
+        raise ValueError(f"ffn_dim must be >= 1 or None (4 * model_dim), got {config.ffn_dim}")
+    if config.init_std <= 0:
+        raise ValueError(f"init_std must be > 0, got {config.init_std}")
+    if not 0 <= config.pad_token_id < config.vocab_size:
+        raise ValueError(f"pad_token_id={config.pad_token_id} is outside the vocabulary [0, {config.vocab_size})")
