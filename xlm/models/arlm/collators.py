@@ -10,17 +10,13 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from xlm.data.collate import check_fits, pad_rows
 from xlm.data.tokenizers import Tokenizer
 
 from .types import ArlmPredictBatch, ArlmTrainBatch
 
 IGNORE_INDEX = -100
 
-
-def _check_length(length: int, max_len: int, what: str) -> None:
-    if length > max_len:
-        raise ValueError(f"{what} of {length} tokens exceeds the model context of {max_len}; "
-                         f"raise model.max_seq_len or shorten the data")
 
 
 class ArlmLMCollator:
@@ -33,13 +29,8 @@ class ArlmLMCollator:
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> ArlmTrainBatch:
         rows = [list(ex["input_ids"]) for ex in examples]
         for row in rows:
-            _check_length(len(row), self.max_len, "an input row")
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.bool)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = True
+            check_fits(len(row), self.max_len, "an input row")
+        input_ids, mask = pad_rows(rows, self.pad_id)
         labels = torch.full_like(input_ids, IGNORE_INDEX)
         labels[:, :-1] = torch.where(mask[:, 1:], input_ids[:, 1:], IGNORE_INDEX)
         return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
@@ -59,19 +50,14 @@ class ArlmSeq2SeqCollator:
         for ex in examples:
             prefix = list(ex["prompt_ids"]) + [self.bos_id]
             row = prefix + list(ex["target_ids"]) + [self.eos_id]
-            _check_length(len(row), self.max_len, "a prompt + target row")
+            check_fits(len(row), self.max_len, "a prompt + target row")
             rows.append(row)
             starts.append(len(prefix))
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.bool)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        input_ids, mask = pad_rows(rows, self.pad_id)
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
         for i, (row, start) in enumerate(zip(rows, starts)):
-            ids = torch.tensor(row, dtype=torch.long)
-            input_ids[i, : len(row)] = ids
-            mask[i, : len(row)] = True
             # position p predicts token p+1: the first target token is predicted at [BOS]
-            labels[i, start - 1 : len(row) - 1] = ids[start:]
+            labels[i, start - 1 : len(row) - 1] = input_ids[i, start : len(row)]
         return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
@@ -86,12 +72,7 @@ class ArlmSeq2SeqPredictCollator:
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> ArlmPredictBatch:
         rows = [list(ex["prompt_ids"]) + [self.bos_id] for ex in examples]
         for row in rows:
-            _check_length(len(row), self.max_len, "a prompt")
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.bool)
-        for i, row in enumerate(rows):
-            input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row) :] = True
+            check_fits(len(row), self.max_len, "a prompt")
+        input_ids, mask = pad_rows(rows, self.pad_id, side="left")
         targets = [list(ex.get("target_ids", [])) for ex in examples]
         return {"input_ids": input_ids, "attention_mask": mask, "target_ids": targets}

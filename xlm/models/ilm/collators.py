@@ -27,15 +27,13 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from xlm.data.collate import check_fits
 from xlm.data.tokenizers import Tokenizer
 
 from .types import IlmPredictBatch, IlmTrainBatch
 
+ALSO = " (or sampler.max_new_tokens)"  # prediction rows make room for the generated tokens
 
-def _check_length(length: int, max_len: int, what: str) -> None:
-    if length > max_len:
-        raise ValueError(f"{what} of {length} tokens exceeds the model context of {max_len}; "
-                         f"raise model.max_seq_len or shorten the data (or sampler.max_new_tokens)")
 
 
 def sample_drops(length: int, *, generator: torch.Generator | None = None) -> list[int]:
@@ -112,7 +110,7 @@ class _DropCollator(abc.ABC):
         """Random drops, or the given ones (`drops[b]`: indices into row b's droppable tokens)."""
         prompts, contents = self.rows(examples)
         for prompt, content in zip(prompts, contents):
-            _check_length(2 + len(prompt) + len(content), self.max_len, "a [CLS] + prompt + [BOS] + target row")
+            check_fits(2 + len(prompt) + len(content), self.max_len, "a [CLS] + prompt + [BOS] + target row", also=ALSO)
         if drops is None:
             drops = [sample_drops(len(c), generator=generator) for c in contents]
         return build_train_batch(prompts, contents, drops, self.tokenizer)
@@ -155,8 +153,8 @@ class IlmPredictCollator:
                              "give every row a prompt (seq2seq) or none (unconditional)")
         prompts = [list(ex.get("prompt_ids", [])) for ex in examples]
         ids, mask = _prefix(prompts, self.tokenizer)
-        _check_length(len(ids[0]) + self.max_new_tokens, self.max_len,
-                      "a [CLS] + prompt + [BOS] + max_new_tokens row")
+        check_fits(len(ids[0]) + self.max_new_tokens, self.max_len,
+                      "a [CLS] + prompt + [BOS] + max_new_tokens row", also=ALSO)
         input_ids = torch.tensor(ids, dtype=torch.long)
         attention_mask = torch.tensor(mask, dtype=torch.bool)
         gap_mask = torch.zeros_like(attention_mask)

@@ -14,25 +14,11 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from xlm.data.collate import check_fits, pad_rows
 from xlm.data.tokenizers import Tokenizer
 
 from .types import MdlmPredictBatch, MdlmTrainBatch
 
-
-def _check_length(length: int, max_len: int, what: str) -> None:
-    if length > max_len:
-        raise ValueError(f"{what} of {length} tokens exceeds the model context of {max_len}; "
-                         f"raise model.max_seq_len or shorten the data")
-
-
-def _left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, row in enumerate(rows):
-        input_ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = True
-    return input_ids, mask
 
 
 class MdlmLMCollator:
@@ -45,13 +31,8 @@ class MdlmLMCollator:
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> MdlmTrainBatch:
         rows = [list(ex["input_ids"]) for ex in examples]
         for row in rows:
-            _check_length(len(row), self.max_len, "an input row")
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.bool)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = True
+            check_fits(len(row), self.max_len, "an input row")
+        input_ids, mask = pad_rows(rows, self.pad_id)
         return {"input_ids": input_ids, "attention_mask": mask, "noise_mask": mask.clone()}
 
 
@@ -75,8 +56,8 @@ class MdlmSeq2SeqCollator:
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> MdlmTrainBatch:
         rows = [list(ex["prompt_ids"]) + [self.bos_id] + self.block(ex["target_ids"]) for ex in examples]
         for row in rows:
-            _check_length(len(row), self.max_len, "a prompt + [BOS] + block row")
-        input_ids, mask = _left_padded(rows, self.pad_id)
+            check_fits(len(row), self.max_len, "a prompt + [BOS] + block row")
+        input_ids, mask = pad_rows(rows, self.pad_id, side="left")
         noise_mask = torch.zeros_like(mask)
         noise_mask[:, -self.block_size:] = True
         return {"input_ids": input_ids, "attention_mask": mask, "noise_mask": noise_mask}
@@ -95,8 +76,8 @@ class MdlmSeq2SeqPredictCollator:
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> MdlmPredictBatch:
         rows = [list(ex["prompt_ids"]) + [self.bos_id] + [self.mask_id] * self.block_size for ex in examples]
         for row in rows:
-            _check_length(len(row), self.max_len, "a prompt + [BOS] + block row")
-        input_ids, mask = _left_padded(rows, self.pad_id)
+            check_fits(len(row), self.max_len, "a prompt + [BOS] + block row")
+        input_ids, mask = pad_rows(rows, self.pad_id, side="left")
         fill_mask = torch.zeros_like(mask)
         fill_mask[:, -self.block_size:] = True
         targets = [list(ex.get("target_ids", [])) for ex in examples]

@@ -28,15 +28,13 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from xlm.data.collate import check_fits, pad_rows
 from xlm.data.tokenizers import Tokenizer
 
 from .types import MlmPredictBatch, MlmTrainBatch
 
+ALSO = " (or sampler.max_new_tokens)"  # prediction rows make room for the generated tokens
 
-def _check_length(length: int, max_len: int, what: str) -> None:
-    if length > max_len:
-        raise ValueError(f"{what} of {length} tokens exceeds the model context of {max_len}; "
-                         f"raise model.max_seq_len or shorten the data (or sampler.max_new_tokens)")
 
 
 def sample_mask(maskable: Bool[Tensor, "batch seq"], *, generator: torch.Generator | None = None,
@@ -62,13 +60,7 @@ def _masked_batch(target_ids: Tensor, attention_mask: Tensor, maskable: Tensor, 
 def _prompt_columns(examples: Sequence[Mapping[str, Any]], tokenizer: Tokenizer) -> tuple[Tensor, Tensor]:
     """Left-padded `prompt + [BOS]` ids and their attention mask."""
     rows = [list(ex["prompt_ids"]) + [tokenizer.bos_token_id] for ex in examples]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = True
-    return ids, mask
+    return pad_rows(rows, tokenizer.pad_token_id, side="left")
 
 
 class MlmSeq2SeqCollator:
@@ -90,7 +82,7 @@ class MlmSeq2SeqCollator:
     def __call__(self, examples: Sequence[Mapping[str, Any]], *,
                  generator: torch.Generator | None = None) -> MlmTrainBatch:
         prompt_ids, prompt_mask = _prompt_columns(examples, self.tokenizer)
-        _check_length(prompt_ids.size(1) + self.block_size, self.max_len, "a prompt + [BOS] + block row")
+        check_fits(prompt_ids.size(1) + self.block_size, self.max_len, "a prompt + [BOS] + block row", also=ALSO)
         blocks = torch.tensor([self.block(ex["target_ids"]) for ex in examples], dtype=torch.long)
         target_ids = torch.cat([prompt_ids, blocks], dim=1)
         attention_mask = torch.cat([prompt_mask, torch.ones_like(blocks, dtype=torch.bool)], dim=1)
@@ -110,13 +102,8 @@ class MlmLMCollator:
                  generator: torch.Generator | None = None) -> MlmTrainBatch:
         rows = [list(ex["input_ids"]) for ex in examples]
         for row in rows:
-            _check_length(len(row), self.max_len, "an input row")
-        width = max(len(r) for r in rows)
-        target_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-        for i, row in enumerate(rows):
-            target_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            attention_mask[i, : len(row)] = True
+            check_fits(len(row), self.max_len, "an input row", also=ALSO)
+        target_ids, attention_mask = pad_rows(rows, self.tokenizer.pad_token_id)
         return _masked_batch(target_ids, attention_mask, attention_mask.clone(), self.tokenizer.mask_token_id,
                              generator)
 
@@ -140,11 +127,11 @@ class MlmPredictCollator:
         blocks = torch.full((len(examples), self.block_size), self.tokenizer.mask_token_id, dtype=torch.long)
         targets = [list(ex.get("target_ids", [])) for ex in examples]
         if not all(with_prompt):
-            _check_length(self.block_size, self.max_len, "a block")
+            check_fits(self.block_size, self.max_len, "a block", also=ALSO)
             return {"input_ids": blocks, "attention_mask": torch.ones_like(blocks, dtype=torch.bool),
                     "block_start": 0, "target_ids": targets}
         prompt_ids, prompt_mask = _prompt_columns(examples, self.tokenizer)
-        _check_length(prompt_ids.size(1) + self.block_size, self.max_len, "a prompt + [BOS] + block row")
+        check_fits(prompt_ids.size(1) + self.block_size, self.max_len, "a prompt + [BOS] + block row", also=ALSO)
         return {"input_ids": torch.cat([prompt_ids, blocks], dim=1),
                 "attention_mask": torch.cat([prompt_mask, torch.ones_like(blocks, dtype=torch.bool)], dim=1),
                 "block_start": prompt_ids.size(1), "target_ids": targets}
