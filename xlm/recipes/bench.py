@@ -7,7 +7,8 @@ ratios hold on any machine (absolute numbers are this machine's). Sections:
   train        training tokens/s and model FLOPs utilisation per family, at two model sizes
   hf_gpt2      ARLM training step vs HF transformers GPT-2 of identical shape, same batch, and the floor
                (matmuls at the peak rate + torch's SDPA) that bounds the ratio on this machine
-  generate     ARLM generation with xlm's KV cache vs HF `generate` (same weights, greedy)
+  generate     ARLM generation with xlm's KV cache vs HF `generate` (same weights, greedy), and xlm
+               without its CPU weight prepacking (sampler.prepack_weights=false)
   mdlm_cache   MDLM cached vs uncached ancestral sampler (T steps over a masked block)
   ilm_multi    ILM several insertions per step vs one: model calls and the accuracy cost (shipped ilm_star_easy)
 
@@ -47,19 +48,18 @@ def timed(fn: Callable[[], Any], *, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def interleaved(first: Callable[[], Any], second: Callable[[], Any], *, repeats: int,
-                warmup: int = 1) -> tuple[float, float]:
-    """Median seconds of each, run alternately so drifting machine load hits both alike."""
+def interleaved(*fns: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple[float, ...]:
+    """Median seconds of each, run in turn so drifting machine load hits all alike."""
     for _ in range(warmup):
-        first()
-        second()
-    times: tuple[list[float], list[float]] = ([], [])
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, acc in ((first, times[0]), (second, times[1])):
+        for fn, acc in zip(fns, times):
             start = time.perf_counter()
             fn()
             acc.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
+    return tuple(statistics.median(t) for t in times)
 
 
 def _peak_matmul(quick: bool) -> tuple[str, Callable[[], Any], float]:
@@ -266,8 +266,8 @@ def bench_generate(quick: bool) -> list[Row]:
         ours = xlm.get_family("arlm").factory(config)
         ours.load_state_dict(state, strict=False)
         ours.eval()
-        predictor = ArlmPredictor(ours, _NoStopTokenizer(), ArlmSamplerConfig(max_new_tokens=new_tokens,
-                                                                              strategy="greedy"))
+        predictor, unpacked = (ArlmPredictor(ours, _NoStopTokenizer(), ArlmSamplerConfig(
+            max_new_tokens=new_tokens, strategy="greedy", prepack_weights=prepack)) for prepack in (True, False))
         prompt = torch.randint(0, 1024, (batch, 32))
         mask = torch.ones_like(prompt, dtype=torch.bool)
         out: dict[str, torch.Tensor] = {}
@@ -275,15 +275,19 @@ def bench_generate(quick: bool) -> list[Row]:
         def run_ours() -> None:
             out["ours"] = predictor.generate(prompt, mask)
 
+        def run_unpacked() -> None:  # sampler.prepack_weights=false: what xlm.nn.prepacked saves
+            out["unpacked"] = unpacked.generate(prompt, mask)
+
         def run_hf() -> None:
             with torch.no_grad():
                 out["hf"] = hf.generate(prompt, attention_mask=mask.long(), do_sample=False, max_new_tokens=new_tokens,
                                         min_new_tokens=new_tokens, use_cache=True, pad_token_id=0)
 
-        t_ours, t_hf = interleaved(run_ours, run_hf, repeats=3 if quick else 15)
+        t_ours, t_unpacked, t_hf = interleaved(run_ours, run_unpacked, run_hf, repeats=3 if quick else 15)
         rows.append({"shape": f"{layers}x{dim}", "batch": batch, "new_tokens": new_tokens, "xlm_s": round(t_ours, 4),
-                     "hf_s": round(t_hf, 4), "hf_over_xlm": round(t_hf / t_ours, 2),
-                     "same_tokens": bool(torch.equal(out["ours"], out["hf"]))})
+                     "xlm_unpacked_s": round(t_unpacked, 4), "hf_s": round(t_hf, 4),
+                     "hf_over_xlm": round(t_hf / t_ours, 2),
+                     "same_tokens": all(torch.equal(out[k], out["hf"]) for k in ("ours", "unpacked"))})
     return rows
 
 
