@@ -183,7 +183,9 @@ def _step_floor(step: Callable[[], None], *, batch: int, seq: int, heads: int, h
                 quick: bool) -> Row:
     """What no GPT-2 implementation on torch can go below: its matmul FLOPs (counted by torch) at the
     peak matmul rate, plus torch's SDPA forward and backward at the step's shapes (HF and xlm call
-    the same kernel). `hf_over_floor` is then the most `hf_over_xlm` could reach on this machine."""
+    the same kernel). `hf_over_floor` is then the most `hf_over_xlm` could reach on this machine,
+    as far as the host's speed holds: the floor is timed after the steps, so on a host that slows
+    down in between it can come out above them."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
