@@ -53,4 +53,6 @@ def test_autograd_and_exit_restore_the_layers_own_forward():
     assert "forward" not in linear.__dict__  # restored after an error too
     with torch.no_grad():
         assert "mkldnn::_linear_pointwise" not in _ops(lambda: linear(x))
+        with prepacked_linears(linear, rows=4), torch.autocast("cpu", dtype=torch.bfloat16):
+            assert linear(x).dtype == torch.bfloat16  # autocast decides the dtype, as without packing
 

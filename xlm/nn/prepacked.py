@@ -37,8 +37,8 @@ def can_prepack(module: nn.Module) -> bool:
 
 
 class _PrepackedForward:
-    """A Linear's forward that takes the reordered weight for inputs of exactly `rows` rows
-    outside autograd, and the layer's own forward for anything else."""
+    """A Linear's forward that takes the reordered weight for fp32 inputs of exactly `rows` rows
+    outside autograd and autocast, and the layer's own forward for anything else."""
 
     def __init__(self, linear: nn.Linear, rows: int) -> None:
         self.linear = linear
@@ -48,7 +48,8 @@ class _PrepackedForward:
         self.bias = linear.bias.detach() if linear.bias is not None else None
 
     def __call__(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled() or x.numel() != self.rows * self.linear.in_features or x.dtype != torch.float32:
+        if (torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or x.dtype != torch.float32
+                or x.numel() != self.rows * self.linear.in_features):
             return type(self.linear).forward(self.linear, x)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
