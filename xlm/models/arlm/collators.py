@@ -18,7 +18,6 @@ from .types import ArlmPredictBatch, ArlmTrainBatch
 IGNORE_INDEX = -100
 
 
-
 class ArlmLMCollator:
     """Plain language modelling on `input_ids` rows (already blocked, or padded here)."""
 

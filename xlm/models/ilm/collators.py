@@ -27,13 +27,10 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from xlm.data.collate import check_fits
+from xlm.data.collate import OR_MAX_NEW_TOKENS, check_fits
 from xlm.data.tokenizers import Tokenizer
 
 from .types import IlmPredictBatch, IlmTrainBatch
-
-ALSO = " (or sampler.max_new_tokens)"  # prediction rows make room for the generated tokens
-
 
 
 def sample_drops(length: int, *, generator: torch.Generator | None = None) -> list[int]:
@@ -110,7 +107,8 @@ class _DropCollator(abc.ABC):
         """Random drops, or the given ones (`drops[b]`: indices into row b's droppable tokens)."""
         prompts, contents = self.rows(examples)
         for prompt, content in zip(prompts, contents):
-            check_fits(2 + len(prompt) + len(content), self.max_len, "a [CLS] + prompt + [BOS] + target row", also=ALSO)
+            check_fits(2 + len(prompt) + len(content), self.max_len, "a [CLS] + prompt + [BOS] + target row",
+                       also=OR_MAX_NEW_TOKENS)
         if drops is None:
             drops = [sample_drops(len(c), generator=generator) for c in contents]
         return build_train_batch(prompts, contents, drops, self.tokenizer)
@@ -153,8 +151,8 @@ class IlmPredictCollator:
                              "give every row a prompt (seq2seq) or none (unconditional)")
         prompts = [list(ex.get("prompt_ids", [])) for ex in examples]
         ids, mask = _prefix(prompts, self.tokenizer)
-        check_fits(len(ids[0]) + self.max_new_tokens, self.max_len,
-                      "a [CLS] + prompt + [BOS] + max_new_tokens row", also=ALSO)
+        check_fits(len(ids[0]) + self.max_new_tokens, self.max_len, "a [CLS] + prompt + [BOS] + max_new_tokens row",
+                   also=OR_MAX_NEW_TOKENS)
         input_ids = torch.tensor(ids, dtype=torch.long)
         attention_mask = torch.tensor(mask, dtype=torch.bool)
         gap_mask = torch.zeros_like(attention_mask)

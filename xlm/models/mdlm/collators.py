@@ -20,7 +20,6 @@ from xlm.data.tokenizers import Tokenizer
 from .types import MdlmPredictBatch, MdlmTrainBatch
 
 
-
 class MdlmLMCollator:
     """Unconditional training on `input_ids` blocks (right padded to the longest row)."""
 

@@ -28,13 +28,10 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from xlm.data.collate import check_fits, pad_rows
+from xlm.data.collate import OR_MAX_NEW_TOKENS, check_fits, pad_rows
 from xlm.data.tokenizers import Tokenizer
 
 from .types import MlmPredictBatch, MlmTrainBatch
-
-ALSO = " (or sampler.max_new_tokens)"  # prediction rows make room for the generated tokens
-
 
 
 def sample_mask(maskable: Bool[Tensor, "batch seq"], *, generator: torch.Generator | None = None,
@@ -82,7 +79,8 @@ class MlmSeq2SeqCollator:
     def __call__(self, examples: Sequence[Mapping[str, Any]], *,
                  generator: torch.Generator | None = None) -> MlmTrainBatch:
         prompt_ids, prompt_mask = _prompt_columns(examples, self.tokenizer)
-        check_fits(prompt_ids.size(1) + self.block_size, self.max_len, "a prompt + [BOS] + block row", also=ALSO)
+        check_fits(prompt_ids.size(1) + self.block_size, self.max_len, "a prompt + [BOS] + block row",
+                   also=OR_MAX_NEW_TOKENS)
         blocks = torch.tensor([self.block(ex["target_ids"]) for ex in examples], dtype=torch.long)
         target_ids = torch.cat([prompt_ids, blocks], dim=1)
         attention_mask = torch.cat([prompt_mask, torch.ones_like(blocks, dtype=torch.bool)], dim=1)
@@ -102,7 +100,7 @@ class MlmLMCollator:
                  generator: torch.Generator | None = None) -> MlmTrainBatch:
         rows = [list(ex["input_ids"]) for ex in examples]
         for row in rows:
-            check_fits(len(row), self.max_len, "an input row", also=ALSO)
+            check_fits(len(row), self.max_len, "an input row", also=OR_MAX_NEW_TOKENS)
         target_ids, attention_mask = pad_rows(rows, self.tokenizer.pad_token_id)
         return _masked_batch(target_ids, attention_mask, attention_mask.clone(), self.tokenizer.mask_token_id,
                              generator)
@@ -127,11 +125,12 @@ class MlmPredictCollator:
         blocks = torch.full((len(examples), self.block_size), self.tokenizer.mask_token_id, dtype=torch.long)
         targets = [list(ex.get("target_ids", [])) for ex in examples]
         if not all(with_prompt):
-            check_fits(self.block_size, self.max_len, "a block", also=ALSO)
+            check_fits(self.block_size, self.max_len, "a block", also=OR_MAX_NEW_TOKENS)
             return {"input_ids": blocks, "attention_mask": torch.ones_like(blocks, dtype=torch.bool),
                     "block_start": 0, "target_ids": targets}
         prompt_ids, prompt_mask = _prompt_columns(examples, self.tokenizer)
-        check_fits(prompt_ids.size(1) + self.block_size, self.max_len, "a prompt + [BOS] + block row", also=ALSO)
+        check_fits(prompt_ids.size(1) + self.block_size, self.max_len, "a prompt + [BOS] + block row",
+                   also=OR_MAX_NEW_TOKENS)
         return {"input_ids": torch.cat([prompt_ids, blocks], dim=1),
                 "attention_mask": torch.cat([prompt_mask, torch.ones_like(blocks, dtype=torch.bool)], dim=1),
                 "block_start": prompt_ids.size(1), "target_ids": targets}
