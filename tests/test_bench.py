@@ -34,7 +34,7 @@ def test_generate_section_gives_hf_generate_tokens():
 def test_ilm_multi_insertion_calls_the_model_less_with_the_shipped_checkpoint():
     rows = bench.bench_ilm_multi(True)
     forwards, row_calls = [r["forwards"] for r in rows], [r["row_calls"] for r in rows]
-    assert [r["insertions_per_step"] for r in rows] == [1, 2, 4, 8]
+    assert [r["insertions_per_step"] for r in rows] == [1, 2, 4, 8, 16]
     assert forwards == sorted(forwards, reverse=True) and row_calls == sorted(row_calls, reverse=True)
     assert row_calls[-1] < row_calls[0]
     assert rows[0]["fewer_forwards"] == 1.0 and rows[-1]["fewer_forwards"] == round(forwards[0] / forwards[-1], 2)
@@ -57,7 +57,7 @@ def test_ilm_multi_takes_the_task_from_the_command_line(tmp_path):
     assert bench.main(["ilm_multi", "--quick", "--ilm-task", "star_medium", "--output", str(out)]) == 0
     rows = json.loads(out.read_text())["ilm_multi"]
     assert {r["task"] for r in rows} == {"star_medium"} and rows[-1]["row_calls"] < rows[0]["row_calls"]
-    assert json.loads(out.read_text())["targets"][-1]["where"].startswith("task=star_medium, insertions_per_step=8, ")
+    assert json.loads(out.read_text())["targets"][-1]["where"].startswith("task=star_medium, insertions_per_step=16, ")
 
 
 def test_train_section_counts_each_familys_own_flops():

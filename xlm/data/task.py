@@ -1,12 +1,14 @@
 """Tasks: a tokenizer, tokenized splits and a scorer, looked up by name.
 
-A task hides where its data comes from (generated star graphs now, text corpora later);
+A task hides where its data comes from (generated star graphs or lists to sort, text corpora);
 recipes only see `prompt_ids`/`target_ids` (seq2seq) or `input_ids` (LM) rows.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Mapping, Protocol
 
 import datasets
@@ -52,21 +54,21 @@ def _take(ds: datasets.Dataset, limit: int | None) -> datasets.Dataset:
     return ds if limit is None or limit >= len(ds) else ds.select(range(limit))
 
 
-class StarTask:
-    """A star-graph path-finding task (xlm.data.tasks.star), tokenized with the word tokenizer."""
+class GeneratedTask:
+    """A task generated on the fly by a module of xlm.data.tasks (star graphs, sorting), tokenized
+    with that module's word tokenizer; `kind` names the module."""
 
     is_seq2seq = True
 
-    def __init__(self, config: TaskConfig) -> None:
-        from .tasks import star
-
+    def __init__(self, config: TaskConfig, kind: str) -> None:
+        source = importlib.import_module(f"{__package__}.tasks.{kind}")
         self.config = config
         self.name = config.name
-        self.tokenizer = star.star_tokenizer(config.name)
-        self.max_new_tokens = star.max_target_tokens(config.name) + 1
-        self.max_seq_len = star.max_prompt_tokens(config.name) + 1 + self.max_new_tokens
-        self._load = star.load_star
-        self._score = star.score_star_prediction
+        self.tokenizer = getattr(source, f"{kind}_tokenizer")(config.name)
+        self.max_new_tokens = source.max_target_tokens(config.name) + 1
+        self.max_seq_len = source.max_prompt_tokens(config.name) + 1 + self.max_new_tokens
+        self._load = getattr(source, f"load_{kind}")
+        self._score = getattr(source, f"score_{kind}_prediction")
 
     def dataset(self, split: str) -> datasets.Dataset:
         raw = self._load(self.config.name, split, seed=self.config.seed)
@@ -137,9 +139,10 @@ class TextTask:
 
 
 TASK_BUILDERS: dict[str, Callable[[TaskConfig], Task]] = {
-    "star_easy": StarTask,
-    "star_medium": StarTask,
-    "star_hard": StarTask,
+    "star_easy": partial(GeneratedTask, kind="star"),
+    "star_medium": partial(GeneratedTask, kind="star"),
+    "star_hard": partial(GeneratedTask, kind="star"),
+    "sort": partial(GeneratedTask, kind="sort"),
     "text": TextTask,
 }
 

@@ -26,7 +26,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="xlm train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", required=True, help="an arch name (see `xlm models`), e.g. arlm_star")
-    p.add_argument("--task", default="star_easy", help="star_easy | star_medium | star_hard")
+    p.add_argument("--task", default="star_easy", help="star_easy | star_medium | star_hard | sort | text")
     p.add_argument("--output-dir", default=None, help="run dir (default runs/<arch>_<task>)")
     p.add_argument("--experiment", default=None, help="a preset from configs/experiment/, e.g. debug")
     p.add_argument("--dump-config", action="store_true", help="print the composed config and exit")
