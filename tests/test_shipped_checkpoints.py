@@ -10,7 +10,7 @@ import pytest
 
 import xlm
 from xlm.assets.store import PACKAGE_CARD_DIR, all_cards
-from xlm.data.tasks.star import load_star
+from xlm.data.task import TaskConfig, build_task
 
 SHIPPED = sorted(name for name, card in all_cards().items()
                  if card.source_file and card.source_file.parent == PACKAGE_CARD_DIR and card.metrics)
@@ -35,7 +35,7 @@ def test_shipped_checkpoint_matches_its_card(name):
     card = all_cards()[name]
     assert (PACKAGE_CARD_DIR / card.checkpoint).stat().st_size <= 4 * 1024 * 1024
     generator = xlm.load_generator(name)
-    example = load_star(card.task, "test")[0]
+    example = build_task(TaskConfig(name=card.task)).dataset("test")[0]
     assert isinstance(generator.generate([example["prompt"]], seed=0)[0], str)
     expected = card.metrics["test_first_500"]
     measured = _ship_script().slice_metrics(PACKAGE_CARD_DIR / "checkpoints" / name, card.task)

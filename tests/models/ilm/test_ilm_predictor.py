@@ -15,7 +15,11 @@ class Oracle(torch.nn.Module):
     tokens at true gaps: at every gap of the current row that misses tokens, the middle missing one
     gets logit 0 (so several gaps are open at once and multi-insertion has something to do), every
     other (gap, token) pair -inf. Its stop logit says stop iff nothing is missing (`stops=False`:
-    never), or once a row holds a token the truth cannot explain. Records the rows it sees."""
+    never), or once a row holds a token the truth cannot explain. Records the rows it sees.
+
+    The predictor only shows it the rows still going, in batch order; a row is told from the others
+    by what it held in the last call (a row only grows), so the oracle follows each row to its truth
+    as the batch gets smaller."""
 
     def __init__(self, truths: list[list[int]], *, certainty: float = 30.0, stops: bool = True) -> None:
         super().__init__()
@@ -24,7 +28,23 @@ class Oracle(torch.nn.Module):
         self.certainty = certainty
         self.stops = stops
         self.calls = 0
-        self.rows_seen: list[list[list[int]]] = []
+        self.rows_seen: list[dict[int, list[int]]] = []  # per call: truth index -> the row shown
+        self.last: list[tuple[int, list[int]]] = []  # (truth index, row) of the rows in the last call
+        self.widths: list[int] = []  # columns of each call's input
+
+    def _which_truths(self, rows: list[list[int]]) -> list[int]:
+        if len(rows) == len(self.truths):  # no row has stopped yet (or a new generation)
+            return list(range(len(rows)))
+        which, earlier = [], iter(self.last)
+        for row in rows:  # each row grew from the first remaining earlier row it contains, in order
+            for index, before in earlier:
+                rest = iter(row)
+                if all(token in rest for token in before):
+                    which.append(index)
+                    break
+            else:
+                raise AssertionError(f"row {row} grew from none of the rows of the last call")
+        return which
 
     def forward(self, input_ids, attention_mask=None, positions=None):
         self.calls += 1
@@ -32,11 +52,12 @@ class Oracle(torch.nn.Module):
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask
         logits = torch.full((batch, seq, V), float("-inf"))
         stop = torch.zeros(batch, 2)
-        seen = []
-        for b, truth in enumerate(self.truths):
-            cols = sorted((c for c in range(seq) if mask[b, c]), key=lambda c: int(positions[b, c]))
-            row = [int(input_ids[b, c]) for c in cols]
-            seen.append(row)
+        row_cols = [sorted((c for c in range(seq) if mask[b, c]), key=lambda c: int(positions[b, c]))
+                    for b in range(batch)]
+        seen = [[int(input_ids[b, c]) for c in cols] for b, cols in enumerate(row_cols)]
+        which = self._which_truths(seen)
+        self.last = list(zip(which, seen))
+        for b, (cols, row, truth) in enumerate(zip(row_cols, seen, (self.truths[i] for i in which))):
             match, t = [], 0
             for token in row:  # align the row to the truth (a subsequence of it unless a wrong token went in)
                 while t < len(truth) and truth[t] != token:
@@ -53,7 +74,8 @@ class Oracle(torch.nn.Module):
                     logits[b, col, truth[(match[i] + 1 + following) // 2]] = 0.0
                     missing = True
             stop[b] = torch.tensor([0.0, self.certainty] if missing or not self.stops else [self.certainty, 0.0])
-        self.rows_seen.append(seen)
+        self.rows_seen.append(dict(zip(which, seen)))
+        self.widths.append(seq)
         return logits, stop
 
 
@@ -105,8 +127,8 @@ def test_multi_insertion_gives_the_same_result_in_fewer_calls(mode, tokens):
     # open gaps go 1, 2, 3, 3 (one more step when equally sure gaps are taken in an unlucky order)
     assert single["num_model_calls"] == max(map(len, targets)) + 1 and 5 <= multi["num_model_calls"] <= 6
     # no step inserted more than 3 tokens into a row
-    lengths = [[len(row) for row in rows] for rows in model.rows_seen]
-    assert all(0 <= b - a <= 3 for before, after in zip(lengths, lengths[1:]) for a, b in zip(before, after))
+    steps = zip(model.rows_seen, model.rows_seen[1:])
+    assert all(0 <= len(after[i]) - len(before[i]) <= 3 for before, after in steps for i in after)
 
 
 class LeakyOracle(Oracle):
@@ -120,6 +142,18 @@ class LeakyOracle(Oracle):
     def forward(self, input_ids, attention_mask=None, positions=None):
         logits, stop = super().forward(input_ids, attention_mask=attention_mask, positions=positions)
         return logits.clamp(min=self.leak), stop
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_the_model_runs_only_on_rows_still_going_and_their_real_columns(k):
+    out, model, truths, _ = run("seq2seq", insertions_per_step=k)
+    assert out["sequences"] == truths
+    # call c shows the rows that took part in at least c + 1 calls, each at its length so far, and no wider
+    # than the longest of them: finished rows and the [PAD] columns of rows that inserted less are left out
+    for call, shown in enumerate(model.rows_seen):
+        assert sorted(shown) == [b for b, n in enumerate(out["row_calls"]) if n > call]
+    assert model.widths == [max(map(len, shown.values())) for shown in model.rows_seen]
+    assert len(set(model.widths)) > 1 and out["row_calls"] != [out["num_model_calls"]] * 3
 
 
 @pytest.mark.parametrize("mode", ["seq2seq", "unconditional"])
@@ -238,9 +272,10 @@ def test_never_inserts_into_the_prompt_nor_special_tokens():
     adversary = Oracle(truths)
     base = adversary.forward
 
-    def forward(input_ids, **kwargs):
-        logits, stop = base(input_ids, **kwargs)
-        logits[:, :4, :] = 100.0  # [CLS] and prompt columns (and padding)
+    def forward(input_ids, positions, **kwargs):
+        logits, stop = base(input_ids, positions=positions, **kwargs)
+        bos_position = positions.masked_fill(input_ids != BOS, 0).amax(1, keepdim=True)
+        logits[positions < bos_position] = 100.0  # [CLS], the prompt and the padding between them
         logits[..., PAD] = logits[..., MASK] = logits[..., CLS] = 200.0
         return logits, stop
 

@@ -8,8 +8,10 @@ top-k / top-p over the joint distribution), and the token is inserted after that
 Rows are never reshuffled: an inserted token is appended as a new column with the position it
 takes in the sequence, and the positions of the tokens after it move up by one (RoPE reads
 positions, not columns). Rows that insert nothing in a step get a [PAD] column hidden from
-attention. A row also stops when it has inserted `max_new_tokens` tokens; the whole batch stops
-after `max_steps` model calls.
+attention. The model itself only sees the rows still going, each with its real columns first and
+cut to the widest of them, so rows that finished early and the [PAD] columns cost nothing (a batch
+runs as many calls as its slowest row, but those calls are on that row alone). A row also stops
+when it has inserted `max_new_tokens` tokens; the whole batch stops after `max_steps` model calls.
 
 `insertions_per_step = k > 1` inserts up to k pairs in distinct gaps at once (each gap with its
 best token; under `sample`, "best" after Gumbel noise, i.e. sampling without replacement over
@@ -100,6 +102,17 @@ def insert_columns(tokens: Int[Tensor, "batch seq"], positions: Int[Tensor, "bat
     return (torch.cat([tokens, appended], 1), torch.cat([old_pos, new_pos], 1), torch.cat([mask, chosen], 1), chosen)
 
 
+def packed_rows(mask: Bool[Tensor, "batch seq"], done: Bool[Tensor, " batch"]) -> tuple[Tensor, Tensor]:
+    """What the model needs to see: the rows not done (`active`, their batch indices) and, per such row,
+    its real columns first, in column order, cut to the widest (`cols_of`, active x width). Finished
+    rows and the [PAD] columns appended for rows that inserted less than others cost the model nothing."""
+    active = (~done).nonzero().squeeze(1)
+    real = mask[active]
+    width = int(real.sum(1).max())
+    cols_of = (~real).to(torch.uint8).argsort(dim=1, stable=True)[:, :width]
+    return active, cols_of
+
+
 class IlmPredictor:
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, config: IlmSamplerConfig) -> None:
         self.model = model
@@ -166,18 +179,24 @@ class IlmPredictor:
             done |= num_inserted >= cfg.max_new_tokens
             if bool(done.all()) or (cfg.max_steps is not None and calls >= cfg.max_steps):
                 break
-            token_logits, stop_logits = self.model(tokens, attention_mask=mask, positions=positions)
+            active, cols_of = packed_rows(mask, done)
+            token_logits, stop_logits = self.model(tokens[active].gather(1, cols_of),
+                                                   attention_mask=mask[active].gather(1, cols_of),
+                                                   positions=positions[active].gather(1, cols_of))
             calls += 1
-            row_calls += ~done
-            done |= stop_logits.float().softmax(-1)[:, STOP] >= cfg.stop_threshold
+            row_calls[active] += 1
+            done[active] |= stop_logits.float().softmax(-1)[:, STOP] >= cfg.stop_threshold
             if bool(done.all()):
                 break
             logits = token_logits.float()
             logits[..., self.never_inserted] = float("-inf")
-            logits = logits.masked_fill(~gaps[..., None], float("-inf"))
+            logits = logits.masked_fill(~gaps[active].gather(1, cols_of)[..., None], float("-inf"))
             quota = torch.where(done, 0, (cfg.max_new_tokens - num_inserted).clamp(max=cfg.insertions_per_step))
-            cols, new_tokens, chosen = self._choose(logits, quota, generator)
-            done |= ~chosen.any(1)  # nowhere left to insert (every pair filtered out)
+            packed_cols, active_tokens, active_chosen = self._choose(logits, quota[active], generator)
+            cols = torch.zeros(batch, packed_cols.size(1), dtype=torch.long, device=device)
+            new_tokens, chosen = torch.zeros_like(cols), torch.zeros_like(cols, dtype=torch.bool)
+            cols[active], new_tokens[active], chosen[active] = cols_of.gather(1, packed_cols), active_tokens, active_chosen
+            done[active] |= ~active_chosen.any(1)  # nowhere left to insert (every pair filtered out)
             used = chosen.any(0)  # drop the appended columns no row uses
             cols, new_tokens, chosen = cols[:, used], new_tokens[:, used], chosen[:, used]
             tokens, positions, mask, appended = insert_columns(tokens, positions, mask, cols, new_tokens, chosen,
