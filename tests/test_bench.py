@@ -50,6 +50,12 @@ def test_targets_compare_each_goal_with_the_measured_row():
     rows = bench.targets(results)
     assert [(r["measured"], r["met"]) for r in rows] == [(1.3, True), (1.1, False), (0.7, True), (2.25, False)]
     assert rows[2]["where"] == "arch=arlm_star"
+    # fewer calls count only at equal exact match (within bench.EXACT_MATCH_TOLERANCE)
+    for change, met in ((0.0, True), (-0.01, True), (-0.02, False)):
+        ilm = {"ilm_multi": [{"insertions_per_step": 1, "fewer_row_calls": 1.0},
+                             {"task": "sort", "insertions_per_step": 16, "fewer_row_calls": 3.5,
+                              "exact_match_change": change}]}
+        assert [r["met"] for r in bench.targets(ilm)] == [met]
 
 
 def test_ilm_multi_takes_the_task_from_the_command_line(tmp_path):
