@@ -7,7 +7,7 @@ training command and its measured test metrics.
 Writes xlm/assets/cards/checkpoints/NAME/{model.safetensors,config.json} and
 xlm/assets/cards/NAME.yaml. The card records the test metrics of the full split (from the run's
 eval_<task>_test.json) and of the first SLICE test examples, which tests/test_shipped_checkpoints.py
-re-measures.
+re-measures. A run trained by `xlm compare` ships the same way (its test metrics are in eval_test.json).
 """
 
 from __future__ import annotations
@@ -55,7 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     if weights.stat().st_size > MAX_BYTES:
         print(f"error: {weights} is {weights.stat().st_size} bytes, over the {MAX_BYTES} allowed", file=sys.stderr)
         return 2
-    test = json.loads((args.run / f"eval_{config['task']}_test.json").read_text())
+    # `xlm eval` writes eval_<task>_test.json, `xlm compare` eval_test.json
+    results = [args.run / f"eval_{config['task']}_test.json", args.run / "eval_test.json"]
+    found = [f for f in results if f.is_file()]
+    if not found:
+        print(f"error: no test metrics in {args.run} ({' or '.join(f.name for f in results)}); run "
+              f"`xlm eval --model {args.run} --split test` first", file=sys.stderr)
+        return 2
+    test = json.loads(found[0].read_text())
     target = CARD_DIR / "checkpoints" / args.name
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, target / "model.safetensors")

@@ -42,6 +42,13 @@ def test_ilm_multi_insertion_calls_the_model_less_with_the_shipped_checkpoint():
     assert rows[-1]["exact_match_change"] == round(rows[-1]["exact_match"] - rows[0]["exact_match"], 4)
 
 
+def test_ilm_multi_on_the_shipped_sort_model_calls_the_model_3x_less_at_equal_exact_match():
+    rows = bench.bench_ilm_multi(True, "ilm_sort", "sort")  # 40-token targets; the first 100 test examples
+    assert rows[0]["row_calls"] == 41.0  # one insertion per call and a stop call
+    assert rows[-1]["insertions_per_step"] == 16
+    assert rows[-1]["fewer_row_calls"] >= 3.0 and rows[-1]["exact_match_change"] >= -0.02, rows
+
+
 def test_targets_compare_each_goal_with_the_measured_row():
     results = {"hf_gpt2": [{"shape": "4x128", "hf_over_xlm": 1.3}, {"shape": "6x256", "hf_over_xlm": 1.1}],
                "train": [{"size": "S", "arch": "arlm_star", "mfu": 0.2}, {"size": "L", "arch": "arlm_star", "mfu": 0.7}],
