@@ -15,14 +15,11 @@ Text format (space separated numbers)::
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import os
-import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -31,15 +28,14 @@ from xlm.data.metrics import exact_match, token_accuracy
 from xlm.data.tokenizers import WordTokenizer
 from xlm.registry import UnknownNameError, unknown_name_message
 
+from .generated import SPLITS, cache_entry_name, checked_seed, split_rng
+
 __all__ = ["CACHE_FORMAT_VERSION", "SORT_TASKS", "SPLITS", "SortCacheWarning", "SortTaskSpec", "generate_sort_examples",
            "load_sort", "max_prompt_tokens", "max_target_tokens", "score_sort_prediction", "sort_cache_path",
            "sort_tokenizer"]
 
 #: Bumped whenever the generated data or its on-disk layout changes; part of the cache key.
 CACHE_FORMAT_VERSION = 1
-
-#: Split names, in the order of their index in the RNG seed.
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 
 class SortCacheWarning(CacheWarning):
@@ -109,10 +105,6 @@ def generate_sort_examples(task: str | SortTaskSpec, num_examples: int, rng: np.
             "target": [" ".join(map(str, row)) for row in np.sort(shuffled, axis=1).tolist()]}
 
 
-def _rng(spec: SortTaskSpec, split: str, seed: int) -> np.random.Generator:
-    return np.random.default_rng([seed, SPLITS.index(split), zlib.crc32(spec.name.encode("utf-8"))])
-
-
 def _features():
     from datasets import Features, Value
 
@@ -124,10 +116,8 @@ def sort_cache_path(task: str | SortTaskSpec, split: str, seed: int = 42, *,
     """The directory :func:`load_sort` keeps this split in (keyed by every spec field, split, seed, format)."""
     spec = _spec(task)
     _split_size(spec, split)
-    payload = {"format_version": CACHE_FORMAT_VERSION, "spec": dataclasses.asdict(spec), "split": split, "seed": seed}
-    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]
     root = Path(cache_dir) if cache_dir is not None else default_cache_root() / "sort"
-    return root / f"{spec.name}-{split}-seed{seed}-{key}"
+    return root / cache_entry_name(spec, split, seed, CACHE_FORMAT_VERSION)
 
 
 def load_sort(task: str | SortTaskSpec, split: str, seed: int = 42, *, cache_dir: str | os.PathLike | None = None):
@@ -137,12 +127,10 @@ def load_sort(task: str | SortTaskSpec, split: str, seed: int = 42, *, cache_dir
 
     spec = _spec(task)
     size = _split_size(spec, split)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    seed = int(seed)
+    seed = checked_seed(seed)
 
     def build():
-        return Dataset.from_dict(generate_sort_examples(spec, size, _rng(spec, split, seed)), features=_features())
+        return Dataset.from_dict(generate_sort_examples(spec, size, split_rng(spec.name, split, seed)), features=_features())
 
     def check(ds) -> None:
         if ds.num_rows != size or ds.features != _features():

@@ -26,21 +26,20 @@ Text format (space separated node ids)::
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import hashlib
-import json
 import os
-import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
 from xlm.data.disk_cache import CacheWarning, cached_dataset, default_cache_root
 from xlm.data.metrics import exact_match, token_accuracy
 from xlm.data.tokenizers import WordTokenizer
+
+from .generated import SPLITS, cache_entry_name, checked_seed, split_rng
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
@@ -62,9 +61,6 @@ __all__ = [
 
 #: Bumped whenever the generated data or its on-disk layout changes; part of the cache key.
 CACHE_FORMAT_VERSION = 1
-
-#: Split names, in the order of their index in the RNG seed.
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 
 class StarNameError(KeyError, ValueError):
@@ -281,11 +277,6 @@ def _path_to_target(words: Sequence[str]) -> str:
     return " ".join([words[0]] + [w for w in words[1:-1] for _ in (0, 1)] + [words[-1]])
 
 
-def _rng(spec: StarTaskSpec, split: str, seed: int) -> np.random.Generator:
-    task_key = zlib.crc32(spec.name.encode("utf-8"))
-    return np.random.default_rng([seed, SPLITS.index(split), task_key])
-
-
 def _features():
     from datasets import Features, Value
 
@@ -309,7 +300,7 @@ def _features():
 def _generate_split(spec: StarTaskSpec, split: str, seed: int):
     from datasets import Dataset
 
-    cols = generate_star_graphs(spec, spec.split_size(split), _rng(spec, split, seed))
+    cols = generate_star_graphs(spec, spec.split_size(split), split_rng(spec.name, split, seed))
     return Dataset.from_dict(cols, features=_features())
 
 
@@ -321,16 +312,6 @@ def default_cache_dir() -> Path:
     return default_cache_root() / "star"
 
 
-def _cache_key(spec: StarTaskSpec, split: str, seed: int) -> str:
-    payload = {
-        "format_version": CACHE_FORMAT_VERSION,
-        "spec": dataclasses.asdict(spec),
-        "split": split,
-        "seed": seed,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]
-
-
 def star_cache_path(
     task: str | StarTaskSpec, split: str, seed: int = 42, *, cache_dir: str | os.PathLike | None = None
 ) -> Path:
@@ -338,7 +319,7 @@ def star_cache_path(
     spec = _spec(task)
     spec.split_size(split)  # validates the split name
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return root / f"{spec.name}-{split}-seed{seed}-{_cache_key(spec, split, seed)}"
+    return root / cache_entry_name(spec, split, seed, CACHE_FORMAT_VERSION)
 
 
 def _check_cache(expected_rows: int):
@@ -370,9 +351,7 @@ def load_star(
     spec = _spec(task)
     if split not in SPLITS:
         raise _unknown_name("split", split, SPLITS)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    seed = int(seed)
+    seed = checked_seed(seed)
     path = star_cache_path(spec, split, seed, cache_dir=cache_dir)
 
     return cached_dataset(path, lambda: _generate_split(spec, split, seed), _check_cache(spec.split_size(split)),
