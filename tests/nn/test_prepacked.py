@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+from xlm.nn import FeedForward, MultiheadAttention
 from xlm.nn.prepacked import can_prepack, prepacked_linears
 
 pytestmark = pytest.mark.skipif(not can_prepack(nn.Linear(2, 2)), reason="this torch build has no oneDNN linear ops")
@@ -56,3 +57,65 @@ def test_autograd_and_exit_restore_the_layers_own_forward():
         with prepacked_linears(linear, rows=4), torch.autocast("cpu", dtype=torch.bfloat16):
             assert linear(x).dtype == torch.bfloat16  # autocast decides the dtype, as without packing
 
+
+
+def _count(fn, op: str) -> int:
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(event.count for event in prof.key_averages() if event.key == op)
+
+
+@pytest.mark.parametrize("num_kv_heads,bias", [(8, True), (2, False)])
+def test_attention_runs_q_k_v_as_one_packed_matmul_with_the_same_output(num_kv_heads, bias):
+    torch.manual_seed(0)
+    attn = MultiheadAttention(256, 8, num_kv_heads=num_kv_heads, bias=bias).eval()
+    x = torch.randn(8, 1, 256)
+    with torch.no_grad():
+        expected = attn(x)
+        with prepacked_linears(attn, rows=8):
+            assert attn.packed_qkv is not None
+            got = attn(x)
+            calls = _count(lambda: attn(x), "mkldnn::_linear_pointwise")
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert calls == 2  # q/k/v together, then the output projection
+    assert attn.packed_qkv is None and "forward" not in attn.q_proj.__dict__
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu", "swiglu"])
+def test_feed_forward_runs_its_activation_inside_the_packed_matmul(activation):
+    torch.manual_seed(0)
+    ffn = FeedForward(256, 1024, activation=activation)
+    x = torch.randn(8, 1, 256)
+    with torch.no_grad():
+        expected = ffn(x)
+        with prepacked_linears(ffn, rows=8):
+            got = ffn(x)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                ffn(x)
+            other_rows = ffn(x[:3])  # another row count: the unpacked path
+    ops = {event.key for event in prof.key_averages()}
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(other_rows, expected[:3], rtol=1e-5, atol=1e-5)
+    assert not ops & {"aten::gelu", "aten::relu", "aten::silu"}
+    assert ffn.packed_activated is None
+
+
+def test_fused_projections_are_removed_after_an_error_and_skip_autograd():
+    attn, ffn = MultiheadAttention(256, 4), FeedForward(256, 1024)
+    with pytest.raises(RuntimeError, match="inside"):
+        with prepacked_linears(nn.ModuleList([attn, ffn]), rows=4):
+            x = torch.randn(4, 1, 256, requires_grad=True)
+            assert _count(lambda: ffn(attn(x)).sum().backward(), "mkldnn::_linear_pointwise") == 0
+            assert x.grad is not None
+            raise RuntimeError("inside")
+    assert attn.packed_qkv is None and ffn.packed_activated is None
+
+
+def test_a_nested_block_keeps_the_enclosing_blocks_packing():
+    attn = MultiheadAttention(256, 4)
+    with prepacked_linears(attn, rows=4):
+        outer = attn.packed_qkv
+        with prepacked_linears(attn, rows=8):
+            assert attn.packed_qkv is outer and "forward" not in attn.q_proj.__dict__
+        assert attn.packed_qkv is outer
+    assert attn.packed_qkv is None

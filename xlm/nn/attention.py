@@ -7,6 +7,8 @@ diffusion families, `causal=False`); separate q/k/v/out projections keep checkpo
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
@@ -14,6 +16,9 @@ from torch import Tensor, nn
 
 from .kv_cache import KVCache
 from .rope import RotaryEmbedding
+
+if TYPE_CHECKING:
+    from .prepacked import PackedLinear
 
 
 def build_attention_mask(*, batch_size: int, num_queries: int, num_keys: int, past: int, causal: bool,
@@ -70,6 +75,13 @@ class MultiheadAttention(nn.Module):
         self.k_proj = nn.Linear(dim, num_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(dim, num_kv_heads * self.head_dim, bias=bias)
         self.out_proj = nn.Linear(num_heads * self.head_dim, dim, bias=bias)
+        self.packed_qkv: PackedLinear | None = None  # q, k, v as one matmul, set by xlm.nn.prepacked while decoding
+
+    def _project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self.packed_qkv is not None and self.packed_qkv.applies_to(x):
+            q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+            return self.packed_qkv(x).split((q_size, kv_size, kv_size), dim=-1)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
     def _split_heads(self, x: Tensor, heads: int) -> Tensor:
         batch, seq, _ = x.shape
@@ -84,9 +96,9 @@ class MultiheadAttention(nn.Module):
         past + arange(seq) and only feed RoPE."""
         batch, seq, _ = x.shape
         past = kv_cache.length if kv_cache is not None else 0
-        q = self._split_heads(self.q_proj(x), self.num_heads)
-        k = self._split_heads(self.k_proj(x), self.num_kv_heads)
-        v = self._split_heads(self.v_proj(x), self.num_kv_heads)
+        q, k, v = self._project_qkv(x)
+        q, k, v = (self._split_heads(q, self.num_heads), self._split_heads(k, self.num_kv_heads),
+                   self._split_heads(v, self.num_kv_heads))
         if self.rope is not None:
             if positions is None:
                 positions = (past + torch.arange(seq, device=x.device)).expand(batch, seq)

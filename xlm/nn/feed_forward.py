@@ -5,9 +5,14 @@ The output projection is always `down_proj`, so models can find it for residual-
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from .prepacked import PackedLinear
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "swiglu", "relu")
 
@@ -22,9 +27,15 @@ class FeedForward(nn.Module):
             self.gate_proj = nn.Linear(dim, ffn_dim, bias=bias)
         self.up_proj = nn.Linear(dim, ffn_dim, bias=bias)
         self.down_proj = nn.Linear(ffn_dim, dim, bias=bias)
+        # activation(first projection) in one oneDNN call, set by xlm.nn.prepacked while decoding
+        self.packed_activated: PackedLinear | None = None
 
     def forward(self, x: Float[Tensor, "... dim"]) -> Float[Tensor, "... dim"]:
-        if self.activation == "swiglu":
+        if self.packed_activated is not None and self.packed_activated.applies_to(x):
+            hidden = self.packed_activated(x)
+            if self.activation == "swiglu":
+                hidden = hidden * self.up_proj(x)
+        elif self.activation == "swiglu":
             hidden = F.silu(self.gate_proj(x)) * self.up_proj(x)
         elif self.activation == "relu":
             hidden = F.relu(self.up_proj(x))
