@@ -81,12 +81,11 @@ class _PrepackedForward:
 
 
 def _concatenated_qkv(attn: MultiheadAttention) -> tuple[Tensor, Tensor | None]:
+    """q, k and v stacked along the output dimension (they share one `bias` setting)."""
     projections = (attn.q_proj, attn.k_proj, attn.v_proj)
     weight = torch.cat([p.weight.detach() for p in projections])
-    if all(p.bias is None for p in projections):
-        return weight, None
-    return weight, torch.cat([p.bias.detach() if p.bias is not None else p.weight.new_zeros(p.out_features)
-                              for p in projections])
+    bias = None if attn.q_proj.bias is None else torch.cat([p.bias.detach() for p in projections])
+    return weight, bias
 
 
 @contextmanager
@@ -102,13 +101,12 @@ def prepacked_linears(module: nn.Module, rows: int) -> Iterator[None]:
     covered: set[nn.Linear] = set()  # their work is done by a fused matmul
     for sub in module.modules():  # one fused by an enclosing block stays as it is
         if isinstance(sub, MultiheadAttention):
-            if sub.packed_qkv is None:
-                weight, bias = _concatenated_qkv(sub)
-                if weight.numel() >= MIN_WEIGHT_ELEMENTS:
-                    sub.packed_qkv = PackedLinear(weight, bias, rows)
-                    fused.append((sub, "packed_qkv"))
+            qkv = (sub.q_proj, sub.k_proj, sub.v_proj)
+            if sub.packed_qkv is None and sum(p.weight.numel() for p in qkv) >= MIN_WEIGHT_ELEMENTS:
+                sub.packed_qkv = PackedLinear(*_concatenated_qkv(sub), rows)
+                fused.append((sub, "packed_qkv"))
             if sub.packed_qkv is not None:
-                covered.update((sub.q_proj, sub.k_proj, sub.v_proj))
+                covered.update(qkv)
         elif isinstance(sub, FeedForward):
             first = sub.gate_proj if sub.activation == "swiglu" else sub.up_proj
             if sub.packed_activated is None and first.weight.numel() >= MIN_WEIGHT_ELEMENTS:
