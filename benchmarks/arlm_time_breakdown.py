@@ -24,10 +24,12 @@ import torch.nn.functional as F
 import xlm.nn.attention as attention_module
 import xlm.nn.feed_forward as feed_forward_module
 import xlm.nn.kv_cache as kv_cache_module
+from xlm.models.arlm.collators import ArlmLMCollator
 from xlm.models.arlm.config import ArlmConfig
 from xlm.models.arlm.factory import create_arlm_model
+from xlm.models.arlm.loss import arlm_loss
 from xlm.models.arlm.predictor import ArlmPredictor, ArlmSamplerConfig
-from xlm.recipes.bench import _NoStopTokenizer
+from xlm.recipes.bench import TOKENIZER, _NoStopTokenizer
 from xlm.recipes.config import OptimConfig
 from xlm.recipes.trainer import build_adamw
 
@@ -79,13 +81,13 @@ def training_step(dim: int, layers: int, heads: int) -> dict[str, float]:
     torch.manual_seed(0)
     model = _gpt2_shaped(dim, layers, heads, 256)
     ids = torch.randint(0, 1024, (16, 256))
+    batch = ArlmLMCollator(TOKENIZER, max_len=256)([{"input_ids": row} for row in ids.tolist()])
     optim = build_adamw(model.parameters(), OptimConfig(lr=1e-4), device=torch.device("cpu"))
 
     def step(*parts: str) -> Callable[[], None]:
         def run() -> None:
             with _without(*parts):
-                logits = model(ids[:, :-1])
-                F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).backward()
+                arlm_loss(model, batch)["loss"].backward()
             optim.step()
             optim.zero_grad(set_to_none=True)
         return run

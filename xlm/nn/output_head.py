@@ -20,7 +20,8 @@ def select_positions(hidden: Float[Tensor, "batch seq dim"],
     if output_positions.shape != hidden.shape[:2]:
         raise ValueError(f"output_positions must have the shape of input_ids {tuple(hidden.shape[:2])}, "
                          f"got {tuple(output_positions.shape)}")
-    return hidden[output_positions]
+    # index_select's backward is a scatter-add; boolean indexing's (index_put with accumulate) is slower
+    return hidden.flatten(0, 1).index_select(0, output_positions.flatten().nonzero().squeeze(1))
 
 
 class LMHead(nn.Module):

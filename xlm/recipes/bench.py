@@ -139,8 +139,10 @@ def bench_train(quick: bool) -> list[Row]:
 def bench_hf_gpt2(quick: bool) -> list[Row]:
     import transformers
 
+    from xlm.models.arlm.collators import ArlmLMCollator
     from xlm.models.arlm.config import ArlmConfig
     from xlm.models.arlm.factory import create_arlm_model
+    from xlm.models.arlm.loss import arlm_loss
 
     rows = []
     for dim, layers, heads in ((128, 4, 4), (256, 6, 8)):
@@ -163,16 +165,19 @@ def bench_hf_gpt2(quick: bool) -> list[Row]:
                 optim.zero_grad(set_to_none=True)
             return step
 
-        def ours_loss() -> torch.Tensor:
-            logits = ours(ids[:, :-1])
-            return torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+        # each side as its users run it: HF's model shifts `labels` itself, with torch's default AdamW;
+        # xlm's LM collator and loss (all `seq` tokens in, the head only at the labelled positions)
+        # with the recipe's optimizer
+        lm_batch = ArlmLMCollator(TOKENIZER, max_len=seq)([{"input_ids": row} for row in ids.tolist()])
 
-        # each side as its users run it: xlm's recipe optimizer, HF's model with torch's default AdamW
+        def ours_loss() -> torch.Tensor:
+            return arlm_loss(ours, lm_batch)["loss"]
+
         hf_step = step_fn(hf, lambda: hf(input_ids=ids, labels=ids).loss, torch.optim.AdamW(hf.parameters(), lr=1e-4))
         ours_step = step_fn(ours, ours_loss, build_adamw(ours.parameters(), OptimConfig(lr=1e-4),
                                                          device=torch.device("cpu")))
         t_hf, t_ours = interleaved(hf_step, ours_step, repeats=3 if quick else 20)
-        floor = _step_floor(ours_step, batch=batch, seq=seq - 1, heads=heads, head_dim=dim // heads, layers=layers,
+        floor = _step_floor(ours_step, batch=batch, seq=seq, heads=heads, head_dim=dim // heads, layers=layers,
                             quick=quick)
         rows.append({"shape": f"{layers}x{dim}", "batch": f"{batch}x{seq}", "xlm_s": round(t_ours, 4),
                      "hf_s": round(t_hf, 4), "hf_over_xlm": round(t_hf / t_ours, 2), **floor,
