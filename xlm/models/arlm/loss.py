@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from xlm.nn.cross_entropy import consuming_cross_entropy
 
 from .collators import IGNORE_INDEX
 from .types import ArlmLossDict, ArlmTrainBatch
@@ -14,6 +15,6 @@ def arlm_loss(model: torch.nn.Module, batch: ArlmTrainBatch) -> ArlmLossDict:
     labels = batch["labels"]
     selected = labels != IGNORE_INDEX
     logits = model(batch["input_ids"], attention_mask=batch["attention_mask"], output_positions=selected)
-    nll_sum = F.cross_entropy(logits.float(), labels[selected], reduction="sum")
+    nll_sum = consuming_cross_entropy(logits.float(), labels[selected], reduction="sum")
     num_tokens = selected.sum()
     return {"loss": nll_sum / num_tokens.clamp(min=1), "num_tokens": num_tokens, "nll_sum": nll_sum}

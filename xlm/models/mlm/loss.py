@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from xlm.nn.cross_entropy import consuming_cross_entropy
 
 from .config import LOSS_WEIGHTINGS
 from .types import MlmLossDict, MlmTrainBatch
@@ -21,7 +22,7 @@ def mlm_loss(model: torch.nn.Module, batch: MlmTrainBatch, *, weighting: str = "
         raise ValueError(f"weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
     masked = batch["masked"]
     logits = model(batch["input_ids"], attention_mask=batch["attention_mask"], output_positions=masked)
-    nll = F.cross_entropy(logits.float(), batch["target_ids"][masked], reduction="none")
+    nll = consuming_cross_entropy(logits.float(), batch["target_ids"][masked], reduction="none")
     if weighting == "inverse_t":
         floor = 1.0 / batch["maskable"].sum(dim=1).clamp(min=1).float()
         weight = 1.0 / torch.maximum(batch["t"].float(), floor)
