@@ -156,13 +156,17 @@ def bench_hf_gpt2(quick: bool) -> list[Row]:
                                             activation="gelu_tanh", bias=True, tie_embeddings=True))
         ids = torch.randint(0, 1024, (batch, seq))
 
-        def step_fn(model: torch.nn.Module, forward: Callable[[], torch.Tensor],
+        faults: dict[str, list[int]] = {"hf": [], "xlm": []}
+
+        def step_fn(side: str, forward: Callable[[], torch.Tensor],
                     optim: torch.optim.Optimizer) -> Callable[[], None]:
 
             def step() -> None:
+                before = _minor_page_faults()
                 forward().backward()
                 optim.step()
                 optim.zero_grad(set_to_none=True)
+                faults[side].append(_minor_page_faults() - before)
             return step
 
         # each side as its users run it: HF's model shifts `labels` itself, with torch's default AdamW;
@@ -173,16 +177,28 @@ def bench_hf_gpt2(quick: bool) -> list[Row]:
         def ours_loss() -> torch.Tensor:
             return arlm_loss(ours, lm_batch)["loss"]
 
-        hf_step = step_fn(hf, lambda: hf(input_ids=ids, labels=ids).loss, torch.optim.AdamW(hf.parameters(), lr=1e-4))
-        ours_step = step_fn(ours, ours_loss, build_adamw(ours.parameters(), OptimConfig(lr=1e-4),
+        hf_step = step_fn("hf", lambda: hf(input_ids=ids, labels=ids).loss, torch.optim.AdamW(hf.parameters(), lr=1e-4))
+        ours_step = step_fn("xlm", ours_loss, build_adamw(ours.parameters(), OptimConfig(lr=1e-4),
                                                          device=torch.device("cpu")))
         t_hf, t_ours = interleaved(hf_step, ours_step, repeats=3 if quick else 20)
         floor = _step_floor(ours_step, batch=batch, seq=seq, heads=heads, head_dim=dim // heads, layers=layers,
                             quick=quick)
         rows.append({"shape": f"{layers}x{dim}", "batch": f"{batch}x{seq}", "xlm_s": round(t_ours, 4),
-                     "hf_s": round(t_hf, 4), "hf_over_xlm": round(t_hf / t_ours, 2), **floor,
+                     "hf_s": round(t_hf, 4), "hf_over_xlm": round(t_hf / t_ours, 2),
+                     # glibc returning freed activations to the kernel costs a fault per page the next step
+                     "xlm_page_faults": int(statistics.median(faults["xlm"])),
+                     "hf_page_faults": int(statistics.median(faults["hf"])), **floor,
                      "hf_over_floor": round(t_hf / (floor["sdpa_s"] + floor["matmul_floor_s"]), 2)})
     return rows
+
+
+def _minor_page_faults() -> int:
+    """This process's minor page faults so far (0 where the platform does not count them)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _step_floor(step: Callable[[], None], *, batch: int, seq: int, heads: int, head_dim: int, layers: int,
