@@ -54,9 +54,11 @@ def consuming_cross_entropy(logits: Float[Tensor, "rows vocab"], target: Int[Ten
         raise ValueError(f"expected float logits and int64 targets, got {logits.dtype} and {target.dtype}")
     if reduction not in ("sum", "mean", "none"):
         raise ValueError(f"reduction must be 'sum', 'mean' or 'none', got {reduction!r}")
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= logits.size(1)):
-        raise ValueError(f"targets must lie in [0, {logits.size(1)}), got {int(target.min())}..{int(target.max())} "
-                         "(select the scored positions first: there is no ignore_index)")
+    if target.numel():
+        low, high = (int(v) for v in torch.aminmax(target))
+        if low < 0 or high >= logits.size(1):
+            raise ValueError(f"targets must lie in [0, {logits.size(1)}), got {low}..{high} "
+                             "(select the scored positions first: there is no ignore_index)")
     nll = _ConsumingCrossEntropy.apply(logits.contiguous(), target)
     if reduction == "none":
         return nll

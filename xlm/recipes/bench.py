@@ -26,6 +26,11 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+try:
+    import resource
+except ImportError:  # Windows has no getrusage
+    resource = None  # type: ignore[assignment]
+
 import torch
 
 import xlm
@@ -194,11 +199,7 @@ def bench_hf_gpt2(quick: bool) -> list[Row]:
 
 def _minor_page_faults() -> int:
     """This process's minor page faults so far (0 where the platform does not count them)."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return 0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
 
 
 def _step_floor(step: Callable[[], None], *, batch: int, seq: int, heads: int, head_dim: int, layers: int,
