@@ -33,6 +33,44 @@ def test_matches_naive_attention(causal):
     assert torch.allclose(attn(x, key_padding_mask=torch.ones(2, 7, dtype=torch.bool)), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("num_kv_heads", [4, 2])
+def test_fused_qkv_projection_matches_separate_projections_in_values_and_gradients(num_kv_heads):
+    torch.manual_seed(0)
+    attn = MultiheadAttention(32, 4, num_kv_heads=num_kv_heads).double()
+    params = [p for m in (attn.q_proj, attn.k_proj, attn.v_proj) for p in (m.weight, m.bias)]
+    x = torch.randn(2, 7, 32, dtype=torch.float64, requires_grad=True)
+    fused = attn._project_qkv(x)
+    separate = (attn.q_proj(x), attn.k_proj(x), attn.v_proj(x))
+    cotangents = [torch.randn_like(t) for t in separate]
+    for got, want in zip(fused, separate):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want)
+    grads_fused = torch.autograd.grad(fused, params + [x], cotangents)
+    grads_separate = torch.autograd.grad(separate, params + [x], cotangents)
+    for got, want in zip(grads_fused, grads_separate):
+        torch.testing.assert_close(got, want)
+
+
+def test_hooked_or_wrapped_projection_is_called_not_bypassed_by_the_fused_matmul():
+    torch.manual_seed(0)
+    attn = MultiheadAttention(16, 2).eval()
+    x = torch.randn(1, 3, 16)
+    plain = attn(x)
+    handle = attn.k_proj.register_forward_hook(lambda _m, _i, out: out * 0)
+    hooked = attn(x)
+    handle.remove()
+    assert not torch.allclose(hooked, plain)
+
+    class Scaled(torch.nn.Linear):  # stands in for a LoRA-style wrapper whose forward adds to F.linear
+        def forward(self, inputs):
+            return 2 * super().forward(inputs)
+
+    wrapped = Scaled(16, 16)
+    wrapped.load_state_dict(attn.v_proj.state_dict())
+    attn.v_proj = wrapped
+    torch.testing.assert_close(attn._project_qkv(x)[2], 2 * torch.nn.functional.linear(x, wrapped.weight, wrapped.bias))
+
+
 @pytest.mark.parametrize("causal", [True, False])
 def test_left_padding_does_not_change_real_positions(causal):
     torch.manual_seed(0)

@@ -56,6 +56,12 @@ def attention_mask_for(*, batch_size: int, num_queries: int, past: int, causal: 
                                 causal=causal, key_padding_mask=key_padding_mask, device=device)
 
 
+def _plain_linear(module: nn.Module) -> bool:
+    """An nn.Linear whose forward is F.linear of its own weight and bias, with nothing hooked to it."""
+    return (type(module) is nn.Linear and not module._forward_hooks and not module._forward_pre_hooks
+            and not nn.modules.module._global_forward_hooks and not nn.modules.module._global_forward_pre_hooks)
+
+
 class MultiheadAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, *, num_kv_heads: int | None = None, bias: bool = True,
                  causal: bool = True, rope: RotaryEmbedding | None = None, dropout: float = 0.0) -> None:
@@ -81,7 +87,15 @@ class MultiheadAttention(nn.Module):
         if self.packed_qkv is not None and self.packed_qkv.applies_to(x):
             q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
             return self.packed_qkv(x).split((q_size, kv_size, kv_size), dim=-1)
-        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        if not all(_plain_linear(p) for p in projections):  # wrapped (LoRA) or hooked: call each as it is
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        # one matmul over the concatenated weights: three narrow GEMMs run slower than one wide one,
+        # and the input's gradient then comes out of one GEMM instead of three summed
+        weight = torch.cat([p.weight for p in projections])
+        bias = torch.cat([p.bias for p in projections]) if self.q_proj.bias is not None else None
+        sizes = [p.out_features for p in projections]
+        return F.linear(x, weight, bias).split(sizes, dim=-1)
 
     def _split_heads(self, x: Tensor, heads: int) -> Tensor:
         batch, seq, _ = x.shape

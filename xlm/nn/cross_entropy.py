@@ -21,11 +21,12 @@ Reduction = Literal["sum", "mean", "none"]
 class _ConsumingCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, logits: Tensor, target: Tensor) -> Tensor:
-        row_max, argmax = logits.max(dim=-1, keepdim=True)
+        # amax, not max: torch's CPU max(dim) also finds the index and is ~20x slower
+        row_max = logits.amax(dim=-1, keepdim=True)
         target_logit = logits.gather(1, target[:, None])
         probs = torch.ops.aten._softmax.out(logits, -1, False, out=logits)
-        # log-sum-exp = max - log(p[argmax]), and p[argmax] >= 1/vocab never underflows
-        nll = (row_max - target_logit - probs.gather(1, argmax).log()).squeeze(1)
+        # log-sum-exp = max - log(largest p), and the largest p >= 1/vocab never underflows
+        nll = (row_max - target_logit - probs.amax(dim=-1, keepdim=True).log()).squeeze(1)
         ctx.save_for_backward(target)
         ctx.probs = probs
         return nll
