@@ -2,7 +2,7 @@
 
 One module serves causal decoders (ARLM) and bidirectional encoders (masked, insertion and
 diffusion families, `causal=False`); separate q/k/v/out projections keep checkpoint key maps
-(GPT-2, Llama, BERT) one-to-one.
+(GPT-2, Llama, BERT) one-to-one, while the forward multiplies by q, k and v as one matrix.
 """
 
 from __future__ import annotations
