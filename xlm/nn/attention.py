@@ -83,19 +83,23 @@ class MultiheadAttention(nn.Module):
         self.out_proj = nn.Linear(num_heads * self.head_dim, dim, bias=bias)
         self.packed_qkv: PackedLinear | None = None  # q, k, v as one matmul, set by xlm.nn.prepacked while decoding
 
-    def _project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        if self.packed_qkv is not None and self.packed_qkv.applies_to(x):
-            q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-            return self.packed_qkv(x).split((q_size, kv_size, kv_size), dim=-1)
+    def qkv_weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
+        """q, k and v's weights (and biases) stacked along the output dimension, for one matmul."""
         projections = (self.q_proj, self.k_proj, self.v_proj)
+        weight = torch.cat([p.weight for p in projections])
+        bias = None if self.q_proj.bias is None else torch.cat([p.bias for p in projections])
+        return weight, bias
+
+    def _project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        sizes = [p.out_features for p in projections]
+        if self.packed_qkv is not None and self.packed_qkv.applies_to(x):
+            return self.packed_qkv(x).split(sizes, dim=-1)
         if not all(_plain_linear(p) for p in projections):  # wrapped (LoRA) or hooked: call each as it is
             return self.q_proj(x), self.k_proj(x), self.v_proj(x)
         # one matmul over the concatenated weights: three narrow GEMMs run slower than one wide one,
         # and the input's gradient then comes out of one GEMM instead of three summed
-        weight = torch.cat([p.weight for p in projections])
-        bias = torch.cat([p.bias for p in projections]) if self.q_proj.bias is not None else None
-        sizes = [p.out_features for p in projections]
-        return F.linear(x, weight, bias).split(sizes, dim=-1)
+        return F.linear(x, *self.qkv_weight_and_bias()).split(sizes, dim=-1)
 
     def _split_heads(self, x: Tensor, heads: int) -> Tensor:
         batch, seq, _ = x.shape

@@ -80,14 +80,6 @@ class _PrepackedForward:
         return type(self.linear).forward(self.linear, x)
 
 
-def _concatenated_qkv(attn: MultiheadAttention) -> tuple[Tensor, Tensor | None]:
-    """q, k and v stacked along the output dimension (they share one `bias` setting)."""
-    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-    weight = torch.cat([p.weight.detach() for p in projections])
-    bias = None if attn.q_proj.bias is None else torch.cat([p.bias.detach() for p in projections])
-    return weight, bias
-
-
 @contextmanager
 def prepacked_linears(module: nn.Module, rows: int) -> Iterator[None]:
     """Within the block, `rows`-row inputs take weights reordered once on entry: each attention's
@@ -103,7 +95,7 @@ def prepacked_linears(module: nn.Module, rows: int) -> Iterator[None]:
         if isinstance(sub, MultiheadAttention):
             qkv = (sub.q_proj, sub.k_proj, sub.v_proj)
             if sub.packed_qkv is None and sum(p.weight.numel() for p in qkv) >= MIN_WEIGHT_ELEMENTS:
-                sub.packed_qkv = PackedLinear(*_concatenated_qkv(sub), rows)
+                sub.packed_qkv = PackedLinear(*sub.qkv_weight_and_bias(), rows)
                 fused.append((sub, "packed_qkv"))
             if sub.packed_qkv is not None:
                 covered.update(qkv)
