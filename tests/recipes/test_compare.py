@@ -1,7 +1,9 @@
 """The compare recipe on a tiny budget: every arch x seed trained and scored, a table with
-mean ± std, a plot, and finished runs reused on a rerun."""
+mean ± std, a plot, and finished runs reused on a rerun, from their directories or from the
+report's results.json."""
 
 import json
+import shutil
 
 import pytest
 
@@ -36,6 +38,22 @@ def test_compare_two_families_two_seeds(tmp_path, capsys):
     rows = {line.split(" | ")[0]: line.rstrip(" |").split(" | ")[-1] for line in
             (out / "table.md").read_text().splitlines() if line.startswith("| ") and "_tiny" in line}
     assert rows == {"| arlm_tiny": "2", "| mlm_tiny": "1"}
+
+    # a run whose directory is gone comes from results.json, when that was written with the same settings
+    kept = next(r for r in results if (r["arch"], r["seed"]) == ("arlm_tiny", 1))
+    shutil.rmtree(out / "runs" / "arlm_tiny_seed1")
+    assert compare.main(mixed) == 0
+    assert "arlm_tiny seed 1: " in capsys.readouterr().out and not (out / "runs" / "arlm_tiny_seed1").exists()
+    report = json.loads((out / "results.json").read_text())
+    assert report["overrides"] == argv[-3:] and report["test_limit"] == 32
+    assert next(r for r in report["results"] if (r["arch"], r["seed"]) == ("arlm_tiny", 1)) == kept
+    assert compare.main([*mixed[:-1], "data.batch_size=8"]) == 0  # other settings: the gone run is trained again
+    assert (out / "runs" / "arlm_tiny_seed1" / "model.safetensors").exists()
+
+    (out / "results.json").write_text('{"task": "star_easy", "resu')  # a damaged report is refused, not replaced
+    assert compare.main(mixed) == 1
+    assert "is not valid JSON" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == '{"task": "star_easy", "resu'
 
 
 def test_seeds_per_arch_reads_one_count_or_one_per_arch():

@@ -8,7 +8,10 @@ writes into one report directory: `results.json`, `table.md` (mean ± std over s
 `curves.png` (validation exact match, token accuracy and loss against training time and steps,
 one colour per family). Finished runs are reused, so an interrupted comparison continues where it stopped,
 and a comparison run one arch at a time (in parallel, into the same directory) is tabulated by one
-last call naming every arch, with `--seeds` per arch where they differ.
+last call naming every arch, with `--seeds` per arch where they differ. A run whose directory is
+gone (`runs/` holds the weights and is not what a report keeps) is taken from the `results.json`
+already there when that file was written with the same task, budget, overrides and test limit,
+so seeds can be added to a published report without retraining the ones it has.
 """
 
 from __future__ import annotations
@@ -68,8 +71,26 @@ def _val_curve(run: Path) -> list[dict[str, float]]:
     return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "val"]
 
 
-def run_one(arch: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def recorded_results(path: Path, settings: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
+    """The runs a previous `results.json` holds, by (arch, seed), if it was written with `settings`."""
+    if not path.exists():
+        return {}
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RuntimeError(f"{path} is not valid JSON ({err}); it may record runs whose directories are gone, "
+                           f"so it is not overwritten: fix it, or move it away to start the report afresh") from err
+    if any(report.get(key) != value for key, value in settings.items()):
+        return {}
+    return {(r["arch"], r["seed"]): r for r in report["results"]}
+
+
+def run_one(arch: str, seed: int, args: argparse.Namespace, out: Path,
+            recorded: dict[str, Any] | None = None) -> dict[str, Any]:
     run = out / "runs" / f"{arch}_seed{seed}"
+    if recorded is not None and not run.exists():
+        print(f"{arch} seed {seed}: {run} is gone; using its results from {out / 'results.json'}")
+        return recorded
     budget = ([f"trainer.max_minutes={args.budget_minutes}", "trainer.max_steps=1000000000"]
               if args.budget_minutes is not None else [f"trainer.max_steps={args.budget_steps}"])
     if not (run / "model.safetensors").exists():
@@ -161,13 +182,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    settings = {"task": args.task, "budget": budget, "overrides": list(args.overrides), "test_limit": args.test_limit}
     out.mkdir(parents=True, exist_ok=True)
     try:
-        results = [run_one(arch, seed, args, out) for arch in archs for seed in range(seeds[arch])]
+        recorded = recorded_results(out / "results.json", settings)
+        results = [run_one(arch, seed, args, out, recorded.get((arch, seed)))
+                   for arch in archs for seed in range(seeds[arch])]
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    (out / "results.json").write_text(json.dumps({"task": args.task, "budget": budget, "results": results}, indent=2))
+    (out / "results.json").write_text(json.dumps({**settings, "results": results}, indent=2))
     text = table(results, archs, budget)
     (out / "table.md").write_text(f"# {args.task}\n\n{text}")
     plot(results, archs, out / "curves.png", f"{args.task}, {budget} per run")
