@@ -83,15 +83,19 @@ class MultiheadAttention(nn.Module):
         self.out_proj = nn.Linear(num_heads * self.head_dim, dim, bias=bias)
         self.packed_qkv: PackedLinear | None = None  # q, k, v as one matmul, set by xlm.nn.prepacked while decoding
 
+    @property
+    def qkv_projections(self) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
+        return self.q_proj, self.k_proj, self.v_proj
+
     def qkv_weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
         """q, k and v's weights (and biases) stacked along the output dimension, for one matmul."""
-        projections = (self.q_proj, self.k_proj, self.v_proj)
+        projections = self.qkv_projections
         weight = torch.cat([p.weight for p in projections])
         bias = None if self.q_proj.bias is None else torch.cat([p.bias for p in projections])
         return weight, bias
 
     def _project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        projections = (self.q_proj, self.k_proj, self.v_proj)
+        projections = self.qkv_projections
         sizes = [p.out_features for p in projections]
         if self.packed_qkv is not None and self.packed_qkv.applies_to(x):
             return self.packed_qkv(x).split(sizes, dim=-1)

@@ -93,7 +93,7 @@ def prepacked_linears(module: nn.Module, rows: int) -> Iterator[None]:
     covered: set[nn.Linear] = set()  # their work is done by a fused matmul
     for sub in module.modules():  # one fused by an enclosing block stays as it is
         if isinstance(sub, MultiheadAttention):
-            qkv = (sub.q_proj, sub.k_proj, sub.v_proj)
+            qkv = sub.qkv_projections
             if sub.packed_qkv is None and sum(p.weight.numel() for p in qkv) >= MIN_WEIGHT_ELEMENTS:
                 sub.packed_qkv = PackedLinear(*sub.qkv_weight_and_bias(), rows)
                 fused.append((sub, "packed_qkv"))
