@@ -47,8 +47,10 @@ def test_compare_two_families_two_seeds(tmp_path, capsys):
     report = json.loads((out / "results.json").read_text())
     assert report["overrides"] == argv[-3:] and report["test_limit"] == 32
     assert next(r for r in report["results"] if (r["arch"], r["seed"]) == ("arlm_tiny", 1)) == kept
-    assert compare.main([*mixed[:-1], "data.batch_size=8"]) == 0  # other settings: the gone run is trained again
-    assert (out / "runs" / "arlm_tiny_seed1" / "model.safetensors").exists()
+    before = (out / "results.json").read_text()
+    assert compare.main([*mixed[:-1], "data.batch_size=8"]) == 1  # other settings would overwrite that record
+    assert "overrides" in (err := capsys.readouterr().err) and "arlm_tiny seed 1" in err
+    assert (out / "results.json").read_text() == before and not (out / "runs" / "arlm_tiny_seed1").exists()
 
     (out / "results.json").write_text('{"task": "star_easy", "resu')  # a damaged report is refused, not replaced
     assert compare.main(mixed) == 1

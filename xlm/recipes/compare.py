@@ -71,6 +71,10 @@ def _val_curve(run: Path) -> list[dict[str, float]]:
     return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "val"]
 
 
+def run_dir(out: Path, arch: str, seed: int) -> Path:
+    return out / "runs" / f"{arch}_seed{seed}"
+
+
 def recorded_results(path: Path, settings: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
     """The runs a previous `results.json` holds, by (arch, seed), if it was written with `settings`."""
     if not path.exists():
@@ -80,14 +84,20 @@ def recorded_results(path: Path, settings: dict[str, Any]) -> dict[tuple[str, in
     except json.JSONDecodeError as err:
         raise RuntimeError(f"{path} is not valid JSON ({err}); it may record runs whose directories are gone, "
                            f"so it is not overwritten: fix it, or move it away to start the report afresh") from err
-    if any(report.get(key) != value for key, value in settings.items()):
+    runs = {(r["arch"], r["seed"]): r for r in report["results"]}
+    if differ := [f"{key} {report.get(key)!r} (now {value!r})" for key, value in settings.items()
+                  if report.get(key) != value]:
+        if gone := [f"{arch} seed {seed}" for arch, seed in runs if not run_dir(path.parent, arch, seed).exists()]:
+            raise RuntimeError(f"{path} was written with other settings ({'; '.join(differ)}) and records runs whose "
+                               f"directories are gone ({', '.join(gone)}); this comparison would overwrite it: "
+                               f"give another --output-dir, or move the file away")
         return {}
-    return {(r["arch"], r["seed"]): r for r in report["results"]}
+    return runs
 
 
 def run_one(arch: str, seed: int, args: argparse.Namespace, out: Path,
             recorded: dict[str, Any] | None = None) -> dict[str, Any]:
-    run = out / "runs" / f"{arch}_seed{seed}"
+    run = run_dir(out, arch, seed)
     if recorded is not None and not run.exists():
         print(f"{arch} seed {seed}: {run} is gone; using its results from {out / 'results.json'}")
         return recorded
