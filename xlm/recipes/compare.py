@@ -85,14 +85,14 @@ def recorded_results(path: Path, settings: dict[str, Any]) -> dict[tuple[str, in
         raise RuntimeError(f"{path} is not valid JSON ({err}); it may record runs whose directories are gone, "
                            f"so it is not overwritten: fix it, or move it away to start the report afresh") from err
     runs = {(r["arch"], r["seed"]): r for r in report["results"]}
-    if differ := [f"{key} {report.get(key)!r} (now {value!r})" for key, value in settings.items()
-                  if report.get(key) != value]:
-        if gone := [f"{arch} seed {seed}" for arch, seed in runs if not run_dir(path.parent, arch, seed).exists()]:
-            raise RuntimeError(f"{path} was written with other settings ({'; '.join(differ)}) and records runs whose "
-                               f"directories are gone ({', '.join(gone)}); this comparison would overwrite it: "
-                               f"give another --output-dir, or move the file away")
-        return {}
-    return runs
+    differ = [f"{key} {report.get(key)!r} (now {value!r})" for key, value in settings.items() if report.get(key) != value]
+    if not differ:
+        return runs
+    if gone := [f"{arch} seed {seed}" for arch, seed in runs if not run_dir(path.parent, arch, seed).exists()]:
+        raise RuntimeError(f"{path} was written with other settings ({'; '.join(differ)}) and records runs whose "
+                           f"directories are gone ({', '.join(gone)}); this comparison would overwrite it: "
+                           f"give another --output-dir, or move the file away")
+    return {}
 
 
 def run_one(arch: str, seed: int, args: argparse.Namespace, out: Path,
