@@ -6,7 +6,8 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from xlm.nn import FeedForward, MultiheadAttention
-from xlm.nn.prepacked import can_prepack, prepacked_linears
+from xlm.nn import prepacked
+from xlm.nn.prepacked import KERNELS, can_prepack, packed_linear, prepacked_linears
 
 pytestmark = pytest.mark.skipif(not can_prepack(nn.Linear(2, 2)), reason="this torch build has no oneDNN linear ops")
 
@@ -23,7 +24,7 @@ def test_rows_of_the_packed_count_take_the_reordered_weight_and_match_linear():
     x = torch.randn(8, 1, 256)
     with torch.no_grad():
         expected = model(x)
-        with prepacked_linears(model, rows=8):
+        with prepacked_linears(model, rows=8, kernel="onednn"):
             got = model(x)
             ops = _ops(lambda: model(x))
             other_rows = _ops(lambda: model(torch.randn(3, 256)))  # another row count: the layer's own forward
@@ -44,7 +45,7 @@ def test_autograd_and_exit_restore_the_layers_own_forward():
     torch.manual_seed(0)
     linear = nn.Linear(512, 512)
     x = torch.randn(4, 512, requires_grad=True)
-    with prepacked_linears(linear, rows=4):
+    with prepacked_linears(linear, rows=4, kernel="onednn"):
         assert "mkldnn::_linear_pointwise" not in _ops(lambda: linear(x).sum().backward())  # grad mode: unpacked
         assert x.grad is not None
     assert "forward" not in linear.__dict__
@@ -54,7 +55,7 @@ def test_autograd_and_exit_restore_the_layers_own_forward():
     assert "forward" not in linear.__dict__  # restored after an error too
     with torch.no_grad():
         assert "mkldnn::_linear_pointwise" not in _ops(lambda: linear(x))
-        with prepacked_linears(linear, rows=4), torch.autocast("cpu", dtype=torch.bfloat16):
+        with prepacked_linears(linear, rows=4, kernel="onednn"), torch.autocast("cpu", dtype=torch.bfloat16):
             assert linear(x).dtype == torch.bfloat16  # autocast decides the dtype, as without packing
 
 
@@ -65,30 +66,36 @@ def _count(fn, op: str) -> int:
     return sum(event.count for event in prof.key_averages() if event.key == op)
 
 
+MATMUL_OP = {"onednn": "mkldnn::_linear_pointwise", "blas": "aten::addmm"}
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("num_kv_heads,bias", [(8, True), (2, False)])
-def test_attention_runs_q_k_v_as_one_packed_matmul_with_the_same_output(num_kv_heads, bias):
+def test_attention_runs_q_k_v_as_one_packed_matmul_with_the_same_output(num_kv_heads, bias, kernel):
     torch.manual_seed(0)
     attn = MultiheadAttention(256, 8, num_kv_heads=num_kv_heads, bias=bias).eval()
     x = torch.randn(8, 1, 256)
     with torch.no_grad():
         expected = attn(x)
-        with prepacked_linears(attn, rows=8):
-            assert attn.packed_qkv is not None
+        with prepacked_linears(attn, rows=8, kernel=kernel):
+            assert attn.packed_qkv is not None and attn.packed_qkv.kernel == kernel
             got = attn(x)
-            calls = _count(lambda: attn(x), "mkldnn::_linear_pointwise")
+            op = "aten::mm" if kernel == "blas" and not bias else MATMUL_OP[kernel]
+            calls = _count(lambda: attn(x), op)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert calls == 2  # q/k/v together, then the output projection
     assert attn.packed_qkv is None and "forward" not in attn.q_proj.__dict__
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu", "swiglu"])
-def test_feed_forward_runs_its_activation_inside_the_packed_matmul(activation):
+def test_feed_forward_runs_its_activation_with_the_packed_matmul(activation, kernel):
     torch.manual_seed(0)
     ffn = FeedForward(256, 1024, activation=activation)
     x = torch.randn(8, 1, 256)
     with torch.no_grad():
         expected = ffn(x)
-        with prepacked_linears(ffn, rows=8):
+        with prepacked_linears(ffn, rows=8, kernel=kernel):
             got = ffn(x)
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 ffn(x)
@@ -96,14 +103,17 @@ def test_feed_forward_runs_its_activation_inside_the_packed_matmul(activation):
     ops = {event.key for event in prof.key_averages()}
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(other_rows, expected[:3], rtol=1e-5, atol=1e-5)
-    assert not ops & {"aten::gelu", "aten::relu", "aten::silu"}
+    if kernel == "onednn":  # in the matmul's epilogue
+        assert not ops & {"aten::gelu", "aten::relu", "aten::silu"}
+    else:  # a BLAS matmul on the transposed weight, then the activation
+        assert "aten::addmm" in ops and "aten::linear" not in ops
     assert ffn.packed_activated is None
 
 
 def test_fused_projections_are_removed_after_an_error_and_skip_autograd():
     attn, ffn = MultiheadAttention(256, 4), FeedForward(256, 1024)
     with pytest.raises(RuntimeError, match="inside"):
-        with prepacked_linears(nn.ModuleList([attn, ffn]), rows=4):
+        with prepacked_linears(nn.ModuleList([attn, ffn]), rows=4, kernel="onednn"):
             x = torch.randn(4, 1, 256, requires_grad=True)
             assert _count(lambda: ffn(attn(x)).sum().backward(), "mkldnn::_linear_pointwise") == 0
             assert x.grad is not None
@@ -119,3 +129,23 @@ def test_a_nested_block_keeps_the_enclosing_blocks_packing():
             assert attn.packed_qkv is outer and "forward" not in attn.q_proj.__dict__
         assert attn.packed_qkv is outer
     assert attn.packed_qkv is None
+
+
+def test_auto_takes_a_timed_kernel_once_per_shape_and_remembers_it(monkeypatch):
+    monkeypatch.setattr(prepacked, "_FASTER_KERNEL", {})
+    torch.manual_seed(0)
+    weight, bias, x = torch.randn(512, 256), torch.randn(512), torch.randn(4, 256)
+    first = packed_linear(weight, bias, 4, activation="gelu_tanh")
+    assert first.kernel in KERNELS and list(prepacked._FASTER_KERNEL.values()) == [first.kernel]
+    expected = torch.nn.functional.gelu(torch.nn.functional.linear(x, weight, bias), approximate="tanh")
+    with torch.no_grad():
+        torch.testing.assert_close(first(x), expected, rtol=1e-5, atol=1e-5)
+    # the remembered choice is what later layers of the shape get, timed or not
+    other = "blas" if first.kernel == "onednn" else "onednn"
+    (key,) = prepacked._FASTER_KERNEL
+    prepacked._FASTER_KERNEL[key] = other
+    assert packed_linear(weight, bias, 4, activation="gelu_tanh").kernel == other
+    assert packed_linear(weight, bias, 8, activation="gelu_tanh").kernel in KERNELS  # another row count: timed anew
+    assert len(prepacked._FASTER_KERNEL) == 2
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        packed_linear(weight, bias, 4, kernel="mkl")
