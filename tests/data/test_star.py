@@ -354,20 +354,45 @@ def test_path_valid_never_raises_on_junk(junk):
 
 
 def test_score_star_prediction():
-    assert score_star_prediction("3 8 8 14 14 5", EX) == {"exact_match": 1.0, "token_accuracy": 1.0, "path_valid": 1.0}
+    assert score_star_prediction("3 8 8 14 14 5", EX) == {"exact_match": 1.0, "token_accuracy": 1.0, "path_valid": 1.0,
+                                                          "branch_correct": 1.0}
     s = score_star_prediction("3 8 8 14 14 2", EX)
     assert s["exact_match"] == 0.0 and s["token_accuracy"] == pytest.approx(5 / 6) and s["path_valid"] == 0.0
     s = score_star_prediction("3 8", EX)
-    assert s == {"exact_match": 0.0, "token_accuracy": pytest.approx(2 / 6), "path_valid": 0.0}
+    assert s == {"exact_match": 0.0, "token_accuracy": pytest.approx(2 / 6), "path_valid": 0.0, "branch_correct": 0.0}
     s = score_star_prediction("garbage", EX)
-    assert s == {"exact_match": 0.0, "token_accuracy": 0.0, "path_valid": 0.0}
+    assert s == {"exact_match": 0.0, "token_accuracy": 0.0, "path_valid": 0.0, "branch_correct": 0.0}
+
+
+# 4 -> 0 -> 3 -> 5 through the centre 0, whose other arms are 0 -> 1 -> 2 and 0 -> 7
+BRANCHED = {"edge_list": [[0, 1], [3, 5], [4, 0], [0, 7], [1, 2], [0, 3]], "source": 4, "goal": 5,
+            "path": [4, 0, 3, 5], "target": "4 0 0 3 3 5"}
+
+
+@pytest.mark.parametrize("pred,branch,exact", [
+    ("4 0 0 3 3 5", 1.0, 1.0),
+    ("4 0 0 3 3 9", 1.0, 0.0),  # right at the centre, wrong after it
+    ("4 0 0 3", 1.0, 0.0),  # stops after the decision
+    ("4 0 0 1 1 2", 0.0, 0.0),  # the wrong arm
+    ("4 0", 0.0, 0.0),  # stops before the decision
+    ("4 9 0 3 3 5", 0.0, 0.0),  # wrong before the decision
+])
+def test_branch_correct_scores_the_edge_out_of_the_centre(pred, branch, exact):
+    s = score_star_prediction(pred, BRANCHED)
+    assert (s["branch_correct"], s["exact_match"]) == (branch, exact)
 
 
 def test_dataset_targets_score_perfectly(tmp_path):
     for task in TASKS:
         ds = load_star(task, "validation", cache_dir=tmp_path)
         for ex in ds:
-            assert score_star_prediction(ex["target"], ex)["path_valid"] == 1.0
+            score = score_star_prediction(ex["target"], ex)
+            assert score["path_valid"] == 1.0 and score["branch_correct"] == 1.0
+            out_degree = {}
+            for u, _ in ex["edge_list"]:
+                out_degree[u] = out_degree.get(u, 0) + 1
+            # every path passes one branching node, the centre, with an edge out on each arm
+            assert [out_degree.get(n, 0) for n in ex["path"][:-1]].count(STAR_TASKS[task].degree) == 1
             assert exact_match(ex["target"].split(), ex["target"].split()) == 1.0
         # a wrong graph's path is (almost always) not a valid path here
         wrong = sum(path_valid(ds[i]["target"], ds[i + 1]["edge_list"], ds[i + 1]["source"], ds[i + 1]["goal"])

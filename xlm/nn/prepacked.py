@@ -6,11 +6,11 @@ reads and reused on every call. Which kernel is fastest depends on the CPU, so e
 the faster of two, timed once per process (`packed_linear`):
 
 * oneDNN's linear on a weight reordered for exactly that many rows, with the activation in its
-  epilogue. On the AMD EPYC this project first ran on it decoded a 6 x 256 GPT-2-shaped model
-  at batch 8 in 0.70 of the time of `F.linear` (benchmarks/RESULTS.md).
+  epilogue. On the AMD EPYC this project first ran on, it decoded a 6 x 256 GPT-2-shaped model
+  at batch 8 in 0.65-0.8 of the time of `F.linear` (benchmarks/RESULTS.md).
 * BLAS `addmm` on the weight stored transposed and contiguous (as HF's GPT-2 `Conv1D` keeps
-  it), the activation after it. On an Intel Xeon (AVX-512) it ran 1.5-3x faster than oneDNN's
-  kernel at 8 rows, and the batch-8 decode took 0.86 of the time.
+  it), the activation after it. On an Intel Xeon (AVX-512) it ran 1.1-3x faster than oneDNN's
+  kernel at 8 rows, and the batch-8 decode took 0.81 of the time.
 
 At a few rows each call costs more in fixed overhead than in arithmetic, so fewer calls pay
 too: inside the block an attention's q, k and v projections run as one matmul over their

@@ -3,7 +3,7 @@
 
 Scores a trained model on a whole split: loss (for ILM also `nll_bound`, nats per token), on text
 a perplexity (a bound for MDLM and ILM, said so), and for seq2seq tasks every prediction metric
-(star: exact_match, token_accuracy, path_valid). Prints a table and writes JSON.
+(star: exact_match, token_accuracy, path_valid, branch_correct). Prints a table and writes JSON.
 """
 
 from __future__ import annotations

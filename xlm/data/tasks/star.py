@@ -53,6 +53,7 @@ __all__ = [
     "load_star",
     "max_prompt_tokens",
     "max_target_tokens",
+    "branch_correct",
     "path_valid",
     "score_star_prediction",
     "star_cache_path",
@@ -397,8 +398,30 @@ def path_valid(pred_text: str, edge_list: Any, source: int, goal: int) -> float:
         return 0.0
 
 
+def branch_correct(pred_words: Sequence[str], target_words: Sequence[str], path: Sequence[int],
+                   edge_list: Any) -> float:
+    """1.0 if the prediction agrees with the target up to and including the edge out of the path's
+    first branching node (the first node with several outgoing edges; the centre of a star).
+
+    Every other step of a star path is forced by the edge list, so this isolates the one decision
+    a teacher-forced model is reported to guess at (Bachmann & Nagarajan 2024: near 1/degree);
+    ``exact_match / branch_correct`` is then how often the rest follows. A path with no branching
+    node has no decision, and the whole target is compared.
+    """
+    if hasattr(edge_list, "tolist"):
+        edge_list = edge_list.tolist()
+    out_degree: dict[int, int] = {}
+    for u, _ in edge_list:
+        out_degree[int(u)] = out_degree.get(int(u), 0) + 1
+    nodes = [int(n) for n in path]
+    branch = next((i for i, n in enumerate(nodes[:-1]) if out_degree.get(n, 0) > 1), None)
+    upto = len(target_words) if branch is None else 2 * (branch + 1)  # words of edges 0..branch
+    return 1.0 if list(pred_words[:upto]) == list(target_words[:upto]) and len(pred_words) >= upto else 0.0
+
+
 def score_star_prediction(pred_text: str, example: Mapping[str, Any]) -> dict[str, float]:
-    """``exact_match``, ``token_accuracy`` (over whitespace words) and ``path_valid`` of one prediction."""
+    """``exact_match``, ``token_accuracy`` (over whitespace words), ``path_valid`` and
+    ``branch_correct`` of one prediction."""
     target = example.get("target")
     if target is None:
         target = _path_to_target([str(x) for x in example["path"]])
@@ -408,4 +431,5 @@ def score_star_prediction(pred_text: str, example: Mapping[str, Any]) -> dict[st
         "exact_match": exact_match(pred_words, target_words),
         "token_accuracy": token_accuracy(pred_words, target_words),
         "path_valid": path_valid(pred_text, example["edge_list"], example["source"], example["goal"]),
+        "branch_correct": branch_correct(pred_words, target_words, example["path"], example["edge_list"]),
     }
