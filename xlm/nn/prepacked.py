@@ -45,7 +45,7 @@ MIN_ROWS = 2
 # xlm activation name -> oneDNN post-op (attr, algorithm); SwiGLU's gate takes swish = SiLU
 EPILOGUES = {"gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh"), "relu": ("relu", ""), "swiglu": ("swish", "")}
 # the same activations applied after a BLAS matmul
-ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+AFTER_MATMUL: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu, "swiglu": F.silu}
 Kernel = Literal["onednn", "blas"]
 KERNELS: tuple[Kernel, ...] = ("onednn", "blas")
@@ -91,7 +91,7 @@ class PackedLinear:
         rows = x.reshape(self.rows, self.in_features)
         out = torch.mm(rows, self.weight) if self.bias is None else torch.addmm(self.bias, rows, self.weight)
         if self.activation is not None:
-            out = ACTIVATIONS[self.activation](out)
+            out = AFTER_MATMUL[self.activation](out)
         return out.view(*x.shape[:-1], out.size(-1))
 
 
