@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -410,13 +411,12 @@ def branch_correct(pred_words: Sequence[str], target_words: Sequence[str], path:
     """
     if hasattr(edge_list, "tolist"):
         edge_list = edge_list.tolist()
-    out_degree: dict[int, int] = {}
-    for u, _ in edge_list:
-        out_degree[int(u)] = out_degree.get(int(u), 0) + 1
+    out_degree = Counter(int(u) for u, _ in edge_list)
     nodes = [int(n) for n in path]
-    branch = next((i for i, n in enumerate(nodes[:-1]) if out_degree.get(n, 0) > 1), None)
+    branch = next((i for i, n in enumerate(nodes[:-1]) if out_degree[n] > 1), None)
     upto = len(target_words) if branch is None else 2 * (branch + 1)  # words of edges 0..branch
-    return 1.0 if list(pred_words[:upto]) == list(target_words[:upto]) and len(pred_words) >= upto else 0.0
+    # a prediction shorter than `upto` has a shorter prefix, so it never compares equal
+    return 1.0 if list(pred_words[:upto]) == list(target_words[:upto]) else 0.0
 
 
 def score_star_prediction(pred_text: str, example: Mapping[str, Any]) -> dict[str, float]:
