@@ -7,7 +7,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from xlm.nn import FeedForward, MultiheadAttention
 from xlm.nn import prepacked
-from xlm.nn.prepacked import KERNELS, can_prepack, packed_linear, prepacked_linears
+from xlm.nn.prepacked import KERNELS, PackedLinear, can_prepack, prepacked_linears
 
 pytestmark = pytest.mark.skipif(not can_prepack(nn.Linear(2, 2)), reason="this torch build has no oneDNN linear ops")
 
@@ -131,21 +131,40 @@ def test_a_nested_block_keeps_the_enclosing_blocks_packing():
     assert attn.packed_qkv is None
 
 
-def test_auto_takes_a_timed_kernel_once_per_shape_and_remembers_it(monkeypatch):
+def _kernels_in(model: nn.Module) -> list[str]:
+    return [layer.kernel for layer in (*(m.packed_qkv for m in model.modules() if isinstance(m, MultiheadAttention)),
+                                       *(m.packed_activated for m in model.modules() if isinstance(m, FeedForward)))]
+
+
+def test_auto_times_one_kernel_for_the_whole_module_and_remembers_it_per_structure(monkeypatch):
     monkeypatch.setattr(prepacked, "_FASTER_KERNEL", {})
     torch.manual_seed(0)
-    weight, bias, x = torch.randn(512, 256), torch.randn(512), torch.randn(4, 256)
-    first = packed_linear(weight, bias, 4, activation="gelu_tanh")
-    assert first.kernel in KERNELS and list(prepacked._FASTER_KERNEL.values()) == [first.kernel]
-    expected = torch.nn.functional.gelu(torch.nn.functional.linear(x, weight, bias), approximate="tanh")
+    model = nn.ModuleList([MultiheadAttention(256, 4), FeedForward(256, 1024, activation="gelu_tanh"),
+                           MultiheadAttention(256, 4), FeedForward(256, 1024, activation="gelu_tanh")]).eval()
+    x = torch.randn(4, 1, 256)
     with torch.no_grad():
-        torch.testing.assert_close(first(x), expected, rtol=1e-5, atol=1e-5)
-    # the remembered choice is what later layers of the shape get, timed or not
-    other = "blas" if first.kernel == "onednn" else "onednn"
+        expected = model[1](x)
+        with prepacked_linears(model, rows=4):
+            kernels = _kernels_in(model)
+            torch.testing.assert_close(model[1](x), expected, rtol=1e-5, atol=1e-5)
+    assert len(kernels) == 4 and len(set(kernels)) == 1 and kernels[0] in KERNELS  # one kernel serves all sites
+    assert list(prepacked._FASTER_KERNEL.values()) == [kernels[0]]
+    # the remembered choice is what a later entry with the same structure gets, untimed
+    other = "blas" if kernels[0] == "onednn" else "onednn"
     (key,) = prepacked._FASTER_KERNEL
     prepacked._FASTER_KERNEL[key] = other
-    assert packed_linear(weight, bias, 4, activation="gelu_tanh").kernel == other
-    assert packed_linear(weight, bias, 8, activation="gelu_tanh").kernel in KERNELS  # another row count: timed anew
-    assert len(prepacked._FASTER_KERNEL) == 2
+    with prepacked_linears(model, rows=4):
+        assert _kernels_in(model) == [other] * 4
+    with prepacked_linears(model, rows=8):  # another row count: timed anew
+        assert len(set(_kernels_in(model))) == 1
+    with prepacked_linears(model[:2], rows=4):  # another structure: timed anew
+        assert len(set(_kernels_in(model[:2]))) == 1
+    assert len(prepacked._FASTER_KERNEL) == 3
+
+
+def test_an_unknown_kernel_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match="kernel must be 'auto' or one of"):
+        with prepacked_linears(MultiheadAttention(256, 4), rows=4, kernel="mkl"):
+            pass
     with pytest.raises(ValueError, match="kernel must be one of"):
-        packed_linear(weight, bias, 4, kernel="mkl")
+        PackedLinear(torch.randn(8, 8), None, 4, kernel="mkl")

@@ -2,15 +2,15 @@
 
 A KV-cache decoding step multiplies a few rows (one per sequence) by every weight matrix, and
 does so again on every step, so a weight can be put once into the layout the fastest kernel
-reads and reused on every call. Which kernel is fastest depends on the CPU, so each shape takes
-the faster of two, timed once per process (`packed_linear`):
+reads and reused on every call. Which kernel is fastest depends on the CPU, so a model takes
+the faster of two, timed on its own matmuls once per process (`_faster_kernel_layers`):
 
 * oneDNN's linear on a weight reordered for exactly that many rows, with the activation in its
   epilogue. On the AMD EPYC this project first ran on, it decoded a 6 x 256 GPT-2-shaped model
   at batch 8 in 0.65-0.8 of the time of `F.linear` (benchmarks/RESULTS.md).
 * BLAS `addmm` on the weight stored transposed and contiguous (as HF's GPT-2 `Conv1D` keeps
   it), the activation after it. On an Intel Xeon (AVX-512) it ran 1.1-3x faster than oneDNN's
-  kernel at 8 rows, and the batch-8 decode took 0.81 of the time.
+  kernel at 8 rows, and the batch-8 decode took 0.81 of the time of oneDNN's.
 
 At a few rows each call costs more in fixed overhead than in arithmetic, so fewer calls pay
 too: inside the block an attention's q, k and v projections run as one matmul over their
@@ -31,6 +31,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -49,7 +50,7 @@ AFTER_MATMUL: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu, "swiglu": F.silu}
 Kernel = Literal["onednn", "blas"]
 KERNELS: tuple[Kernel, ...] = ("onednn", "blas")
-# (rows, in, out, activation, has bias, threads) -> the kernel that ran faster in this process
+# (rows, threads, each site's shape) -> the kernel that ran a module's matmuls faster in this process
 _FASTER_KERNEL: dict[tuple, Kernel] = {}
 
 
@@ -95,36 +96,58 @@ class PackedLinear:
         return out.view(*x.shape[:-1], out.size(-1))
 
 
-def packed_linear(weight: Tensor, bias: Tensor | None, rows: int, *, activation: str | None = None,
-                  kernel: Kernel | Literal["auto"] = "auto") -> PackedLinear:
-    """A PackedLinear on `kernel`; "auto" takes whichever kernel ran faster at this shape, timed on
-    the first call for it in this process (a few dozen calls on random rows) and remembered."""
-    if kernel != "auto":
-        return PackedLinear(weight, bias, rows, activation=activation, kernel=kernel)
-    key = (rows, weight.size(1), weight.size(0), activation, bias is not None, torch.get_num_threads())
+@dataclass(frozen=True)
+class _PackSite:
+    """One matmul of a decoding step that will run on a laid-out weight, and where it goes."""
+
+    weight: Tensor
+    bias: Tensor | None
+    activation: str | None
+    install: Callable[[PackedLinear], None]
+    uninstall: Callable[[], None]
+
+    @property
+    def shape_key(self) -> tuple:
+        return (self.weight.size(0), self.weight.size(1), self.activation, self.bias is not None)
+
+
+def _pass_seconds(layers: list[PackedLinear], inputs: list[Tensor]) -> float:
+    start = time.perf_counter()
+    for layer, x in zip(layers, inputs):
+        layer(x)
+    return time.perf_counter() - start
+
+
+def _faster_kernel_layers(sites: list[_PackSite], rows: int) -> list[PackedLinear]:
+    """Each kernel's layers for every site, timed over the whole list in module order, as a decoding
+    step runs them: weights then come from beyond the core's cache as they do in the loop, and one
+    kernel serves all (mixing them ran slower than either alone on the Intel Xeon, even where each
+    won its own shape in isolation). The faster list is remembered per structure and thread count."""
+    key = (rows, torch.get_num_threads(), tuple(site.shape_key for site in sites))
     if key in _FASTER_KERNEL:
-        return PackedLinear(weight, bias, rows, activation=activation, kernel=_FASTER_KERNEL[key])
-    candidates = [PackedLinear(weight, bias, rows, activation=activation, kernel=k) for k in KERNELS]
-    x = torch.randn(rows, weight.size(1), dtype=weight.dtype)
-    seconds: list[list[float]] = [[] for _ in candidates]
+        return [PackedLinear(s.weight, s.bias, rows, activation=s.activation, kernel=_FASTER_KERNEL[key])
+                for s in sites]
+    candidates = {kernel: [PackedLinear(s.weight, s.bias, rows, activation=s.activation, kernel=kernel)
+                           for s in sites] for kernel in KERNELS}
+    inputs = [torch.randn(rows, site.weight.size(1), dtype=site.weight.dtype) for site in sites]
+    seconds: dict[Kernel, list[float]] = {kernel: [] for kernel in KERNELS}
     with torch.no_grad():
-        for repeat in range(12):  # interleaved, the first two as warm-up
-            for candidate, times in zip(candidates, seconds):
-                start = time.perf_counter()
-                candidate(x)
+        for repeat in range(10):  # interleaved, the first two as warm-up
+            for kernel, layers in candidates.items():
+                elapsed = _pass_seconds(layers, inputs)
                 if repeat >= 2:
-                    times.append(time.perf_counter() - start)
-    fastest = min(range(len(candidates)), key=lambda i: statistics.median(seconds[i]))
-    _FASTER_KERNEL[key] = candidates[fastest].kernel
+                    seconds[kernel].append(elapsed)
+    fastest = min(KERNELS, key=lambda kernel: statistics.median(seconds[kernel]))
+    _FASTER_KERNEL[key] = fastest
     return candidates[fastest]
 
 
 class _PrepackedForward:
     """A Linear's forward that takes its PackedLinear where that applies and its own forward elsewhere."""
 
-    def __init__(self, linear: nn.Linear, rows: int, kernel: Kernel | Literal["auto"]) -> None:
+    def __init__(self, linear: nn.Linear, packed: PackedLinear) -> None:
         self.linear = linear
-        self.packed = packed_linear(linear.weight, linear.bias, rows, kernel=kernel)
+        self.packed = packed
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.packed.applies_to(x):
@@ -132,42 +155,69 @@ class _PrepackedForward:
         return type(self.linear).forward(self.linear, x)
 
 
-@contextmanager
-def prepacked_linears(module: nn.Module, rows: int, *, kernel: Kernel | Literal["auto"] = "auto") -> Iterator[None]:
-    """Within the block, `rows`-row inputs take weights laid out once on entry for `kernel` (see
-    `packed_linear`): each attention's q/k/v as one matmul, each feed-forward's first projection
-    with its activation, and every other large `nn.Linear` on its own; the layers are as they were
-    on exit. A no-op where `can_prepack` is False or `rows < MIN_ROWS`."""
-    if rows < MIN_ROWS or not can_prepack(module):
-        yield
-        return
-    fused: list[tuple[nn.Module, str]] = []
-    covered: set[nn.Linear] = set()  # their work is done by a fused matmul
-    for sub in module.modules():  # one fused by an enclosing block stays as it is
+def _attribute_site(owner: nn.Module, attribute: str, weight: Tensor, bias: Tensor | None,
+                    activation: str | None = None) -> _PackSite:
+    return _PackSite(weight, bias, activation, install=lambda packed: setattr(owner, attribute, packed),
+                     uninstall=lambda: setattr(owner, attribute, None))
+
+
+def _linear_site(linear: nn.Linear) -> _PackSite:
+    def install(packed: PackedLinear) -> None:
+        linear.forward = _PrepackedForward(linear, packed)  # type: ignore[method-assign]
+
+    def uninstall() -> None:
+        del linear.forward
+
+    return _PackSite(linear.weight, linear.bias, None, install=install, uninstall=uninstall)
+
+
+def _pack_sites(module: nn.Module) -> list[_PackSite]:
+    """The matmuls to lay out, in module order: each attention's q/k/v as one, each feed-forward's
+    first projection with its activation, every other large plain `nn.Linear`. What an enclosing
+    block already packed stays as it is, and so do the linears it covers."""
+    sites: list[_PackSite] = []
+    covered: set[nn.Module] = set()  # their work is done by a fused matmul
+    for sub in module.modules():  # pre-order: a block comes before the linears it covers
         if isinstance(sub, MultiheadAttention):
             qkv = sub.qkv_projections
-            if sub.packed_qkv is None and sum(p.weight.numel() for p in qkv) >= MIN_WEIGHT_ELEMENTS:
-                sub.packed_qkv = packed_linear(*sub.qkv_weight_and_bias(), rows, kernel=kernel)
-                fused.append((sub, "packed_qkv"))
-            if sub.packed_qkv is not None:
+            packs = sub.packed_qkv is None and sum(p.weight.numel() for p in qkv) >= MIN_WEIGHT_ELEMENTS
+            if packs:
+                sites.append(_attribute_site(sub, "packed_qkv", *sub.qkv_weight_and_bias()))
+            if packs or sub.packed_qkv is not None:
                 covered.update(qkv)
         elif isinstance(sub, FeedForward):
             first = sub.gate_proj if sub.activation == "swiglu" else sub.up_proj
-            if sub.packed_activated is None and first.weight.numel() >= MIN_WEIGHT_ELEMENTS:
-                sub.packed_activated = packed_linear(first.weight, first.bias, rows, activation=sub.activation,
-                                                    kernel=kernel)
-                fused.append((sub, "packed_activated"))
-            if sub.packed_activated is not None:
+            packs = sub.packed_activated is None and first.weight.numel() >= MIN_WEIGHT_ELEMENTS
+            if packs:
+                sites.append(_attribute_site(sub, "packed_activated", first.weight, first.bias, sub.activation))
+            if packs or sub.packed_activated is not None:
                 covered.add(first)
-    # a layer already packed by an enclosing block ("forward" in its __dict__) stays as it is
-    linears = [m for m in module.modules() if type(m) is nn.Linear and m.weight.numel() >= MIN_WEIGHT_ELEMENTS
-               and "forward" not in m.__dict__ and m not in covered]
-    for linear in linears:
-        linear.forward = _PrepackedForward(linear, rows, kernel)  # type: ignore[method-assign]
+        elif (type(sub) is nn.Linear and sub.weight.numel() >= MIN_WEIGHT_ELEMENTS
+              and "forward" not in sub.__dict__ and sub not in covered):
+            sites.append(_linear_site(sub))
+    return sites
+
+
+@contextmanager
+def prepacked_linears(module: nn.Module, rows: int, *, kernel: Kernel | Literal["auto"] = "auto") -> Iterator[None]:
+    """Within the block, `rows`-row inputs take weights laid out once on entry for `kernel` (the
+    sites of `_pack_sites`); the layers are as they were on exit. "auto" takes the kernel that ran
+    the module's matmuls faster (`_faster_kernel_layers`), which builds both layouts on the first
+    entry for a structure. A no-op where `can_prepack` is False or `rows < MIN_ROWS`."""
+    if kernel != "auto" and kernel not in KERNELS:
+        raise ValueError(f"kernel must be 'auto' or one of {KERNELS}, got {kernel!r}")
+    sites = _pack_sites(module) if rows >= MIN_ROWS and can_prepack(module) else []
+    if not sites:
+        yield
+        return
+    if kernel == "auto":
+        layers = _faster_kernel_layers(sites, rows)
+    else:
+        layers = [PackedLinear(s.weight, s.bias, rows, activation=s.activation, kernel=kernel) for s in sites]
+    for site, layer in zip(sites, layers):
+        site.install(layer)
     try:
         yield
     finally:
-        for linear in linears:
-            del linear.forward
-        for sub, attribute in fused:
-            setattr(sub, attribute, None)
+        for site in sites:
+            site.uninstall()
