@@ -77,3 +77,25 @@ def test_bad_seed_spec_is_refused_before_any_training(tmp_path, capsys):
 def test_plot_panels_are_the_metrics_the_runs_logged():
     text_runs = [{"curve": [{"step": 5, "val_loss": 3.2}]}]  # an LM task logs no prediction metrics
     assert compare.plot_panels(text_runs) == ["val_loss"]
+
+
+def test_a_run_directory_is_reused_only_with_the_settings_it_was_trained_with(tmp_path, capsys):
+    out = tmp_path / "report"
+    argv = ["--task", "star_easy", "--archs", "arlm_tiny", "--budget-steps", "6", "--output-dir", str(out),
+            "--eval-every-steps", "6", "--test-limit", "16", "task.train_size=32", "task.eval_size=8",
+            "data.batch_size=8"]
+    assert compare.main(argv) == 0
+    run = out / "runs" / "arlm_tiny_seed0"
+    weights = (run / "model.safetensors").read_bytes()
+    assert json.loads((run / "eval_test.json").read_text())["num_examples"] == 16
+
+    rescored = [*argv[:argv.index("--test-limit")], "--test-limit", "8", *argv[argv.index("--test-limit") + 2:]]
+    assert compare.main(rescored) == 0  # another test limit: the same weights, scored again
+    assert json.loads((run / "eval_test.json").read_text())["num_examples"] == 8
+    assert (run / "model.safetensors").read_bytes() == weights
+
+    longer = [*argv[:argv.index("--budget-steps")], "--budget-steps", "12", *argv[argv.index("--budget-steps") + 2:]]
+    assert compare.main(longer) == 1  # another budget: refused, not tabulated as if trained with it
+    err = capsys.readouterr().err
+    assert "trained with other settings" in err and "budget_steps 6 (now 12)" in err and str(run) in err
+    assert (run / "model.safetensors").read_bytes() == weights

@@ -6,8 +6,9 @@ Trains every arch with the same budget (wall-clock minutes of training steps, ev
 excluded, or a number of steps) for each seed, evaluates each on the whole test split, and
 writes into one report directory: `results.json`, `table.md` (mean ± std over seeds) and
 `curves.png` (validation exact match, token accuracy and loss against training time and steps,
-one colour per family). Finished runs are reused, so an interrupted comparison continues where it stopped,
-and a comparison run one arch at a time (in parallel, into the same directory) is tabulated by one
+one colour per family). Finished runs are reused, so an interrupted comparison continues where it stopped
+(a run directory trained with another budget, task, overrides or evaluation interval is refused, and
+one scored on another --test-limit is scored again), and a comparison run one arch at a time (in parallel, into the same directory) is tabulated by one
 last call naming every arch, with `--seeds` per arch where they differ. A run whose directory is
 gone (`runs/` holds the weights and is not what a report keeps) is taken from the `results.json`
 already there when that file was written with the same task, budget, overrides and test limit,
@@ -25,7 +26,8 @@ from typing import Any, Sequence
 
 from . import evaluate, train
 
-TABLE_METRICS = ("exact_match", "token_accuracy", "path_valid", "loss")
+TABLE_METRICS = ("exact_match", "token_accuracy", "path_valid", "branch_correct", "loss")
+RUN_SETTINGS = "compare_run.json"  # in each run directory: what it was trained and scored with
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -95,26 +97,49 @@ def recorded_results(path: Path, settings: dict[str, Any]) -> dict[tuple[str, in
     return {}
 
 
+def _run_settings(run: Path, training: dict[str, Any]) -> dict[str, Any]:
+    """What `run` was trained and scored with, as its RUN_SETTINGS file records (empty for a run
+    from before they were recorded). A run trained with other settings is refused: its weights would
+    stand in the table for a budget or overrides they were not trained with."""
+    path = run / RUN_SETTINGS
+    if not path.exists():
+        return {}
+    recorded = json.loads(path.read_text())
+    if differ := [f"{key} {recorded['training'].get(key)!r} (now {value!r})" for key, value in training.items()
+                  if recorded["training"].get(key) != value]:
+        raise RuntimeError(f"{run} was trained with other settings ({'; '.join(differ)}); give another "
+                           f"--output-dir, or remove {run} to train it afresh")
+    return recorded
+
+
 def run_one(arch: str, seed: int, args: argparse.Namespace, out: Path,
             recorded: dict[str, Any] | None = None) -> dict[str, Any]:
     run = run_dir(out, arch, seed)
     if recorded is not None and not run.exists():
         print(f"{arch} seed {seed}: {run} is gone; using its results from {out / 'results.json'}")
         return recorded
+    training = {"task": args.task, "budget_minutes": args.budget_minutes, "budget_steps": args.budget_steps,
+                "eval_every_steps": args.eval_every_steps, "overrides": list(args.overrides)}
+    settings = _run_settings(run, training)
+    settings_file = run / RUN_SETTINGS
     budget = ([f"trainer.max_minutes={args.budget_minutes}", "trainer.max_steps=1000000000"]
               if args.budget_minutes is not None else [f"trainer.max_steps={args.budget_steps}"])
     if not (run / "model.safetensors").exists():
+        run.mkdir(parents=True, exist_ok=True)
+        settings = {"training": training}
+        settings_file.write_text(json.dumps(settings, indent=2))
         code = train.main(["--arch", arch, "--task", args.task, "--output-dir", str(run), f"seed={seed}",
                            f"trainer.eval_every_steps={args.eval_every_steps}", "trainer.progress_bar=false",
                            *budget, *args.overrides])
         if code != 0:
             raise RuntimeError(f"training {arch} (seed {seed}) failed with exit code {code}; see {run}")
     result_file = run / "eval_test.json"
-    if not result_file.exists():
+    if not result_file.exists() or settings.get("test_limit", args.test_limit) != args.test_limit:
         limit = ["--limit", str(args.test_limit)] if args.test_limit else []
         code = evaluate.main(["--model", str(run), "--split", "test", "--output", str(result_file), *limit])
         if code != 0:
             raise RuntimeError(f"evaluating {run} failed with exit code {code}")
+        settings_file.write_text(json.dumps({"training": training, "test_limit": args.test_limit}, indent=2))
     summary = json.loads((run / "metrics.json").read_text())
     return {"arch": arch, "seed": seed, "run": str(run), "test": json.loads(result_file.read_text()),
             "steps": summary["step"], "train_seconds": summary["train_seconds"], "curve": _val_curve(run)}
