@@ -51,6 +51,20 @@ def test_fused_qkv_projection_matches_separate_projections_in_values_and_gradien
         torch.testing.assert_close(got, want)
 
 
+def test_without_autograd_q_k_v_run_on_their_own_weights_with_no_concatenation():
+    torch.manual_seed(0)
+    attn = MultiheadAttention(32, 4, num_kv_heads=2)
+    x = torch.randn(2, 7, 32)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as trained:
+        attn._project_qkv(x)
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as inferred:
+        got = attn._project_qkv(x)
+    assert "aten::cat" in {e.key for e in trained.key_averages()}  # the fused matmul's weights
+    assert "aten::cat" not in {e.key for e in inferred.key_averages()}
+    for out, proj in zip(got, (attn.q_proj, attn.k_proj, attn.v_proj)):
+        torch.testing.assert_close(out, proj(x).detach())
+
+
 def test_hooked_or_wrapped_projection_is_called_not_bypassed_by_the_fused_matmul():
     torch.manual_seed(0)
     attn = MultiheadAttention(16, 2).eval()

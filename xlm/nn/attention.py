@@ -99,10 +99,13 @@ class MultiheadAttention(nn.Module):
         sizes = [p.out_features for p in projections]
         if self.packed_qkv is not None and self.packed_qkv.applies_to(x):
             return self.packed_qkv(x).split(sizes, dim=-1)
-        if not all(_plain_linear(p) for p in projections):  # wrapped (LoRA) or hooked: call each as it is
+        # Under autograd, one matmul over the concatenated weights: the input's gradient then comes
+        # out of one GEMM instead of three summed. Without it the concatenation is pure cost, paid on
+        # every call (decoding at batch 1 spent 0.36-0.53 of its q/k/v time on it, benchmarks/RESULTS.md),
+        # and three GEMMs ran within 4% of one up to 4,096 rows. Wrapped (LoRA) or hooked projections
+        # are called as they are.
+        if not torch.is_grad_enabled() or not all(_plain_linear(p) for p in projections):
             return self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        # one matmul over the concatenated weights: three narrow GEMMs run slower than one wide one,
-        # and the input's gradient then comes out of one GEMM instead of three summed
         return F.linear(x, *self.qkv_weight_and_bias()).split(sizes, dim=-1)
 
     def _split_heads(self, x: Tensor, heads: int) -> Tensor:
