@@ -16,7 +16,7 @@ from __future__ import annotations
 import statistics
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,8 @@ class _Functional:
 def _without(*parts: str) -> Iterator[None]:
     saved = attention_module.F, feed_forward_module.F, kv_cache_module.KVCache.update
     if "sdpa" in parts:
-        attention_module.F = _Functional(scaled_dot_product_attention=lambda q, k, v, **_: v if v.shape == q.shape else q)
+        attention_module.F = _Functional(
+            scaled_dot_product_attention=lambda q, k, v, **_: v if v.shape == q.shape else q)
     if "gelu" in parts:
         feed_forward_module.F = _Functional(gelu=lambda x, approximate="none": x)
     if "kv_writes" in parts:

@@ -51,7 +51,8 @@ def test_ilm_multi_on_the_shipped_sort_model_calls_the_model_3x_less_at_equal_ex
 
 def test_targets_compare_each_goal_with_the_measured_row():
     results = {"hf_gpt2": [{"shape": "4x128", "hf_over_xlm": 1.3}, {"shape": "6x256", "hf_over_xlm": 1.1}],
-               "train": [{"size": "S", "arch": "arlm_star", "mfu": 0.2}, {"size": "L", "arch": "arlm_star", "mfu": 0.7}],
+               "train": [{"size": "S", "arch": "arlm_star", "mfu": 0.2},
+                         {"size": "L", "arch": "arlm_star", "mfu": 0.7}],
                "ilm_multi": [{"insertions_per_step": 1, "fewer_row_calls": 1.0},
                              {"insertions_per_step": 8, "fewer_row_calls": 2.25}]}
     rows = bench.targets(results)

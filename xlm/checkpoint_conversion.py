@@ -31,7 +31,8 @@ import zipfile
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -104,7 +105,7 @@ class TensorTransform(Protocol):
 
     def __call__(self, tensors: list[Tensor]) -> list[Tensor]: ...
 
-    def inverse(self) -> "TensorTransform": ...
+    def inverse(self) -> TensorTransform: ...
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ class Transpose:
                 raise ConversionError(f"Transpose expects 2-D weights, got shape {tuple(t.shape)}")
         return [t.t() for t in tensors]
 
-    def inverse(self) -> "Transpose":
+    def inverse(self) -> Transpose:
         return self
 
 
@@ -142,7 +143,7 @@ class Split:
                                   f"into {parts} equal parts")
         return list(tensor.chunk(parts, dim=self.dim))
 
-    def inverse(self) -> "Concat":
+    def inverse(self) -> Concat:
         return Concat(dim=self.dim, parts=self.parts, sizes=self.sizes)
 
 
@@ -175,7 +176,7 @@ class Chain:
             tensors = step(tensors)
         return tensors
 
-    def inverse(self) -> "Chain":
+    def inverse(self) -> Chain:
         return Chain(*(step.inverse() for step in reversed(self.steps)))
 
 
@@ -191,7 +192,7 @@ class _Template:
     names: frozenset[str]
 
     @classmethod
-    def parse(cls, template: str, regexes: Mapping[str, str] | None = None) -> "_Template":
+    def parse(cls, template: str, regexes: Mapping[str, str] | None = None) -> _Template:
         """`regexes` gives the pattern of placeholders written bare here (shared within a rule)."""
         regexes = regexes or {}
         regex, names, pos = [], [], 0
@@ -245,7 +246,7 @@ class Rule:
                                 for s in transform.steps))
         self.transform = transform
 
-    def inverse(self) -> "Rule":
+    def inverse(self) -> Rule:
         rule = Rule.__new__(Rule)
         rule.sources, rule.targets = self.targets, self.sources
         rule.transform = None if self.transform is None else self.transform.inverse()
@@ -277,7 +278,7 @@ class KeyMap:
         self.rules = list(rules)
         self.drop = [_Template.parse(d) for d in drop]
 
-    def inverse(self, *, drop: Sequence[str] = ()) -> "KeyMap":
+    def inverse(self, *, drop: Sequence[str] = ()) -> KeyMap:
         return KeyMap([rule.inverse() for rule in self.rules], drop=drop)
 
     def is_dropped(self, key: str) -> bool:
@@ -433,7 +434,7 @@ class _Opaque:
 
     fqn = "?"
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "_Opaque":
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Opaque:
         self = object.__new__(cls)
         self.args, self.state = args, None
         return self

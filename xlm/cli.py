@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 USAGE = """usage: xlm COMMAND [ARGS]
 
@@ -58,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         import difflib
 
-        close = difflib.get_close_matches(command, ["train", "eval", "convert", "compare", "generate", "train-tokenizer", "models", "cards"], n=1)
+        commands = ["train", "eval", "convert", "compare", "generate", "train-tokenizer", "models", "cards"]
+        close = difflib.get_close_matches(command, commands, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         print(f"xlm: unknown command {command!r}{hint}\n\n{USAGE}", file=sys.stderr, end="")
         return 2

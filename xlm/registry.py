@@ -10,7 +10,8 @@ import contextlib
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterator, Mapping, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 

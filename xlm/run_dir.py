@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -34,7 +35,8 @@ def write_run_dir(path: Path, *, model: torch.nn.Module, family: str, arch: str,
     path.mkdir(parents=True, exist_ok=True)
     config = {"format_version": FORMAT_VERSION, "family": family, "arch": arch,
               "model_config": asdict(model_config), "sampler_config": asdict(sampler_config),
-              "tokenizer": tokenizer.spec() if tokenizer is not None else None, "task": task, "train_config": train_config}
+              "tokenizer": tokenizer.spec() if tokenizer is not None else None, "task": task,
+              "train_config": train_config}
     state = state_dict_for_safetensors(model.state_dict())
     tied = _tied_keys(model)
     for key in tied:

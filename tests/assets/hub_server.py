@@ -44,7 +44,7 @@ class FakeHub:
                 self.send_header("Content-Type", "application/octet-stream")
                 self.end_headers()
 
-            def do_HEAD(self) -> None:  # noqa: N802
+            def do_HEAD(self) -> None:
                 body, revision = self._lookup()
                 if body is None:
                     self.send_response(404)
@@ -53,7 +53,7 @@ class FakeHub:
                     return
                 self._headers(body, revision)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 body, revision = self._lookup()
                 if body is None:
                     self.send_response(404)
@@ -67,7 +67,7 @@ class FakeHub:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "FakeHub":
+    def __enter__(self) -> FakeHub:
         self.thread.start()
         return self
 

@@ -348,7 +348,8 @@ def test_path_valid_on_invalid_predictions(pred):
     assert path_valid(pred, EDGES, 3, 5) == 0.0
 
 
-@pytest.mark.parametrize("junk", ["", "   ", "3 8 8", "3 x 8 14 14 5", "3.0 8 8 14 14 5", "-3 8", "[BOS] 3 8", None, 12])
+@pytest.mark.parametrize("junk", ["", "   ", "3 8 8", "3 x 8 14 14 5", "3.0 8 8 14 14 5", "-3 8", "[BOS] 3 8",
+                                  None, 12])
 def test_path_valid_never_raises_on_junk(junk):
     assert path_valid(junk, EDGES, 3, 5) == 0.0
 

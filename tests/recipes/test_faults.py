@@ -22,7 +22,8 @@ from .test_resume_and_ddp import _finish, _logged_steps, _train, _weights
 
 
 def _trainer(tmp_path, *overrides):
-    argv = ["--arch", "arlm_tiny", "--task", "star_easy", "--experiment", "debug", "--output-dir", str(tmp_path / "run"),
+    argv = ["--arch", "arlm_tiny", "--task", "star_easy", "--experiment", "debug",
+            "--output-dir", str(tmp_path / "run"),
             "trainer.progress_bar=false", "trainer.tensorboard=false", "trainer.eval_every_steps=0",
             "trainer.log_every_steps=1", *overrides]
     args = parse_args(argv)
@@ -85,7 +86,7 @@ def test_nan_steps_are_skipped_when_configured(tmp_path, capsys):
     trainer._train_step = step
     trainer.run()
     assert "skipped the update at step 3" in capsys.readouterr().err
-    records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r.get("skipped")] == [3]
     assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values())
 

@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -68,8 +67,8 @@ def test_sigterm_then_resume_gives_bitwise_the_same_weights(tmp_path):
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
-    logged = [json.loads(l)["step"] for l in (tmp_path / "interrupted" / "metrics.jsonl").read_text().splitlines()
-              if json.loads(l)["split"] == "train"]
+    logged = [json.loads(line)["step"] for line in (tmp_path / "interrupted" / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["split"] == "train"]
     assert logged == sorted(set(logged)) and logged[-1] == 150  # no step logged twice after the resume
 
 

@@ -37,8 +37,8 @@ def test_ema_weights_are_what_gets_exported(tmp_path):
 
 def test_bf16_autocast_trains_with_finite_losses(tmp_path):
     run = _run(tmp_path, "trainer.autocast_dtype=bf16")
-    losses = [json.loads(l)["loss"] for l in (run / "metrics.jsonl").read_text().splitlines()
-              if json.loads(l)["split"] == "train"]
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["split"] == "train"]
     assert losses and all(math.isfinite(x) for x in losses)
     assert all(v.dtype == torch.float32 for v in load_file(run / "model.safetensors").values())
 

@@ -51,7 +51,7 @@ class AssetCard:
     def base_dir(self) -> Path | None:
         return self.source_file.parent if self.source_file else None
 
-    def merged_onto(self, base: "AssetCard") -> "AssetCard":
+    def merged_onto(self, base: AssetCard) -> AssetCard:
         """This card's fields over its base's; model_config and sampler merge key by key."""
         values = {f.name: getattr(base, f.name) for f in fields(self)}
         for f in fields(self):
@@ -78,12 +78,14 @@ def card_from_mapping(data: Any, source: Path | str) -> AssetCard:
     odd = [k for k in data if not isinstance(k, str)]
     if odd:
         raise CardError(f"{where}: card field names are strings, got {', '.join(map(repr, odd))} "
-                        f"(a stray `?`, `:` or number at the start of a line?); known fields: {', '.join(sorted(_FIELDS))}")
+                        f"(a stray `?`, `:` or number at the start of a line?); "
+                        f"known fields: {', '.join(sorted(_FIELDS))}")
     unknown = sorted(set(data) - _FIELDS)
     if unknown:
         hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, _FIELDS, n=1)) else repr(k)
                  for k in unknown]
-        raise CardError(f"{where}: unknown card field(s) {', '.join(hints)}; known fields: {', '.join(sorted(_FIELDS))}")
+        raise CardError(f"{where}: unknown card field(s) {', '.join(hints)}; "
+                        f"known fields: {', '.join(sorted(_FIELDS))}")
     name = data.get("name")
     if not isinstance(name, str) or not name:
         raise CardError(f"{where}: every card needs a non-empty string `name`, got {name!r}")

@@ -110,7 +110,7 @@ def _fetch_hf(location: HubLocation) -> Path:
     try:
         path = hf_hub_download(location.repo_id, location.filename, revision=location.revision,
                                cache_dir=cache_dir() / "hf", endpoint=os.environ.get("HF_ENDPOINT"))
-    except Exception as err:  # noqa: BLE001 - the hub's many error types, reported with the location
+    except Exception as err:
         raise DownloadError(f"cannot download {location.filename} from the hub repo {location.repo_id}"
                             f"{'@' + location.revision if location.revision else ''}: {err}") from err
     return Path(path)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Int
@@ -41,8 +42,8 @@ class Generator:
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         return [self.tokenizer.decode(row) for row in self._predict(ids, max_new_tokens, generator, on_step)]
 
-    def generate_ids(self, prompt_ids: Int[Tensor, "batch seq"] | Sequence[Sequence[int]], max_new_tokens: int | None = None,
-                     *, seed: int | None = None) -> Int[Tensor, "batch new"]:
+    def generate_ids(self, prompt_ids: Int[Tensor, "batch seq"] | Sequence[Sequence[int]],
+                     max_new_tokens: int | None = None, *, seed: int | None = None) -> Int[Tensor, "batch new"]:
         """New token ids only, right padded with [PAD] to the longest row; no tokenizer needed for
         the prompt (`prompt_ids` rows are unpadded)."""
         rows = prompt_ids.tolist() if isinstance(prompt_ids, Tensor) else [list(r) for r in prompt_ids]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
 
 import torch
 
@@ -167,7 +168,7 @@ def family_of(model: torch.nn.Module) -> Family:
 
 
 def load_generator(name_or_path: str | Path, *, family: str | None = None, device: torch.device | str | None = None,
-                   **sampling: Any) -> "Generator":
+                   **sampling: Any) -> Generator:
     """A ready sampler: the model, its tokenizer and its family's predictor with the card's, the run's,
     or the given sampling settings."""
     from .generator import Generator

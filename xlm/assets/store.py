@@ -64,7 +64,8 @@ def resolve_card(name: str, cards: dict[str, AssetCard] | None = None) -> AssetC
 
 def _resolve_base(card: AssetCard, cards: dict[str, AssetCard]) -> AssetCard:
     if card.base not in cards:
-        raise CardError(f"card {card.name!r} ({card.source_file}) names the base {card.base!r}, which is not a known card"
+        raise CardError(f"card {card.name!r} ({card.source_file}) names the base {card.base!r}, "
+                        f"which is not a known card"
                         f"{_hint(card.base or '', cards)}")
     return cards[card.base]
 

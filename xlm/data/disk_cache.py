@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import datasets
 
@@ -68,7 +68,7 @@ def cached_dataset(path: Path, build: Callable[[], datasets.Dataset],
         if path.exists():
             try:
                 return _read(path, check)
-            except Exception as err:  # noqa: BLE001 - any unreadable entry is rebuilt
+            except Exception as err:
                 warnings.warn(f"cache {path} is unreadable ({type(err).__name__}: {err}); regenerating it",
                               warning, stacklevel=3)
                 remove_dir(path)
@@ -82,7 +82,7 @@ def cached_dataset(path: Path, build: Callable[[], datasets.Dataset],
             except OSError:  # another process put a (non-empty) entry there first: use theirs if it reads
                 try:
                     return _read(path, check)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     remove_dir(path)
                     os.replace(tmp / "data", path)
         finally:

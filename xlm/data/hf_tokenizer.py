@@ -10,7 +10,8 @@ travels in `spec()`, so a run dir needs no file beside it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizerModel
@@ -45,7 +46,7 @@ class HFTokenizer:
         self._special_ids = frozenset(self._ids.values())
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "HFTokenizer":
+    def from_file(cls, path: str | Path) -> HFTokenizer:
         """`path` is a tokenizer.json or a directory holding one (an HF model dir)."""
         path = Path(path)
         file = path / "tokenizer.json" if path.is_dir() else path

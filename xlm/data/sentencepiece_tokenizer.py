@@ -10,7 +10,8 @@ from __future__ import annotations
 import base64
 import io
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
 import sentencepiece as spm
 
@@ -47,7 +48,7 @@ class SentencePieceTokenizer:
         self._special_ids = frozenset(range(len(SPECIAL_TOKENS)))
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "SentencePieceTokenizer":
+    def from_file(cls, path: str | Path) -> SentencePieceTokenizer:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no SentencePiece model at {path} (make one with "

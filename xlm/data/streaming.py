@@ -27,7 +27,8 @@ the dataloader's round-robin). Saved in every checkpoint, it restores the stream
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
+from collections.abc import Callable, Iterator
 
 import torch
 

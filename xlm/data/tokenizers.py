@@ -9,7 +9,8 @@ A tokenizer describes itself with :meth:`Tokenizer.spec` (a JSON-serialisable di
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
 
 __all__ = [
     "SPECIAL_TOKENS",

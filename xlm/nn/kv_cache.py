@@ -24,7 +24,8 @@ class KVCache:
 
     def update(self, layer_idx: int, k_new: Float[Tensor, "batch kv_heads new head_dim"],
                v_new: Float[Tensor, "batch kv_heads new head_dim"],
-               ) -> tuple[Float[Tensor, "batch kv_heads total head_dim"], Float[Tensor, "batch kv_heads total head_dim"]]:
+               ) -> tuple[Float[Tensor, "batch kv_heads total head_dim"],
+                          Float[Tensor, "batch kv_heads total head_dim"]]:
         """Store the new keys/values after the filled prefix; return views of prefix + new."""
         if k_new.size(0) != self.batch_size:
             raise ValueError(f"KVCache was built for batch_size={self.batch_size}, got {k_new.size(0)}")

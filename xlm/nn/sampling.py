@@ -29,7 +29,7 @@ def filter_logits(logits: Float[Tensor, "... vocab"], *, top_k: int | None = Non
 
 def select_tokens(logits: Float[Tensor, "... vocab"], *, greedy: bool, temperature: float = 1.0,
                   top_k: int | None = None, top_p: float | None = None,
-                  generator: torch.Generator | None = None) -> Int[Tensor, "..."]:
+                  generator: torch.Generator | None = None) -> Int[Tensor, ...]:
     if greedy or temperature == 0.0:
         return logits.argmax(-1)
     if temperature < 0:

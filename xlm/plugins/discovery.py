@@ -95,7 +95,8 @@ def _read_models_file(path: Path) -> list[DeclaredModel]:
         raise ExternalModelValidationError(f"{path} is not valid JSON ({err}); it maps model names to paths, "
                                            f'e.g. {{"my_model": "my_model"}}') from None
     if not isinstance(entries, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in entries.items()):
-        raise ExternalModelValidationError(f'{path} must map model names to relative paths, e.g. {{"my_model": "my_model"}}')
+        raise ExternalModelValidationError(
+            f'{path} must map model names to relative paths, e.g. {{"my_model": "my_model"}}')
     return [DeclaredModel(name, (path.parent / rel).resolve(), str(path)) for name, rel in entries.items()]
 
 
@@ -134,8 +135,9 @@ def _package_of(model: DeclaredModel) -> tuple[str, Path, Path]:
                        package_dir / "configs")
         return model.package, package_dir, configs
     if not model.root.is_dir():
+        searched = ", ".join(map(str, search_dirs()))
         raise ExternalModelNotFoundError(f"model {model.name!r} declared in {model.declared_in} not found: "
-                                         f"{model.root} is not a directory (searched {', '.join(map(str, search_dirs()))})")
+                                         f"{model.root} is not a directory (searched {searched})")
     candidates = [model.root / model.name] if (model.root / model.name).is_dir() else [
         d for d in model.root.iterdir() if (d / "__init__.py").is_file()]
     if len(candidates) != 1:

@@ -15,7 +15,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 from .discovery import CORE_FAMILIES, LEGACY_MODELS_FILE
 

@@ -24,7 +24,8 @@ import json
 import statistics
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 try:
     import resource
@@ -86,7 +87,8 @@ def _star_examples(batch: int, prompt_len: int = 26, target_len: int = 8) -> lis
              "target_ids": torch.randint(7, 128, (target_len,), generator=g).tolist()} for _ in range(batch)]
 
 
-SIZES = {"S": {"model_dim": 128, "num_layers": 4, "num_heads": 4}, "L": {"model_dim": 512, "num_layers": 4, "num_heads": 8}}
+SIZES = {"S": {"model_dim": 128, "num_layers": 4, "num_heads": 4},
+         "L": {"model_dim": 512, "num_layers": 4, "num_heads": 8}}
 QUICK_SIZES = {"S": SIZES["S"]}
 
 
@@ -135,7 +137,8 @@ def bench_train(quick: bool) -> list[Row]:
             step_flops = _train_flops_per_step(model, step, tokens=tokens, seq_len=seq_len)
             seconds, matmul_seconds = interleaved(step, matmul, repeats=3 if quick else 10)
             gflops, peak = step_flops / seconds / 1e9, matmul_flops / matmul_seconds / 1e9
-            rows.append({"size": size, "arch": arch, "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+            params_m = round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
+            rows.append({"size": size, "arch": arch, "params_M": params_m,
                          "tokens_per_s": round(tokens / seconds), "gflops": round(gflops, 1),
                          "peak_gflops": round(peak, 1), "mfu": round(gflops / peak, 3)})
     return rows
@@ -341,7 +344,8 @@ def bench_ilm_multi(quick: bool, model: str = "ilm_star_easy", task_name: str = 
         seconds = time.perf_counter() - start
         rows.append({"task": task_name, "insertions_per_step": k, "examples": len(ds), "seconds": round(seconds, 3),
                      "forwards": calls["n"], "row_calls": round(means["model_calls"], 3),
-                     "exact_match": round(means["exact_match"], 4), "token_accuracy": round(means["token_accuracy"], 4)})
+                     "exact_match": round(means["exact_match"], 4),
+                     "token_accuracy": round(means["token_accuracy"], 4)})
     for r in rows:
         r["fewer_forwards"] = round(rows[0]["forwards"] / r["forwards"], 2)
         r["fewer_row_calls"] = round(rows[0]["row_calls"] / r["row_calls"], 2)

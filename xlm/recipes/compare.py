@@ -6,13 +6,14 @@ Trains every arch with the same budget (wall-clock minutes of training steps, ev
 excluded, or a number of steps) for each seed, evaluates each on the whole test split, and
 writes into one report directory: `results.json`, `table.md` (mean ± std over seeds) and
 `curves.png` (validation exact match, token accuracy and loss against training time and steps,
-one colour per family). Finished runs are reused, so an interrupted comparison continues where it stopped
-(a run directory trained with another budget, task, overrides or evaluation interval is refused, and
-one scored on another --test-limit is scored again), and a comparison run one arch at a time (in parallel, into the same directory) is tabulated by one
-last call naming every arch, with `--seeds` per arch where they differ. A run whose directory is
-gone (`runs/` holds the weights and is not what a report keeps) is taken from the `results.json`
-already there when that file was written with the same task, budget, overrides and test limit,
-so seeds can be added to a published report without retraining the ones it has.
+one colour per family). Finished runs are reused, so an interrupted comparison continues where it
+stopped (a run directory trained with another budget, task, overrides or evaluation interval is
+refused, and one scored on another --test-limit is scored again), and a comparison run one arch at a
+time (in parallel, into the same directory) is tabulated by one last call naming every arch, with
+`--seeds` per arch where they differ. A run whose directory is gone (`runs/` holds the weights and
+is not what a report keeps) is taken from the `results.json` already there when that file was
+written with the same task, budget, overrides and test limit, so seeds can be added to a published
+report without retraining the ones it has.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from . import evaluate, train
 
@@ -87,7 +89,8 @@ def recorded_results(path: Path, settings: dict[str, Any]) -> dict[tuple[str, in
         raise RuntimeError(f"{path} is not valid JSON ({err}); it may record runs whose directories are gone, "
                            f"so it is not overwritten: fix it, or move it away to start the report afresh") from err
     runs = {(r["arch"], r["seed"]): r for r in report["results"]}
-    differ = [f"{key} {report.get(key)!r} (now {value!r})" for key, value in settings.items() if report.get(key) != value]
+    differ = [f"{key} {report.get(key)!r} (now {value!r})" for key, value in settings.items()
+              if report.get(key) != value]
     if not differ:
         return runs
     if gone := [f"{arch} seed {seed}" for arch, seed in runs if not run_dir(path.parent, arch, seed).exists()]:

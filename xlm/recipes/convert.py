@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 from xlm.assets.card import CardError
 from xlm.assets.download import DownloadError, fetch, parse_hf_uri

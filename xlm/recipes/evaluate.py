@@ -13,7 +13,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -31,7 +31,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--model", required=True, help="a run or export dir")
     p.add_argument("--task", default=None, help="default: the task the model was trained on")
     p.add_argument("--split", default="test", help="train | validation | test")
-    p.add_argument("--output", default=None, help="JSON file for the metrics (default <model>/eval_<task>_<split>.json)")
+    p.add_argument("--output", default=None,
+                   help="JSON file for the metrics (default <model>/eval_<task>_<split>.json)")
     p.add_argument("--predictions", default=None, help="JSONL file for one record per example")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--limit", type=int, default=None, help="only the first N examples")

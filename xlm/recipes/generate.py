@@ -13,7 +13,7 @@ import html
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 from xlm.data.tokenizers import Tokenizer, UnknownTokenError
 from xlm.trace import TraceStep
@@ -55,15 +55,17 @@ def trace_page(tokenizer: Tokenizer, title: str, traces: list[tuple[str, list[Tr
     """A self-contained page: per sample, a slider over its steps (no external scripts)."""
     samples = []
     for label, steps, row in traces:
-        frames = [{"step": s["step"], "tokens": [w for t, w in zip(s["rows"][row], token_strings(tokenizer, s["rows"][row]))
-                                                 if t != tokenizer.pad_token_id],
+        frames = [{"step": s["step"],
+                   "tokens": [w for t, w in zip(s["rows"][row], token_strings(tokenizer, s["rows"][row]))
+                              if t != tokenizer.pad_token_id],
                    "changed": [sum(1 for t in s["rows"][row][:i] if t != tokenizer.pad_token_id)
                                for i in s["changed"][row]]} for s in steps]
         samples.append({"label": label, "frames": frames})
     data = json.dumps(samples).replace("</", "<\\/")
     return f"""<!doctype html><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} .tok{{display:inline-block;margin:2px;padding:2px 4px;
-border-radius:3px;background:#eee;font-family:monospace}} .new{{background:#ffd54f}} .sample{{margin-bottom:2em}}</style>
+border-radius:3px;background:#eee;font-family:monospace}} .new{{background:#ffd54f}}
+.sample{{margin-bottom:2em}}</style>
 <h1>{html.escape(title)}</h1><div id="root"></div>
 <script>
 const samples = {data};

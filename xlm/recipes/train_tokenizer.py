@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 from xlm.data.sentencepiece_tokenizer import SentencePieceTokenizer, train_sentencepiece
 from xlm.data.tasks.text import TextSource, iter_texts, raw_split

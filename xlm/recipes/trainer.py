@@ -28,7 +28,8 @@ import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import numpy as np
 import torch

@@ -1,4 +1,3 @@
-import torch
 
 from xlm.data.tokenizers import WordTokenizer
 from xlm.models.arlm.collators import (IGNORE_INDEX, ArlmLMCollator, ArlmSeq2SeqCollator,
@@ -18,11 +17,11 @@ def test_seq2seq_rows_and_labels():
         [12, BOS, 13, EOS, PAD, PAD, PAD],
     ]
     assert batch["attention_mask"].tolist() == [[True] * 7, [True] * 4 + [False] * 3]
-    I = IGNORE_INDEX
+    IG = IGNORE_INDEX
     # the token after [BOS] and every later target token and the closing [EOS] are labelled
     assert batch["labels"].tolist() == [
-        [I, I, I, 10, 11, EOS, I],
-        [I, 13, EOS, I, I, I, I],
+        [IG, IG, IG, 10, 11, EOS, IG],
+        [IG, 13, EOS, IG, IG, IG, IG],
     ]
 
 
@@ -38,8 +37,8 @@ def test_predict_collator_left_pads_and_keeps_targets_aside():
 
 def test_lm_collator_shifts_labels_and_ignores_padding():
     batch = ArlmLMCollator(TOK, 64)([{"input_ids": [BOS, 7, 8, EOS]}, {"input_ids": [BOS, 9]}])
-    I = IGNORE_INDEX
-    assert batch["labels"].tolist() == [[7, 8, EOS, I], [9, I, I, I]]
+    IG = IGNORE_INDEX
+    assert batch["labels"].tolist() == [[7, 8, EOS, IG], [9, IG, IG, IG]]
 
 
 def test_rows_longer_than_the_context_are_refused():

@@ -126,7 +126,8 @@ def test_archs():
     assert {"ilm_tiny", "ilm_star", "ilm_small"} <= set(ilm_archs.names())
     tiny, star, small = (ilm_archs.get(n) for n in ("ilm_tiny", "ilm_star", "ilm_small"))
     assert (tiny.model_dim, tiny.num_layers) == (32, 2)
-    assert (star.model_dim, star.num_layers, star.num_heads, star.hidden_ffn_dim, star.max_seq_len) == (128, 4, 4, 512, 256)
+    shape = (star.model_dim, star.num_layers, star.num_heads, star.hidden_ffn_dim, star.max_seq_len)
+    assert shape == (128, 4, 4, 512, 256)
     assert (small.model_dim, small.num_layers, small.num_heads, small.hidden_ffn_dim, small.max_seq_len) == (
         768, 12, 12, 3072, 1024)
     # GPT-2 small's 85M non-embedding parameters (its blocks) plus the stop head (3 * 768^2 + ...)

@@ -74,7 +74,8 @@ def test_text_task_trains_on_lm_rows(tmp_path):
 
     out = tmp_path / "eval.json"
     assert evaluate.main(["--model", str(run), "--split", "validation", "--loss-samples", "0"]) == 2
-    assert evaluate.main(["--model", str(run), "--split", "validation", "--output", str(out), "--loss-samples", "3"]) == 0
+    assert evaluate.main(["--model", str(run), "--split", "validation", "--output", str(out),
+                          "--loss-samples", "3"]) == 0
     result = json.loads(out.read_text())
     assert result["loss_samples"] == 3
     assert math.isclose(result["perplexity"], math.exp(result["nll_bound"]), rel_tol=1e-6)

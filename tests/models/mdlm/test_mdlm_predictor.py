@@ -123,7 +123,8 @@ def test_cached_sampler_returns_the_uncached_tokens_with_fewer_forwards(sampling
 
 def test_cached_equals_uncached_unconditionally_on_a_longer_block():
     model = _random_model(seed=1)
-    outs = [_predictor(model, use_cache=c, num_steps=100).unconditional(3, 24, generator=torch.Generator().manual_seed(0))
+    outs = [_predictor(model, use_cache=c, num_steps=100).unconditional(
+                3, 24, generator=torch.Generator().manual_seed(0))
             for c in (False, True)]
     assert torch.equal(outs[0], outs[1])
 

@@ -130,7 +130,8 @@ def load_sort(task: str | SortTaskSpec, split: str, seed: int = 42, *, cache_dir
     seed = checked_seed(seed)
 
     def build():
-        return Dataset.from_dict(generate_sort_examples(spec, size, split_rng(spec.name, split, seed)), features=_features())
+        examples = generate_sort_examples(spec, size, split_rng(spec.name, split, seed))
+        return Dataset.from_dict(examples, features=_features())
 
     def check(ds) -> None:
         if ds.num_rows != size or ds.features != _features():

@@ -30,7 +30,8 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
+from collections.abc import Iterator, Sequence
 
 import datasets
 
@@ -74,7 +75,8 @@ class TextSource:
         suffixes = {Path(f).suffix for f in out}
         unknown = suffixes - set(_BUILDER_BY_SUFFIX)
         if unknown or len({_BUILDER_BY_SUFFIX[s] for s in suffixes - unknown}) > 1:
-            raise ValueError(f"task.data_files must all be one kind of {sorted(_BUILDER_BY_SUFFIX)}; got {sorted(suffixes)}")
+            raise ValueError(f"task.data_files must all be one kind of {sorted(_BUILDER_BY_SUFFIX)}; "
+                             f"got {sorted(suffixes)}")
         return out
 
     def fingerprint(self) -> str:

@@ -35,7 +35,8 @@ computes by default. ArlmModel always has a final norm: a checkpoint without one
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 from torch import Tensor
 
@@ -50,8 +51,8 @@ from .factory import create_arlm_model
 
 __all__ = ["CONVERTERS", "GPT2_KEY_MAP", "HF_GPT2", "HF_LLAMA", "LLAMA_KEY_MAP", "XLM_CORE", "XLM_CORE_KEY_MAP",
            "arlm_config_from_hf_gpt2", "arlm_config_from_hf_llama", "arlm_config_from_xlm_core",
-           "convert_arlm_xlm_core", "convert_hf_gpt2", "convert_hf_llama", "convert_to_arlm_xlm_core", "convert_to_hf_gpt2",
-           "convert_to_hf_llama", "gpt2_export_problems", "hf_gpt2_config", "hf_llama_config",
+           "convert_arlm_xlm_core", "convert_hf_gpt2", "convert_hf_llama", "convert_to_arlm_xlm_core",
+           "convert_to_hf_gpt2", "convert_to_hf_llama", "gpt2_export_problems", "hf_gpt2_config", "hf_llama_config",
            "llama_export_problems", "xlm_core_arlm_config", "xlm_core_export_problems"]
 
 _QKV = ("layers.{i}.attn.q_proj.{p}", "layers.{i}.attn.k_proj.{p}", "layers.{i}.attn.v_proj.{p}")

@@ -85,8 +85,8 @@ class IlmSamplerConfig:
 
 
 def insert_columns(tokens: Int[Tensor, "batch seq"], positions: Int[Tensor, "batch seq"],
-                   mask: Bool[Tensor, "batch seq"], gap_cols: Int[Tensor, "batch k"], new_tokens: Int[Tensor, "batch k"],
-                   chosen: Bool[Tensor, "batch k"], pad_id: int,
+                   mask: Bool[Tensor, "batch seq"], gap_cols: Int[Tensor, "batch k"],
+                   new_tokens: Int[Tensor, "batch k"], chosen: Bool[Tensor, "batch k"], pad_id: int,
                    ) -> tuple[Tensor, Tensor, Tensor, Bool[Tensor, "batch k"]]:
     """Insert `new_tokens[b, j]` right after the token in column `gap_cols[b, j]` wherever `chosen`
     (distinct gaps per row). The new tokens are appended as columns; every real token after an
@@ -195,7 +195,8 @@ class IlmPredictor:
             packed_cols, active_tokens, active_chosen = self._choose(logits, quota[active], generator)
             cols = torch.zeros(batch, packed_cols.size(1), dtype=torch.long, device=device)
             new_tokens, chosen = torch.zeros_like(cols), torch.zeros_like(cols, dtype=torch.bool)
-            cols[active], new_tokens[active], chosen[active] = cols_of.gather(1, packed_cols), active_tokens, active_chosen
+            cols[active] = cols_of.gather(1, packed_cols)
+            new_tokens[active], chosen[active] = active_tokens, active_chosen
             done[active] |= ~active_chosen.any(1)  # nowhere left to insert (every pair filtered out)
             used = chosen.any(0)  # drop the appended columns no row uses
             cols, new_tokens, chosen = cols[:, used], new_tokens[:, used], chosen[:, used]

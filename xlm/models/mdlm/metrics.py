@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from xlm.data.metrics import strip_special
 from xlm.data.tokenizers import Tokenizer

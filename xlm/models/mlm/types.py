@@ -10,7 +10,8 @@ from torch import Tensor
 
 class MlmTrainBatch(TypedDict):
     input_ids: Int[Tensor, "batch seq"]  # target_ids with [MASK] where `masked`
-    attention_mask: Bool[Tensor, "batch seq"]  # True at real tokens (only prompt left-padding / LM right-padding is False)
+    # True at real tokens (only prompt left-padding / LM right-padding is False)
+    attention_mask: Bool[Tensor, "batch seq"]
     target_ids: Int[Tensor, "batch seq"]  # the clean row
     maskable: Bool[Tensor, "batch seq"]  # positions that may be masked (seq2seq: the suffix block)
     masked: Bool[Tensor, "batch seq"]  # positions masked in input_ids; the loss covers exactly these
