@@ -99,3 +99,6 @@ def test_a_run_directory_is_reused_only_with_the_settings_it_was_trained_with(tm
     err = capsys.readouterr().err
     assert "trained with other settings" in err and "budget_steps 6 (now 12)" in err and str(run) in err
     assert (run / "model.safetensors").read_bytes() == weights
+    (run / compare.RUN_SETTINGS).write_text('{"training": {"task"')  # damaged: refused, the run kept
+    assert compare.main(argv) == 1
+    assert "is not valid JSON" in capsys.readouterr().err and (run / "model.safetensors").read_bytes() == weights

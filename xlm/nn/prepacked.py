@@ -110,6 +110,9 @@ class _PackSite:
     def shape_key(self) -> tuple:
         return (self.weight.size(0), self.weight.size(1), self.activation, self.bias is not None)
 
+    def pack(self, rows: int, kernel: Kernel) -> PackedLinear:
+        return PackedLinear(self.weight, self.bias, rows, activation=self.activation, kernel=kernel)
+
 
 def _pass_seconds(layers: list[PackedLinear], inputs: list[Tensor]) -> float:
     start = time.perf_counter()
@@ -125,10 +128,8 @@ def _faster_kernel_layers(sites: list[_PackSite], rows: int) -> list[PackedLinea
     won its own shape in isolation). The faster list is remembered per structure and thread count."""
     key = (rows, torch.get_num_threads(), tuple(site.shape_key for site in sites))
     if key in _FASTER_KERNEL:
-        return [PackedLinear(s.weight, s.bias, rows, activation=s.activation, kernel=_FASTER_KERNEL[key])
-                for s in sites]
-    candidates = {kernel: [PackedLinear(s.weight, s.bias, rows, activation=s.activation, kernel=kernel)
-                           for s in sites] for kernel in KERNELS}
+        return [site.pack(rows, _FASTER_KERNEL[key]) for site in sites]
+    candidates = {kernel: [site.pack(rows, kernel) for site in sites] for kernel in KERNELS}
     inputs = [torch.randn(rows, site.weight.size(1), dtype=site.weight.dtype) for site in sites]
     seconds: dict[Kernel, list[float]] = {kernel: [] for kernel in KERNELS}
     with torch.no_grad():
@@ -213,7 +214,7 @@ def prepacked_linears(module: nn.Module, rows: int, *, kernel: Kernel | Literal[
     if kernel == "auto":
         layers = _faster_kernel_layers(sites, rows)
     else:
-        layers = [PackedLinear(s.weight, s.bias, rows, activation=s.activation, kernel=kernel) for s in sites]
+        layers = [site.pack(rows, kernel) for site in sites]
     for site, layer in zip(sites, layers):
         site.install(layer)
     try:

@@ -107,7 +107,11 @@ def _run_settings(run: Path, training: dict[str, Any]) -> dict[str, Any]:
     path = run / RUN_SETTINGS
     if not path.exists():
         return {}
-    recorded = json.loads(path.read_text())
+    try:
+        recorded = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RuntimeError(f"{path} is not valid JSON ({err}), so what {run} was trained with is unknown: "
+                           f"remove {run} to train it afresh") from err
     if differ := [f"{key} {recorded['training'].get(key)!r} (now {value!r})" for key, value in training.items()
                   if recorded["training"].get(key) != value]:
         raise RuntimeError(f"{run} was trained with other settings ({'; '.join(differ)}); give another "
