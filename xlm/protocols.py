@@ -6,8 +6,8 @@ only the unit that binds them has to look the same from the outside.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, TypedDict
 from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, TypedDict
 
 import torch
 from torch import Tensor

@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
-from collections.abc import Callable, Iterator, Mapping
 
 import torch
 

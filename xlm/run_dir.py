@@ -9,10 +9,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping
 
 import torch
 from safetensors.torch import load_file, save_file

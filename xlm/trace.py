@@ -7,8 +7,8 @@ when `on_step` is None, so sampling pays nothing for the option.
 
 from __future__ import annotations
 
-from typing import TypedDict
 from collections.abc import Callable
+from typing import TypedDict
 
 from jaxtyping import Bool, Int
 from torch import Tensor

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
-from collections.abc import Sequence
 
 import torch
 from jaxtyping import Int

@@ -9,10 +9,10 @@ missing, unexpected and wrong-shape keys are reported together.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from collections.abc import Mapping
 
 import torch
 

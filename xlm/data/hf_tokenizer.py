@@ -9,9 +9,9 @@ travels in `spec()`, so a run dir needs no file beside it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping, Sequence
 
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizerModel

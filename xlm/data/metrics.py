@@ -6,8 +6,8 @@ sequence is (it is turned into a list with ``.tolist()``).
 
 from __future__ import annotations
 
-from typing import Any
 from collections.abc import Collection, Hashable, Sequence
+from typing import Any
 
 __all__ = ["exact_match", "strip_special", "token_accuracy"]
 

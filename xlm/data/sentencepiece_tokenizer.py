@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterable, Mapping, Sequence
 
 import sentencepiece as spm
 

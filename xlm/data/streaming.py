@@ -27,8 +27,8 @@ the dataloader's round-robin). Saved in every checkpoint, it restores the stream
 from __future__ import annotations
 
 import itertools
-from typing import Any, Protocol
 from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import torch
 

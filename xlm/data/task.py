@@ -7,10 +7,10 @@ recipes only see `prompt_ids`/`target_ids` (seq2seq) or `input_ids` (LM) rows.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
-from collections.abc import Callable, Mapping
 
 import datasets
 

@@ -9,8 +9,8 @@ A tokenizer describes itself with :meth:`Tokenizer.spec` (a JSON-serialisable di
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
     "SPECIAL_TOKENS",

@@ -6,8 +6,8 @@ plain dataclass and adds the checks of its own fields after these.
 
 from __future__ import annotations
 
-from typing import Any
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 def check_at_least_one(config: Any, *names: str) -> None:

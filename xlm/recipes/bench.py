@@ -24,8 +24,8 @@ import json
 import statistics
 import sys
 import time
-from typing import Any
 from collections.abc import Callable, Sequence
+from typing import Any
 
 try:
     import resource

@@ -22,9 +22,9 @@ import argparse
 import json
 import statistics
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from collections.abc import Sequence
 
 from . import evaluate, train
 
@@ -79,19 +79,29 @@ def run_dir(out: Path, arch: str, seed: int) -> Path:
     return out / "runs" / f"{arch}_seed{seed}"
 
 
+def _read_json(path: Path, unreadable: str) -> dict[str, Any] | None:
+    """`path`'s JSON, or None where there is no such file; a damaged one is refused with `unreadable`
+    (what that means and what to do), since it is what tells reused work from stale."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RuntimeError(f"{path} is not valid JSON ({err}); {unreadable}") from err
+
+
+def _differences(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    return [f"{key} {recorded.get(key)!r} (now {value!r})" for key, value in now.items() if recorded.get(key) != value]
+
+
 def recorded_results(path: Path, settings: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
     """The runs a previous `results.json` holds, by (arch, seed), if it was written with `settings`."""
-    if not path.exists():
+    report = _read_json(path, "it may record runs whose directories are gone, so it is not overwritten: "
+                              "fix it, or move it away to start the report afresh")
+    if report is None:
         return {}
-    try:
-        report = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise RuntimeError(f"{path} is not valid JSON ({err}); it may record runs whose directories are gone, "
-                           f"so it is not overwritten: fix it, or move it away to start the report afresh") from err
     runs = {(r["arch"], r["seed"]): r for r in report["results"]}
-    differ = [f"{key} {report.get(key)!r} (now {value!r})" for key, value in settings.items()
-              if report.get(key) != value]
-    if not differ:
+    if not (differ := _differences(report, settings)):
         return runs
     if gone := [f"{arch} seed {seed}" for arch, seed in runs if not run_dir(path.parent, arch, seed).exists()]:
         raise RuntimeError(f"{path} was written with other settings ({'; '.join(differ)}) and records runs whose "
@@ -104,16 +114,11 @@ def _run_settings(run: Path, training: dict[str, Any]) -> dict[str, Any]:
     """What `run` was trained and scored with, as its RUN_SETTINGS file records (empty for a run
     from before they were recorded). A run trained with other settings is refused: its weights would
     stand in the table for a budget or overrides they were not trained with."""
-    path = run / RUN_SETTINGS
-    if not path.exists():
+    recorded = _read_json(run / RUN_SETTINGS, f"so what {run} was trained with is unknown: "
+                                              f"remove {run} to train it afresh")
+    if recorded is None:
         return {}
-    try:
-        recorded = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise RuntimeError(f"{path} is not valid JSON ({err}), so what {run} was trained with is unknown: "
-                           f"remove {run} to train it afresh") from err
-    if differ := [f"{key} {recorded['training'].get(key)!r} (now {value!r})" for key, value in training.items()
-                  if recorded["training"].get(key) != value]:
+    if differ := _differences(recorded["training"], training):
         raise RuntimeError(f"{run} was trained with other settings ({'; '.join(differ)}); give another "
                            f"--output-dir, or remove {run} to train it afresh")
     return recorded

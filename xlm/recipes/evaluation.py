@@ -3,8 +3,8 @@ trainer's periodic evaluation and the evaluate recipe."""
 
 from __future__ import annotations
 
-from typing import Any
 from collections.abc import Iterator
+from typing import Any
 
 import datasets
 import torch

@@ -26,10 +26,10 @@ import signal
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator
 
 import numpy as np
 import torch

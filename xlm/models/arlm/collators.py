@@ -6,8 +6,8 @@ closing [EOS] (without it the model never learns to stop), never the prompt.
 
 from __future__ import annotations
 
-from typing import Any
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 

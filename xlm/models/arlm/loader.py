@@ -34,9 +34,9 @@ computes by default. ArlmModel always has a final norm: a checkpoint without one
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable, Mapping
 
 from torch import Tensor
 

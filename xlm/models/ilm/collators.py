@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import abc
 
-from typing import Any
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 

@@ -33,8 +33,8 @@ stopping head, or a length classifier over max_length classes) are refused with 
 
 from __future__ import annotations
 
-from typing import Any
 from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor
 

@@ -10,8 +10,8 @@ masked. LM rows (`input_ids`) are noised over all their real tokens.
 
 from __future__ import annotations
 
-from typing import Any
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 

@@ -43,9 +43,9 @@ MdlmModel would silently give another model, so the converter refuses, naming ea
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping
 
 import torch
 from torch import Tensor

@@ -22,8 +22,8 @@ row left with no masked position gets one, chosen uniformly, so no row is wasted
 
 from __future__ import annotations
 
-from typing import Any
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float

@@ -33,9 +33,9 @@ MlmModel rotates the whole head and always has a final norm: a checkpoint with p
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping
 
 from torch import Tensor
 
