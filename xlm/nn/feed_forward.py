@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from .gelu_tanh import gelu_tanh
+
 if TYPE_CHECKING:
     from .prepacked import PackedLinear
 
@@ -39,7 +41,8 @@ class FeedForward(nn.Module):
             hidden = F.silu(self.gate_proj(x)) * self.up_proj(x)
         elif self.activation == "relu":
             hidden = F.relu(self.up_proj(x))
+        elif self.activation == "gelu_tanh":
+            hidden = gelu_tanh(self.up_proj(x))
         else:
-            approximate = "tanh" if self.activation == "gelu_tanh" else "none"
-            hidden = F.gelu(self.up_proj(x), approximate=approximate)
+            hidden = F.gelu(self.up_proj(x))
         return self.down_proj(hidden)

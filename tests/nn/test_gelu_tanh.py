@@ -1,0 +1,103 @@
+"""The tanh GELU's compiled training path computes torch's function, and falls back where it must."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from xlm.nn.feed_forward import FeedForward
+from xlm.nn.gelu_tanh import MIN_COMPILED_NUMEL, compiled_gelu_tanh, gelu_tanh, gelu_tanh_sigmoid_form
+
+HAS_COMPILER = shutil.which(os.environ.get("CXX", "g++")) is not None
+
+
+def _reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch's tanh GELU and its gradient of sum(y * w), in float64."""
+    x64 = x.detach().double().requires_grad_()
+    y = F.gelu(x64, approximate="tanh")
+    return y.detach(), torch.autograd.grad(y, x64, torch.linspace(-1, 1, x.numel()).double().view(x.shape))[0]
+
+
+def _made_by(y: torch.Tensor) -> str:
+    """The autograd node that computed `y`, under the view back to the input's shape."""
+    node = y.grad_fn
+    while node.name() == "ViewBackward0":
+        node = node.next_functions[0][0]
+    return node.name()
+
+
+def test_sigmoid_form_is_the_tanh_gelu() -> None:
+    x = torch.linspace(-12, 12, 10_001, dtype=torch.float64)
+    torch.testing.assert_close(gelu_tanh_sigmoid_form(x), F.gelu(x, approximate="tanh"), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler for inductor on this machine")
+def test_training_path_is_compiled_and_matches_torch() -> None:
+    assert compiled_gelu_tanh() is not None
+    torch.manual_seed(0)
+    for shape in ((4, 37, 512), (3, 100, 130)):  # two lengths through the one dynamic-shape kernel
+        x = (3 * torch.randn(shape)).requires_grad_()
+        y = gelu_tanh(x)
+        assert _made_by(y) == "CompiledFunctionBackward"
+        weights = torch.linspace(-1, 1, x.numel()).view(shape)
+        (grad,) = torch.autograd.grad(y, x, weights)
+        want_y, want_grad = _reference(x)
+        assert (y.double() - want_y).abs().max() < 2e-6
+        assert (grad.double() - want_grad).abs().max() < 2e-6
+        eager = F.gelu(x.detach(), approximate="tanh").double()  # as close as torch's own kernel
+        assert (y.double() - want_y).abs().max() <= 4 * (eager - want_y).abs().max() + 1e-7
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler for inductor on this machine")
+def test_inside_a_compiled_model_the_sigmoid_form_is_traced() -> None:
+    torch.manual_seed(0)
+    ffn = FeedForward(64, 256, activation="gelu_tanh")
+    x = torch.randn(2, 80, 64)
+    compiled = torch.compile(ffn)  # what trainer.compile=true does to the whole model
+    y = compiled(x)
+    torch.testing.assert_close(y, ffn.down_proj(F.gelu(ffn.up_proj(x), approximate="tanh")), rtol=1e-5, atol=1e-6)
+    y.sum().backward()
+    assert ffn.up_proj.weight.grad is not None and ffn.up_proj.weight.grad.abs().sum() > 0
+
+
+def test_eval_small_and_counted_inputs_run_torchs_kernel() -> None:
+    x = torch.randn(4, 64, 512)
+    with torch.no_grad():
+        assert torch.equal(gelu_tanh(x), F.gelu(x, approximate="tanh"))
+    small = torch.randn(MIN_COMPILED_NUMEL - 1, requires_grad=True)
+    assert _made_by(gelu_tanh(small)) == "GeluBackward0"
+    ffn = FeedForward(128, 512, activation="gelu_tanh")
+    with FlopCounterMode(display=False) as counter:  # a dispatch mode cannot enter a compiled function
+        ffn(torch.randn(2, 64, 128)).sum().backward()
+    # two projections forward, their weight gradients and the down projection's input gradient
+    assert counter.get_total_flops() == 5 * (2 * 2 * 64 * 128 * 512)
+
+
+def test_switch_off_and_failed_compile_fall_back_to_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XLM_EAGER_GELU", "1")
+    compiled_gelu_tanh.cache_clear()
+    try:
+        assert compiled_gelu_tanh() is None
+        x = torch.randn(8, 64, 512, requires_grad=True)
+        assert _made_by(gelu_tanh(x)) == "GeluBackward0"
+    finally:
+        compiled_gelu_tanh.cache_clear()
+    # a compiler that does not exist, and no cached kernels to hide it: a warning, then torch's kernel
+    script = ("import warnings, torch; from xlm.nn.gelu_tanh import gelu_tanh\n"
+              "x = torch.randn(8, 64, 512, requires_grad=True)\n"
+              "with warnings.catch_warnings(record=True) as caught:\n"
+              "    warnings.simplefilter('always'); y = gelu_tanh(x); y.sum().backward()\n"
+              "print(y.grad_fn.name()); print(*[str(w.message) for w in caught], sep='\\n')\n")
+    env = {**os.environ, "CXX": "/nonexistent/g++", "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"}
+    env.pop("XLM_EAGER_GELU", None)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("GeluBackward0\n"), result.stdout
+    assert "compiling its fused form failed" in result.stdout and "XLM_EAGER_GELU=1" in result.stdout

@@ -1,0 +1,68 @@
+"""GPT-2's tanh-approximated GELU, with one compiled kernel for CPU training.
+
+torch's CPU kernel for `F.gelu(x, approximate="tanh")` is bound by its vectorised tanh: at
+4096 x 512 on 2 Xeon cores it takes 2.3 ms against 0.42 ms for the erf GELU, and its backward
+2.6 ms. The same function written as x·σ(2u), u = √(2/π)(x + 0.044715 x³) (since
+(1 + tanh u)/2 = σ(2u)), compiles with inductor into one loop forward and one backward over exp,
+together about half the eager time. The compile is made once per process, for inputs of every
+length (dynamic shapes, flattened to 1-D), and only where a gradient is wanted on CPU: eval and
+decoding keep torch's kernel (or oneDNN's epilogue, `xlm.nn.prepacked`), which needs no compiler.
+Where compiling fails (no C++ compiler, an unsupported platform) it warns once and runs eager.
+Set XLM_EAGER_GELU=1 to never compile.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+_TWO_SQRT_2_OVER_PI = 2 * math.sqrt(2 / math.pi)
+_CUBIC = 0.044715
+# below this many elements a compiled call's fixed cost (guards, autograd wrapper) outweighs its gain
+MIN_COMPILED_NUMEL = 1 << 15
+
+
+def gelu_tanh_sigmoid_form(x: Tensor) -> Tensor:
+    """0.5 x (1 + tanh u) as x·σ(2u): the same function, from ops that inductor fuses well."""
+    return x * torch.sigmoid(x * (_TWO_SQRT_2_OVER_PI + (_TWO_SQRT_2_OVER_PI * _CUBIC) * x * x))
+
+
+@functools.cache
+def compiled_gelu_tanh() -> Callable[[Tensor], Tensor] | None:
+    """The compiled sigmoid form, forward and backward built and run once on a probe; None where
+    compiling is switched off or fails."""
+    if os.environ.get("XLM_EAGER_GELU") == "1":
+        return None
+    # with a symbolic length inductor would emit a serial loop; dynamic_threads keeps it parallel
+    compiled = torch.compile(gelu_tanh_sigmoid_form, dynamic=True, fullgraph=True,
+                             options={"cpp.dynamic_threads": True})
+    probe = torch.linspace(-4, 4, 64, requires_grad=True)
+    try:
+        compiled(probe).sum().backward()
+    except Exception as error:  # inductor reports a missing compiler or platform in several types
+        warnings.warn(f"the tanh GELU runs torch's eager CPU kernel, about half as fast in training: compiling "
+                      f"its fused form failed ({type(error).__name__}: {str(error).strip()[:200]}). Install a "
+                      "C++ compiler for torch.compile, or set XLM_EAGER_GELU=1 to skip the attempt.", stacklevel=3)
+        return None
+    return compiled
+
+
+def gelu_tanh(x: Tensor) -> Tensor:
+    """F.gelu(x, approximate="tanh"), through the compiled kernel when training on CPU."""
+    if torch.compiler.is_compiling():  # inside a compiled model: inductor fuses this form, not its own tanh
+        return gelu_tanh_sigmoid_form(x)
+    # a dispatch mode (FlopCounterMode, fake tensors) cannot run a compiled function
+    if (x.device.type == "cpu" and x.requires_grad and torch.is_grad_enabled() and x.is_contiguous()
+            and x.numel() >= MIN_COMPILED_NUMEL and _get_current_dispatch_mode() is None):
+        compiled = compiled_gelu_tanh()
+        if compiled is not None:
+            return compiled(x.view(-1)).view(x.shape)
+    return F.gelu(x, approximate="tanh")
