@@ -41,13 +41,13 @@ def compiled_gelu_tanh() -> Callable[[Tensor], Tensor] | None:
     compiling is switched off or fails."""
     if os.environ.get("XLM_EAGER_GELU") == "1":
         return None
-    # with a symbolic length inductor would emit a serial loop; dynamic_threads keeps it parallel
-    compiled = torch.compile(gelu_tanh_sigmoid_form, dynamic=True, fullgraph=True,
-                             options={"cpp.dynamic_threads": True})
     probe = torch.linspace(-4, 4, 64, requires_grad=True)
     try:
+        # with a symbolic length inductor would emit a serial loop; dynamic_threads keeps it parallel
+        compiled = torch.compile(gelu_tanh_sigmoid_form, dynamic=True, fullgraph=True,
+                                 options={"cpp.dynamic_threads": True})
         compiled(probe).sum().backward()
-    except Exception as error:  # inductor reports a missing compiler or platform in several types
+    except Exception as error:  # a missing compiler, platform or inductor option: several error types
         warnings.warn(f"the tanh GELU runs torch's eager CPU kernel, about half as fast in training: compiling "
                       f"its fused form failed ({type(error).__name__}: {str(error).strip()[:200]}). Install a "
                       "C++ compiler for torch.compile, or set XLM_EAGER_GELU=1 to skip the attempt.", stacklevel=3)
