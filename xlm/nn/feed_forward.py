@@ -1,6 +1,7 @@
 """Position-wise MLP: GELU (GPT-2/BERT), ReLU (xlm-core's default) or SwiGLU (Llama).
 
 The output projection is always `down_proj`, so models can find it for residual-scaled init.
+The tanh GELU goes through `xlm.nn.gelu_tanh`, which compiles it for CPU training.
 """
 
 from __future__ import annotations
