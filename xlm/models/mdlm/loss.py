@@ -28,7 +28,7 @@ def subs_log_probs(logits: Float[Tensor, "... vocab"], mask_token_id: int) -> Fl
 
 
 def mdlm_loss(model: torch.nn.Module, batch: MdlmTrainBatch, *, schedule: NoiseSchedule, mask_token_id: int,
-              sampling_eps: float, antithetic: bool, t: Float[Tensor, batch] | None = None,
+              sampling_eps: float, antithetic: bool, t: Float[Tensor, "batch"] | None = None,
               masked: Bool[Tensor, "batch seq"] | None = None,
               generator: torch.Generator | None = None) -> MdlmLossDict:
     """One draw of t per row and of the mask (each `noise_mask` position is masked with

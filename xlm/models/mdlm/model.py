@@ -44,14 +44,14 @@ class TimestepEmbedder(nn.Module):
         self.max_period = max_period
         self.mlp = nn.Sequential(nn.Linear(freq_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
 
-    def sinusoidal(self, sigma: Float[Tensor, batch]) -> Float[Tensor, "batch freq"]:
+    def sinusoidal(self, sigma: Float[Tensor, "batch"]) -> Float[Tensor, "batch freq"]:
         half = self.freq_dim // 2
         freqs = torch.exp(-math.log(self.max_period)
                           * torch.arange(half, device=sigma.device, dtype=torch.float32) / half)
         angles = sigma.float()[:, None] * freqs[None]
         return torch.cat((angles.cos(), angles.sin()), dim=-1)
 
-    def forward(self, sigma: Float[Tensor, batch]) -> Float[Tensor, "batch cond"]:
+    def forward(self, sigma: Float[Tensor, "batch"]) -> Float[Tensor, "batch cond"]:
         features = self.sinusoidal(sigma)
         return self.mlp(features.to(self.mlp[0].weight.dtype))
 
@@ -144,7 +144,7 @@ class MdlmModel(nn.Module):
         """False: the output does not depend on sigma, so samplers may reuse it across steps."""
         return self.config.time_conditioning
 
-    def _sigma(self, sigma: Float[Tensor, batch] | float, batch: int, device: torch.device) -> Tensor:
+    def _sigma(self, sigma: Float[Tensor, "batch"] | float, batch: int, device: torch.device) -> Tensor:
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=device)
         if sigma.ndim == 0:
             sigma = sigma.expand(batch)
@@ -153,7 +153,7 @@ class MdlmModel(nn.Module):
                              f"got {tuple(sigma.shape)}")
         return sigma if self.config.time_conditioning else torch.zeros_like(sigma)
 
-    def forward(self, input_ids: Int[Tensor, "batch seq"], sigma: Float[Tensor, batch] | float, *,
+    def forward(self, input_ids: Int[Tensor, "batch seq"], sigma: Float[Tensor, "batch"] | float, *,
                 attention_mask: Bool[Tensor, "batch seq"] | None = None,
                 output_positions: Bool[Tensor, "batch seq"] | None = None) -> Float[Tensor, "... vocab"]:
         """Logits over the vocabulary (the [MASK] entry included; the SUBS parameterisation is the

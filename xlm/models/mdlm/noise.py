@@ -69,7 +69,7 @@ def build_noise_schedule(config: MdlmConfig) -> NoiseSchedule:
 
 
 def sample_t(batch_size: int, *, sampling_eps: float, antithetic: bool, device: torch.device | str | None = None,
-             generator: torch.Generator | None = None) -> Float[Tensor, batch]:
+             generator: torch.Generator | None = None) -> Float[Tensor, "batch"]:
     """Training times in [sampling_eps, 1), as the reference draws them.
 
     Antithetic (low-discrepancy) draws put row i in the stratum [i/B, (i+1)/B) of [0, 1)

@@ -83,9 +83,9 @@ class MdlmPredictor:
     def _greedy(self) -> bool:
         return self.config.strategy == "greedy" or self.config.temperature == 0.0
 
-    def _token_probs(self, x: Int[Tensor, "batch seq"], sigma: Float[Tensor, batch],
+    def _token_probs(self, x: Int[Tensor, "batch seq"], sigma: Float[Tensor, "batch"],
                      attention_mask: Bool[Tensor, "batch seq"] | None, masked: Bool[Tensor, "batch seq"],
-                     rows: Bool[Tensor, batch] | None) -> Float[Tensor, "n vocab"]:
+                     rows: Bool[Tensor, "batch"] | None) -> Float[Tensor, "n vocab"]:
         """p(x0 | x_t) at the masked positions of `rows` (all rows when None), row-major; filters
         and temperature act on the logits, [MASK] gets no mass (SUBS)."""
         if rows is not None:
@@ -98,7 +98,7 @@ class MdlmPredictor:
             logits = filter_logits(logits / cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
         return logits.softmax(-1)
 
-    def _draw(self, probs: Float[Tensor, "n vocab"], generator: torch.Generator | None) -> Int[Tensor, n]:
+    def _draw(self, probs: Float[Tensor, "n vocab"], generator: torch.Generator | None) -> Int[Tensor, "n"]:
         """One token per row of `probs` by inverse CDF. Exactly one uniform per token, greedy
         included, so a seed gives the same unmasking order whatever the token strategy."""
         u = torch.rand(probs.size(0), 1, device=probs.device, generator=generator)
