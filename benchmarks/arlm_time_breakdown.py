@@ -2,7 +2,7 @@
 
     python benchmarks/arlm_time_breakdown.py
 
-Times, interleaved and as medians, the bench's GPT-2-shaped ARLM (`xlm.recipes.bench hf_gpt2`
+Times, interleaved and as medians, the bench's GPT-2-shaped ARLM (`benchmarks.bench hf_gpt2`
 and `generate` shapes) as it is and with one part replaced by a pass-through: the difference is
 that part's cost. Training step (batch 16 x 256): without the GELU (identity) and without
 SDPA's attention (the values pass through; note this also spares the q/k projections' backward).
@@ -29,7 +29,7 @@ from xlm.models.arlm.config import ArlmConfig
 from xlm.models.arlm.factory import create_arlm_model
 from xlm.models.arlm.loss import arlm_loss
 from xlm.models.arlm.predictor import ArlmPredictor, ArlmSamplerConfig
-from xlm.recipes.bench import TOKENIZER, _NoStopTokenizer
+from benchmarks.bench import TOKENIZER, _NoStopTokenizer
 from xlm.recipes.config import OptimConfig
 from xlm.recipes.trainer import build_adamw
 

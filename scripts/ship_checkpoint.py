@@ -4,8 +4,8 @@ training command and its measured test metrics.
     python scripts/ship_checkpoint.py runs/ilm_star_star_easy --name ilm_star_easy \\
         --command "python -m xlm.recipes.train --arch ilm_star --task star_easy"
 
-Writes xlm/assets/cards/checkpoints/NAME/{model.safetensors,config.json} and
-xlm/assets/cards/NAME.yaml. The card records the test metrics of the full split (from the run's
+Writes assets/cards/checkpoints/NAME/{model.safetensors,config.json} and
+assets/cards/NAME.yaml. The card records the test metrics of the full split (from the run's
 eval_<task>_test.json) and of the first SLICE test examples, which tests/test_shipped_checkpoints.py
 re-measures. A run trained by `xlm compare` ships the same way (its test metrics are in eval_test.json).
 """
@@ -27,7 +27,7 @@ from xlm.data.task import TaskConfig, build_task
 from xlm.recipes.evaluation import evaluate_predictions
 from xlm.run_dir import load_run_sampler_config, read_run_config
 
-CARD_DIR = Path(xlm.__file__).parent / "assets" / "cards"
+CARD_DIR = Path(__file__).resolve().parent.parent / "assets" / "cards"  # the repository's, shipped in the wheel
 SLICE = 500
 MAX_BYTES = 4 * 1024 * 1024
 

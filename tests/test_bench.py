@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from xlm.recipes import bench
+from benchmarks import bench
 
 
 def test_mdlm_cache_section_small():

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 import xlm
-from xlm.assets.store import PACKAGE_CARD_DIR, all_cards
+from xlm.assets.store import all_cards
+from xlm.shipped import cards_dir
 from xlm.data.task import TaskConfig, build_task
 
 SHIPPED = sorted(name for name, card in all_cards().items()
-                 if card.source_file and card.source_file.parent == PACKAGE_CARD_DIR and card.metrics)
+                 if card.source_file and card.source_file.parent == cards_dir() and card.metrics)
 TOLERANCE = 0.02
 
 
@@ -27,17 +28,17 @@ def _ship_script():
 
 
 def test_some_checkpoints_are_shipped():
-    assert SHIPPED, "no shipped checkpoint cards found in xlm/assets/cards"
+    assert SHIPPED, "no shipped checkpoint cards found in assets/cards"
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoint_matches_its_card(name):
     card = all_cards()[name]
-    assert (PACKAGE_CARD_DIR / card.checkpoint).stat().st_size <= 4 * 1024 * 1024
+    assert (cards_dir() / card.checkpoint).stat().st_size <= 4 * 1024 * 1024
     generator = xlm.load_generator(name)
     example = build_task(TaskConfig(name=card.task)).dataset("test")[0]
     assert isinstance(generator.generate([example["prompt"]], seed=0)[0], str)
     expected = card.metrics["test_first_500"]
-    measured = _ship_script().slice_metrics(PACKAGE_CARD_DIR / "checkpoints" / name, card.task)
+    measured = _ship_script().slice_metrics(cards_dir() / "checkpoints" / name, card.task)
     for metric in ("exact_match", "token_accuracy"):
         assert abs(measured[metric] - expected[metric]) <= TOLERANCE, (metric, measured, expected)

@@ -15,7 +15,7 @@ import torch
 from xlm import models as _models  # noqa: F401  (registers the core families)
 from xlm.registry import Family, get_family, list_families, register_family, families
 from xlm.assets import AssetCard, Generator, all_cards, load_generator, load_model, load_tokenizer
-from xlm.export import export
+from xlm.interop.export import export
 from xlm.plugins import load_external_models
 
 __version__ = "0.1.0"

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from xlm.data.tokenizers import Tokenizer, tokenizer_from_spec
+from xlm.io import state_dict_for_safetensors, write_atomically
 from xlm.registry import get_family
 
 FORMAT_VERSION = 1
@@ -30,8 +31,6 @@ class RunDirError(ValueError):
 def write_run_dir(path: Path, *, model: torch.nn.Module, family: str, arch: str, model_config: Any,
                   sampler_config: Any, tokenizer: Tokenizer | None, task: str | None,
                   train_config: Mapping[str, Any] | None, metrics: Mapping[str, Any]) -> None:
-    from xlm.recipes.checkpoint import state_dict_for_safetensors, write_atomically
-
     path.mkdir(parents=True, exist_ok=True)
     config = {"format_version": FORMAT_VERSION, "family": family, "arch": arch,
               "model_config": asdict(model_config), "sampler_config": asdict(sampler_config),

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from xlm.nn.feed_forward import FeedForward
-from xlm.nn.gelu_tanh import MIN_COMPILED_NUMEL, compiled_gelu_tanh, gelu_tanh, gelu_tanh_sigmoid_form
+from xlm.nn.cpu.gelu_tanh import MIN_COMPILED_NUMEL, compiled_gelu_tanh, gelu_tanh, gelu_tanh_sigmoid_form
 
 HAS_COMPILER = shutil.which(os.environ.get("CXX", "g++")) is not None
 
@@ -90,7 +90,7 @@ def test_switch_off_and_failed_compile_fall_back_to_eager(monkeypatch: pytest.Mo
     finally:
         compiled_gelu_tanh.cache_clear()
     # a compiler that does not exist, and no cached kernels to hide it: a warning, then torch's kernel
-    script = ("import warnings, torch; from xlm.nn.gelu_tanh import gelu_tanh\n"
+    script = ("import warnings, torch; from xlm.nn.cpu.gelu_tanh import gelu_tanh\n"
               "x = torch.randn(8, 64, 512, requires_grad=True)\n"
               "with warnings.catch_warnings(record=True) as caught:\n"
               "    warnings.simplefilter('always'); y = gelu_tanh(x); y.sum().backward()\n"

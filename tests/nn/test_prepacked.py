@@ -6,8 +6,8 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from xlm.nn import FeedForward, MultiheadAttention
-from xlm.nn import prepacked
-from xlm.nn.prepacked import KERNELS, PackedLinear, can_prepack, prepacked_linears
+from xlm.nn.cpu import prepacked
+from xlm.nn.cpu.prepacked import KERNELS, PackedLinear, can_prepack, prepacked_linears
 
 pytestmark = pytest.mark.skipif(not can_prepack(nn.Linear(2, 2)), reason="this torch build has no oneDNN linear ops")
 

@@ -1,8 +1,8 @@
 import torch
 import pytest
 
-from xlm.recipes.checkpoint import (CheckpointError, checkpoint_dirs, load_checkpoint,
-                                    load_latest_checkpoint, save_checkpoint)
+from xlm.recipes.checkpoint import (CheckpointError, checkpoint_dirs, load_checkpoint, load_latest_checkpoint,
+                                   save_checkpoint)
 
 
 def _save(root, step, value):

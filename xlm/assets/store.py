@@ -1,6 +1,6 @@
 """The card store: every card on the search path, by name.
 
-Search path, in order: the package's ``xlm/assets/cards/``, the user's directory
+Search path, in order: the shipped cards (``assets/cards/``, `xlm.shipped.cards_dir`), the user's directory
 (``$XLM_USER_ASSET_DIR``, else ``~/.config/xlm/cards``), each directory of ``$XLM_ASSET_PATH``
 (colon-separated), and directories contributed by external families. A name defined twice is
 an error naming both files. Read fresh on every lookup, so a card added a moment ago is seen.
@@ -12,9 +12,10 @@ import difflib
 import os
 from pathlib import Path
 
+from xlm.shipped import cards_dir
+
 from .card import AssetCard, CardError, read_card_file
 
-PACKAGE_CARD_DIR = Path(__file__).parent / "cards"
 _extra_dirs: list[Path] = []
 
 
@@ -32,7 +33,7 @@ def add_card_dir(path: str | Path) -> None:
 
 def card_dirs() -> list[Path]:
     env = [Path(p) for p in os.environ.get("XLM_ASSET_PATH", "").split(":") if p]
-    return [PACKAGE_CARD_DIR, user_card_dir(), *env, *_extra_dirs]
+    return [cards_dir(), user_card_dir(), *env, *_extra_dirs]
 
 
 def all_cards() -> dict[str, AssetCard]:

@@ -18,7 +18,7 @@ from .kv_cache import KVCache
 from .rope import RotaryEmbedding
 
 if TYPE_CHECKING:
-    from .prepacked import PackedLinear
+    from .cpu.prepacked import PackedLinear
 
 
 def build_attention_mask(*, batch_size: int, num_queries: int, num_keys: int, past: int, causal: bool,
@@ -81,7 +81,7 @@ class MultiheadAttention(nn.Module):
         self.k_proj = nn.Linear(dim, num_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(dim, num_kv_heads * self.head_dim, bias=bias)
         self.out_proj = nn.Linear(num_heads * self.head_dim, dim, bias=bias)
-        self.packed_qkv: PackedLinear | None = None  # q, k, v as one matmul, set by xlm.nn.prepacked while decoding
+        self.packed_qkv: PackedLinear | None = None  # q, k, v as one matmul, set by xlm.nn.cpu.prepacked while decoding
 
     @property
     def qkv_projections(self) -> tuple[nn.Linear, nn.Linear, nn.Linear]:

@@ -1,7 +1,7 @@
 """Position-wise MLP: GELU (GPT-2/BERT), ReLU (xlm-core's default) or SwiGLU (Llama).
 
 The output projection is always `down_proj`, so models can find it for residual-scaled init.
-The tanh GELU goes through `xlm.nn.gelu_tanh`, which compiles it for CPU training.
+The tanh GELU goes through `xlm.nn.cpu.gelu_tanh`, which compiles it for CPU training.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from .gelu_tanh import gelu_tanh
+from .cpu.gelu_tanh import gelu_tanh
 
 if TYPE_CHECKING:
-    from .prepacked import PackedLinear
+    from .cpu.prepacked import PackedLinear
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "swiglu", "relu")
 
@@ -30,7 +30,7 @@ class FeedForward(nn.Module):
             self.gate_proj = nn.Linear(dim, ffn_dim, bias=bias)
         self.up_proj = nn.Linear(dim, ffn_dim, bias=bias)
         self.down_proj = nn.Linear(ffn_dim, dim, bias=bias)
-        # activation(first projection) in one oneDNN call, set by xlm.nn.prepacked while decoding
+        # activation(first projection) in one oneDNN call, set by xlm.nn.cpu.prepacked while decoding
         self.packed_activated: PackedLinear | None = None
 
     def forward(self, x: Float[Tensor, "... dim"]) -> Float[Tensor, "... dim"]:

@@ -19,8 +19,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from xlm.data.task import TaskConfig
 from xlm.registry import Family
+from xlm.shipped import configs_dir
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 class ConfigError(ValueError):
@@ -134,14 +134,15 @@ def compose_yaml(task: str, arch: str, experiment: str | None, search_path: Sequ
     """Merge the recipe, task, arch and experiment YAML files with Hydra."""
     from hydra import compose, initialize_config_dir
 
-    dirs = [CONFIG_DIR, *search_path]
+    config_dir = configs_dir()
+    dirs = [config_dir, *search_path]
     overrides = [f"task={task}"]
     if any((d / "arch" / f"{arch}.yaml").exists() for d in dirs):
         overrides.append(f"+arch={arch}")
     if experiment:
         overrides.append(f"+experiment={experiment}")
     extra = [f"file://{d}" for d in search_path]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
         try:
             cfg = compose(config_name="train", overrides=overrides + ([f"hydra.searchpath={extra}"] if extra else []))
         except Exception as err:  # Hydra's MissingConfigException etc.: say which preset is missing

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from xlm.assets.card import CardError
 from xlm.assets.download import DownloadError, fetch, parse_hf_uri
 from xlm.assets.loading import _card_or_path, _checkpoint_path, _is_run_dir, convert_checkpoint, detect_format
-from xlm.checkpoint_conversion import ConversionError
-from xlm.export import ExportError, export
+from xlm.errors import ConversionError
+from xlm.interop.export import ExportError, export
 from xlm.registry import get_family
 from xlm.run_dir import RunDirError, load_run_model, load_run_tokenizer
 

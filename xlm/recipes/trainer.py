@@ -39,9 +39,10 @@ from tqdm.auto import tqdm
 from xlm.data.task import Task
 from xlm.registry import Family
 
-from .checkpoint import (CheckpointError, checkpoint_dirs, commit_dir, is_sharded_checkpoint, load_checkpoint,
-                         load_sharded, load_trainer_state, new_temp_dir, prune_checkpoints, save_checkpoint,
-                         save_sharded)
+from xlm.io import commit_dir, new_temp_dir
+
+from .checkpoint import (CheckpointError, checkpoint_dirs, is_sharded_checkpoint, load_checkpoint, load_sharded,
+                         load_trainer_state, prune_checkpoints, save_checkpoint, save_sharded)
 from .config import OptimConfig, TrainRecipeConfig
 from .distributed import (DistEnv, all_gather_object, all_reduce_sum, apply_fsdp, barrier, broadcast_flag,
                           broadcast_object)

@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 
 import xlm
-from xlm.checkpoint_conversion import ConversionError
-from xlm.export import ExportError, export
+from xlm.errors import ConversionError
+from xlm.interop.export import ExportError, export
 from xlm.models.arlm import ArlmConfig, create_arlm_model
-from xlm.models.arlm.loader import (XLM_CORE, arlm_config_from_xlm_core, convert_arlm_xlm_core,
+from xlm.models.arlm.interop import (XLM_CORE, arlm_config_from_xlm_core, convert_arlm_xlm_core,
                                     convert_to_arlm_xlm_core)
 from xlm.registry import get_family
-from xlm.xlm_core_checkpoints import read_xlm_core
+from xlm.interop.xlm_core import read_xlm_core
 
 V, D, L, H, FF, S = 37, 32, 2, 4, 48, 16  # head dim 8
 

@@ -8,7 +8,7 @@ from xlm.data.tokenizers import WordTokenizer
 from xlm.models.arlm.collators import ArlmSeq2SeqCollator, ArlmSeq2SeqPredictCollator
 from xlm.models.arlm.loss import arlm_loss
 from xlm.models.arlm.predictor import ArlmPredictor, ArlmSamplerConfig
-from xlm.nn.prepacked import can_prepack
+from xlm.nn.cpu.prepacked import can_prepack
 
 TOK = WordTokenizer(["a", "b", "c"])  # a=7 b=8 c=9
 V = TOK.vocab_size
@@ -63,9 +63,9 @@ def _tiny_model(**overrides):
 
 @pytest.mark.parametrize("pos_encoding", ["rope", "learned"])
 @pytest.mark.parametrize("strategy", ["greedy", "sample"])
-@pytest.mark.parametrize("prepack", [True, False])  # decode steps with weights reordered once (xlm.nn.prepacked)
+@pytest.mark.parametrize("prepack", [True, False])  # decode steps with weights reordered once (xlm.nn.cpu.prepacked)
 def test_kv_cache_generation_equals_recomputation(pos_encoding, strategy, prepack):
-    # 256 x 1024 feed-forward weights: large enough for xlm.nn.prepacked to reorder them
+    # 256 x 1024 feed-forward weights: large enough for xlm.nn.cpu.prepacked to reorder them
     model = _tiny_model(pos_encoding=pos_encoding, model_dim=256, num_heads=4, ffn_dim=1024)
     batch = ArlmSeq2SeqPredictCollator(TOK, 256)([{"prompt_ids": [7, 8, 9, 7]}, {"prompt_ids": [9]}])
     outs = []

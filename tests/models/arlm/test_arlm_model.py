@@ -174,9 +174,9 @@ def randomize_(module: torch.nn.Module) -> None:
 
 def test_matches_hf_gpt2():
     """The knobs GPT-2 needs (learned positions, gelu_tanh, tied head) reproduce it; the key map itself
-    is xlm.models.arlm.loader's (tests/models/arlm/test_arlm_loader.py covers it in depth)."""
+    is xlm.models.arlm.interop's (tests/models/arlm/test_arlm_interop.py covers it in depth)."""
     transformers = pytest.importorskip("transformers")
-    from xlm.models.arlm.loader import convert_hf_gpt2
+    from xlm.models.arlm.interop import convert_hf_gpt2
 
     torch.manual_seed(0)
     hf_config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=64,
@@ -200,7 +200,7 @@ def test_matches_hf_gpt2():
 
 def test_matches_hf_llama():
     transformers = pytest.importorskip("transformers")
-    from xlm.models.arlm.loader import convert_hf_llama
+    from xlm.models.arlm.interop import convert_hf_llama
 
     torch.manual_seed(0)
     hf_config = transformers.LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=160, num_hidden_layers=2,

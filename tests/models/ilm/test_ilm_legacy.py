@@ -20,12 +20,12 @@ import torch.nn.functional as F
 import yaml
 
 import xlm
-from xlm.checkpoint_conversion import ConversionError
-from xlm.export import export
+from xlm.errors import ConversionError
+from xlm.interop.export import export
 from xlm.models.ilm import IlmConfig, create_ilm_model
-from xlm.models.ilm.loader import XLM_CORE, convert_ilm_xlm_core, convert_to_ilm_xlm_core, ilm_config_from_xlm_core
+from xlm.models.ilm.interop import XLM_CORE, convert_ilm_xlm_core, convert_to_ilm_xlm_core, ilm_config_from_xlm_core
 from xlm.registry import get_family
-from xlm.xlm_core_checkpoints import read_xlm_core
+from xlm.interop.xlm_core import read_xlm_core
 
 V, D, L, H, FF, S = 43, 32, 2, 4, 64, 14  # head dim 8
 TARGET = "ilm.model_ilm.RotaryTransformerILMModelWithStoppingClassification"

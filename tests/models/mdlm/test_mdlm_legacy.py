@@ -12,12 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xlm.checkpoint_conversion import ConversionError, check_mapped
-from xlm.export import ExportError, export
+from xlm.errors import ConversionError
+from xlm.interop.keymap import check_mapped
+from xlm.interop.export import ExportError, export
 from xlm.models.mdlm import MdlmConfig, create_mdlm_model
-from xlm.models.mdlm.loader import XLM_CORE, XLM_CORE_KEY_MAP, convert_mdlm_xlm_core
+from xlm.models.mdlm.interop import XLM_CORE, XLM_CORE_KEY_MAP, convert_mdlm_xlm_core
 from xlm.registry import get_family
-from xlm.xlm_core_checkpoints import read_xlm_core
+from xlm.interop.xlm_core import read_xlm_core
 
 V, D, L, H, C, S, FREQ = 29, 32, 2, 4, 16, 12, 256  # head dim 8; cond 16; 256 sigma features as xlm-core fixes
 

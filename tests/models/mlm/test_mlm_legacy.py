@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 
 import xlm
-from xlm.checkpoint_conversion import ConversionError
-from xlm.export import ExportError, export
+from xlm.errors import ConversionError
+from xlm.interop.export import ExportError, export
 from xlm.models.mlm import MlmConfig, create_mlm_model
-from xlm.models.mlm.loader import convert_mlm_xlm_core, convert_to_mlm_xlm_core, mlm_config_from_xlm_core
+from xlm.models.mlm.interop import convert_mlm_xlm_core, convert_to_mlm_xlm_core, mlm_config_from_xlm_core
 from xlm.registry import get_family
-from xlm.xlm_core_checkpoints import read_xlm_core
+from xlm.interop.xlm_core import read_xlm_core
 
 V, D, L, H, FF, S = 41, 32, 2, 4, 64, 12  # head dim 8
 

@@ -146,7 +146,7 @@ def test_matches_hf_bert_masked_lm():
                                         attention_probs_dropout_prob=0.0)
     hf = transformers.BertForMaskedLM(hf_config).eval()
     randomize_(hf)
-    from xlm.models.mlm.loader import convert_hf_bert
+    from xlm.models.mlm.interop import convert_hf_bert
 
     config, state = convert_hf_bert(hf.state_dict(), hf_config)  # the key map lives in the loader
     assert config == MlmConfig(vocab_size=100, model_dim=64, num_layers=2, num_heads=4, ffn_dim=128, max_seq_len=64,

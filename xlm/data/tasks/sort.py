@@ -3,7 +3,7 @@
 A task with long outputs whose every part is decided locally: the tokens that belong between
 two written numbers are exactly the prompt's numbers lying between them. That makes it the
 task on which an insertion model can fill many gaps per call (on the star tasks an ILM step
-cannot save more than the targets' short length allows; see `python -m xlm.recipes.bench
+cannot save more than the targets' short length allows; see `python -m benchmarks.bench
 ilm_multi`). Examples are generated locally and deterministically from a seed, then cached on
 disk as Hugging Face datasets, like the star tasks.
 

@@ -4,7 +4,7 @@ from xlm.registry import Family, register_family
 
 from .config import ArlmConfig, arlm_arch, arlm_archs
 from .factory import create_arlm_model
-from .loader import CONVERTERS
+from .interop import CONVERTERS
 from .model import ArlmModel
 from .predictor import ArlmPredictor, ArlmSamplerConfig
 from .unit import ArlmUnit

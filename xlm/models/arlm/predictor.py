@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from xlm.data.tokenizers import Tokenizer
-from xlm.nn.prepacked import prepacked_linears
+from xlm.nn.cpu.prepacked import prepacked_linears
 from xlm.nn.sampling import select_tokens
 from xlm.trace import StepHook, emit
 
@@ -26,7 +26,7 @@ class ArlmSamplerConfig:
     top_p: float | None = None
     max_new_tokens: int = 64
     use_kv_cache: bool = True
-    # CPU: decode steps use weights reordered once for the batch's row count (xlm.nn.prepacked);
+    # CPU: decode steps use weights reordered once for the batch's row count (xlm.nn.cpu.prepacked);
     # costs one copy of the linear weights while generating
     prepack_weights: bool = True
 

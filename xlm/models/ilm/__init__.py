@@ -5,7 +5,7 @@ from xlm.registry import Family, register_family
 
 from .config import IlmConfig, ilm_arch, ilm_archs
 from .factory import create_ilm_model
-from .loader import CONVERTERS
+from .interop import CONVERTERS
 from .loss import ilm_loss
 from .model import IlmModel, IlmOutput
 from .predictor import IlmPredictor, IlmSamplerConfig

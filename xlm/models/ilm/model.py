@@ -31,7 +31,7 @@ Layout and the intended map from xlm-core's `RotaryTransformerILMModelWithStoppi
 Both use NeoX half-split RoPE with base 10000 over the first `rotary_emb_dim` (ours:
 `rotary_dim`) dims of each head; the stop head reads the last block's output at column 0,
 before the final norm, as xlm-core's does. xlm-core's default FFN activation is ReLU
-(`activation="relu"`); `loader.py` reads the checkpoint's.
+(`activation="relu"`); `interop.py` reads the checkpoint's.
 """
 
 from __future__ import annotations

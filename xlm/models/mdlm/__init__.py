@@ -5,7 +5,7 @@ from xlm.registry import Family, register_family
 
 from .config import MdlmConfig, mdlm_arch, mdlm_archs
 from .factory import create_mdlm_model
-from .loader import CONVERTERS
+from .interop import CONVERTERS
 from .model import MdlmModel
 from .noise import CosineSchedule, LogLinearSchedule, NoiseSchedule, build_noise_schedule, sample_t
 from .predictor import MdlmPredictor, MdlmSamplerConfig

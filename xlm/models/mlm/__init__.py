@@ -5,7 +5,7 @@ from xlm.registry import Family, register_family
 from .config import MlmConfig, mlm_arch, mlm_archs
 from .factory import create_mlm_model
 from .loss import mlm_loss
-from .loader import CONVERTERS
+from .interop import CONVERTERS
 from .model import MlmModel
 from .predictor import MlmPredictor, MlmSamplerConfig
 from .unit import MlmUnit

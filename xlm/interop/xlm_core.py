@@ -37,8 +37,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from xlm.checkpoint_conversion import (ConversionError, Converted, KeyMap, Rule, Split, check_mapped, check_state_dict,
-                                       config_dict, read_checkpoint, read_hf_dir, to_plain)
+from xlm.errors import ConversionError
+from xlm.interop.converter import config_dict, Converted
+from xlm.interop.keymap import check_mapped, check_state_dict, KeyMap, Rule, Split
+from xlm.interop.readers import read_checkpoint, read_hf_dir, to_plain
 
 __all__ = ["ACTIVATIONS", "ATTENTION_BIAS_PROJECTIONS", "ENCODER_DROP", "ENCODER_RULES", "ROPE_BASE",
            "XLM_CORE_DEFAULTS", "XlmCoreConfig", "add_zero_attention_biases", "check_rotary_buffers",

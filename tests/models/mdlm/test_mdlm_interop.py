@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xlm.checkpoint_conversion import ConversionError
-from xlm.export import ExportError, export
+from xlm.errors import ConversionError
+from xlm.interop.export import ExportError, export
 from xlm.models.mdlm import MdlmConfig, create_mdlm_model
-from xlm.models.mdlm.loader import (MDLM_REFERENCE, convert_mdlm_reference, convert_to_mdlm_reference,
+from xlm.models.mdlm.interop import (MDLM_REFERENCE, convert_mdlm_reference, convert_to_mdlm_reference,
                                     mdlm_config_from_reference, read_mdlm_reference)
 from xlm.registry import get_family
 

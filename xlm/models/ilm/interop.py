@@ -38,8 +38,10 @@ from typing import Any
 
 from torch import Tensor
 
-from xlm.checkpoint_conversion import ConversionError, Converted, Converter, KeyMap, Rule
-from xlm.xlm_core_checkpoints import (ENCODER_DROP, ENCODER_RULES, ROPE_BASE, XlmCoreConfig, common_export_problems,
+from xlm.errors import ConversionError
+from xlm.interop.converter import Converted, Converter
+from xlm.interop.keymap import KeyMap, Rule
+from xlm.interop.xlm_core import (ENCODER_DROP, ENCODER_RULES, ROPE_BASE, XlmCoreConfig, common_export_problems,
                                       constructor_args, convert_from_xlm_core, convert_to_xlm_core, pad_token_id,
                                       read_xlm_core, xlm_core_config)
 

@@ -50,10 +50,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from xlm.checkpoint_conversion import (ConversionError, Converted, Converter, KeyMap, Rule, check_mapped,
-                                       check_state_dict, config_dict, read_checkpoint, read_hf_dir, require,
-                                       to_plain)
-from xlm.xlm_core_checkpoints import (ROPE_BASE, XlmCoreConfig, check_rotary_buffers, pop_read_record, read_xlm_core,
+from xlm.errors import ConversionError
+from xlm.interop.converter import config_dict, Converted, Converter, require
+from xlm.interop.keymap import check_mapped, check_state_dict, KeyMap, Rule
+from xlm.interop.readers import read_checkpoint, read_hf_dir, to_plain
+from xlm.interop.xlm_core import (ROPE_BASE, XlmCoreConfig, check_rotary_buffers, pop_read_record, read_xlm_core,
                                       xlm_core_config)
 
 from .config import MdlmConfig

@@ -1,4 +1,4 @@
-"""python -m xlm.recipes.bench [SECTION ...] [--output bench.json] [--quick]
+"""python -m benchmarks.bench [SECTION ...] [--output bench.json] [--quick]   (from the repository root)
 
 Performance comparisons measured in one process, each against a peer run in the same call, so
 ratios hold on any machine (absolute numbers are this machine's). Sections:
@@ -281,7 +281,7 @@ class _NoStopTokenizer:
 def bench_generate(quick: bool) -> list[Row]:
     import transformers
 
-    from xlm.models.arlm.loader import convert_hf_gpt2
+    from xlm.models.arlm.interop import convert_hf_gpt2
     from xlm.models.arlm.predictor import ArlmPredictor, ArlmSamplerConfig
 
     rows = []
@@ -303,7 +303,7 @@ def bench_generate(quick: bool) -> list[Row]:
         def run_ours() -> None:
             out["ours"] = predictor.generate(prompt, mask)
 
-        def run_unpacked() -> None:  # sampler.prepack_weights=false: what xlm.nn.prepacked saves
+        def run_unpacked() -> None:  # sampler.prepack_weights=false: what xlm.nn.cpu.prepacked saves
             out["unpacked"] = unpacked.generate(prompt, mask)
 
         def run_hf() -> None:

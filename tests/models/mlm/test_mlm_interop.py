@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from xlm.checkpoint_conversion import ConversionError
+from xlm.errors import ConversionError
 from xlm.models.mlm import create_mlm_model
-from xlm.models.mlm.loader import HF_BERT, convert_hf_bert, convert_to_hf_bert, mlm_config_from_hf_bert
+from xlm.models.mlm.interop import HF_BERT, convert_hf_bert, convert_to_hf_bert, mlm_config_from_hf_bert
 from xlm.registry import get_family
 
 transformers = pytest.importorskip("transformers")

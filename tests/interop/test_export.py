@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xlm.export import ExportError, export
+from xlm.interop.export import ExportError, export
 from xlm.models.arlm import ArlmConfig, create_arlm_model
 from xlm.models.arlm.loss import arlm_loss
 from xlm.models.mlm import MlmConfig, create_mlm_model

@@ -7,8 +7,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from xlm.checkpoint_conversion import (Chain, CheckpointReadError, ConversionError, KeyMap, Rule, Split, Transpose,
-                                       check_state_dict, read_checkpoint, read_hf_dir, read_state_dict, to_plain)
+from xlm.errors import CheckpointReadError, ConversionError
+from xlm.interop.keymap import Chain, check_state_dict, KeyMap, Rule, Split, Transpose
+from xlm.interop.readers import read_checkpoint, read_hf_dir, read_state_dict, to_plain
 
 FUSED = KeyMap([
     Rule("h.{i}.ln.{p}", "layers.{i}.norm.{p}"),

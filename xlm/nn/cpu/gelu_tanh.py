@@ -6,7 +6,7 @@ torch's CPU kernel for `F.gelu(x, approximate="tanh")` is bound by its vectorise
 (1 + tanh u)/2 = σ(2u)), compiles with inductor into one loop forward and one backward over exp,
 together about half the eager time. The compile is made once per process, for inputs of every
 length (dynamic shapes, flattened to 1-D), and only where a gradient is wanted on CPU: eval and
-decoding keep torch's kernel (or oneDNN's epilogue, `xlm.nn.prepacked`), which needs no compiler.
+decoding keep torch's kernel (or oneDNN's epilogue, `xlm.nn.cpu.prepacked`), which needs no compiler.
 Where compiling fails (no C++ compiler, an unsupported platform) it warns once and runs eager.
 Set XLM_EAGER_GELU=1 to never compile.
 """

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from xlm.checkpoint_conversion import ConversionError, Converter
+from xlm.errors import ConversionError
+from xlm.interop.converter import Converter
 from xlm.registry import Family, families
 
 __all__ = ["ExportError", "export", "family_of_model", "hf_converter_for"]

@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import MultiheadAttention
-from .feed_forward import FeedForward
+from ..attention import MultiheadAttention
+from ..feed_forward import FeedForward
 
 MIN_WEIGHT_ELEMENTS = 1 << 16  # 256 x 256
 MIN_ROWS = 2

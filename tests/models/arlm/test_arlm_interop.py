@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from xlm.checkpoint_conversion import ConversionError
+from xlm.errors import ConversionError
 from xlm.models.arlm import create_arlm_model
-from xlm.models.arlm.loader import (HF_GPT2, HF_LLAMA, arlm_config_from_hf_gpt2, arlm_config_from_hf_llama,
+from xlm.models.arlm.interop import (HF_GPT2, HF_LLAMA, arlm_config_from_hf_gpt2, arlm_config_from_hf_llama,
                                     convert_hf_gpt2, convert_hf_llama, convert_to_hf_gpt2, convert_to_hf_llama)
 from xlm.registry import get_family
 

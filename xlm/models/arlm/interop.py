@@ -40,9 +40,11 @@ from typing import Any
 
 from torch import Tensor
 
-from xlm.checkpoint_conversion import (Chain, ConversionError, Converted, Converter, KeyMap, Rule, Split, Transpose,
-                                       check_mapped, check_state_dict, config_dict, read_hf_dir, require)
-from xlm.xlm_core_checkpoints import (ENCODER_DROP, ENCODER_RULES, ROPE_BASE, XlmCoreConfig, common_export_problems,
+from xlm.errors import ConversionError
+from xlm.interop.converter import config_dict, Converted, Converter, require
+from xlm.interop.keymap import Chain, check_mapped, check_state_dict, KeyMap, Rule, Split, Transpose
+from xlm.interop.readers import read_hf_dir
+from xlm.interop.xlm_core import (ENCODER_DROP, ENCODER_RULES, ROPE_BASE, XlmCoreConfig, common_export_problems,
                                       constructor_args, convert_from_xlm_core, convert_to_xlm_core, pad_token_id,
                                       read_xlm_core, xlm_core_config)
 

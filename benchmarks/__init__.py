@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m benchmarks.bench` from the repository root, and the scripts beside it."""

@@ -1,0 +1,56 @@
+"""The errors xlm raises on purpose, under one base.
+
+`XlmError` is the base of them all; `XlmUserError` marks the mistakes a user can fix (a name,
+a path, a config value, a file that is not what it claims), which every command prints as one
+line and exits 2 on. Each error keeps a builtin base too (ValueError, KeyError, ...), so code
+that caught those before still does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+
+class XlmError(Exception):
+    """Base of every error xlm raises on purpose."""
+
+
+class XlmUserError(XlmError):
+    """A mistake the user can fix; its message says what was wrong and what would be right."""
+
+
+def listing(keys: Sequence[str], limit: int = 40) -> str:
+    """The first `limit` keys, comma-separated, then how many more there are."""
+    keys = list(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+class ConversionError(XlmUserError, ValueError):
+    """A state dict that does not fit its target: missing, unexpected and wrong-shape keys are
+    listed together in one message, with the file they came from when known."""
+
+    def __init__(self, message: str | None = None, *, missing: Iterable[str] = (), unexpected: Iterable[str] = (),
+                 wrong_shapes: Iterable[tuple[str, tuple[int, ...], tuple[int, ...]]] = (),
+                 source: str | Path | None = None, target: str = "the model") -> None:
+        self.missing = sorted(missing)
+        self.unexpected = sorted(unexpected)
+        self.wrong_shapes = sorted(wrong_shapes)
+        self.source = None if source is None else str(source)
+        parts = []
+        if message:
+            parts.append(message)
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing key(s): {listing(self.missing)}")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected key(s): {listing(self.unexpected)}")
+        if self.wrong_shapes:
+            shapes = [f"{k} (checkpoint {tuple(got)}, {target} {tuple(want)})" for k, got, want in self.wrong_shapes]
+            parts.append(f"{len(shapes)} wrong shape(s): {listing(shapes, 20)}")
+        where = f"{self.source}: " if self.source else ""
+        super().__init__(where + ("; ".join(parts) if parts else "conversion failed"))
+
+
+class CheckpointReadError(XlmUserError, ValueError):
+    """A checkpoint file that cannot be parsed; the message names the file and its apparent format."""
