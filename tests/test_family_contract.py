@@ -33,6 +33,8 @@ from xlm.errors import ConversionError
 from xlm.registry import Family, families
 from xlm.run_dir import write_run_dir
 
+from tests.xlm_core_fixtures import randomize_for_xlm_core_
+
 TOKENIZER = WordTokenizer([str(i) for i in range(13)])  # ids 7..19 after the 7 special tokens
 EXAMPLES = [{"prompt_ids": TOKENIZER.encode(prompt), "target_ids": TOKENIZER.encode(target)}
             for prompt, target in (("1 2 3", "4 5 6 7"), ("8 9", "10 11 12 1 2"), ("3 3 4 5", "6"))]
@@ -77,20 +79,12 @@ def shrink(config: Any) -> Any:
     return dataclasses.replace(config, **values)
 
 
-def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random values in every parameter, so that a misplaced key shows, except the attention biases: zero ones are
-    what every layout holds (xlm-core's attention has none)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            zero = re.search(r"\.attn\.\w+\.bias$", name) is not None
-            p.copy_(torch.zeros_like(p) if zero else torch.randn(p.shape, generator=generator) * 0.1)
-    return model
-
-
 def tiny(family: Family, arch: str) -> tuple[Any, nn.Module]:
+    """The shrunk arch with random parameters, so that a misplaced key shows; its attention biases are zero, which
+    every layout holds (xlm-core's attention has none)."""
     config = shrink(family.archs.get(arch))
-    return config, randomize_(family.factory(config))
+    torch.manual_seed(0)
+    return config, randomize_for_xlm_core_(family.factory(config))
 
 
 def unit_of(family: Family, model: nn.Module) -> Any:
