@@ -4,7 +4,7 @@ The cases are read off the registry (`families`, `family.archs`, `family.convert
 or family is checked without a line here. For each arch:
 
 - its config validates, and the model builds on the `meta` device (no memory) with the shapes a real build has;
-- shrunk to a few thousand parameters with `dataclasses.replace` (fewer and narrower layers, a small vocabulary,
+- shrunk to tens of thousands of parameters with `dataclasses.replace` (fewer and narrower layers, a small vocabulary,
   short rows; activation, norm, positions, biases, GQA, partial rotary and tying kept), the family's unit collates
   seq2seq rows and the model gives finite outputs, a finite loss over tokens and finite gradients;
 - each converter that writes its layout either round trips the model exactly (same tensors, same config, same
@@ -47,13 +47,11 @@ TINY_MAX_PARAMETERS = 200_000  # a shrunk arch above this is not shrunk: teach `
 CPU_BUILD_MAX_PARAMETERS = 10_000_000  # full archs up to this size are also built for real, to compare with meta
 
 ARCHS = [(family, arch) for family in families.names() for arch in families.get(family).archs.names()]
-CONVERTERS = [(family, arch, name) for family, arch in ARCHS
-              for name, converter in families.get(family).converters.items() if converter.from_xlm is not None]
-
-
-def by_arch(cases: list[tuple[str, ...]]) -> Any:
-    return pytest.mark.parametrize(("family", "arch", *("converter",) * (len(cases[0]) - 2)), cases,
-                                   ids=["-".join(case[1:]) for case in cases])
+LAYOUTS = [(family, arch, name) for family, arch in ARCHS
+           for name, converter in families.get(family).converters.items() if converter.from_xlm is not None]
+each_arch = pytest.mark.parametrize(("family", "arch"), ARCHS, ids=[arch for _, arch in ARCHS])
+each_layout = pytest.mark.parametrize(("family", "arch", "converter"), LAYOUTS,
+                                      ids=[f"{arch}-{name}" for _, arch, name in LAYOUTS])
 
 
 # -- building ------------------------------------------------------------------------------------
@@ -161,7 +159,7 @@ def num_parameters(model: nn.Module) -> int:
 
 # -- the contract ----------------------------------------------------------------------------------
 
-@by_arch(ARCHS)
+@each_arch
 def test_the_arch_validates_and_builds_on_meta(family, arch):
     family = families.get(family)
     config = family.archs.get(arch)
@@ -182,7 +180,7 @@ def test_the_arch_validates_and_builds_on_meta(family, arch):
     assert num_parameters(family.factory(small, device="meta")) <= TINY_MAX_PARAMETERS
 
 
-@by_arch(ARCHS)
+@each_arch
 def test_a_tiny_batch_gives_a_finite_loss_and_gradients(family, arch):
     family = families.get(family)
     _, model = tiny(family, arch)
@@ -197,7 +195,7 @@ def test_a_tiny_batch_gives_a_finite_loss_and_gradients(family, arch):
     assert any(p.grad.any() for p in model.parameters())
 
 
-@by_arch(CONVERTERS)
+@each_layout
 def test_each_layout_round_trips_exactly_or_says_why_not(family, arch, converter):
     family = families.get(family)
     layout = family.converters[converter]
@@ -228,7 +226,7 @@ def test_each_layout_round_trips_exactly_or_says_why_not(family, arch, converter
     assert_same_outputs(family, model, rebuilt)
 
 
-@by_arch(ARCHS)
+@each_arch
 def test_a_run_dir_loads_back_as_the_same_model(family, arch, tmp_path):
     family = families.get(family)
     config, model = tiny(family, arch)
@@ -238,6 +236,7 @@ def test_a_run_dir_loads_back_as_the_same_model(family, arch, tmp_path):
     loaded = xlm.load_model(tmp_path / "run")
     assert type(loaded) is type(model) and loaded.config == config
     assert structure(loaded) == structure(model)
-    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    state = loaded.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert xlm.load_tokenizer(tmp_path / "run").spec() == TOKENIZER.spec()
     assert_same_outputs(family, model, loaded)
