@@ -1,14 +1,10 @@
 """ARLM <-> xlm-core's RotaryTransformerARLMModel (the "xlm_core" legacy layout): Lightning .ckpt and hub export.
 
-xlm-core needs Lightning, Hydra and its own package, so these tests build random state dicts with its exact key
-names, shapes and order (`xlm-models/arlm/model_arlm.py`, `src/xlm/modules/rotary_transformer.py`) and write its
-forward out here: pre-LN with LayerNorm biases, fused bias-free q|k|v chunked along the output, NeoX half-split
-rotary (base 10000) over the first `rotary_emb_dim` dims of each head, causal attention, MLP with biases (ReLU or
-GELU-tanh), final LayerNorm, untied bias-free output linear."""
+The stand-in checkpoints and the shared layers' forward are `tests/xlm_core_fixtures.py`'s; the ARLM model
+(`xlm-models/arlm/model_arlm.py`) adds causal attention at positions cumsum(mask) - 1, a final LayerNorm and an
+untied bias-free output linear."""
 
 import json
-import math
-from collections import OrderedDict
 
 import pytest
 import torch
@@ -23,11 +19,11 @@ from xlm.models.arlm.interop import (XLM_CORE, arlm_config_from_xlm_core, conver
 from xlm.registry import get_family
 from xlm.interop.xlm_core import read_xlm_core
 
+from tests.xlm_core_fixtures import (add_output_layer, assert_round_trip, ema_entry, hub_layout, parameter_keys,
+                                     random_tensors, randomize_for_xlm_core_, rotary_transformer_forward,
+                                     rotary_transformer_state, write_hub_export, write_lightning_checkpoint)
+
 V, D, L, H, FF, S = 37, 32, 2, 4, 48, 16  # head dim 8
-
-
-def inv_freq(rotary):
-    return 1.0 / (10000 ** (torch.arange(0, rotary, 2).float() / rotary))
 
 
 def hub_config(**overrides):
@@ -39,54 +35,20 @@ def hub_config(**overrides):
 
 def xlm_core_state(seed=0, rotary=4):
     """RotaryTransformerARLMModel.state_dict(): keys, shapes and order."""
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape):
-        return torch.randn(*shape, generator=g) * 0.2
-
-    s = OrderedDict()
-    s["embed_tokens.weight"] = r(V, D)
-    for i in range(L):
-        p = f"encoder.{i}."
-        s[p + "norm1.weight"], s[p + "norm1.bias"] = 1 + r(D), r(D)
-        s[p + "attn_qkv.weight"] = r(3 * D, D)
-        s[p + "o_proj.weight"] = r(D, D)
-        s[p + "norm2.weight"], s[p + "norm2.bias"] = 1 + r(D), r(D)
-        s[p + "mlp.0.weight"], s[p + "mlp.0.bias"] = r(FF, D), r(FF)
-        s[p + "mlp.2.weight"], s[p + "mlp.2.bias"] = r(D, FF), r(D)
-        s[p + "rotary_emb.inv_freq"] = inv_freq(rotary)  # one module shared by every layer: a key per layer
-    s["output_layer.norm_final.weight"], s["output_layer.norm_final.bias"] = 1 + r(D), r(D)
-    s["output_layer.linear.weight"] = r(V, D)
+    r = random_tensors(seed)
+    s = rotary_transformer_state(r, vocab=V, dim=D, num_layers=L, ffn_dim=FF, rotary=rotary)
+    add_output_layer(s, r, vocab=V, dim=D)
     return s
 
 
 def xlm_core_forward(s, ids, *, rotary=4, activation="relu", attention_mask=None):
     """RotaryTransformerARLMModel.forward as its loss calls it: causal & padding mask, positions cumsum - 1."""
     batch, seq = ids.shape
-    head = D // H
     mask = torch.ones(batch, seq, dtype=torch.bool) if attention_mask is None else attention_mask
     positions = (mask.long().cumsum(1) - 1) * mask
     allowed = torch.tril(torch.ones(seq, seq, dtype=torch.bool))[None] & mask[:, None, :]
-    angles = positions[..., None].float() * inv_freq(rotary)
-    cos, sin = angles.cos()[:, None], angles.sin()[:, None]
-
-    def rope(t):
-        part, rest = t[..., :rotary], t[..., rotary:]
-        t1, t2 = part.chunk(2, dim=-1)
-        return torch.cat([t1 * cos - t2 * sin, t2 * cos + t1 * sin, rest], dim=-1)
-
-    x = s["embed_tokens.weight"][ids]
-    for i in range(L):
-        p = f"encoder.{i}."
-        h = F.layer_norm(x, (D,), s[p + "norm1.weight"], s[p + "norm1.bias"], 1e-5)
-        q, k, v = (t.view(batch, seq, H, head).transpose(1, 2) for t in (h @ s[p + "attn_qkv.weight"].T).chunk(3, -1))
-        scores = rope(q) @ rope(k).transpose(-1, -2) / math.sqrt(head)
-        attended = scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1) @ v
-        x = x + attended.transpose(1, 2).reshape(batch, seq, D) @ s[p + "o_proj.weight"].T
-        h = F.layer_norm(x, (D,), s[p + "norm2.weight"], s[p + "norm2.bias"], 1e-5)
-        h = F.linear(h, s[p + "mlp.0.weight"], s[p + "mlp.0.bias"])
-        h = F.relu(h) if activation == "relu" else F.gelu(h, approximate="tanh")
-        x = x + F.linear(h, s[p + "mlp.2.weight"], s[p + "mlp.2.bias"])
+    x = rotary_transformer_forward(s, ids, allowed=allowed, positions=positions, num_layers=L, num_heads=H,
+                                   rotary=rotary, activation=activation)
     x = F.layer_norm(x, (D,), s["output_layer.norm_final.weight"], s["output_layer.norm_final.bias"], 1e-5)
     return x @ s["output_layer.linear.weight"].T
 
@@ -140,19 +102,13 @@ def test_round_trips_are_identity():
     assert all(not converted.state[f"layers.{i}.attn.{p}.bias"].any() for i in range(L)
                for p in ("q_proj", "k_proj", "v_proj", "out_proj"))
     back = convert_to_arlm_xlm_core(converted.state, converted.config)
-    hub_layout = [k for k in ref if not (k.endswith("inv_freq") and not k.startswith("encoder.0."))]
-    assert list(back.state) == hub_layout  # what xlm-core's own safetensors export holds, in its order
-    assert all(torch.equal(back.state[k], ref[k]) for k in hub_layout)
+    assert list(back.state) == hub_layout(ref)  # what xlm-core's own safetensors export holds, in its order
+    assert all(torch.equal(back.state[k], ref[k]) for k in hub_layout(ref))
     assert back.config == hub_config()
 
     torch.manual_seed(0)
-    model = create_arlm_model(converted.config).eval()
-    for name, p in model.named_parameters():
-        torch.nn.init.zeros_(p) if ".attn." in name and name.endswith(".bias") else torch.nn.init.normal_(p, std=0.1)
-    again = convert_arlm_xlm_core(*reversed(tuple(convert_to_arlm_xlm_core(model.state_dict(), model.config))))
-    assert again.config == model.config
-    assert set(again.state) == set(model.state_dict())
-    assert all(torch.equal(again.state[k], v) for k, v in model.state_dict().items())
+    model = randomize_for_xlm_core_(create_arlm_model(converted.config).eval())
+    assert_round_trip(model, convert_to_arlm_xlm_core, convert_arlm_xlm_core)
 
     with torch.no_grad():
         model.layers[1].attn.k_proj.bias[0] = 0.5
@@ -164,37 +120,23 @@ class AttributeDictLike(dict):
     """Like Lightning's AttributeDict: a dict subclass the weights-only unpickler does not know."""
 
 
-def lightning_checkpoint(path, ref, *, hyper, ema=None, compiled=True):
-    """A Lightning .ckpt of xlm-core's Harness: `model.` (+ `_orig_mod.` under torch.compile), the predictor's
-    duplicate `predictor.model.*` (older runs), the noise schedule's buffers, persistent rotary sin/cos (older runs)."""
-    inner = "model._orig_mod." if compiled else "model."
-    state = OrderedDict()
-    state["noise_schedule.sigma_max"] = torch.tensor(20.0)
-    for k, v in ref.items():
-        state[inner + k] = v
-        if k.endswith("inv_freq"):
-            state[inner + k.replace("inv_freq", "sin")] = torch.zeros(S + 1, v.shape[0])
-            state[inner + k.replace("inv_freq", "cos")] = torch.ones(S + 1, v.shape[0])
-    for k, v in ref.items():
-        state["predictor.model." + k] = v
-    ckpt = {"state_dict": state, "hyper_parameters": hyper, "epoch": 3, "global_step": 120,
-            "pytorch-lightning_version": "2.4.0"}
-    if ema is not None:
-        ckpt["ema"] = ema
-    torch.save(ckpt, path)
-    return path
+def lightning_checkpoint(path, ref, *, hyper, compiled=True, **entries):
+    """An older run's .ckpt: compiled, the predictor's duplicate weights, persistent rotary sin/cos, a noise
+    schedule buffer."""
+    return write_lightning_checkpoint(path, ref, hyper=hyper, compiled=compiled, rotary_tables=("sin", "cos"),
+                                      max_length=S, predictor_copy=True,
+                                      other_state={"noise_schedule.sigma_max": torch.tensor(20.0)}, epoch=3,
+                                      global_step=120, **{"pytorch-lightning_version": "2.4.0"}, **entries)
 
 
 def test_lightning_checkpoint_with_ema_loads_strictly(tmp_path):
     omegaconf = pytest.importorskip("omegaconf")
     ref, averaged = xlm_core_state(seed=0), xlm_core_state(seed=1)
-    params = [k for k in ref if not k.endswith("inv_freq")]
     hyper = AttributeDictLike(omegaconf.OmegaConf.create({  # an older run: the Hydra config as a DictConfig
         "model": hub_config(num_embeddings="${tokenizer:full_vocab_size}", max_length="${predictor.max_length}",
                             _target_="arlm.model_arlm.RotaryTransformerARLMModel"),
         "predictor": {"max_length": S}, "block_size": S}))
-    ema = {"decay": 0.9999, "num_updates": 120, "shadow_params": [averaged[k] for k in params],
-           "collected_params": None}
+    ema = ema_entry(averaged, num_updates=120, collected_params=None)
     path = lightning_checkpoint(tmp_path / "last.ckpt", ref, hyper=hyper, ema=ema)
 
     converted = get_family("arlm").converters["xlm_core"](path)
@@ -227,22 +169,17 @@ def test_plain_hyper_parameters_and_no_ema(tmp_path):
 
 def test_ema_out_of_order_is_an_error(tmp_path):
     ref = xlm_core_state()
-    params = [k for k in ref if not k.endswith("inv_freq")]
-    ema = {"decay": 0.999, "num_updates": 1, "shadow_params": [ref[k] for k in reversed(params)]}
+    ema = {"decay": 0.999, "num_updates": 1, "shadow_params": [ref[k] for k in reversed(parameter_keys(ref))]}
     path = lightning_checkpoint(tmp_path / "last.ckpt", ref, hyper={"model": hub_config()}, ema=ema)
     with pytest.raises(ConversionError, match="not in the order of the model's parameters"):
         XLM_CORE(path)
 
 
 def test_hub_export_dir_and_export_back(tmp_path):
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     ref = xlm_core_state()
-    hub = tmp_path / "hub"
-    hub.mkdir()
-    save_file({k: v for k, v in ref.items() if k == "encoder.0.rotary_emb.inv_freq" or not k.endswith("inv_freq")},
-              hub / "model.safetensors")
-    (hub / "config.json").write_text(json.dumps(hub_config()))
+    hub = write_hub_export(tmp_path / "hub", ref, hub_config())
     ids = torch.randint(0, V, (2, S))
     with torch.no_grad():
         model = xlm.load_model(hub, family="arlm", checkpoint_format="xlm_core")

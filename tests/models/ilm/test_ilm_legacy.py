@@ -1,17 +1,12 @@
 """ILM <-> xlm-core's RotaryTransformerILMModelWithStoppingClassification (the "xlm_core" legacy layout, as of
 dhruveshpatel/ilm-owt): hub export, Lightning .ckpt with EMA, cards.
 
-The state dicts have xlm-core's exact key names, shapes and order (`xlm-models/ilm/model_ilm.py`,
-`src/xlm/modules/rotary_transformer.py`); its forward is written out here: pre-LN with LayerNorm biases, fused
-bias-free q|k|v chunked along the output, NeoX half-split rotary (base 10000) over the first rotary_emb_dim dims at
-the given positions, bidirectional attention under a key-padding mask, MLP with biases, token logits through an
-optional final LayerNorm, and the stop logits from the last block's output at column 0 through
+The stand-in checkpoints and the shared layers' forward are `tests/xlm_core_fixtures.py`'s; the ILM model
+(`xlm-models/ilm/model_ilm.py`) adds bidirectional attention under a key-padding mask at the given positions, token
+logits through an optional final LayerNorm, and the stop logits from the last block's output at column 0 through
 x + mlp(norm(x)) (d -> 2d -> d, tanh) and a bias-free 2-way linear."""
 
 import importlib.util
-import json
-import math
-from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -27,12 +22,12 @@ from xlm.models.ilm.interop import XLM_CORE, convert_ilm_xlm_core, convert_to_il
 from xlm.registry import get_family
 from xlm.interop.xlm_core import read_xlm_core
 
+from tests.xlm_core_fixtures import (add_output_layer, assert_round_trip, ema_entry, hub_layout, parameter_keys,
+                                     random_tensors, randomize_for_xlm_core_, rotary_transformer_forward,
+                                     rotary_transformer_state, write_hub_export, write_lightning_checkpoint)
+
 V, D, L, H, FF, S = 43, 32, 2, 4, 64, 14  # head dim 8
 TARGET = "ilm.model_ilm.RotaryTransformerILMModelWithStoppingClassification"
-
-
-def inv_freq(rotary):
-    return 1.0 / (10000 ** (torch.arange(0, rotary, 2).float() / rotary))
 
 
 def hub_config(**overrides):
@@ -44,25 +39,9 @@ def hub_config(**overrides):
 
 def xlm_core_state(seed=0, rotary=4, final_norm=False, classes=2):
     """RotaryTransformerILMModelWithStoppingClassification.state_dict(): keys, shapes and order."""
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape):
-        return torch.randn(*shape, generator=g) * 0.2
-
-    s = OrderedDict()
-    s["embed_tokens.weight"] = r(V, D)
-    for i in range(L):
-        p = f"encoder.{i}."
-        s[p + "norm1.weight"], s[p + "norm1.bias"] = 1 + r(D), r(D)
-        s[p + "attn_qkv.weight"] = r(3 * D, D)
-        s[p + "o_proj.weight"] = r(D, D)
-        s[p + "norm2.weight"], s[p + "norm2.bias"] = 1 + r(D), r(D)
-        s[p + "mlp.0.weight"], s[p + "mlp.0.bias"] = r(FF, D), r(FF)
-        s[p + "mlp.2.weight"], s[p + "mlp.2.bias"] = r(D, FF), r(D)
-        s[p + "rotary_emb.inv_freq"] = inv_freq(rotary)
-    if final_norm:
-        s["output_layer.norm_final.weight"], s["output_layer.norm_final.bias"] = 1 + r(D), r(D)
-    s["output_layer.linear.weight"] = r(V, D)
+    r = random_tensors(seed)
+    s = rotary_transformer_state(r, vocab=V, dim=D, num_layers=L, ffn_dim=FF, rotary=rotary)
+    add_output_layer(s, r, vocab=V, dim=D, final_norm=final_norm)
     o = "length_output_layer."
     s[o + "norm_final.weight"], s[o + "norm_final.bias"] = 1 + r(D), r(D)
     s[o + "mlp.0.weight"], s[o + "mlp.0.bias"] = r(2 * D, D), r(2 * D)
@@ -73,28 +52,8 @@ def xlm_core_state(seed=0, rotary=4, final_norm=False, classes=2):
 
 def xlm_core_forward(s, ids, attention_mask, positions, *, rotary=4, activation="relu"):
     """(vocab_logits, length_logits) of the stopping ILM with cls_position=None."""
-    batch, seq = ids.shape
-    head = D // H
-    angles = positions[..., None].float() * inv_freq(rotary)
-    cos, sin = angles.cos()[:, None], angles.sin()[:, None]
-
-    def rope(t):
-        part, rest = t[..., :rotary], t[..., rotary:]
-        t1, t2 = part.chunk(2, dim=-1)
-        return torch.cat([t1 * cos - t2 * sin, t2 * cos + t1 * sin, rest], dim=-1)
-
-    x = s["embed_tokens.weight"][ids]
-    for i in range(L):
-        p = f"encoder.{i}."
-        h = F.layer_norm(x, (D,), s[p + "norm1.weight"], s[p + "norm1.bias"], 1e-5)
-        q, k, v = (t.view(batch, seq, H, head).transpose(1, 2) for t in (h @ s[p + "attn_qkv.weight"].T).chunk(3, -1))
-        scores = rope(q) @ rope(k).transpose(-1, -2) / math.sqrt(head)
-        attended = scores.masked_fill(~attention_mask[:, None, None, :], float("-inf")).softmax(-1) @ v
-        x = x + attended.transpose(1, 2).reshape(batch, seq, D) @ s[p + "o_proj.weight"].T
-        h = F.layer_norm(x, (D,), s[p + "norm2.weight"], s[p + "norm2.bias"], 1e-5)
-        h = F.linear(h, s[p + "mlp.0.weight"], s[p + "mlp.0.bias"])
-        h = F.relu(h) if activation == "relu" else F.gelu(h, approximate="tanh")
-        x = x + F.linear(h, s[p + "mlp.2.weight"], s[p + "mlp.2.bias"])
+    x = rotary_transformer_forward(s, ids, allowed=attention_mask[:, None, :], positions=positions, num_layers=L,
+                                   num_heads=H, rotary=rotary, activation=activation)
     out = x
     if "output_layer.norm_final.weight" in s:
         out = F.layer_norm(x, (D,), s["output_layer.norm_final.weight"], s["output_layer.norm_final.bias"], 1e-5)
@@ -163,59 +122,34 @@ def test_round_trips_are_identity():
     ref = xlm_core_state()
     converted = convert_ilm_xlm_core(ref, hub_config())
     back = convert_to_ilm_xlm_core(converted.state, converted.config)
-    hub_layout = [k for k in ref if not (k.endswith("inv_freq") and not k.startswith("encoder.0."))]
-    assert list(back.state) == hub_layout and all(torch.equal(back.state[k], ref[k]) for k in hub_layout)
+    assert list(back.state) == hub_layout(ref) and all(torch.equal(back.state[k], ref[k]) for k in hub_layout(ref))
     assert back.config == {k: v for k, v in hub_config().items() if k != "mask_idx"}
 
     torch.manual_seed(0)
     model = create_ilm_model(IlmConfig(vocab_size=V, model_dim=D, num_layers=L, num_heads=H, ffn_dim=FF, max_seq_len=S,
                                        rotary_dim=6, activation="gelu_tanh", final_norm=True)).eval()
-    for name, p in model.named_parameters():
-        torch.nn.init.zeros_(p) if ".attn." in name and name.endswith(".bias") else torch.nn.init.normal_(p, std=0.1)
-    there = convert_to_ilm_xlm_core(model.state_dict(), model.config)
+    there = assert_round_trip(randomize_for_xlm_core_(model), convert_to_ilm_xlm_core, convert_ilm_xlm_core)
     assert there.config["rotary_emb_dim"] == 6 and there.config["final_layer_without_normalization"] is False
-    again = convert_ilm_xlm_core(there.state, there.config)
-    assert again.config == model.config
-    assert all(torch.equal(again.state[k], v) for k, v in model.state_dict().items())
-    assert set(again.state) == set(model.state_dict())
 
 
 def test_lightning_checkpoint_with_ema_loads_strictly(tmp_path):
     omegaconf = pytest.importorskip("omegaconf")
     ref, averaged = xlm_core_state(seed=0), xlm_core_state(seed=1)
-    params = [k for k in ref if not k.endswith("inv_freq")]
-    state = OrderedDict()
-    for k, v in ref.items():
-        state["model._orig_mod." + k] = v
-        if k.endswith("inv_freq"):
-            state["model._orig_mod." + k[:-len("inv_freq")] + "cos"] = torch.ones(S + 1, 2)
-    state.update(("predictor.model." + k, v) for k, v in ref.items())
     hyper = omegaconf.OmegaConf.create({"model": hub_config(num_embeddings="${tokenizer:full_vocab_size}",
                                                             max_length="${predictor.max_length}", _target_=TARGET),
                                         "predictor": {"max_length": S}})
-    ckpt = {"state_dict": state, "hyper_parameters": hyper, "global_step": 11,
-            "ema": {"decay": 0.9999, "num_updates": 11, "shadow_params": [averaged[k] for k in params],
-                    "collected_params": [ref[k] for k in params]}}
-    torch.save(ckpt, tmp_path / "last.ckpt")
+    ema = ema_entry(averaged, num_updates=11, collected_params=[ref[k] for k in parameter_keys(ref)])
+    write_lightning_checkpoint(tmp_path / "last.ckpt", ref, hyper=hyper, compiled=True, rotary_tables=("cos",),
+                               max_length=S, predictor_copy=True, global_step=11, ema=ema)
     assert_same(xlm.load_model(tmp_path / "last.ckpt", family="ilm"), averaged)  # the only ILM format: no name needed
     converted = get_family("ilm").converters["xlm_core"](tmp_path / "last.ckpt")
     assert converted.config.max_seq_len == S and any("EMA" in n for n in converted.notes)
     assert_same(load(convert_ilm_xlm_core(*reversed(read_xlm_core(tmp_path / "last.ckpt", use_ema=False)))), ref)
 
 
-def _hub_export(directory, ref):
-    from safetensors.torch import save_file
-
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v for k, v in ref.items() if k == "encoder.0.rotary_emb.inv_freq" or not k.endswith("inv_freq")},
-              directory / "model.safetensors")
-    (directory / "config.json").write_text(json.dumps(hub_config()))
-    return directory
-
-
 def test_a_card_with_the_xlm_core_format(tmp_path, monkeypatch):
     ref = xlm_core_state()
-    _hub_export(tmp_path / "cards" / "ilm_export", ref)
+    write_hub_export(tmp_path / "cards" / "ilm_export", ref, hub_config())
     (tmp_path / "cards" / "mine.yaml").write_text(yaml.safe_dump(
         {"name": "my_xlm_core_ilm", "model_family": "ilm", "checkpoint": "ilm_export/model.safetensors",
          "checkpoint_format": "xlm_core"}))
@@ -236,7 +170,7 @@ def _fake_hub():
 
 def test_the_shipped_ilm_owt_card_through_a_stand_in_hub(tmp_path, monkeypatch):
     ref = xlm_core_state()
-    export_dir = _hub_export(tmp_path / "export", ref)
+    export_dir = write_hub_export(tmp_path / "export", ref, hub_config())
     monkeypatch.setenv("XLM_USER_ASSET_DIR", str(tmp_path / "no_cards"))
     monkeypatch.setenv("XLM_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("XLM_ASSET_PATH", raising=False)

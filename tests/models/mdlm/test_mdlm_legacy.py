@@ -20,6 +20,8 @@ from xlm.models.mdlm.interop import XLM_CORE, XLM_CORE_KEY_MAP, convert_mdlm_xlm
 from xlm.registry import get_family
 from xlm.interop.xlm_core import read_xlm_core
 
+from tests.xlm_core_fixtures import ema_entry, inv_freq, parameter_keys, random_tensors, write_lightning_checkpoint
+
 V, D, L, H, C, S, FREQ = 29, 32, 2, 4, 16, 12, 256  # head dim 8; cond 16; 256 sigma features as xlm-core fixes
 
 
@@ -31,17 +33,12 @@ def hub_config(**overrides):
 
 def xlm_core_state(seed=0):
     """MDLMModel.state_dict(): keys, shapes and order (a module's buffers before its children)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape):
-        return torch.randn(*shape, generator=g) * 0.2
-
+    r = random_tensors(seed)
     s = OrderedDict()
     s["embed_tokens.weight"] = r(V, D)
     s["sigma_map.freqs"] = torch.exp(-math.log(10000) * torch.arange(FREQ // 2) / (FREQ // 2))
     s["sigma_map.mlp.0.weight"], s["sigma_map.mlp.0.bias"] = r(C, FREQ), r(C)
     s["sigma_map.mlp.2.weight"], s["sigma_map.mlp.2.bias"] = r(C, C), r(C)
-    head = D // H
     for i in range(L):
         p = f"encoder.{i}."
         s[p + "norm1.weight"] = 1 + r(D)
@@ -52,7 +49,7 @@ def xlm_core_state(seed=0):
         s[p + "mlp.2.weight"], s[p + "mlp.2.bias"] = r(D, 4 * D), r(D)
         s[p + "ada_ln_modulations.modulation.weight"] = r(6 * D, C)
         s[p + "ada_ln_modulations.modulation.bias"] = r(6 * D)
-        s[p + "rotary_emb.inv_freq"] = 1.0 / (10000 ** (torch.arange(0, head, 2).float() / head))
+        s[p + "rotary_emb.inv_freq"] = inv_freq(D // H)
     s["output_layer.norm_final.weight"] = 1 + r(D)
     s["output_layer.linear.weight"] = r(V, D)
     s["output_layer.adaLN_modulation.modulation.weight"] = r(2 * D, C)
@@ -149,15 +146,13 @@ def test_converter_refuses_and_says_why():
 def test_lightning_checkpoint_is_read_with_its_ema(tmp_path):
     omegaconf = pytest.importorskip("omegaconf")
     ref, averaged = xlm_core_state(seed=0), xlm_core_state(seed=1)
-    params = [k for k in ref if k not in result_dropped(ref)]  # buffers have no EMA shadow
-    state = OrderedDict([("noise_schedule.sigma_min", torch.tensor(0.0)),
-                         ("noise_schedule.sigma_max", torch.tensor(20.0))])
-    state.update(("model." + k, v) for k, v in ref.items())
+    params = parameter_keys(ref)  # buffers have no EMA shadow
     hyper = omegaconf.OmegaConf.create({"model": hub_config(num_embeddings="${tokenizer:full_vocab_size}",
                                                             _target_="mdlm.model_mdlm.MDLMModel")})
-    torch.save({"state_dict": state, "hyper_parameters": hyper,
-                "ema": {"decay": 0.9999, "num_updates": 5, "shadow_params": [averaged[k] for k in params]}},
-               tmp_path / "last.ckpt")
+    write_lightning_checkpoint(tmp_path / "last.ckpt", ref, hyper=hyper,
+                               other_state={"noise_schedule.sigma_min": torch.tensor(0.0),
+                                            "noise_schedule.sigma_max": torch.tensor(20.0)},
+                               ema=ema_entry(averaged, num_updates=5))
     config, read = read_xlm_core(tmp_path / "last.ckpt")
     assert config["num_embeddings"] == "${tokenizer:full_vocab_size}" and config["d_cond"] == C
     assert list(read) == list(ref)

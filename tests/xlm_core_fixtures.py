@@ -1,0 +1,164 @@
+"""Stand-ins for xlm-core checkpoints (github.com/dhruvdcoder/xlm-core), shared by the families' legacy tests.
+
+xlm-core needs Lightning, Hydra and its own package, so the tests build random state dicts with its exact key names,
+shapes and order, write them the two ways xlm-core does (a Lightning `.ckpt` of its `Harness`, a hub export of
+`PyTorchModelHubMixin`), and compute its forward here. ARLM, MLM and ILM share `RotaryTransformerLayer`
+(`src/xlm/modules/rotary_transformer.py`): pre-LN with LayerNorm biases, fused bias-free q|k|v chunked along the
+output, bias-free `o_proj`, NeoX half-split rotary (base 10000) over the first `rotary_emb_dim` dims of each head, an
+MLP with biases (ReLU or GELU-tanh). Each family's test adds its own output layer and its own assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+#: the buffers of xlm-core's networks: no EMA shadow, and a hub export keeps only the first layer's rotary one
+BUFFER_SUFFIXES = ("rotary_emb.inv_freq", "sigma_map.freqs")
+
+
+def inv_freq(rotary: int) -> Tensor:
+    """xlm-core's RotaryEmbedding.inv_freq over `rotary` dims, base 10000."""
+    return 1.0 / (10000 ** (torch.arange(0, rotary, 2).float() / rotary))
+
+
+def random_tensors(seed: int) -> Callable[..., Tensor]:
+    """`r(*shape)`: small random values from a generator of its own, so every key of a state dict differs."""
+    generator = torch.Generator().manual_seed(seed)
+    return lambda *shape: torch.randn(*shape, generator=generator) * 0.2
+
+
+def rotary_transformer_state(r: Callable[..., Tensor], *, vocab: int, dim: int, num_layers: int, ffn_dim: int,
+                             rotary: int) -> OrderedDict[str, Tensor]:
+    """`embed_tokens` and the `encoder.{i}` RotaryTransformerLayers, as the state dict holds them (keys, shapes,
+    order); the rotary module is shared by every layer, so each layer has the buffer's key."""
+    s: OrderedDict[str, Tensor] = OrderedDict()
+    s["embed_tokens.weight"] = r(vocab, dim)
+    for i in range(num_layers):
+        p = f"encoder.{i}."
+        s[p + "norm1.weight"], s[p + "norm1.bias"] = 1 + r(dim), r(dim)
+        s[p + "attn_qkv.weight"] = r(3 * dim, dim)
+        s[p + "o_proj.weight"] = r(dim, dim)
+        s[p + "norm2.weight"], s[p + "norm2.bias"] = 1 + r(dim), r(dim)
+        s[p + "mlp.0.weight"], s[p + "mlp.0.bias"] = r(ffn_dim, dim), r(ffn_dim)
+        s[p + "mlp.2.weight"], s[p + "mlp.2.bias"] = r(dim, ffn_dim), r(dim)
+        s[p + "rotary_emb.inv_freq"] = inv_freq(rotary)
+    return s
+
+
+def add_output_layer(s: OrderedDict[str, Tensor], r: Callable[..., Tensor], *, vocab: int, dim: int,
+                     final_norm: bool = True) -> None:
+    """`output_layer`: the final LayerNorm (unless final_layer_without_normalization) and a bias-free linear."""
+    if final_norm:
+        s["output_layer.norm_final.weight"], s["output_layer.norm_final.bias"] = 1 + r(dim), r(dim)
+    s["output_layer.linear.weight"] = r(vocab, dim)
+
+
+def rotary_transformer_forward(s: Mapping[str, Tensor], ids: Tensor, *, allowed: Tensor, positions: Tensor,
+                               num_layers: int, num_heads: int, rotary: int, activation: str = "relu",
+                               eps: float = 1e-5) -> Tensor:
+    """The hidden states after the RotaryTransformerLayers (before the output layer). `allowed` (batch, query or 1,
+    key) says which keys each query attends to; `positions` (batch, seq) are the rotary positions."""
+    x = s["embed_tokens.weight"][ids]
+    batch, seq, dim = x.shape
+    head = dim // num_heads
+    angles = positions[..., None].float() * inv_freq(rotary)
+    cos, sin = angles.cos()[:, None], angles.sin()[:, None]
+
+    def rope(t: Tensor) -> Tensor:
+        part, rest = t[..., :rotary], t[..., rotary:]
+        t1, t2 = part.chunk(2, dim=-1)
+        return torch.cat([t1 * cos - t2 * sin, t2 * cos + t1 * sin, rest], dim=-1)
+
+    for i in range(num_layers):
+        p = f"encoder.{i}."
+        h = F.layer_norm(x, (dim,), s[p + "norm1.weight"], s[p + "norm1.bias"], eps)
+        q, k, v = (t.view(batch, seq, num_heads, head).transpose(1, 2)
+                   for t in (h @ s[p + "attn_qkv.weight"].T).chunk(3, -1))
+        scores = rope(q) @ rope(k).transpose(-1, -2) / math.sqrt(head)
+        attended = scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1) @ v
+        x = x + attended.transpose(1, 2).reshape(batch, seq, dim) @ s[p + "o_proj.weight"].T
+        h = F.layer_norm(x, (dim,), s[p + "norm2.weight"], s[p + "norm2.bias"], eps)
+        h = F.linear(h, s[p + "mlp.0.weight"], s[p + "mlp.0.bias"])
+        h = F.relu(h) if activation == "relu" else F.gelu(h, approximate="tanh")
+        x = x + F.linear(h, s[p + "mlp.2.weight"], s[p + "mlp.2.bias"])
+    return x
+
+
+def randomize_for_xlm_core_(model: nn.Module) -> nn.Module:
+    """Random parameters (from torch's global generator), so that every key matters, except the attention biases:
+    xlm-core's attention has none, so only a model whose attention biases are zero can be written in its layout."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.zero_() if ".attn." in name and name.endswith(".bias") else p.normal_(std=0.1)
+    return model
+
+
+def assert_round_trip(model: nn.Module, there: Callable[..., Any], back: Callable[..., Any]) -> Any:
+    """`back(*there(state, config))` gives the model's config and state again, bitwise; returns `there`'s result."""
+    state = model.state_dict()
+    written = there(state, model.config)
+    again = back(written.state, written.config)
+    assert again.config == model.config
+    assert set(again.state) == set(state)
+    assert all(torch.equal(again.state[k], v) for k, v in state.items())
+    return written
+
+
+def parameter_keys(state: Mapping[str, Tensor]) -> list[str]:
+    """The network's parameters in state-dict order: the order of torch_ema's shadow_params."""
+    return [k for k in state if not k.endswith(BUFFER_SUFFIXES)]
+
+
+def ema_entry(averaged: Mapping[str, Tensor], *, decay: float = 0.9999, num_updates: int = 1,
+              **extra: Any) -> dict[str, Any]:
+    """The `ema` entry xlm-core's EMA callback (torch_ema) saves, with `averaged`'s parameters as the shadow."""
+    shadow = [averaged[k] for k in parameter_keys(averaged)]
+    return {"decay": decay, "num_updates": num_updates, "shadow_params": shadow, **extra}
+
+
+def hub_layout(state: Mapping[str, Tensor]) -> list[str]:
+    """The keys of xlm-core's hub export: a tensor shared between modules is kept once, under its first name, so of
+    the rotary buffer only `encoder.0.rotary_emb.inv_freq` remains."""
+    return [k for k in state if not (k.endswith("rotary_emb.inv_freq") and not k.startswith("encoder.0."))]
+
+
+def write_hub_export(directory: Path, state: Mapping[str, Tensor], config: Mapping[str, Any]) -> Path:
+    """`push_to_hub`'s files: model.safetensors (`hub_layout`) and config.json (the constructor arguments)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: state[k] for k in hub_layout(state)}, directory / "model.safetensors")
+    (directory / "config.json").write_text(json.dumps(dict(config)))
+    return directory
+
+
+def write_lightning_checkpoint(path: Path, state: Mapping[str, Tensor], *, hyper: Any, compiled: bool = False,
+                               rotary_tables: Sequence[str] = (), max_length: int | None = None,
+                               predictor_copy: bool = False, other_state: Mapping[str, Tensor] | None = None,
+                               **entries: Any) -> Path:
+    """A Lightning .ckpt of xlm-core's Harness holding the network `state` as `model.*`, with what runs of other
+    setups add: `_orig_mod.` under torch.compile (`compiled`), the rotary `sin`/`cos` tables older runs kept
+    persistent (`rotary_tables`, over `max_length` + 1 positions), the predictor's `predictor.model.*` duplicate of
+    every weight (`predictor_copy`), the noise schedule's buffers (`other_state`, first). `entries` are the
+    checkpoint's other top-level entries (`ema`, `global_step`, ...)."""
+    inner = "model._orig_mod." if compiled else "model."
+    full: OrderedDict[str, Tensor] = OrderedDict(other_state or {})
+    for key, tensor in state.items():
+        full[inner + key] = tensor
+        if key.endswith("rotary_emb.inv_freq") and rotary_tables:
+            assert max_length is not None, "rotary tables need max_length"
+            for table in rotary_tables:
+                fill = torch.zeros if table == "sin" else torch.ones
+                full[inner + key.replace("inv_freq", table)] = fill(max_length + 1, tensor.shape[0])
+    if predictor_copy:
+        full.update(("predictor.model." + k, v) for k, v in state.items())
+    torch.save({"state_dict": full, "hyper_parameters": hyper, **entries}, path)
+    return path
