@@ -86,7 +86,8 @@ class UnitFactory(Protocol):
 class CheckpointConverter(Protocol):
     """Reads one foreign checkpoint layout: `config, state = converter(path)` (an HF model dir, a reference
     dir or a checkpoint file) gives the family's config and a state dict in its layout.
-    `xlm.interop.converter.Converter` is the implementation the core families use."""
+    `xlm.interop.converter.Converter` is the implementation the core families use; its `hf_model_types`,
+    `recognises` and `needs_config` are what format detection (`xlm.interop.detect`) asks."""
 
     def __call__(self, path: Any) -> Any: ...
 

@@ -67,6 +67,18 @@ def _tied_keys(model: torch.nn.Module) -> list[str]:
     return tied
 
 
+def is_run_dir(path: Path) -> bool:
+    """Whether `path` is a run or export dir: its config.json says which format version it is written in."""
+    file = path / "config.json"
+    if not (path.is_dir() and file.is_file()):
+        return False
+    try:
+        config = json.loads(file.read_text())
+    except json.JSONDecodeError:
+        return False
+    return isinstance(config, dict) and "format_version" in config
+
+
 def read_run_config(path: Path) -> dict[str, Any]:
     file = path / "config.json"
     if not file.exists():

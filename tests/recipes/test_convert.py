@@ -28,3 +28,16 @@ def test_hf_to_xlm_to_hf(tmp_path, capsys):
         assert torch.allclose(back(ids).logits, expected, atol=1e-5)
     assert convert.main(["--from", str(tmp_path / "bert" / "model.safetensors"), "--out", str(tmp_path / "x")]) == 2
     assert "pass family=" in capsys.readouterr().err
+
+
+def test_a_layout_its_family_recognises_needs_no_format(tmp_path, capsys):
+    from xlm.models.mdlm import MdlmConfig, create_mdlm_model
+
+    torch.manual_seed(0)
+    model = create_mdlm_model(MdlmConfig(vocab_size=40, model_dim=32, num_layers=1, num_heads=4, max_seq_len=16,
+                                         cond_dim=24)).eval()
+    xlm.export(model, tmp_path / "ref", format="mdlm_reference")
+    assert convert.main(["--from", str(tmp_path / "ref"), "--out", str(tmp_path / "ours")]) == 0
+    assert "as mdlm/mdlm_reference" in capsys.readouterr().out
+    ours, expected = xlm.load_model(tmp_path / "ours").state_dict(), model.state_dict()
+    assert ours.keys() == expected.keys() and all(torch.equal(ours[k], expected[k]) for k in expected)

@@ -6,7 +6,7 @@
     model_arch: ilm_star
     model_config: {vocab_size: 128}
     checkpoint: hf://org/repo@rev/model.safetensors   # or https://, file://, a path relative to this file
-    checkpoint_format: xlm    # see xlm.assets.loading.CHECKPOINT_FORMATS
+    checkpoint_format: xlm    # a run/export dir; or a converter of the family, e.g. hf_gpt2, xlm_core
     sha256: 3b1f...
     tokenizer: ...            # a tokenizer file/URI, when the checkpoint does not carry one
     task: star_easy

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from xlm.errors import ConversionError, listing
 
+from .probe import CheckpointProbe
 from .readers import read_hf_dir
 
 __all__ = ["Converted", "Converter", "FromXlm", "ToXlm", "config_dict", "require"]
@@ -81,7 +82,13 @@ class Converter:
     `export_problems(our_config)` -> why `from_xlm` cannot represent this config ([] = it can);
     `read(path)` -> (source config, source state) from a model dir or a checkpoint file.
     Calling the converter on a path reads and converts: `config, state = converter(path)`.
-    `hf=True` marks layouts that transformers' Auto classes load (used by `export(format="hf")`)."""
+    `hf=True` marks layouts that transformers' Auto classes load (used by `export(format="hf")`).
+
+    What `xlm.interop.detect` recognises it by, so that `xlm.load_model(path)` needs no format name:
+    `hf_model_types`, the `model_type` values of a model dir's config.json in this layout;
+    `recognises(probe)`, a signature of a checkpoint file or dir (its tensor names, its hyper-parameters;
+    see `CheckpointProbe`), cheap and never running code from the file; and `needs_config`, whether a
+    weights file of this layout comes with a config.json beside it (a card's download fetches both)."""
 
     name: str
     description: str
@@ -90,6 +97,9 @@ class Converter:
     export_problems: Callable[[Any], list[str]] | None = None
     read: Callable[[Path], tuple[dict[str, Any], dict[str, Tensor]]] | None = None
     hf: bool = False
+    hf_model_types: tuple[str, ...] = ()
+    recognises: Callable[[CheckpointProbe], bool] | None = None
+    needs_config: bool = False
 
     def __call__(self, path: str | Path) -> Converted:
         path = Path(path)

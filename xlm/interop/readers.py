@@ -19,7 +19,8 @@ from torch import Tensor
 
 from xlm.errors import CheckpointReadError, ConversionError
 
-__all__ = ["read_checkpoint", "read_hf_dir", "read_state_dict", "to_plain"]
+__all__ = ["hf_weights_file", "is_safetensors", "read_checkpoint", "read_hf_dir", "read_state_dict",
+           "safetensors_names", "to_plain"]
 
 
 # -- reading checkpoints ---------------------------------------------------------------------
@@ -108,20 +109,40 @@ def _load_pickled(path: Path) -> Any:
                               f"({type(last_error).__name__}: {str(last_error).splitlines()[0] if last_error else ''})")
 
 
+def is_safetensors(path: Path) -> bool:
+    """Whether a file is safetensors, by its name or, whatever it is called, by its first bytes."""
+    return path.suffix == ".safetensors" or _apparent_format(path) == "a safetensors file"
+
+
+def safetensors_names(path: str | Path) -> list[str]:
+    """The tensor names of a safetensors file, read from its header alone (no tensor is loaded)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except Exception as err:
+        raise _unreadable_safetensors(path, err) from None
+
+
+def _unreadable_safetensors(path: str | Path, err: Exception) -> CheckpointReadError:
+    return CheckpointReadError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err}); it may be "
+                               f"truncated")
+
+
 def read_checkpoint(path: str | Path) -> Any:
     """A checkpoint file's content: a `.safetensors` file gives its tensors; anything else is read with
     torch.load(weights_only=True) (see `_load_pickled`). Use `to_plain` on configs inside."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
-    if path.suffix == ".safetensors" or _apparent_format(path) == "a safetensors file":
+    if is_safetensors(path):
         from safetensors.torch import load_file
 
         try:
             return load_file(path)
         except Exception as err:
-            raise CheckpointReadError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err}); "
-                                      f"it may be truncated") from None
+            raise _unreadable_safetensors(path, err) from None
     return _load_pickled(path)
 
 
@@ -198,6 +219,11 @@ _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_m
                  "pytorch_model.bin.index.json")
 
 
+def hf_weights_file(directory: Path) -> Path | None:
+    """The weights file of an HF-style model dir (safetensors before pickles, one file before an index)."""
+    return next((directory / name for name in _WEIGHT_FILES if (directory / name).is_file()), None)
+
+
 def read_hf_dir(path: str | Path, *, model_type: str | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(config.json, state dict) of an HF-style model dir, or of a weights file with a config.json beside it;
     `model_type`, when given, must be what config.json says (or config.json says none)."""
@@ -214,7 +240,7 @@ def read_hf_dir(path: str | Path, *, model_type: str | None = None) -> tuple[dic
         raise ConversionError(f"config.json has model_type {config.get('model_type')!r}, not {model_type!r}",
                               source=directory)
     if path.is_dir():
-        weights = next((directory / name for name in _WEIGHT_FILES if (directory / name).is_file()), None)
+        weights = hf_weights_file(directory)
         if weights is None:
             raise ConversionError(f"{directory} has no weights file (looked for {', '.join(_WEIGHT_FILES)})")
     else:

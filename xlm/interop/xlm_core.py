@@ -40,13 +40,14 @@ from torch import Tensor, nn
 from xlm.errors import ConversionError
 from xlm.interop.converter import config_dict, Converted
 from xlm.interop.keymap import check_mapped, check_state_dict, KeyMap, Rule, Split
+from xlm.interop.probe import CheckpointProbe
 from xlm.interop.readers import read_checkpoint, read_hf_dir, to_plain
 
-__all__ = ["ACTIVATIONS", "ATTENTION_BIAS_PROJECTIONS", "ENCODER_DROP", "ENCODER_RULES", "ROPE_BASE",
+__all__ = ["ACTIVATIONS", "ATTENTION_BIAS_PROJECTIONS", "CLASS_MARKS", "ENCODER_DROP", "ENCODER_RULES", "ROPE_BASE",
            "XLM_CORE_DEFAULTS", "XlmCoreConfig", "add_zero_attention_biases", "check_rotary_buffers",
            "common_export_problems", "constructor_args", "convert_from_xlm_core", "convert_to_xlm_core",
            "insert_rotary_buffer", "pad_token_id", "pop_read_record", "pop_zero_attention_biases", "read_xlm_core",
-           "rotary_inv_freq", "xlm_core_config", "xlm_core_model_state"]
+           "recognises_xlm_core", "rotary_inv_freq", "xlm_core_config", "xlm_core_model_state"]
 
 _NOTES = "__xlm_read_notes__"  # what the reader did (EMA, prefixes), passed on to the converter's report
 _DROPPED = "__xlm_read_dropped__"
@@ -398,6 +399,50 @@ def pop_read_record(config: Any) -> tuple[dict[str, Any], list[str], list[str]]:
     """(config without the reader's record, the reader's notes, the keys it left out)."""
     c = dict(config_dict(config))
     return c, list(c.pop(_NOTES, [])), list(c.pop(_DROPPED, []))
+
+
+# -- recognising a checkpoint, for format detection ------------------------------------------
+
+#: Tensor-name prefixes that only one of xlm-core's network classes has. The others (RotaryTransformerARLMModel,
+#: RotaryTransformerMLMModel) have the same names and are told apart only by a config's `_target_`.
+CLASS_MARKS = {"sigma_map.": "MDLMModel", "length_output_layer.": "RotaryTransformerILMModelWithStoppingClassification"}
+
+
+def _network_names(names: frozenset[str]) -> set[str]:
+    """The network's own tensor names, as `xlm_core_model_state` keeps them."""
+    stripped = {k.replace("_orig_mod.", "") for k in names}
+    if any(k.startswith("model.") for k in stripped):
+        return {k[len("model."):] for k in stripped if k.startswith("model.")}
+    return stripped
+
+
+def _target_class(probe: CheckpointProbe) -> str | None:
+    """The class a Lightning checkpoint's hyper-parameters (or a dir's config.json) name as the model's `_target_`."""
+    for config in (probe.hyper_parameters, probe.config):
+        section = _model_section(config) if isinstance(config, Mapping) else {}
+        target = section.get("_target_") if "d_model" in section else None
+        if isinstance(target, str):
+            return target.rsplit(".", 1)[-1]
+    return None
+
+
+def recognises_xlm_core(classes: Sequence[str]) -> Callable[[CheckpointProbe], bool]:
+    """A `Converter.recognises` for xlm-core checkpoints of `classes`: xlm-core's tensor names (a Lightning
+    `.ckpt`, a hub export dir, a weights file), and then the class its config names as `_target_` or, when
+    it names none, the prefixes only one class has (`CLASS_MARKS`)."""
+    wanted = set(classes)
+
+    def recognises(probe: CheckpointProbe) -> bool:
+        names = _network_names(probe.keys)
+        if "embed_tokens.weight" not in names or "encoder.0.attn_qkv.weight" not in names:
+            return False
+        target = _target_class(probe)
+        if target is not None:
+            return target in wanted
+        marked = {cls for prefix, cls in CLASS_MARKS.items() if any(k.startswith(prefix) for k in names)}
+        return bool(marked & wanted) if marked else not wanted & set(CLASS_MARKS.values())
+
+    return recognises
 
 
 # -- both directions, for the families built on RotaryTransformerLayer (ARLM, MLM, ILM) ---------

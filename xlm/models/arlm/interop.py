@@ -46,7 +46,7 @@ from xlm.interop.keymap import Chain, check_mapped, check_state_dict, KeyMap, Ru
 from xlm.interop.readers import read_hf_dir
 from xlm.interop.xlm_core import (ENCODER_DROP, ENCODER_RULES, ROPE_BASE, XlmCoreConfig, common_export_problems,
                                       constructor_args, convert_from_xlm_core, convert_to_xlm_core, pad_token_id,
-                                      read_xlm_core, xlm_core_config)
+                                      read_xlm_core, recognises_xlm_core, xlm_core_config)
 
 from .config import ArlmConfig
 from .factory import create_arlm_model
@@ -300,10 +300,10 @@ def _reader(model_type: str) -> Callable[[Path], tuple[dict[str, Any], dict[str,
 
 HF_GPT2 = Converter(name="hf_gpt2", description="HF transformers GPT-2 (GPT2LMHeadModel)",
                     to_xlm=convert_hf_gpt2, from_xlm=convert_to_hf_gpt2, export_problems=gpt2_export_problems,
-                    read=_reader("gpt2"), hf=True)
+                    read=_reader("gpt2"), hf=True, hf_model_types=("gpt2",), needs_config=True)
 HF_LLAMA = Converter(name="hf_llama", description="HF transformers Llama (LlamaForCausalLM)",
                      to_xlm=convert_hf_llama, from_xlm=convert_to_hf_llama, export_problems=llama_export_problems,
-                     read=_reader("llama"), hf=True)
+                     read=_reader("llama"), hf=True, hf_model_types=("llama",), needs_config=True)
 
 
 # -- xlm-core --------------------------------------------------------------------------------
@@ -368,5 +368,6 @@ XLM_CORE = Converter(name="xlm_core",
                      description="xlm-core RotaryTransformerARLMModel (Lightning .ckpt, EMA when present; or its hub "
                                  "export: model.safetensors + config.json)",
                      to_xlm=convert_arlm_xlm_core, from_xlm=convert_to_arlm_xlm_core,
-                     export_problems=xlm_core_export_problems, read=read_xlm_core)
+                     export_problems=xlm_core_export_problems, read=read_xlm_core,
+                     recognises=recognises_xlm_core(_XLM_CORE_CLASSES), needs_config=True)
 CONVERTERS = {"hf_gpt2": HF_GPT2, "hf_llama": HF_LLAMA, "xlm_core": XLM_CORE}

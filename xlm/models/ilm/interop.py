@@ -43,7 +43,7 @@ from xlm.interop.converter import Converted, Converter
 from xlm.interop.keymap import KeyMap, Rule
 from xlm.interop.xlm_core import (ENCODER_DROP, ENCODER_RULES, ROPE_BASE, XlmCoreConfig, common_export_problems,
                                       constructor_args, convert_from_xlm_core, convert_to_xlm_core, pad_token_id,
-                                      read_xlm_core, xlm_core_config)
+                                      read_xlm_core, recognises_xlm_core, xlm_core_config)
 
 from .config import IlmConfig
 from .factory import create_ilm_model
@@ -143,5 +143,6 @@ XLM_CORE = Converter(name="xlm_core",
                                  "dhruveshpatel/ilm-owt: model.safetensors + config.json; or a Lightning .ckpt, EMA "
                                  "when present)",
                      to_xlm=convert_ilm_xlm_core, from_xlm=convert_to_ilm_xlm_core,
-                     export_problems=xlm_core_export_problems, read=read_xlm_core)
+                     export_problems=xlm_core_export_problems, read=read_xlm_core,
+                     recognises=recognises_xlm_core(_XLM_CORE_CLASSES), needs_config=True)
 CONVERTERS = {"xlm_core": XLM_CORE}

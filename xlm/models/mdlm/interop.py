@@ -53,9 +53,10 @@ from torch import Tensor
 from xlm.errors import ConversionError
 from xlm.interop.converter import config_dict, Converted, Converter, require
 from xlm.interop.keymap import check_mapped, check_state_dict, KeyMap, Rule
+from xlm.interop.probe import CheckpointProbe
 from xlm.interop.readers import read_checkpoint, read_hf_dir, to_plain
 from xlm.interop.xlm_core import (ROPE_BASE, XlmCoreConfig, check_rotary_buffers, pop_read_record, read_xlm_core,
-                                      xlm_core_config)
+                                      recognises_xlm_core, xlm_core_config)
 
 from .config import MdlmConfig
 from .factory import create_mdlm_model
@@ -63,9 +64,10 @@ from .factory import create_mdlm_model
 __all__ = ["CONVERTERS", "MDLM_REFERENCE", "REFERENCE_KEY_MAP", "XLM_CORE", "XLM_CORE_KEY_MAP",
            "convert_mdlm_reference", "convert_mdlm_xlm_core", "convert_to_mdlm_reference", "convert_to_mdlm_xlm_core",
            "mdlm_config_from_reference", "mdlm_reference_config", "read_mdlm_reference", "reference_export_problems",
-           "reference_inv_freq", "xlm_core_export_problems", "xlm_core_mdlm_problems"]
+           "reference_inv_freq", "shows_reference_keys", "xlm_core_export_problems", "xlm_core_mdlm_problems"]
 
 _B = "backbone."
+_MODEL_TYPE = "mdlm"  # the released config.json's (kuleshov-group/mdlm-owt), and what the export writes
 
 #: reference (`backbone.*`) -> MdlmModel (its inverse maps back).
 REFERENCE_KEY_MAP = KeyMap([
@@ -143,7 +145,7 @@ def mdlm_reference_config(config: MdlmConfig) -> dict[str, Any]:
     problems = reference_export_problems(config)
     if problems:
         raise ConversionError(f"this MDLM config has no reference-DiT equivalent: {'; '.join(problems)}")
-    return {"model_type": "mdlm", "architectures": ["MDLM"], "vocab_size": config.vocab_size,
+    return {"model_type": _MODEL_TYPE, "architectures": ["MDLM"], "vocab_size": config.vocab_size,
             "model_length": config.max_seq_len, "hidden_dim": config.model_dim, "cond_dim": config.cond_dim,
             "n_blocks": config.num_layers, "n_heads": config.num_heads, "dropout": config.dropout,
             "time_conditioning": config.time_conditioning}
@@ -258,6 +260,12 @@ def read_mdlm_reference(path: str | Path, *, use_ema: bool = True) -> tuple[dict
     return {**ref_config, _NOTES: notes}, state
 
 
+def shows_reference_keys(probe: CheckpointProbe) -> bool:
+    """A checkpoint of the reference DiT (a Lightning .ckpt, a weights file, bare or under `backbone.`): its
+    embedding is `vocab_embed.embedding`, where MdlmModel's and xlm-core's are `.weight`."""
+    return any(k.replace("_orig_mod.", "").removeprefix(_B) == "vocab_embed.embedding" for k in probe.keys)
+
+
 # -- xlm-core's MDLMModel (DDiT of src/xlm/modules/ddit_simple.py) -------------------------------
 
 #: xlm-core MDLMModel -> MdlmModel (the output linear, bias-free there, gets a zero bias here).
@@ -337,10 +345,12 @@ def convert_to_mdlm_xlm_core(state: Mapping[str, Tensor], config: MdlmConfig) ->
 MDLM_REFERENCE = Converter(name="mdlm_reference",
                            description="kuleshov-group/mdlm DiT (HF repo kuleshov-group/mdlm-owt, Lightning .ckpt)",
                            to_xlm=convert_mdlm_reference, from_xlm=convert_to_mdlm_reference,
-                           export_problems=reference_export_problems, read=read_mdlm_reference)
+                           export_problems=reference_export_problems, read=read_mdlm_reference,
+                           hf_model_types=(_MODEL_TYPE,), recognises=shows_reference_keys, needs_config=True)
 XLM_CORE = Converter(name="xlm_core",
                      description="xlm-core MDLMModel (DDiT; Lightning .ckpt or hub export) - read, then refused: its "
                                  "block differs from MdlmModel's",
                      to_xlm=convert_mdlm_xlm_core, from_xlm=convert_to_mdlm_xlm_core,
-                     export_problems=xlm_core_export_problems, read=read_xlm_core)
+                     export_problems=xlm_core_export_problems, read=read_xlm_core,
+                     recognises=recognises_xlm_core(_XLM_CORE_CLASSES), needs_config=True)
 CONVERTERS = {"mdlm_reference": MDLM_REFERENCE, "xlm_core": XLM_CORE}

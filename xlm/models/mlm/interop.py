@@ -45,7 +45,7 @@ from xlm.interop.keymap import check_mapped, check_state_dict, KeyMap, Rule
 from xlm.interop.readers import read_hf_dir
 from xlm.interop.xlm_core import (ENCODER_DROP, ENCODER_RULES, ROPE_BASE, XlmCoreConfig, common_export_problems,
                                       constructor_args, convert_from_xlm_core, convert_to_xlm_core, pad_token_id,
-                                      read_xlm_core, xlm_core_config)
+                                      read_xlm_core, recognises_xlm_core, xlm_core_config)
 
 from .config import MlmConfig
 from .factory import create_mlm_model
@@ -196,7 +196,7 @@ def _read_bert(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
 
 HF_BERT = Converter(name="hf_bert", description="HF transformers BERT (BertForMaskedLM / BertForPreTraining)",
                     to_xlm=convert_hf_bert, from_xlm=convert_to_hf_bert, export_problems=bert_export_problems,
-                    read=_read_bert, hf=True)
+                    read=_read_bert, hf=True, hf_model_types=("bert",), needs_config=True)
 
 
 # -- xlm-core --------------------------------------------------------------------------------
@@ -273,5 +273,6 @@ XLM_CORE = Converter(name="xlm_core",
                      description="xlm-core RotaryTransformerMLMModel (Lightning .ckpt, EMA when present; or its hub "
                                  "export: model.safetensors + config.json)",
                      to_xlm=convert_mlm_xlm_core, from_xlm=convert_to_mlm_xlm_core,
-                     export_problems=xlm_core_export_problems, read=read_xlm_core)
+                     export_problems=xlm_core_export_problems, read=read_xlm_core,
+                     recognises=recognises_xlm_core(_XLM_CORE_CLASSES), needs_config=True)
 CONVERTERS = {"hf_bert": HF_BERT, "xlm_core": XLM_CORE}
