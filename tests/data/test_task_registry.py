@@ -36,7 +36,7 @@ def test_registry_refuses_duplicates_and_configs_without_a_name():
         size: int = 3
 
     with pytest.raises(TypeError, match="`name` field"):
-        registry.register(RegisteredTask(name="nameless", config_class=Nameless, builder=print))
+        registry.register(RegisteredTask(name="nameless", config_class=Nameless, builder=lambda config: config))
     assert registry.names() == ["sort"]
 
 
