@@ -326,10 +326,10 @@ def bench_ilm_multi(quick: bool, model: str = "ilm_star_easy", task_name: str = 
     fills each gap at most once, so the saving is bounded by the output length (about log2 of it
     calls instead of one per token): longer targets allow more (`--ilm-task sort` with a model
     trained on it: 40-token targets)."""
-    from xlm.data.task import TaskConfig, build_task
+    from xlm.data.tasks import build_task, task_config
     from xlm.recipes.evaluation import evaluate_predictions
 
-    task = build_task(TaskConfig(name=task_name))
+    task = build_task(task_config(task_name))
     ds = task.dataset("test").select(range(100 if quick else 1000))
     generator = xlm.load_generator(model)  # loaded once; each k replaces one field of the card's sampler
     calls = {"n": 0}

@@ -23,7 +23,7 @@ import yaml
 
 import xlm
 from xlm.assets.download import sha256_of
-from xlm.data.task import TaskConfig, build_task
+from xlm.data.tasks import build_task, task_config
 from xlm.recipes.evaluation import evaluate_predictions
 from xlm.run_dir import load_run_sampler_config, read_run_config
 
@@ -34,7 +34,7 @@ MAX_BYTES = 4 * 1024 * 1024
 
 def slice_metrics(run: Path, task_name: str, limit: int = SLICE) -> dict[str, float]:
     """Mean test metrics over the first `limit` examples, seeded as the evaluate recipe does."""
-    task = build_task(TaskConfig(name=task_name))
+    task = build_task(task_config(task_name))
     config = read_run_config(run)
     unit = xlm.get_family(config["family"]).unit_factory(xlm.load_model(run), task.tokenizer,
                                                           load_run_sampler_config(run))

@@ -11,7 +11,7 @@ import pytest
 import xlm
 from xlm.assets.store import all_cards
 from xlm.shipped import cards_dir
-from xlm.data.task import TaskConfig, build_task
+from xlm.data.tasks import build_task, task_config
 
 SHIPPED = sorted(name for name, card in all_cards().items()
                  if card.source_file and card.source_file.parent == cards_dir() and card.metrics)
@@ -36,7 +36,7 @@ def test_shipped_checkpoint_matches_its_card(name):
     card = all_cards()[name]
     assert (cards_dir() / card.checkpoint).stat().st_size <= 4 * 1024 * 1024
     generator = xlm.load_generator(name)
-    example = build_task(TaskConfig(name=card.task)).dataset("test")[0]
+    example = build_task(task_config(card.task)).dataset("test")[0]
     assert isinstance(generator.generate([example["prompt"]], seed=0)[0], str)
     expected = card.metrics["test_first_500"]
     measured = _ship_script().slice_metrics(cards_dir() / "checkpoints" / name, card.task)

@@ -1,7 +1,8 @@
-"""Architecture registries (fairseq2 style) and the registry of model families.
+"""Architecture registries (fairseq2 style), the registry of model families and that of tasks.
 
 An arch is a named function returning a fresh config; a family binds a config class,
-its archs, a factory, checkpoint converters and the unit the recipes drive.
+its archs, a factory, checkpoint converters and the unit the recipes drive; a task binds
+its config class and the builder that turns such a config into the task.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ _default_source: list[str] = []
 
 @contextlib.contextmanager
 def registering_from(source: str) -> Iterator[None]:
-    """Families registered inside this block without a `source` of their own get this one
+    """Families and tasks registered inside this block without a `source` of their own get this one
     (plugin discovery says where an external family came from)."""
     _default_source.append(source)
     try:
@@ -175,3 +176,67 @@ def get_family(name: str) -> Family:
 
 def list_families() -> list[str]:
     return families.names()
+
+
+class TaskBuilder(Protocol):
+    """Builds a task (`xlm.data.task.Task`) from its config (an instance of the registered config class)."""
+
+    def __call__(self, config: Any) -> Any: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegisteredTask:
+    """A task name bound to its config dataclass (which the recipe's `task` node is typed by) and builder."""
+
+    name: str
+    config_class: type
+    builder: TaskBuilder
+    description: str = ""
+    source: str = "core"
+
+
+class TaskRegistry:
+    def __init__(self) -> None:
+        self._tasks: dict[str, RegisteredTask] = {}
+
+    def register(self, task: RegisteredTask) -> None:
+        if task.name in self._tasks:
+            other = self._tasks[task.name]
+            raise DuplicateNameError(f"task {task.name!r} is registered twice (from {other.source} and {task.source})")
+        if not dataclasses.is_dataclass(task.config_class) or "name" not in {
+                f.name for f in dataclasses.fields(task.config_class)}:
+            raise TypeError(f"task {task.name!r}: config_class must be a dataclass with a `name` field (subclass "
+                            f"xlm.data.task.TaskConfig), got {task.config_class!r}")
+        self._tasks[task.name] = task
+
+    def get(self, name: str) -> RegisteredTask:
+        try:
+            return self._tasks[name]
+        except KeyError:
+            raise UnknownNameError(unknown_name_message("task", name, self.names())) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._tasks)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+
+tasks = TaskRegistry()
+
+
+def register_task(name: str, *, config_class: type, builder: TaskBuilder, description: str = "") -> None:
+    """Make `--task NAME` train on the task `builder(config)` builds, `task.KEY=VALUE` setting the fields of
+    `config_class` (a subclass of `xlm.data.task.TaskConfig`). An external family's package may call it."""
+    source = _default_source[-1] if _default_source else "core"
+    tasks.register(RegisteredTask(name=name, config_class=config_class, builder=builder, description=description,
+                                  source=source))
+
+
+def get_task(name: str) -> RegisteredTask:
+    return tasks.get(name)
+
+
+def list_tasks() -> list[str]:
+    """Every registered task name (the core tasks once `xlm.data.tasks` is imported)."""
+    return tasks.names()

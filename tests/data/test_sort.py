@@ -3,7 +3,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from xlm.data.task import TaskConfig, build_task
+from xlm.data.tasks import build_task, task_config
 from xlm.data.tasks.sort import (
     SORT_TASKS,
     SortCacheWarning,
@@ -87,7 +87,7 @@ def test_score():
 
 def test_sort_task_rows_round_trip(monkeypatch, tmp_path):
     monkeypatch.setenv("XLM_CACHE_DIR", str(tmp_path))
-    task = build_task(TaskConfig(name="sort"))
+    task = build_task(task_config("sort"))
     spec = SORT_TASKS["sort"]
     assert task.is_seq2seq and task.max_new_tokens == spec.num_items + 1
     assert task.max_seq_len == 2 * spec.num_items + 2  # prompt, [BOS], target, [EOS]

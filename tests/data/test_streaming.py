@@ -9,8 +9,9 @@ import torch
 
 from xlm.data.corpora import pydoc_paragraphs
 from xlm.data.streaming import PackedRows, RowStream, shard_assignment
-from xlm.data.task import TaskConfig, build_task
-from xlm.data.tasks.text import StreamedSplit, TextSource, blocks_from_documents, held_out_bucket, stream_texts
+from xlm.data.tasks import build_task
+from xlm.data.tasks.text import (StreamedSplit, TextSource, TextTaskConfig, blocks_from_documents, held_out_bucket,
+                                 stream_texts)
 
 BOS, EOS = 4, 3
 
@@ -69,7 +70,7 @@ def test_rows_are_documents_with_bos_eos_packed_in_shard_order(five_shards):
 
 
 def test_the_task_streams_blocks_of_its_tokenizer(five_shards):
-    task = build_task(TaskConfig(name="text", data_files=five_shards, streaming=True, tokenizer_vocab_size=300,
+    task = build_task(TextTaskConfig(data_files=five_shards, streaming=True, tokenizer_vocab_size=300,
                                  block_size=48, streaming_eval_documents=40))
     stream = task.train_stream(rank=0, world_size=1, num_workers=0, seed=0)
     rows = stream.next_rows(30)
@@ -139,7 +140,7 @@ def test_dataloader_workers_are_readers_rank_times_w_plus_worker(four_shards):
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_a_saved_position_resumes_the_stream_exactly(five_shards, num_workers, tmp_path):
-    task = build_task(TaskConfig(name="text", data_files=five_shards, streaming=True, tokenizer_vocab_size=300,
+    task = build_task(TextTaskConfig(data_files=five_shards, streaming=True, tokenizer_vocab_size=300,
                                  block_size=40))
     straight = task.train_stream(rank=0, world_size=2, num_workers=num_workers, seed=0)
     rows = straight.next_rows(37)
@@ -158,7 +159,7 @@ def test_a_saved_position_resumes_the_stream_exactly(five_shards, num_workers, t
 
 
 def test_train_size_makes_every_pass_the_same_rows(five_shards):
-    task = build_task(TaskConfig(name="text", data_files=five_shards, streaming=True, tokenizer_vocab_size=300,
+    task = build_task(TextTaskConfig(data_files=five_shards, streaming=True, tokenizer_vocab_size=300,
                                  block_size=40, train_size=10))
     stream = task.train_stream(rank=0, world_size=1, num_workers=0, seed=0)
     assert stream.next_rows(10) == stream.next_rows(10) == stream.next_rows(10)

@@ -10,8 +10,8 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 from xlm.data.corpora import pydoc_corpus, pydoc_paragraphs
 from xlm.data.hf_tokenizer import HFTokenizer
 from xlm.data.sentencepiece_tokenizer import SentencePieceTokenizer
-from xlm.data.task import TaskConfig, build_task
-from xlm.data.tasks.text import TextSource, blocks_from_documents, raw_split
+from xlm.data.tasks import build_task
+from xlm.data.tasks.text import TextSource, TextTaskConfig, blocks_from_documents, raw_split
 from xlm.data.tokenizers import SPECIAL_TOKENS, tokenizer_from_spec
 from xlm.recipes import train_tokenizer
 
@@ -41,7 +41,7 @@ def test_held_out_splits_are_disjoint_and_cover_the_corpus(corpus):
 
 
 def test_task_trains_a_tokenizer_packs_blocks_and_caches(corpus):
-    config = TaskConfig(name="text", data_files=str(corpus), tokenizer_vocab_size=600, block_size=64)
+    config = TextTaskConfig(data_files=str(corpus), tokenizer_vocab_size=600, block_size=64)
     task = build_task(config)
     assert not task.is_seq2seq and task.max_seq_len == 64
     assert isinstance(task.tokenizer, SentencePieceTokenizer) and task.tokenizer.vocab_size == 600
@@ -59,14 +59,14 @@ def test_task_trains_a_tokenizer_packs_blocks_and_caches(corpus):
     assert again.tokenizer.spec() == task.tokenizer.spec()
     assert again.dataset("train").cache_files == train.cache_files
     # train_size limits; another block size is another cache entry
-    assert len(build_task(TaskConfig(name="text", data_files=str(corpus), tokenizer_vocab_size=600, block_size=64,
+    assert len(build_task(TextTaskConfig(data_files=str(corpus), tokenizer_vocab_size=600, block_size=64,
                                      train_size=5)).dataset("train")) == 5
-    other = build_task(TaskConfig(name="text", data_files=str(corpus), tokenizer_vocab_size=600, block_size=32))
+    other = build_task(TextTaskConfig(data_files=str(corpus), tokenizer_vocab_size=600, block_size=32))
     assert len(other.dataset("train")) > len(train)
 
 
 def test_unpacked_rows_are_single_documents(corpus):
-    task = build_task(TaskConfig(name="text", data_files=str(corpus), tokenizer_vocab_size=600, block_size=48,
+    task = build_task(TextTaskConfig(data_files=str(corpus), tokenizer_vocab_size=600, block_size=48,
                                  packing=False))
     rows = task.dataset("validation")["input_ids"]
     assert len(rows) == len(raw_split(task.source, "validation"))
@@ -81,7 +81,7 @@ def test_train_tokenizer_recipe_writes_a_model_the_task_loads(corpus, tmp_path, 
     tokenizer = SentencePieceTokenizer.from_file(out)
     assert [tokenizer._sp.id_to_piece(i) for i in range(7)] == list(SPECIAL_TOKENS)
     assert tokenizer.decode(tokenizer.encode("the for statement")) == "the for statement"
-    task = build_task(TaskConfig(name="text", data_files=str(corpus), tokenizer=str(out), block_size=32))
+    task = build_task(TextTaskConfig(data_files=str(corpus), tokenizer=str(out), block_size=32))
     assert task.tokenizer.spec() == tokenizer.spec()
     assert train_tokenizer.main(["--data-files", str(corpus), "--vocab-size", "100000", "--output",
                                  str(tmp_path / "big.model")]) == 2
@@ -112,7 +112,7 @@ def test_hf_tokenizer_maps_roles_and_adds_the_missing_ones(corpus, tmp_path):
     rebuilt = tokenizer_from_spec(json.loads(json.dumps(tokenizer.spec())))
     assert rebuilt.encode("a while loop") == tokenizer.encode("a while loop")
     assert rebuilt.mask_token_id == tokenizer.mask_token_id and rebuilt.vocab_size == tokenizer.vocab_size
-    task = build_task(TaskConfig(name="text", data_files=str(corpus), tokenizer=str(file), block_size=32))
+    task = build_task(TextTaskConfig(data_files=str(corpus), tokenizer=str(file), block_size=32))
     assert task.dataset("test")["input_ids"][0][0] == endoftext
 
 
@@ -131,4 +131,4 @@ def test_bad_sources_say_what_is_wrong(corpus, tmp_path):
     with pytest.raises(ValueError, match="unknown split"):
         raw_split(TextSource(data_files=str(corpus)), "dev")
     with pytest.raises(ValueError, match="neither a SentencePiece"):
-        build_task(TaskConfig(name="text", data_files=str(corpus), tokenizer=str(corpus)))
+        build_task(TextTaskConfig(data_files=str(corpus), tokenizer=str(corpus)))

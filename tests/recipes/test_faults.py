@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import xlm
-from xlm.data.task import build_task
+from xlm.data.tasks import build_task
 from xlm.recipes.checkpoint import load_latest_checkpoint
 from xlm.recipes.distributed import init_distributed
 from xlm.recipes.train import resolve_config, parse_args, fit_model_to_task
@@ -27,9 +27,9 @@ def _trainer(tmp_path, *overrides):
             "trainer.progress_bar=false", "trainer.tensorboard=false", "trainer.eval_every_steps=0",
             "trainer.log_every_steps=1", *overrides]
     args = parse_args(argv)
-    config = resolve_config(args)
-    task = build_task(config.task)
-    config = fit_model_to_task(config, task, args.overrides)
+    composed = resolve_config(args)
+    task = build_task(composed.config.task)
+    config = fit_model_to_task(composed, task)
     return Trainer(config, xlm.get_family("arlm"), task, init_distributed("cpu"))
 
 

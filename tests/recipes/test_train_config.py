@@ -1,5 +1,9 @@
 import pytest
+import yaml
 
+from xlm.data.task import TaskConfig
+from xlm.data.tasks import build_task, task_config
+from xlm.data.tasks.text import TextTaskConfig
 from xlm.recipes import train
 from xlm.recipes.config import ConfigError, build_config
 from xlm.registry import families
@@ -9,7 +13,7 @@ ARLM = families.get("arlm")
 
 def _config(*overrides, experiment=None, task="star_easy"):
     return build_config(family=ARLM, arch="arlm_star", task=task, output_dir="runs/x",
-                        experiment=experiment, overrides=list(overrides))
+                        experiment=experiment, overrides=list(overrides)).config
 
 
 def test_layers_compose_in_order():
@@ -42,7 +46,8 @@ def test_bad_values_name_the_key():
 
 def test_unknown_task_and_arch_exit_with_a_message(capsys):
     assert train.main(["--arch", "arlm_star", "--task", "star_eazy", "--dump-config"]) == 2
-    assert "star_easy" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown task 'star_eazy'; did you mean 'star_easy'" in err and len(err.splitlines()) == 1
     assert train.main(["--arch", "arlm_strar", "--dump-config"]) == 2
     assert "did you mean 'arlm_star'" in capsys.readouterr().err
 
@@ -59,3 +64,46 @@ def test_dump_config_prints_every_section_with_the_task_vocabulary(capsys):
 def test_context_too_short_for_the_task_is_refused(capsys):
     assert train.main(["--arch", "arlm_star", "--task", "star_hard", "--dump-config", "model.max_seq_len=32"]) == 2
     assert "model.max_seq_len" in capsys.readouterr().err
+
+
+def test_the_task_node_is_typed_by_the_task_config_class():
+    star = _config("task.seed=3").task
+    assert type(star) is TaskConfig and star.seed == 3
+    text = _config("task.data_files=corpus.txt", "task.block_size=64", "task.streaming=true", "task.packing=false",
+                   task="text").task
+    assert type(text) is TextTaskConfig
+    assert (text.data_files, text.block_size, text.streaming, text.packing) == ("corpus.txt", 64, True, False)
+    assert _config(task="text").task.block_size == 128  # from the configs/task/text.yaml preset
+
+
+def test_a_text_key_on_a_star_task_is_an_unknown_key():
+    for override in ("task.block_size=64", "task.streaming=true", "task.data_files=corpus.txt"):
+        with pytest.raises(ConfigError) as info:
+            _config(override)
+        message = str(info.value)
+        key = override.split("=")[0]
+        assert f"unknown config key {key!r}" in message and "did you mean task." in message
+        assert f"{key} is a setting of the text task, not of 'star_easy'" in message
+    with pytest.raises(ConfigError, match="did you mean task.data_files"):
+        _config("task.data_file=corpus.txt", task="text")
+
+
+def test_task_name_is_chosen_by_the_task_argument():
+    with pytest.raises(ConfigError, match="task.name='sort' .*command line.* choose the task with --task"):
+        _config("task.name=sort")
+
+
+def _dumped(capsys, *argv):
+    assert train.main(["--arch", "arlm_star", "--dump-config", *argv]) == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_vocab_size_and_max_new_tokens_come_from_the_task_unless_pinned(capsys):
+    star_hard = build_task(task_config("star_hard"))
+    assert ARLM.sampler_config_class().max_new_tokens != star_hard.max_new_tokens
+    fitted = _dumped(capsys, "--task", "star_hard")
+    assert fitted["model"]["vocab_size"] == 63 and fitted["sampler"]["max_new_tokens"] == star_hard.max_new_tokens
+    pinned = _dumped(capsys, "--task", "star_hard", "model.vocab_size=100", "sampler.max_new_tokens=7")
+    assert pinned["model"]["vocab_size"] == 100 and pinned["sampler"]["max_new_tokens"] == 7
+    assert train.main(["--arch", "arlm_star", "--task", "star_hard", "--dump-config", "model.vocab_size=20"]) == 2
+    assert "model.vocab_size=20 (from the command line (model.vocab_size=20)) is smaller" in capsys.readouterr().err

@@ -1,15 +1,17 @@
 """The train recipe's typed config, composed from YAML presets and `key=value` overrides.
 
-Layers, later ones winning: the recipe preset (configs/train.yaml), the task
-(configs/task/<task>.yaml), the arch's recipe preset if it has one (configs/arch/<arch>.yaml),
-an experiment (configs/experiment/<name>.yaml, `--experiment`), then the command line.
-Hydra composes the YAML; OmegaConf checks every key and value against the dataclasses.
+Layers, later ones winning: the recipe preset (configs/train.yaml), the task's preset if it
+has one (configs/task/<task>.yaml), the arch's recipe preset if it has one
+(configs/arch/<arch>.yaml), an experiment (configs/experiment/<name>.yaml, `--experiment`), then
+the command line. Hydra composes the YAML; OmegaConf checks every key and value against the
+dataclasses: `model` is typed by the family's config class, `task` by the task's registered one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from xlm.data.task import TaskConfig
-from xlm.registry import Family
+from xlm.data.tasks import task_config
+from xlm.registry import Family, get_task, list_tasks
 from xlm.shipped import configs_dir
-
 
 
 class ConfigError(ValueError):
@@ -76,7 +78,7 @@ class TrainRecipeConfig:
     arch: str
     output_dir: str
     seed: int = 0
-    task: TaskConfig = field(default_factory=TaskConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)  # the task's registered config class when composed
     model: Any = None  # the family's config dataclass (typed when composed)
     sampler: Any = None  # the family's sampler config dataclass
     data: DataConfig = field(default_factory=DataConfig)
@@ -100,8 +102,6 @@ class TrainRecipeConfig:
             (self.trainer.fsdp_param_dtype in (None, "bf16", "fp16", "fp32"), "trainer.fsdp_param_dtype",
              "null, 'bf16', 'fp16' or 'fp32'", self.trainer.fsdp_param_dtype),
             (self.data.num_workers >= 0, "data.num_workers", "a non-negative integer", self.data.num_workers),
-            (not self.task.streaming or self.task.name == "text", "task.streaming",
-             "false for this task (only the text task streams)", self.task.streaming),
         ]
         for ok, key, expected, got in checks:
             if not ok:
@@ -119,26 +119,36 @@ def _all_keys(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-def _explain(err: OmegaConfBaseException, schema: DictConfig, source: str) -> ConfigError:
+def _other_tasks_with(key: str, task: str) -> str:
+    """' task.block_size is a setting of the text task.' when `key` is another task's setting."""
+    head, _, name = key.partition(".")
+    if head != "task" or not name:
+        return ""
+    owners = [t for t in list_tasks() if t != task
+              and name.split(".")[0] in {f.name for f in dataclasses.fields(get_task(t).config_class)}]
+    return f" {key} is a setting of the {', '.join(owners)} task, not of {task!r}." if owners else ""
+
+
+def _explain(err: OmegaConfBaseException, schema: DictConfig, source: str, task: str) -> ConfigError:
     key = getattr(err, "full_key", None) or ""
     msg = getattr(err, "msg", None) or str(err).splitlines()[0]
     if "not in struct" in str(err) or "Key '" in msg and "not in" in msg:
         close = difflib.get_close_matches(key, _all_keys(schema), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        return ConfigError(f"unknown config key {key!r} (from {source}){hint} "
+        return ConfigError(f"unknown config key {key!r} (from {source}){hint}{_other_tasks_with(key, task)} "
                            f"Use --dump-config to see every key.")
     return ConfigError(f"bad value for config key {key!r} (from {source}): {msg}")
 
 
 def compose_yaml(task: str, arch: str, experiment: str | None, search_path: Sequence[Path] = ()) -> DictConfig:
-    """Merge the recipe, task, arch and experiment YAML files with Hydra."""
+    """Merge the recipe, task, arch and experiment YAML files with Hydra (the task's and the arch's
+    presets only where they exist: a task or arch needs none)."""
     from hydra import compose, initialize_config_dir
 
     config_dir = configs_dir()
     dirs = [config_dir, *search_path]
-    overrides = [f"task={task}"]
-    if any((d / "arch" / f"{arch}.yaml").exists() for d in dirs):
-        overrides.append(f"+arch={arch}")
+    overrides = [f"+{group}={name}" for group, name in (("task", task), ("arch", arch))
+                 if any((d / group / f"{name}.yaml").exists() for d in dirs)]
     if experiment:
         overrides.append(f"+experiment={experiment}")
     extra = [f"file://{d}" for d in search_path]
@@ -146,16 +156,25 @@ def compose_yaml(task: str, arch: str, experiment: str | None, search_path: Sequ
         try:
             cfg = compose(config_name="train", overrides=overrides + ([f"hydra.searchpath={extra}"] if extra else []))
         except Exception as err:  # Hydra's MissingConfigException etc.: say which preset is missing
-            known = sorted(p.stem for d in dirs for p in (d / "task").glob("*.yaml"))
+            known = sorted(p.stem for d in dirs for p in (d / "experiment").glob("*.yaml"))
             raise ConfigError(f"cannot compose the config for task={task!r}, arch={arch!r}, "
-                              f"experiment={experiment!r}: {err}. Known tasks: {', '.join(known)}") from None
+                              f"experiment={experiment!r}: {err}. Known experiments: {', '.join(known)}") from None
     return cfg
 
 
+@dataclass(frozen=True, kw_only=True)
+class ComposedConfig:
+    """The recipe config, and which keys a layer set (so a value derived from the task never
+    replaces one that a preset, the experiment or the command line pinned)."""
+
+    config: TrainRecipeConfig
+    pinned: Mapping[str, str]  # dotted key (every level: "model", "model.vocab_size") -> the last layer setting it
+
+
 def build_config(*, family: Family, arch: str, task: str, output_dir: str, experiment: str | None = None,
-                 overrides: Sequence[str] = ()) -> TrainRecipeConfig:
+                 overrides: Sequence[str] = ()) -> ComposedConfig:
     base = TrainRecipeConfig(arch=arch, output_dir=output_dir, model=family.archs.get(arch),
-                             sampler=family.sampler_config_class())
+                             sampler=family.sampler_config_class(), task=task_config(task))
     schema = OmegaConf.structured(base)
     OmegaConf.set_struct(schema, True)
     from xlm.plugins import external_config_dirs
@@ -176,13 +195,18 @@ def build_config(*, family: Family, arch: str, task: str, output_dir: str, exper
         try:
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as err:
-            raise _explain(err, schema, source) from None
+            raise _explain(err, schema, source, task) from None
     try:
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+        config: TrainRecipeConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as err:
-        raise _explain(err, schema, "the merged config") from None
+        raise _explain(err, schema, "the merged config", task) from None
     except (ValueError, TypeError) as err:  # a config's own __post_init__ validation
         raise ConfigError(str(err)) from None
+    pinned = {key: source for source, layer in layers for key in _all_keys(layer)}
+    if config.task.name != task:
+        raise ConfigError(f"task.name={config.task.name!r} (from {pinned['task.name']}) is not the task being "
+                          f"trained, {task!r}; choose the task with --task")
+    return ComposedConfig(config=config, pinned=pinned)
 
 
 def config_to_yaml(config: TrainRecipeConfig) -> str:

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 import torch
 
 import xlm
-from xlm.data.task import TaskConfig, build_task
+from xlm.data.task import TaskConfig
+from xlm.data.tasks import build_task, saved_task_config, task_config
 from xlm.recipes.distributed import resolve_device
 from xlm.recipes.evaluation import evaluate_loss, evaluate_predictions
 from xlm.registry import UnknownNameError, get_family
@@ -67,19 +68,20 @@ LOSS_MEANING = {
 }
 
 
-def _task_config(run: dict, name: str | None) -> TaskConfig:
+def _task_config(run: dict, name: str | None, where: Path) -> TaskConfig:
     """The run's own task settings (data files, tokenizer, block size) when evaluating on its task."""
     saved = dict((run.get("train_config") or {}).get("task") or {})
     if name is None or name == saved.get("name", run["task"]):
-        return TaskConfig(**saved) if saved else TaskConfig(name=run["task"])
-    return TaskConfig(name=name)
+        return (saved_task_config(saved, f"{where / 'config.json'} train_config.task") if saved
+                else task_config(run["task"]))
+    return task_config(name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run = read_run_config(Path(args.model))
-        task = build_task(_task_config(run, args.task))
+        task = build_task(_task_config(run, args.task, Path(args.model)))
         device = resolve_device(args.device)
         model = xlm.load_model(args.model, device=device)
         sampler = load_run_sampler_config(args.model, **_parse_sampler_overrides(args.sampler))

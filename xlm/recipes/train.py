@@ -13,20 +13,29 @@ from dataclasses import replace
 from collections.abc import Sequence
 
 import xlm  # noqa: F401  (registers the core families)
-from xlm.data.task import Task, build_task
+from xlm.data.task import Task
+from xlm.data.tasks import build_task
 from xlm.plugins import ExternalModelError, load_external_models
-from xlm.registry import UnknownNameError, families
+from xlm.registry import UnknownNameError, families, get_task, list_tasks
 
-from .config import ConfigError, TrainRecipeConfig, build_config, config_to_yaml
+from .config import ComposedConfig, ConfigError, TrainRecipeConfig, build_config, config_to_yaml
 from .distributed import DistEnv, exit_worker, init_distributed, shutdown
 from .trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
 
+def tasks_help() -> str:
+    """The registered tasks, one a line, for --help."""
+    names = list_tasks()
+    width = max(map(len, names), default=0)
+    lines = [f"  {name:<{width}}  {get_task(name).description}".rstrip() for name in names]
+    return "tasks (--task NAME; task.KEY=VALUE sets a field of its config):\n" + "\n".join(lines)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="xlm train", description=__doc__,
+    p = argparse.ArgumentParser(prog="xlm train", description=__doc__, epilog=tasks_help(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", required=True, help="an arch name (see `xlm models`), e.g. arlm_star")
-    p.add_argument("--task", default="star_easy", help="star_easy | star_medium | star_hard | sort | text")
+    p.add_argument("--task", default="star_easy", help="a registered task (listed below), e.g. star_easy")
     p.add_argument("--output-dir", default=None, help="run dir (default runs/<arch>_<task>)")
     p.add_argument("--experiment", default=None, help="a preset from configs/experiment/, e.g. debug")
     p.add_argument("--dump-config", action="store_true", help="print the composed config and exit")
@@ -34,28 +43,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)
 
 
-def resolve_config(args: argparse.Namespace) -> TrainRecipeConfig:
-    load_external_models()  # families declared since `import xlm` (e.g. after a chdir)
+def resolve_config(args: argparse.Namespace) -> ComposedConfig:
+    load_external_models()  # families and tasks declared since `import xlm` (e.g. after a chdir)
     family = families.get_by_arch(args.arch)
+    get_task(args.task)  # an unknown name is an error naming the close matches, before any YAML is read
     output_dir = args.output_dir or f"runs/{args.arch}_{args.task}"
-    config = build_config(family=family, arch=args.arch, task=args.task, output_dir=output_dir,
-                          experiment=args.experiment, overrides=args.overrides)
-    return config
+    return build_config(family=family, arch=args.arch, task=args.task, output_dir=output_dir,
+                        experiment=args.experiment, overrides=args.overrides)
 
 
-def fit_model_to_task(config: TrainRecipeConfig, task: Task, overrides: Sequence[str]) -> TrainRecipeConfig:
+def fit_model_to_task(composed: ComposedConfig, task: Task) -> TrainRecipeConfig:
     """The task's tokenizer fixes the vocabulary, its longest target the generation budget
-    (block-filling samplers train on that block size too); the context must hold its longest row."""
+    (block-filling samplers train on that block size too), unless a config layer pinned them;
+    the context must hold the task's longest row."""
+    config, pinned = composed.config, composed.pinned
     vocab_size, max_seq_len = task.tokenizer.vocab_size, task.max_seq_len
     sampler = config.sampler
-    if not any(o.startswith("sampler.max_new_tokens=") for o in overrides):
+    if "sampler.max_new_tokens" not in pinned:
         sampler = replace(sampler, max_new_tokens=task.max_new_tokens)
     model = config.model
-    if not any(o.startswith("model.vocab_size=") for o in overrides):
+    if "model.vocab_size" not in pinned:
         model = replace(model, vocab_size=vocab_size)
     elif model.vocab_size < vocab_size:
-        raise ConfigError(f"model.vocab_size={model.vocab_size} is smaller than the task tokenizer's "
-                          f"{vocab_size} words")
+        raise ConfigError(f"model.vocab_size={model.vocab_size} (from {pinned['model.vocab_size']}) is smaller "
+                          f"than the task tokenizer's {vocab_size} words")
     if getattr(model, "max_seq_len", max_seq_len) < max_seq_len:
         raise ConfigError(f"model.max_seq_len={model.max_seq_len} is shorter than the task's longest "
                           f"row ({max_seq_len} tokens); set model.max_seq_len={max_seq_len} or more")
@@ -65,9 +76,9 @@ def fit_model_to_task(config: TrainRecipeConfig, task: Task, overrides: Sequence
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        config = resolve_config(args)
-        task = build_task(config.task)
-        config = fit_model_to_task(config, task, args.overrides)
+        composed = resolve_config(args)
+        task = build_task(composed.config.task)
+        config = fit_model_to_task(composed, task)
     except (ConfigError, UnknownNameError, ExternalModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -254,8 +254,6 @@ class Trainer:
         self.model = family.factory(config.model, device=env.device)
         self.unit = family.unit_factory(self.model, task.tokenizer, config.sampler)
         self.streaming = bool(getattr(task, "streaming", False))
-        if config.task.streaming and not self.streaming:
-            raise ValueError(f"task.streaming=true: the {task.name!r} task does not stream; the text task does")
         if self.streaming:
             self.train_ds = None
         else:

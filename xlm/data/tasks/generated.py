@@ -1,5 +1,6 @@
 """What the generated tasks (star graphs, sorting) share: split names, one RNG stream per
-(task, split, seed), the cache entry name keyed by every spec field, and the seed check."""
+(task, split, seed), the cache entry name keyed by every spec field, the seed check, and the
+`Task` that tokenizes their `prompt`/`target` text with the task's word tokenizer."""
 
 from __future__ import annotations
 
@@ -7,9 +8,16 @@ import dataclasses
 import hashlib
 import json
 import zlib
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from xlm.data.task import TaskConfig, take
+from xlm.data.tokenizers import Tokenizer
+
+if TYPE_CHECKING:
+    import datasets
 
 #: Split names, in the order of their index in the RNG seed.
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -32,3 +40,41 @@ def checked_seed(seed: object) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     return int(seed)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GeneratedSource:
+    """The functions of one generated-task module, each taking the task name (`xlm.data.tasks` binds them)."""
+
+    tokenizer: Callable[[str], Tokenizer]
+    load: Callable[..., datasets.Dataset]  # (name, split, seed=...) -> `prompt`/`target` text columns
+    score: Callable[[str, Mapping[str, Any]], dict[str, float]]  # (prediction, example) -> metrics
+    max_prompt_tokens: Callable[[str], int]
+    max_target_tokens: Callable[[str], int]
+
+
+class GeneratedTask:
+    """A seq2seq task generated on the fly from a seed, tokenized with its source's word tokenizer."""
+
+    is_seq2seq = True
+
+    def __init__(self, config: TaskConfig, *, source: GeneratedSource) -> None:
+        self.config, self.source = config, source
+        self.name = config.name
+        self.tokenizer = source.tokenizer(config.name)
+        self.max_new_tokens = source.max_target_tokens(config.name) + 1
+        self.max_seq_len = source.max_prompt_tokens(config.name) + 1 + self.max_new_tokens
+
+    def dataset(self, split: str) -> datasets.Dataset:
+        raw = self.source.load(self.config.name, split, seed=self.config.seed)
+        limit = self.config.train_size if split == "train" else None
+        tokenizer = self.tokenizer
+
+        def tokenize(batch: dict[str, list[Any]]) -> dict[str, list[list[int]]]:
+            return {"prompt_ids": [tokenizer.encode(p) for p in batch["prompt"]],
+                    "target_ids": [tokenizer.encode(t) for t in batch["target"]]}
+
+        return take(raw, limit).map(tokenize, batched=True, desc=f"tokenizing {self.name}/{split}")
+
+    def score(self, pred_text: str, example: Mapping[str, Any]) -> dict[str, float]:
+        return self.source.score(pred_text, example)

@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,8 @@ from typing import Any
 import datasets
 
 from xlm.data.disk_cache import cached_dataset, default_cache_root, quiet_datasets
-from xlm.data.streaming import PackedRows
+from xlm.data.streaming import PackedRows, RowStream
+from xlm.data.task import TaskConfig, take
 from xlm.data.tokenizers import Tokenizer, tokenizer_from_spec
 
 #: Bumped whenever the tokenized layout changes; part of every cache key.
@@ -352,3 +353,71 @@ class TextRowFactory:
         return PackedRows(self._docs, consumer=consumer, num_consumers=num_consumers, seed=self.seed,
                           encode=tok.encode, bos_id=tok.bos_token_id, eos_id=tok.eos_token_id,
                           block_size=self.block_size, packing=self.packing, rows_per_pass=per_pass)
+
+
+# ------------------------------------------------------------------------------- the task
+
+
+@dataclass(kw_only=True)
+class TextTaskConfig(TaskConfig):
+    """`--task text`: the shared task settings and where the corpus is, how it is tokenized and cut into rows."""
+
+    name: str = "text"
+    data_files: str | None = None  # comma-separated files or globs (.txt one document per line, .jsonl, ...)
+    dataset: str | None = None  # or an HF dataset name / local dataset dir
+    dataset_config: str | None = None
+    text_column: str = "text"
+    tokenizer: str | None = None  # a SentencePiece .model or HF tokenizer.json; None = train one on the corpus
+    tokenizer_vocab_size: int = 4096  # size of the SentencePiece model trained when `tokenizer` is None
+    block_size: int = 128  # tokens per row ([BOS]/[EOS] included)
+    packing: bool = True  # concatenate documents into full blocks (else one truncated document per row)
+    held_out_fraction: float = 0.05  # validation and test slices of train when the source has none
+    streaming: bool = False  # read, tokenize and pack the training text on the fly (corpora larger than memory)
+    streaming_eval_documents: int = 1000  # streaming: validation/test are their split's first N documents
+
+
+class TextTask:
+    """Language modelling on a corpus: rows of `input_ids` blocks, scored by the loss alone (NLL, or
+    the NELBO bound of the diffusion/insertion families)."""
+
+    is_seq2seq = False
+
+    def __init__(self, config: TextTaskConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.source = TextSource(data_files=config.data_files, dataset=config.dataset,
+                                 dataset_config=config.dataset_config, text_column=config.text_column,
+                                 held_out_fraction=config.held_out_fraction, seed=config.seed)
+        self.streaming = config.streaming
+        if self.streaming and config.streaming_eval_documents < 1:
+            raise ValueError(f"task.streaming_eval_documents must be >= 1, got {config.streaming_eval_documents}")
+        self.tokenizer = (load_tokenizer_file(config.tokenizer) if config.tokenizer
+                          else corpus_tokenizer(self.source, vocab_size=config.tokenizer_vocab_size,
+                                                streaming=self.streaming))
+        self.max_seq_len = config.block_size
+        self.max_new_tokens = config.block_size  # the length of an unconditional sample
+
+    def dataset(self, split: str) -> datasets.Dataset:
+        if self.streaming:
+            if split == "train":
+                raise TypeError("with task.streaming=true the training split is a stream (TextTask.train_stream), "
+                                "not a dataset")
+            return streamed_eval_split(self.source, split, self.tokenizer, block_size=self.config.block_size,
+                                       packing=self.config.packing,
+                                       max_documents=self.config.streaming_eval_documents)
+        ds = tokenized_split(self.source, split, self.tokenizer, block_size=self.config.block_size,
+                             packing=self.config.packing)
+        return take(ds, self.config.train_size if split == "train" else None)
+
+    def train_stream(self, *, rank: int, world_size: int, num_workers: int, seed: int) -> RowStream:
+        """This rank's training rows (`xlm.data.streaming.RowStream`): `next_rows(n)`, `state()`,
+        `load_state(state)`. The shards are split between `world_size * max(1, num_workers)` readers;
+        with task.train_size, each reader's pass over the corpus stops after its share of that many rows."""
+        if not self.streaming:
+            raise TypeError("train_stream needs task.streaming=true")
+        factory = TextRowFactory(self.source, self.tokenizer, block_size=self.config.block_size,
+                                 packing=self.config.packing, seed=seed, train_size=self.config.train_size)
+        return RowStream(factory, rank=rank, world_size=world_size, num_workers=num_workers)
+
+    def score(self, pred_text: str, example: Mapping[str, Any]) -> dict[str, float]:
+        raise TypeError("the text task has no reference answers to score against; it is evaluated by its loss")
