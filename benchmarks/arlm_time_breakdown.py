@@ -4,8 +4,10 @@
 
 Times, interleaved and as medians, the bench's GPT-2-shaped ARLM (`benchmarks.bench hf_gpt2`
 and `generate` shapes) as it is and with one part replaced by a pass-through: the difference is
-that part's cost. Training step (batch 16 x 256): without the GELU (identity) and without
-SDPA's attention (the values pass through; note this also spares the q/k projections' backward).
+that part's cost. Training runs with the trainer's CPU kernels (`xlm.nn.cpu.accelerate_training`),
+decoding with the predictor's prepacked weights, as the recipes run them. Training step (batch
+16 x 256): without the GELU (identity) and without SDPA's attention (the values pass through;
+note this also spares the q/k projections' backward).
 Decoding (6 x 256, batch 8, 128 new tokens after a 32-token prompt): without SDPA, without the
 KV-cache writes, and the same predictor on a width-16 model, whose time is the per-op overhead.
 The replaced runs compute something else; they exist only to be timed.
@@ -22,13 +24,14 @@ import torch
 import torch.nn.functional as F
 
 import xlm.nn.attention as attention_module
-import xlm.nn.feed_forward as feed_forward_module
+import xlm.nn.cpu.gelu_tanh as gelu_tanh_module
 import xlm.nn.kv_cache as kv_cache_module
 from xlm.models.arlm.collators import ArlmLMCollator
 from xlm.models.arlm.config import ArlmConfig
 from xlm.models.arlm.factory import create_arlm_model
 from xlm.models.arlm.loss import arlm_loss
 from xlm.models.arlm.predictor import ArlmPredictor, ArlmSamplerConfig
+from xlm.nn.cpu import accelerate_training
 from benchmarks.bench import TOKENIZER, _NoStopTokenizer
 from xlm.recipes.config import OptimConfig
 from xlm.recipes.trainer import build_adamw
@@ -46,18 +49,18 @@ class _Functional:
 
 @contextmanager
 def _without(*parts: str) -> Iterator[None]:
-    saved = attention_module.F, feed_forward_module.gelu_tanh, kv_cache_module.KVCache.update
+    saved = attention_module.F, gelu_tanh_module.gelu_tanh, kv_cache_module.KVCache.update
     if "sdpa" in parts:
         attention_module.F = _Functional(
             scaled_dot_product_attention=lambda q, k, v, **_: v if v.shape == q.shape else q)
     if "gelu" in parts:
-        feed_forward_module.gelu_tanh = lambda x: x
+        gelu_tanh_module.gelu_tanh = lambda x: x  # what CompiledGeluFeedForward calls
     if "kv_writes" in parts:
         kv_cache_module.KVCache.update = lambda self, layer, k, v: (k, v)
     try:
         yield
     finally:
-        attention_module.F, feed_forward_module.gelu_tanh, kv_cache_module.KVCache.update = saved
+        attention_module.F, gelu_tanh_module.gelu_tanh, kv_cache_module.KVCache.update = saved
 
 
 def _gpt2_shaped(dim: int, layers: int, heads: int, max_len: int) -> torch.nn.Module:
@@ -81,6 +84,7 @@ def _medians(variants: dict[str, Callable[[], None]], repeats: int) -> dict[str,
 def training_step(dim: int, layers: int, heads: int) -> dict[str, float]:
     torch.manual_seed(0)
     model = _gpt2_shaped(dim, layers, heads, 256)
+    accelerate_training(model)
     ids = torch.randint(0, 1024, (16, 256))
     batch = ArlmLMCollator(TOKENIZER, max_len=256)([{"input_ids": row} for row in ids.tolist()])
     optim = build_adamw(model.parameters(), OptimConfig(lr=1e-4), device=torch.device("cpu"))

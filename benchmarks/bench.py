@@ -36,6 +36,7 @@ import torch
 
 import xlm
 from xlm.data.tokenizers import WordTokenizer
+from xlm.nn.cpu import accelerate_training
 from xlm.recipes.config import OptimConfig
 from xlm.recipes.trainer import build_adamw
 
@@ -122,6 +123,7 @@ def bench_train(quick: bool) -> list[Row]:
                 overrides["ffn_dim"] = 4 * dims["model_dim"]
             torch.manual_seed(0)
             model = xlm.create_model(arch, vocab_size=128, **overrides)
+            accelerate_training(model)  # as the trainer does (trainer.cpu_kernels)
             unit = family.unit_factory(model, TOKENIZER, family.sampler_config_class(max_new_tokens=9))
             optim = build_adamw(model.parameters(), OptimConfig(lr=1e-4), device=torch.device("cpu"))
             batch_t = unit.collate_train(examples)
@@ -162,6 +164,7 @@ def bench_hf_gpt2(quick: bool) -> list[Row]:
         ours = create_arlm_model(ArlmConfig(vocab_size=1024, model_dim=dim, num_layers=layers, num_heads=heads,
                                             ffn_dim=4 * dim, max_seq_len=seq, pos_encoding="learned", norm="layernorm",
                                             activation="gelu_tanh", bias=True, tie_embeddings=True))
+        accelerate_training(ours)  # as the trainer does (trainer.cpu_kernels)
         ids = torch.randint(0, 1024, (batch, seq))
 
         faults: dict[str, list[int]] = {"hf": [], "xlm": []}

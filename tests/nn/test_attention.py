@@ -5,6 +5,8 @@ import torch
 
 from xlm.nn import (KVCache, MultiheadAttention, RotaryEmbedding, TransformerBlock, attention_mask_for,
                     build_attention_mask, make_norm)
+from xlm.nn.cpu import accelerate_training
+from xlm.nn.cpu.fused_qkv import FusedQkvAttention
 from xlm.nn.feed_forward import FeedForward
 
 
@@ -33,13 +35,26 @@ def test_matches_naive_attention(causal):
     assert torch.allclose(attn(x, key_padding_mask=torch.ones(2, 7, dtype=torch.bool)), expected, atol=1e-5)
 
 
+def _fused(attn: MultiheadAttention) -> MultiheadAttention:
+    """The attention as the trainer runs it on CPU (xlm.nn.cpu.accelerate_training)."""
+    assert accelerate_training(attn) == [""] and type(attn) is FusedQkvAttention
+    return attn
+
+
+def _ops(fn) -> set[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages()}
+
+
 @pytest.mark.parametrize("num_kv_heads", [4, 2])
 def test_fused_qkv_projection_matches_separate_projections_in_values_and_gradients(num_kv_heads):
     torch.manual_seed(0)
-    attn = MultiheadAttention(32, 4, num_kv_heads=num_kv_heads).double()
+    attn = _fused(MultiheadAttention(32, 4, num_kv_heads=num_kv_heads).double())
     params = [p for m in (attn.q_proj, attn.k_proj, attn.v_proj) for p in (m.weight, m.bias)]
     x = torch.randn(2, 7, 32, dtype=torch.float64, requires_grad=True)
-    fused = attn._project_qkv(x)
+    fused = attn.project_qkv(x)
+    assert {t.grad_fn.name() for t in fused} == {"SplitWithSizesBackward0"}  # one matmul, split three ways
     separate = (attn.q_proj(x), attn.k_proj(x), attn.v_proj(x))
     cotangents = [torch.randn_like(t) for t in separate]
     for got, want in zip(fused, separate):
@@ -53,27 +68,39 @@ def test_fused_qkv_projection_matches_separate_projections_in_values_and_gradien
 
 def test_without_autograd_q_k_v_run_on_their_own_weights_with_no_concatenation():
     torch.manual_seed(0)
-    attn = MultiheadAttention(32, 4, num_kv_heads=2)
+    attn = _fused(MultiheadAttention(32, 4, num_kv_heads=2))
     x = torch.randn(2, 7, 32)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as trained:
-        attn._project_qkv(x)
-    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as inferred:
-        got = attn._project_qkv(x)
-    assert "aten::cat" in {e.key for e in trained.key_averages()}  # the fused matmul's weights
-    assert "aten::cat" not in {e.key for e in inferred.key_averages()}
+    trained = _ops(lambda: attn.project_qkv(x))
+    with torch.no_grad():
+        inferred = _ops(lambda: attn.project_qkv(x))
+        got = attn.project_qkv(x)
+    assert "aten::cat" in trained  # the fused matmul's weights
+    assert "aten::cat" not in inferred
     for out, proj in zip(got, (attn.q_proj, attn.k_proj, attn.v_proj)):
         torch.testing.assert_close(out, proj(x).detach())
 
 
+def test_the_model_code_itself_runs_q_k_v_as_three_projections_under_autograd_too():
+    attn = MultiheadAttention(32, 4)
+    x = torch.randn(2, 7, 32, requires_grad=True)
+    assert "aten::cat" not in _ops(lambda: attn(x).sum().backward())
+    assert {t.grad_fn.name() for t in attn.project_qkv(x)} == {"ViewBackward0"}  # nn.Linear's own output
+
+
 def test_hooked_or_wrapped_projection_is_called_not_bypassed_by_the_fused_matmul():
     torch.manual_seed(0)
-    attn = MultiheadAttention(16, 2).eval()
+    attn = _fused(MultiheadAttention(16, 2).eval())
     x = torch.randn(1, 3, 16)
     plain = attn(x)
     handle = attn.k_proj.register_forward_hook(lambda _m, _i, out: out * 0)
     hooked = attn(x)
     handle.remove()
     assert not torch.allclose(hooked, plain)
+    grads_seen = []
+    handle = attn.q_proj.register_full_backward_hook(lambda _m, _gi, go: grads_seen.append(go))
+    attn(x.detach().requires_grad_()).sum().backward()
+    handle.remove()
+    assert len(grads_seen) == 1
 
     class Scaled(torch.nn.Linear):  # stands in for a LoRA-style wrapper whose forward adds to F.linear
         def forward(self, inputs):
@@ -82,7 +109,7 @@ def test_hooked_or_wrapped_projection_is_called_not_bypassed_by_the_fused_matmul
     wrapped = Scaled(16, 16)
     wrapped.load_state_dict(attn.v_proj.state_dict())
     attn.v_proj = wrapped
-    torch.testing.assert_close(attn._project_qkv(x)[2], 2 * torch.nn.functional.linear(x, wrapped.weight, wrapped.bias))
+    torch.testing.assert_close(attn.project_qkv(x)[2], 2 * torch.nn.functional.linear(x, wrapped.weight, wrapped.bias))
 
 
 @pytest.mark.parametrize("causal", [True, False])

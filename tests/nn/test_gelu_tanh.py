@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from xlm.nn.cpu import accelerate_training
+from xlm.nn.cpu.gelu_tanh import (MIN_COMPILED_NUMEL, CompiledGeluFeedForward, compiled_gelu_tanh, gelu_tanh,
+                                  gelu_tanh_sigmoid_form)
 from xlm.nn.feed_forward import FeedForward
-from xlm.nn.cpu.gelu_tanh import MIN_COMPILED_NUMEL, compiled_gelu_tanh, gelu_tanh, gelu_tanh_sigmoid_form
 
 HAS_COMPILER = shutil.which(os.environ.get("CXX", "g++")) is not None
 
@@ -31,6 +33,12 @@ def _made_by(y: torch.Tensor) -> str:
     while node.name() == "ViewBackward0":
         node = node.next_functions[0][0]
     return node.name()
+
+
+def _accelerated(ffn: FeedForward) -> FeedForward:
+    """The feed-forward as the trainer runs it on CPU (xlm.nn.cpu.accelerate_training)."""
+    assert accelerate_training(ffn) == [""] and type(ffn) is CompiledGeluFeedForward
+    return ffn
 
 
 def test_sigmoid_form_is_the_tanh_gelu() -> None:
@@ -56,11 +64,28 @@ def test_training_path_is_compiled_and_matches_torch() -> None:
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler for inductor on this machine")
+def test_an_accelerated_feed_forward_trains_through_the_compiled_kernel_with_eager_values_and_gradients() -> None:
+    torch.manual_seed(0)
+    eager = FeedForward(64, 256, activation="gelu_tanh")
+    ffn = _accelerated(FeedForward(64, 256, activation="gelu_tanh"))
+    ffn.load_state_dict(eager.state_dict())
+    x = torch.randn(4, 40, 64)  # 40,960 hidden elements: above MIN_COMPILED_NUMEL
+    assert _made_by(ffn.hidden(x)) == "CompiledFunctionBackward"
+    assert _made_by(eager.hidden(x)) == "GeluBackward0"  # the model code's own path: torch's kernel
+    y, want = ffn(x), eager(x)
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-6)
+    y.square().sum().backward()
+    want.square().sum().backward()
+    for got, expected in zip(ffn.parameters(), eager.parameters()):
+        torch.testing.assert_close(got.grad, expected.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler for inductor on this machine")
 def test_inside_a_compiled_model_the_sigmoid_form_is_traced() -> None:
     torch.manual_seed(0)
-    ffn = FeedForward(64, 256, activation="gelu_tanh")
+    ffn = _accelerated(FeedForward(64, 256, activation="gelu_tanh"))
     x = torch.randn(2, 80, 64)
-    compiled = torch.compile(ffn)  # what trainer.compile=true does to the whole model
+    compiled = torch.compile(ffn)  # what trainer.compile=true does to the whole model, after the swap
     y = compiled(x)
     torch.testing.assert_close(y, ffn.down_proj(F.gelu(ffn.up_proj(x), approximate="tanh")), rtol=1e-5, atol=1e-6)
     y.sum().backward()
@@ -73,7 +98,11 @@ def test_eval_small_and_counted_inputs_run_torchs_kernel() -> None:
         assert torch.equal(gelu_tanh(x), F.gelu(x, approximate="tanh"))
     small = torch.randn(MIN_COMPILED_NUMEL - 1, requires_grad=True)
     assert _made_by(gelu_tanh(small)) == "GeluBackward0"
-    ffn = FeedForward(128, 512, activation="gelu_tanh")
+    ffn = _accelerated(FeedForward(128, 512, activation="gelu_tanh"))
+    x = torch.randn(4, 64, 128)
+    with torch.no_grad():
+        assert torch.equal(ffn.hidden(x), F.gelu(ffn.up_proj(x), approximate="tanh"))
+    assert _made_by(ffn.hidden(torch.randn(1, 63, 128))) == "GeluBackward0"  # 32,256 < MIN_COMPILED_NUMEL
     with FlopCounterMode(display=False) as counter:  # a dispatch mode cannot enter a compiled function
         ffn(torch.randn(2, 64, 128)).sum().backward()
     # two projections forward, their weight gradients and the down projection's input gradient

@@ -6,8 +6,10 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from xlm.nn import FeedForward, MultiheadAttention
-from xlm.nn.cpu import prepacked
-from xlm.nn.cpu.prepacked import KERNELS, PackedLinear, can_prepack, prepacked_linears
+from xlm.nn.cpu import accelerate_training, prepacked, prepacked_linears
+from xlm.nn.cpu.fused_qkv import FusedQkvAttention
+from xlm.nn.cpu.gelu_tanh import CompiledGeluFeedForward
+from xlm.nn.cpu.prepacked import KERNELS, PackedLinear, can_prepack
 
 pytestmark = pytest.mark.skipif(not can_prepack(nn.Linear(2, 2)), reason="this torch build has no oneDNN linear ops")
 
@@ -78,13 +80,13 @@ def test_attention_runs_q_k_v_as_one_packed_matmul_with_the_same_output(num_kv_h
     with torch.no_grad():
         expected = attn(x)
         with prepacked_linears(attn, rows=8, kernel=kernel):
-            assert attn.packed_qkv is not None and attn.packed_qkv.kernel == kernel
+            assert attn.project_qkv.packed.kernel == kernel  # stands in for the method on this instance
             got = attn(x)
             op = "aten::mm" if kernel == "blas" and not bias else MATMUL_OP[kernel]
             calls = _count(lambda: attn(x), op)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert calls == 2  # q/k/v together, then the output projection
-    assert attn.packed_qkv is None and "forward" not in attn.q_proj.__dict__
+    assert "project_qkv" not in attn.__dict__ and "forward" not in attn.q_proj.__dict__
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -107,7 +109,7 @@ def test_feed_forward_runs_its_activation_with_the_packed_matmul(activation, ker
         assert not ops & {"aten::gelu", "aten::relu", "aten::silu"}
     else:  # a BLAS matmul on the transposed weight, then the activation
         assert "aten::addmm" in ops and "aten::linear" not in ops
-    assert ffn.packed_activated is None
+    assert "hidden" not in ffn.__dict__
 
 
 def test_fused_projections_are_removed_after_an_error_and_skip_autograd():
@@ -118,22 +120,39 @@ def test_fused_projections_are_removed_after_an_error_and_skip_autograd():
             assert _count(lambda: ffn(attn(x)).sum().backward(), "mkldnn::_linear_pointwise") == 0
             assert x.grad is not None
             raise RuntimeError("inside")
-    assert attn.packed_qkv is None and ffn.packed_activated is None
+    assert "project_qkv" not in attn.__dict__ and "hidden" not in ffn.__dict__
 
 
 def test_a_nested_block_keeps_the_enclosing_blocks_packing():
     attn = MultiheadAttention(256, 4)
     with prepacked_linears(attn, rows=4):
-        outer = attn.packed_qkv
+        outer = attn.__dict__["project_qkv"]
         with prepacked_linears(attn, rows=8):
-            assert attn.packed_qkv is outer and "forward" not in attn.q_proj.__dict__
-        assert attn.packed_qkv is outer
-    assert attn.packed_qkv is None
+            assert attn.__dict__["project_qkv"] is outer and "forward" not in attn.q_proj.__dict__
+        assert attn.__dict__["project_qkv"] is outer
+    assert "project_qkv" not in attn.__dict__
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_a_model_accelerated_for_training_decodes_packed_with_the_same_output_and_keeps_its_classes(kernel):
+    torch.manual_seed(0)
+    model = nn.ModuleList([MultiheadAttention(256, 4), FeedForward(256, 1024, activation="gelu_tanh")]).eval()
+    x = torch.randn(4, 1, 256)
+    with torch.no_grad():
+        expected = model[1](model[0](x))
+        accelerate_training(model)  # as the trainer leaves the model its evaluation decodes with
+        with prepacked_linears(model, rows=4, kernel=kernel):
+            assert _kernels_in(model) == [kernel, kernel]
+            got = model[1](model[0](x))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert (type(model[0]), type(model[1])) == (FusedQkvAttention, CompiledGeluFeedForward)
+    assert _kernels_in(model) == []
 
 
 def _kernels_in(model: nn.Module) -> list[str]:
-    return [layer.kernel for layer in (*(m.packed_qkv for m in model.modules() if isinstance(m, MultiheadAttention)),
-                                       *(m.packed_activated for m in model.modules() if isinstance(m, FeedForward)))]
+    """The kernel of each packed site, in module order: the methods standing in on the instances."""
+    return [m.__dict__[method].packed.kernel for m in model.modules() for method in ("project_qkv", "hidden")
+            if method in m.__dict__]
 
 
 def test_auto_times_one_kernel_for_the_whole_module_and_remembers_it_per_structure(monkeypatch):

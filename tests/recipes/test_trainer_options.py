@@ -9,7 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import xlm
+from xlm.data.task import build_task
+from xlm.nn.cpu.fused_qkv import FusedQkvAttention
+from xlm.nn.cpu.gelu_tanh import CompiledGeluFeedForward
 from xlm.recipes import train
+from xlm.recipes.distributed import init_distributed
+from xlm.recipes.trainer import Trainer
 
 DEBUG = ["--arch", "arlm_tiny", "--task", "star_easy", "--experiment", "debug", "trainer.progress_bar=false",
          "trainer.tensorboard=false"]
@@ -54,6 +60,28 @@ def test_compiled_training_matches_eager(tmp_path):
     eager = _run(tmp_path / "eager")
     compiled = _run(tmp_path / "compiled", "trainer.compile=true")
     a, b = load_file(eager / "model.safetensors"), load_file(compiled / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def _trainer(out, *overrides) -> Trainer:
+    args = train.parse_args([*DEBUG, "--output-dir", str(out), *overrides])
+    config = train.resolve_config(args)
+    task = build_task(config.task)
+    return Trainer(train.fit_model_to_task(config, task, args.overrides), xlm.get_family("arlm"), task,
+                   init_distributed("cpu"))
+
+
+def test_cpu_kernels_are_applied_to_the_trained_model_and_false_trains_the_model_code_alike(tmp_path):
+    accelerated = {FusedQkvAttention, CompiledGeluFeedForward}
+    fast = _trainer(tmp_path / "fast", "model.activation=gelu_tanh")
+    plain = _trainer(tmp_path / "plain", "model.activation=gelu_tanh", "trainer.cpu_kernels=false")
+    assert {type(m) for m in fast.model.modules()} >= accelerated
+    plain.run()
+    assert not {type(m) for m in plain.model.modules()} & accelerated
+    fast.run()
+    a, b = load_file(tmp_path / "plain" / "model.safetensors"), load_file(tmp_path / "fast" / "model.safetensors")
+    assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 

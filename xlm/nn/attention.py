@@ -2,12 +2,11 @@
 
 One module serves causal decoders (ARLM) and bidirectional encoders (masked, insertion and
 diffusion families, `causal=False`); separate q/k/v/out projections keep checkpoint key maps
-(GPT-2, Llama, BERT) one-to-one, while the forward multiplies by q, k and v as one matrix.
+(GPT-2, Llama, BERT) one-to-one. `project_qkv` is the one place q, k and v are computed, so the
+CPU fast paths of `xlm.nn.cpu` (one matmul for all three) can replace it from outside.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +15,6 @@ from torch import Tensor, nn
 
 from .kv_cache import KVCache
 from .rope import RotaryEmbedding
-
-if TYPE_CHECKING:
-    from .cpu.prepacked import PackedLinear
 
 
 def build_attention_mask(*, batch_size: int, num_queries: int, num_keys: int, past: int, causal: bool,
@@ -56,12 +52,6 @@ def attention_mask_for(*, batch_size: int, num_queries: int, past: int, causal: 
                                 causal=causal, key_padding_mask=key_padding_mask, device=device)
 
 
-def _plain_linear(module: nn.Module) -> bool:
-    """An nn.Linear whose forward is F.linear of its own weight and bias, with nothing hooked to it."""
-    return (type(module) is nn.Linear and not module._forward_hooks and not module._forward_pre_hooks
-            and not nn.modules.module._global_forward_hooks and not nn.modules.module._global_forward_pre_hooks)
-
-
 class MultiheadAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, *, num_kv_heads: int | None = None, bias: bool = True,
                  causal: bool = True, rope: RotaryEmbedding | None = None, dropout: float = 0.0) -> None:
@@ -81,32 +71,10 @@ class MultiheadAttention(nn.Module):
         self.k_proj = nn.Linear(dim, num_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(dim, num_kv_heads * self.head_dim, bias=bias)
         self.out_proj = nn.Linear(num_heads * self.head_dim, dim, bias=bias)
-        self.packed_qkv: PackedLinear | None = None  # q, k, v as one matmul, set by xlm.nn.cpu.prepacked while decoding
 
-    @property
-    def qkv_projections(self) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
-        return self.q_proj, self.k_proj, self.v_proj
-
-    def qkv_weight_and_bias(self) -> tuple[Tensor, Tensor | None]:
-        """q, k and v's weights (and biases) stacked along the output dimension, for one matmul."""
-        projections = self.qkv_projections
-        weight = torch.cat([p.weight for p in projections])
-        bias = None if self.q_proj.bias is None else torch.cat([p.bias for p in projections])
-        return weight, bias
-
-    def _project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        projections = self.qkv_projections
-        sizes = [p.out_features for p in projections]
-        if self.packed_qkv is not None and self.packed_qkv.applies_to(x):
-            return self.packed_qkv(x).split(sizes, dim=-1)
-        # Under autograd, one matmul over the concatenated weights: the input's gradient then comes
-        # out of one GEMM instead of three summed. Without it the concatenation is pure cost, paid on
-        # every call (decoding at batch 1 spent 0.36-0.53 of its q/k/v time on it, benchmarks/RESULTS.md),
-        # and three GEMMs ran within 4% of one up to 4,096 rows. Wrapped (LoRA) or hooked projections
-        # are called as they are.
-        if not torch.is_grad_enabled() or not all(_plain_linear(p) for p in projections):
-            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        return F.linear(x, *self.qkv_weight_and_bias()).split(sizes, dim=-1)
+    def project_qkv(self, x: Float[Tensor, "batch seq dim"]) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k and v, each through its own projection module (so hooks and wrappers see every call)."""
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
     def _split_heads(self, x: Tensor, heads: int) -> Tensor:
         batch, seq, _ = x.shape
@@ -121,7 +89,7 @@ class MultiheadAttention(nn.Module):
         past + arange(seq) and only feed RoPE."""
         batch, seq, _ = x.shape
         past = kv_cache.length if kv_cache is not None else 0
-        q, k, v = self._project_qkv(x)
+        q, k, v = self.project_qkv(x)
         q, k, v = (self._split_heads(q, self.num_heads), self._split_heads(k, self.num_kv_heads),
                    self._split_heads(v, self.num_kv_heads))
         if self.rope is not None:

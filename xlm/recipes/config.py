@@ -60,6 +60,7 @@ class TrainerConfig:
     max_minutes: float | None = None  # wall-clock budget: stop, checkpoint and finish early
     ema_decay: float | None = None  # when set, evaluation and the exported model use the EMA
     compile: bool = False
+    cpu_kernels: bool = True  # CPU: fused q/k/v projections and a compiled tanh GELU (xlm.nn.cpu.accelerate_training)
     autocast_dtype: str | None = None  # "bf16" | "fp16"; None = full precision
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     resume: bool = True  # continue from output_dir's last checkpoint when there is one

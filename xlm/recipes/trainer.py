@@ -40,6 +40,7 @@ from xlm.data.task import Task
 from xlm.registry import Family
 
 from xlm.io import commit_dir, new_temp_dir
+from xlm.nn.cpu import accelerate_training
 
 from .checkpoint import (CheckpointError, checkpoint_dirs, is_sharded_checkpoint, load_checkpoint, load_sharded,
                          load_trainer_state, prune_checkpoints, save_checkpoint, save_sharded)
@@ -252,6 +253,7 @@ class Trainer:
 
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.model = family.factory(config.model, device=env.device)
+        accelerate_training(self.model, enabled=tc.cpu_kernels)  # CPU training kernels (xlm.nn.cpu), before wrapping
         self.unit = family.unit_factory(self.model, task.tokenizer, config.sampler)
         self.streaming = bool(getattr(task, "streaming", False))
         if self.streaming:

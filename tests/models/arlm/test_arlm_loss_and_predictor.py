@@ -75,8 +75,8 @@ def test_kv_cache_generation_equals_recomputation(pos_encoding, strategy, prepac
         gen = torch.Generator().manual_seed(123)
         predictor = ArlmPredictor(model, TOK, cfg)
         packed_at_steps: list[bool] = []  # whichever kernel was timed faster, the layers hold its weights
-        predictor.on_step = lambda *_: packed_at_steps.append(model.layers[0].attn.packed_qkv is not None)
+        predictor.on_step = lambda *_: packed_at_steps.append("project_qkv" in model.layers[0].attn.__dict__)
         outs.append(predictor.generate(batch["input_ids"], batch["attention_mask"], generator=gen))
         assert packed_at_steps and set(packed_at_steps) == {prepack and use_cache and can_prepack(model)}
-        assert model.layers[0].attn.packed_qkv is None
+        assert "project_qkv" not in model.layers[0].attn.__dict__
     assert torch.equal(outs[0], outs[1])

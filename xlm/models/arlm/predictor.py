@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from xlm.data.tokenizers import Tokenizer
-from xlm.nn.cpu.prepacked import prepacked_linears
+from xlm.nn.cpu import prepacked_linears
 from xlm.nn.sampling import select_tokens
 from xlm.trace import StepHook, emit
 

@@ -1,14 +1,15 @@
 """GPT-2's tanh-approximated GELU, with one compiled kernel for CPU training.
 
-torch's CPU kernel for `F.gelu(x, approximate="tanh")` is bound by its vectorised tanh: at
-4096 x 512 on 2 Xeon cores it takes 2.3 ms against 0.42 ms for the erf GELU, and its backward
-2.6 ms. The same function written as x·σ(2u), u = √(2/π)(x + 0.044715 x³) (since
-(1 + tanh u)/2 = σ(2u)), compiles with inductor into one loop forward and one backward over exp,
-together about half the eager time. The compile is made once per process, for inputs of every
-length (dynamic shapes, flattened to 1-D), and only where a gradient is wanted on CPU: eval and
-decoding keep torch's kernel (or oneDNN's epilogue, `xlm.nn.cpu.prepacked`), which needs no compiler.
+torch's CPU kernel for `F.gelu(x, approximate="tanh")` is bound by its vectorised tanh, slower
+than the erf GELU both ways. The same function written as x·σ(2u), u = √(2/π)(x + 0.044715 x³)
+(since (1 + tanh u)/2 = σ(2u)), compiles with inductor into one loop forward and one backward
+over exp, faster than torch's kernel both ways (benchmarks/RESULTS.md). The compile is made once
+per process, for inputs of every length (dynamic shapes, flattened to 1-D), and only where a
+gradient is wanted on CPU: eval and decoding keep torch's kernel (or oneDNN's epilogue,
+`xlm.nn.cpu.prepacked`), which needs no compiler.
 Where compiling fails (no C++ compiler, an unsupported platform) it warns once and runs eager.
-Set XLM_EAGER_GELU=1 to never compile.
+Set XLM_EAGER_GELU=1 to never compile. `CompiledGeluFeedForward` is how a model gets it:
+`xlm.nn.cpu.accelerate_training` swaps it in for each tanh-GELU `FeedForward`.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float
 from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from ..feed_forward import FeedForward
 
 _TWO_SQRT_2_OVER_PI = 2 * math.sqrt(2 / math.pi)
 _CUBIC = 0.044715
@@ -66,3 +70,11 @@ def gelu_tanh(x: Tensor) -> Tensor:
         if compiled is not None:
             return compiled(x.view(-1)).view(x.shape)
     return F.gelu(x, approximate="tanh")
+
+
+class CompiledGeluFeedForward(FeedForward):
+    """A tanh-GELU FeedForward whose activation is `gelu_tanh`: compiled while training on CPU,
+    torch's kernel elsewhere. Made from a built FeedForward by `xlm.nn.cpu.accelerate_training`."""
+
+    def hidden(self, x: Float[Tensor, "... dim"]) -> Float[Tensor, "... ffn_dim"]:
+        return gelu_tanh(self.up_proj(x))

@@ -2,27 +2,27 @@
 
 A KV-cache decoding step multiplies a few rows (one per sequence) by every weight matrix, and
 does so again on every step, so a weight can be put once into the layout the fastest kernel
-reads and reused on every call. Which kernel is fastest depends on the CPU, so a model takes
-the faster of two, timed on its own matmuls once per process (`_faster_kernel_layers`):
+reads and reused on every call. Which kernel is fastest depends on the CPU (each of these won on
+one of the machines measured, benchmarks/RESULTS.md), so a model takes the faster of two, timed
+on its own matmuls once per process (`_faster_kernel_layers`):
 
 * oneDNN's linear on a weight reordered for exactly that many rows, with the activation in its
-  epilogue. On the AMD EPYC this project first ran on, it decoded a 6 x 256 GPT-2-shaped model
-  at batch 8 in 0.65-0.8 of the time of `F.linear` (benchmarks/RESULTS.md).
+  epilogue;
 * BLAS `addmm` on the weight stored transposed and contiguous (as HF's GPT-2 `Conv1D` keeps
-  it), the activation after it. On an Intel Xeon (AVX-512) it ran 1.1-3x faster than oneDNN's
-  kernel at 8 rows, and the batch-8 decode took 0.81 of the time of oneDNN's.
+  it), the activation after it.
 
 At a few rows each call costs more in fixed overhead than in arithmetic, so fewer calls pay
 too: inside the block an attention's q, k and v projections run as one matmul over their
-concatenated weights (`MultiheadAttention.packed_qkv`) and a feed-forward's first projection
-runs with its activation (`FeedForward.packed_activated`).
+concatenated weights (in place of `MultiheadAttention.project_qkv`) and a feed-forward's first
+projection runs with its activation (in place of `FeedForward.hidden`).
 
-Only where it paid in those measurements: weights of at least `MIN_WEIGHT_ELEMENTS` (128 x 128
-ran at half the speed reordered) and at least `MIN_ROWS` rows (one row takes torch's
-matrix-vector path, which beat the reordered kernel on most shapes).
+Only where it paid in those measurements: weights of at least `MIN_WEIGHT_ELEMENTS` (smaller
+ones ran slower reordered) and at least `MIN_ROWS` rows (one row takes torch's matrix-vector
+path, which beat the reordered kernel on most shapes).
 
 The laid-out copies exist only inside `prepacked_linears` (one per packed layer, as large as
-its weight): weights must not change there, which holds under `torch.no_grad` sampling.
+its weight), set on the instances as stand-ins for their methods and removed on exit: weights
+must not change there, which holds under `torch.no_grad` sampling.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from ..attention import MultiheadAttention
 from ..feed_forward import FeedForward
+from .fused_qkv import qkv_weight_and_bias
 
 MIN_WEIGHT_ELEMENTS = 1 << 16  # 256 x 256
 MIN_ROWS = 2
@@ -96,15 +97,37 @@ class PackedLinear:
         return out.view(*x.shape[:-1], out.size(-1))
 
 
+# what a packed matmul's output becomes in place of the method it stands in for, given the input
+Finish = Callable[[Tensor, Tensor], Any]
+
+
+class _PrepackedMethod:
+    """Stands in for one module's method inside `prepacked_linears`: the packed matmul for inputs it
+    applies to, the class's own method for anything else."""
+
+    def __init__(self, module: nn.Module, method: str, packed: PackedLinear, finish: Finish) -> None:
+        self.module, self.method, self.packed, self.finish = module, method, packed, finish
+
+    def __call__(self, x: Tensor) -> Any:
+        if self.packed.applies_to(x):
+            return self.finish(self.packed(x), x)
+        return getattr(type(self.module), self.method)(self.module, x)
+
+
+def _as_is(out: Tensor, _x: Tensor) -> Tensor:
+    return out
+
+
 @dataclass(frozen=True)
 class _PackSite:
-    """One matmul of a decoding step that will run on a laid-out weight, and where it goes."""
+    """One matmul of a decoding step that will run on a laid-out weight, and the method it replaces."""
 
     weight: Tensor
     bias: Tensor | None
     activation: str | None
-    install: Callable[[PackedLinear], None]
-    uninstall: Callable[[], None]
+    module: nn.Module
+    method: str
+    finish: Finish = _as_is
 
     @property
     def shape_key(self) -> tuple:
@@ -112,6 +135,12 @@ class _PackSite:
 
     def pack(self, rows: int, kernel: Kernel) -> PackedLinear:
         return PackedLinear(self.weight, self.bias, rows, activation=self.activation, kernel=kernel)
+
+    def install(self, packed: PackedLinear) -> None:
+        setattr(self.module, self.method, _PrepackedMethod(self.module, self.method, packed, self.finish))
+
+    def uninstall(self) -> None:
+        delattr(self.module, self.method)
 
 
 def _pass_seconds(layers: list[PackedLinear], inputs: list[Tensor]) -> float:
@@ -143,33 +172,17 @@ def _faster_kernel_layers(sites: list[_PackSite], rows: int) -> list[PackedLinea
     return candidates[fastest]
 
 
-class _PrepackedForward:
-    """A Linear's forward that takes its PackedLinear where that applies and its own forward elsewhere."""
-
-    def __init__(self, linear: nn.Linear, packed: PackedLinear) -> None:
-        self.linear = linear
-        self.packed = packed
-
-    def __call__(self, x: Tensor) -> Tensor:
-        if self.packed.applies_to(x):
-            return self.packed(x)
-        return type(self.linear).forward(self.linear, x)
+def _attention_site(attn: MultiheadAttention) -> _PackSite:
+    sizes = [p.out_features for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
+    return _PackSite(*qkv_weight_and_bias(attn), None, attn, "project_qkv",
+                     lambda out, _x: tuple(out.split(sizes, dim=-1)))
 
 
-def _attribute_site(owner: nn.Module, attribute: str, weight: Tensor, bias: Tensor | None,
-                    activation: str | None = None) -> _PackSite:
-    return _PackSite(weight, bias, activation, install=lambda packed: setattr(owner, attribute, packed),
-                     uninstall=lambda: setattr(owner, attribute, None))
-
-
-def _linear_site(linear: nn.Linear) -> _PackSite:
-    def install(packed: PackedLinear) -> None:
-        linear.forward = _PrepackedForward(linear, packed)  # type: ignore[method-assign]
-
-    def uninstall() -> None:
-        del linear.forward
-
-    return _PackSite(linear.weight, linear.bias, None, install=install, uninstall=uninstall)
+def _feed_forward_site(ffn: FeedForward) -> _PackSite:
+    if ffn.activation == "swiglu":
+        return _PackSite(ffn.gate_proj.weight, ffn.gate_proj.bias, "swiglu", ffn, "hidden",
+                         lambda out, x: out * ffn.up_proj(x))
+    return _PackSite(ffn.up_proj.weight, ffn.up_proj.bias, ffn.activation, ffn, "hidden")
 
 
 def _pack_sites(module: nn.Module) -> list[_PackSite]:
@@ -180,22 +193,24 @@ def _pack_sites(module: nn.Module) -> list[_PackSite]:
     covered: set[nn.Module] = set()  # their work is done by a fused matmul
     for sub in module.modules():  # pre-order: a block comes before the linears it covers
         if isinstance(sub, MultiheadAttention):
-            qkv = sub.qkv_projections
-            packs = sub.packed_qkv is None and sum(p.weight.numel() for p in qkv) >= MIN_WEIGHT_ELEMENTS
-            if packs:
-                sites.append(_attribute_site(sub, "packed_qkv", *sub.qkv_weight_and_bias()))
-            if packs or sub.packed_qkv is not None:
+            qkv = sub.q_proj, sub.k_proj, sub.v_proj
+            packed = "project_qkv" in sub.__dict__  # by an enclosing prepacked_linears
+            if not packed and sum(p.weight.numel() for p in qkv) >= MIN_WEIGHT_ELEMENTS:
+                sites.append(_attention_site(sub))
+                packed = True
+            if packed:
                 covered.update(qkv)
         elif isinstance(sub, FeedForward):
             first = sub.gate_proj if sub.activation == "swiglu" else sub.up_proj
-            packs = sub.packed_activated is None and first.weight.numel() >= MIN_WEIGHT_ELEMENTS
-            if packs:
-                sites.append(_attribute_site(sub, "packed_activated", first.weight, first.bias, sub.activation))
-            if packs or sub.packed_activated is not None:
+            packed = "hidden" in sub.__dict__
+            if not packed and first.weight.numel() >= MIN_WEIGHT_ELEMENTS:
+                sites.append(_feed_forward_site(sub))
+                packed = True
+            if packed:
                 covered.add(first)
         elif (type(sub) is nn.Linear and sub.weight.numel() >= MIN_WEIGHT_ELEMENTS
               and "forward" not in sub.__dict__ and sub not in covered):
-            sites.append(_linear_site(sub))
+            sites.append(_PackSite(sub.weight, sub.bias, None, sub, "forward"))
     return sites
 
 
