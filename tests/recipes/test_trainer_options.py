@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import xlm
-from xlm.data.task import build_task
+from xlm.data.tasks import build_task
 from xlm.nn.cpu.fused_qkv import FusedQkvAttention
 from xlm.nn.cpu.gelu_tanh import CompiledGeluFeedForward
 from xlm.recipes import train
@@ -66,9 +66,9 @@ def test_compiled_training_matches_eager(tmp_path):
 
 def _trainer(out, *overrides) -> Trainer:
     args = train.parse_args([*DEBUG, "--output-dir", str(out), *overrides])
-    config = train.resolve_config(args)
-    task = build_task(config.task)
-    return Trainer(train.fit_model_to_task(config, task, args.overrides), xlm.get_family("arlm"), task,
+    composed = train.resolve_config(args)
+    task = build_task(composed.config.task)
+    return Trainer(train.fit_model_to_task(composed, task), xlm.get_family("arlm"), task,
                    init_distributed("cpu"))
 
 
