@@ -75,5 +75,40 @@ def test_core_archs_are_listed_with_their_family():
 def test_create_model_applies_overrides_and_rejects_unknown_fields():
     model = xlm.create_model("arlm_tiny", vocab_size=50)
     assert model.config.vocab_size == 50
-    with pytest.raises(TypeError, match="no field 'vocab'"):
+    with pytest.raises(TypeError, match="no field 'vocab'; did you mean 'vocab_size'"):
         xlm.create_model("arlm_tiny", vocab=50)
+
+
+def test_family_registry_loads_core_before_any_use_and_discovers_on_a_miss_or_a_listing():
+    calls: list[str] = []
+    fams = FamilyRegistry(load_core=lambda: (calls.append("core"), fams.register(_family("toy", _registry()))),
+                          discover=lambda: calls.append("discover"))
+    assert fams.get("toy").name == "toy" and fams.get_by_arch("toy_small").name == "toy" and "toy" in fams
+    assert calls == ["core"]  # hits: no discovery
+    with pytest.raises(DuplicateNameError, match="toy_large.*already defined by .toy."):
+        fams.register(_family("other", _registry()))
+    with pytest.raises(UnknownNameError):
+        fams.get("missing")
+    assert calls[0] == "core" and calls[1:] and set(calls[1:]) == {"discover"}
+    del calls[1:]
+    assert fams.family_of_arch("missing_arch") is None and calls == ["core", "discover"]
+    del calls[1:]
+    assert fams.names() == ["toy"] and calls == ["core", "discover"]
+    del calls[1:]
+    assert fams.list_archs() == {"toy_large": "toy", "toy_small": "toy"} and calls == ["core", "discover"]
+
+
+def test_a_failed_core_load_is_retried():
+    attempts: list[int] = []
+
+    def load() -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ImportError("no torch here")
+
+    fams = FamilyRegistry(load_core=load)
+    with pytest.raises(ImportError):
+        fams.names()
+    assert fams.names() == [] and len(attempts) == 2
+    fams.names()
+    assert len(attempts) == 2

@@ -111,9 +111,6 @@ def load_model(name_or_path: str | Path, *, family: str | None = None, device: t
                dtype: torch.dtype | None = None, config_overrides: Mapping[str, Any] | None = None,
                checkpoint_format: str | None = None) -> torch.nn.Module:
     """The model in eval mode."""
-    from xlm.plugins import load_external_models
-
-    load_external_models()  # a run of an external family needs that family registered
     card, path = _card_or_path(name_or_path)
     if card is None:
         assert path is not None

@@ -12,7 +12,6 @@ import sys
 from dataclasses import replace
 from collections.abc import Sequence
 
-import xlm  # noqa: F401  (registers the core families)
 from xlm.data.task import Task, build_task
 from xlm.plugins import ExternalModelError, load_external_models
 from xlm.registry import UnknownNameError, families
@@ -35,7 +34,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def resolve_config(args: argparse.Namespace) -> TrainRecipeConfig:
-    load_external_models()  # families declared since `import xlm` (e.g. after a chdir)
+    load_external_models()  # at the start of each run: also families declared since an earlier scan
     family = families.get_by_arch(args.arch)
     output_dir = args.output_dir or f"runs/{args.arch}_{args.task}"
     config = build_config(family=family, arch=args.arch, task=args.task, output_dir=output_dir,
