@@ -83,7 +83,7 @@ def test_family_registry_loads_core_before_any_use_and_discovers_on_a_miss_or_a_
     calls: list[str] = []
     fams = FamilyRegistry(load_core=lambda: (calls.append("core"), fams.register(_family("toy", _registry()))),
                           discover=lambda: calls.append("discover"))
-    assert fams.get("toy").name == "toy" and fams.get_by_arch("toy_small").name == "toy" and "toy" in fams
+    assert fams.get("toy").name == "toy" and fams.get_by_arch("toy_small").name == "toy"
     assert calls == ["core"]  # hits: no discovery
     with pytest.raises(DuplicateNameError, match="toy_large.*already defined by .toy."):
         fams.register(_family("other", _registry()))

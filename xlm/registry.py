@@ -112,8 +112,8 @@ class Family:
 
 
 class FamilyRegistry:
-    """Families by name. `load_core` runs before the first lookup or registration; `discover` runs
-    before the first listing and on a lookup that misses (it is expected to do its work once)."""
+    """Families by name. `load_core` runs before the first lookup or registration; `discover` before
+    each listing and on each lookup that misses (it is expected to do its work once)."""
 
     def __init__(self, *, load_core: Callable[[], object] | None = None,
                  discover: Callable[[], object] | None = None) -> None:
@@ -157,11 +157,6 @@ class FamilyRegistry:
             return self._families[name]
         except KeyError:
             raise UnknownNameError(unknown_name_message("family", name, self.names())) from None
-
-    def __contains__(self, name: object) -> bool:
-        """Whether `name` is registered now (core families included); runs no discovery."""
-        self._ensure_core()
-        return name in self._families
 
     def names(self) -> list[str]:
         self._ensure_discovered()
