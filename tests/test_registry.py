@@ -75,5 +75,72 @@ def test_core_archs_are_listed_with_their_family():
 def test_create_model_applies_overrides_and_rejects_unknown_fields():
     model = xlm.create_model("arlm_tiny", vocab_size=50)
     assert model.config.vocab_size == 50
-    with pytest.raises(TypeError, match="no field 'vocab'"):
+    with pytest.raises(TypeError, match="no field 'vocab'; did you mean 'vocab_size'"):
         xlm.create_model("arlm_tiny", vocab=50)
+
+
+def test_family_registry_loads_core_before_any_use_and_discovers_on_a_miss_or_a_listing():
+    calls: list[str] = []
+    fams = FamilyRegistry(load_core=lambda: (calls.append("core"), fams.register(_family("toy", _registry()))),
+                          discover=lambda: calls.append("discover"))
+    assert fams.get("toy").name == "toy" and fams.get_by_arch("toy_small").name == "toy"
+    assert calls == ["core"]  # hits: no discovery
+    with pytest.raises(DuplicateNameError, match="toy_large.*already defined by .toy."):
+        fams.register(_family("other", _registry()))
+    with pytest.raises(UnknownNameError):
+        fams.get("missing")
+    assert calls[0] == "core" and calls[1:] and set(calls[1:]) == {"discover"}
+    del calls[1:]
+    assert fams.family_of_arch("missing_arch") is None and calls == ["core", "discover"]
+    del calls[1:]
+    assert fams.names() == ["toy"] and calls == ["core", "discover"]
+    del calls[1:]
+    assert fams.list_archs() == {"toy_large": "toy", "toy_small": "toy"} and calls == ["core", "discover"]
+
+
+def test_a_failed_core_load_is_retried():
+    attempts: list[int] = []
+
+    def load() -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ImportError("no torch here")
+
+    fams = FamilyRegistry(load_core=load)
+    with pytest.raises(ImportError):
+        fams.names()
+    assert fams.names() == [] and len(attempts) == 2
+    fams.names()
+    assert len(attempts) == 2
+
+
+def test_task_registry_loads_core_tasks_before_any_use_and_discovers_on_a_miss_or_a_listing():
+    from xlm.data.task import TaskConfig
+    from xlm.registry import RegisteredTask, TaskRegistry
+
+    calls: list[str] = []
+
+    def core() -> None:
+        calls.append("core")
+        reg.register(RegisteredTask(name="toy_task", config_class=TaskConfig, builder=lambda config: config))
+
+    reg = TaskRegistry(load_core=core, discover=lambda: calls.append("discover"))
+    assert reg.get("toy_task").name == "toy_task" and "toy_task" in reg
+    assert calls == ["core"]  # hits: no discovery
+    with pytest.raises(UnknownNameError, match="toy_tsak.*did you mean 'toy_task'"):
+        reg.get("toy_tsak")
+    assert calls == ["core", "discover", "discover"]  # the miss, then the listing its message makes
+    del calls[1:]
+    assert reg.names() == ["toy_task"] and calls == ["core", "discover"]
+
+
+def test_the_core_tasks_register_on_the_first_lookup_not_at_import():
+    import subprocess
+    import sys
+
+    check = ("import sys, xlm.registry as r\n"
+             "assert 'xlm.data.tasks' not in sys.modules\n"
+             "assert {'star_easy', 'sort', 'text'} <= set(r.list_tasks()), r.list_tasks()\n"
+             "assert 'xlm.data.tasks' in sys.modules\n")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -3,6 +3,11 @@
 An arch is a named function returning a fresh config; a family binds a config class,
 its archs, a factory, checkpoint converters and the unit the recipes drive; a task binds
 its config class and the builder that turns such a config into the task.
+
+The registries fill themselves on demand, so importing this module costs nothing: the core
+families (`xlm.models`) and tasks (`xlm.data.tasks`) are imported by the first lookup, and
+external families (which may register tasks too) are discovered (`xlm.plugins`) by the first
+lookup that misses among them or that lists them all.
 """
 
 from __future__ import annotations
@@ -10,11 +15,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import importlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 ConfigT = TypeVar("ConfigT")
 
@@ -107,36 +114,73 @@ class Family:
     source: str = "core"
 
 
-class FamilyRegistry:
-    def __init__(self) -> None:
+class _OnDemand:
+    """A registry that fills itself: `load_core` runs before the first lookup or registration;
+    `discover` before each listing and on each lookup that misses (it does its work once)."""
+
+    def __init__(self, *, load_core: Callable[[], object] | None = None,
+                 discover: Callable[[], object] | None = None) -> None:
+        self._load_core = load_core
+        self._discover = discover
+
+    def _ensure_core(self) -> None:
+        load, self._load_core = self._load_core, None  # cleared first: the core families register here
+        if load is None:
+            return
+        try:
+            load()
+        except BaseException:
+            self._load_core = load
+            raise
+
+    def _ensure_discovered(self) -> None:
+        self._ensure_core()
+        if self._discover is not None:
+            self._discover()
+
+
+class FamilyRegistry(_OnDemand):
+    """Families by name, filled on demand (`_OnDemand`)."""
+
+    def __init__(self, *, load_core: Callable[[], object] | None = None,
+                 discover: Callable[[], object] | None = None) -> None:
+        super().__init__(load_core=load_core, discover=discover)
         self._families: dict[str, Family] = {}
 
     def register(self, family: Family) -> None:
+        self._ensure_core()  # so a family clashing with a core one is refused here, not when the core loads
         if family.name in self._families:
             other = self._families[family.name]
             raise DuplicateNameError(
                 f"model family {family.name!r} is registered twice (from {other.source} and {family.source})"
             )
         for arch in family.archs.names():
-            owner = self.family_of_arch(arch)
+            owner = self._owner_of(arch)
             if owner is not None:
                 raise DuplicateNameError(f"arch {arch!r} of family {family.name!r} is already defined by {owner!r}")
         self._families[family.name] = family
 
     def get(self, name: str) -> Family:
+        self._ensure_core()
+        if name not in self._families:
+            self._ensure_discovered()
         try:
             return self._families[name]
         except KeyError:
             raise UnknownNameError(unknown_name_message("family", name, self.names())) from None
 
     def names(self) -> list[str]:
+        self._ensure_discovered()
         return sorted(self._families)
 
+    def _owner_of(self, arch: str) -> str | None:
+        return next((family.name for family in self._families.values() if arch in family.archs), None)
+
     def family_of_arch(self, arch: str) -> str | None:
-        for family in self._families.values():
-            if arch in family.archs:
-                return family.name
-        return None
+        self._ensure_core()
+        if self._owner_of(arch) is None:
+            self._ensure_discovered()
+        return self._owner_of(arch)
 
     def get_by_arch(self, arch: str) -> Family:
         owner = self.family_of_arch(arch)
@@ -146,10 +190,21 @@ class FamilyRegistry:
 
     def list_archs(self) -> dict[str, str]:
         """arch name -> family name, over every registered family."""
+        self._ensure_discovered()
         return {arch: f.name for f in self._families.values() for arch in f.archs.names()}
 
 
-families = FamilyRegistry()
+def _import_core_families() -> None:
+    importlib.import_module("xlm.models")  # each family's package registers it
+
+
+def _discover_external_families() -> None:
+    from xlm.plugins.discovery import load_external_models_once  # imported here: discovery imports this module
+
+    load_external_models_once()
+
+
+families = FamilyRegistry(load_core=_import_core_families, discover=_discover_external_families)
 _default_source: list[str] = []
 
 
@@ -178,6 +233,28 @@ def list_families() -> list[str]:
     return families.names()
 
 
+def list_archs() -> dict[str, str]:
+    """Every registered arch name -> its family."""
+    return families.list_archs()
+
+
+def create_model(arch: str, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 **config_overrides: Any) -> torch.nn.Module:
+    """A freshly initialised model of a registered arch, e.g. create_model("arlm_tiny", vocab_size=100)."""
+    family = families.get_by_arch(arch)
+    config = family.archs.get(arch)
+    for key, value in config_overrides.items():
+        if not hasattr(config, key):
+            fields = [f.name for f in dataclasses.fields(config)] if dataclasses.is_dataclass(config) else []
+            close = difflib.get_close_matches(key, fields, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise TypeError(f"{type(config).__name__} (arch {arch!r}) has no field {key!r}{hint}")
+        setattr(config, key, value)
+    if hasattr(config, "__post_init__"):
+        config.__post_init__()
+    return family.factory(config, device=device, dtype=dtype)
+
+
 class TaskBuilder(Protocol):
     """Builds a task (`xlm.data.task.Task`) from its config (an instance of the registered config class)."""
 
@@ -195,11 +272,16 @@ class RegisteredTask:
     source: str = "core"
 
 
-class TaskRegistry:
-    def __init__(self) -> None:
+class TaskRegistry(_OnDemand):
+    """Tasks by name, filled on demand (`_OnDemand`)."""
+
+    def __init__(self, *, load_core: Callable[[], object] | None = None,
+                 discover: Callable[[], object] | None = None) -> None:
+        super().__init__(load_core=load_core, discover=discover)
         self._tasks: dict[str, RegisteredTask] = {}
 
     def register(self, task: RegisteredTask) -> None:
+        self._ensure_core()
         if task.name in self._tasks:
             other = self._tasks[task.name]
             raise DuplicateNameError(f"task {task.name!r} is registered twice (from {other.source} and {task.source})")
@@ -210,19 +292,30 @@ class TaskRegistry:
         self._tasks[task.name] = task
 
     def get(self, name: str) -> RegisteredTask:
+        self._ensure_core()
+        if name not in self._tasks:
+            self._ensure_discovered()
         try:
             return self._tasks[name]
         except KeyError:
             raise UnknownNameError(unknown_name_message("task", name, self.names())) from None
 
     def names(self) -> list[str]:
+        self._ensure_discovered()
         return sorted(self._tasks)
 
     def __contains__(self, name: object) -> bool:
+        self._ensure_core()
+        if name not in self._tasks:
+            self._ensure_discovered()
         return name in self._tasks
 
 
-tasks = TaskRegistry()
+def _import_core_tasks() -> None:
+    importlib.import_module("xlm.data.tasks")  # registers the star, sort and text tasks
+
+
+tasks = TaskRegistry(load_core=_import_core_tasks, discover=_discover_external_families)
 
 
 def register_task(name: str, *, config_class: type, builder: TaskBuilder, description: str = "") -> None:
@@ -238,5 +331,5 @@ def get_task(name: str) -> RegisteredTask:
 
 
 def list_tasks() -> list[str]:
-    """Every registered task name (the core tasks once `xlm.data.tasks` is imported)."""
+    """Every registered task name, the core tasks and those of external families."""
     return tasks.names()

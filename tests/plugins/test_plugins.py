@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import xlm
+import xlm.models  # (the core families register now, so the fixture's snapshot holds them)
 from xlm.plugins import discovery, load_external_models
 from xlm.plugins.discovery import (ExternalModelConflictError, ExternalModelImportError, ExternalModelNotFoundError,
                                    ExternalModelValidationError, ExternalModelWarning)
@@ -19,12 +20,13 @@ from xlm.registry import families
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    """Each test starts in an empty dir with no declared models, and leaves the registries,
-    sys.path and sys.modules as it found them."""
+    """Each test starts in an empty dir with no declared models, and leaves the registries and
+    sys.path as it found them and no module imported from its dir (torch's own lazily imported
+    submodules stay: importing one twice registers its operators twice)."""
     monkeypatch.chdir(tmp_path)
     for var in ("XLM_MODELS_PATH", "XLM_MODELS_PACKAGES", "XLM_MODELS_STRICT"):
         monkeypatch.delenv(var, raising=False)
-    saved = (dict(families._families), dict(discovery._loaded), list(sys.path), set(sys.modules))
+    saved = (dict(families._families), dict(discovery._loaded), list(sys.path), set(sys.modules), discovery._scanned)
     yield
     families._families.clear()
     families._families.update(saved[0])
@@ -32,7 +34,9 @@ def isolated(tmp_path, monkeypatch):
     discovery._loaded.update(saved[1])
     sys.path[:] = saved[2]
     for name in set(sys.modules) - saved[3]:
-        del sys.modules[name]
+        if str(getattr(sys.modules[name], "__file__", None) or "").startswith(str(tmp_path)):
+            del sys.modules[name]
+    discovery._scanned = saved[4]
 
 
 def _scaffold(name: str, where: Path, **kw) -> Path:

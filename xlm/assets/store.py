@@ -32,11 +32,14 @@ def add_card_dir(path: str | Path) -> None:
 
 
 def card_dirs() -> list[Path]:
+    from xlm.plugins import external_card_dirs  # discovers external families the first time
+
     env = [Path(p) for p in os.environ.get("XLM_ASSET_PATH", "").split(":") if p]
-    return [cards_dir(), user_card_dir(), *env, *_extra_dirs]
+    return [cards_dir(), user_card_dir(), *env, *_extra_dirs, *external_card_dirs()]
 
 
 def all_cards() -> dict[str, AssetCard]:
+    """Every card on the search path, by name (`xlm.list_cards()`, `xlm cards list`)."""
     cards: dict[str, AssetCard] = {}
     for directory in card_dirs():
         if not directory.is_dir():

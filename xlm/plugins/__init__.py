@@ -2,8 +2,10 @@
 
 from .discovery import (ExternalModelConflictError, ExternalModelError, ExternalModelImportError,
                         ExternalModelNotFoundError, ExternalModelValidationError, ExternalModelWarning,
-                        external_config_dirs, load_external_models, loaded_models)
+                        external_card_dirs, external_config_dirs, load_external_models,
+                        load_external_models_once, loaded_models)
 
 __all__ = ["ExternalModelConflictError", "ExternalModelError", "ExternalModelImportError",
            "ExternalModelNotFoundError", "ExternalModelValidationError", "ExternalModelWarning",
-           "external_config_dirs", "load_external_models", "loaded_models"]
+           "external_card_dirs", "external_config_dirs", "load_external_models", "load_external_models_once",
+           "loaded_models"]

@@ -13,6 +13,10 @@ A model's root holds its Python package (``root/<name>/``, or the one package th
 package is imported and registers its family with ``xlm.register_family``; its ``configs/``
 joins the Hydra search path and its ``assets/cards/`` the card store.
 
+Discovery runs on demand, never at ``import xlm``: the first family-registry lookup that misses
+among the core families or lists them all, the card store and the Hydra search path each call
+:func:`load_external_models_once`. :func:`load_external_models` scans again, e.g. after a chdir.
+
 Problems raise :class:`ExternalModelError` subclasses (strict, the default) or become warnings
 with ``strict=False`` / ``XLM_MODELS_STRICT=0``.
 """
@@ -80,6 +84,7 @@ class LoadedModel:
 
 
 _loaded: dict[str, LoadedModel] = {}
+_scanned = False  # whether load_external_models has run in this process
 
 
 def search_dirs() -> list[Path]:
@@ -191,11 +196,6 @@ def _load_one(model: DeclaredModel, package: str, package_dir: Path, configs: Pa
     _validate(model, package_dir, configs)
     _import(model, package, package_dir)
     _loaded[model.name] = LoadedModel(model.name, package, package_dir, configs, model.declared_in)
-    cards = package_dir.parent / "assets" / "cards"
-    if cards.is_dir():
-        from xlm.assets.store import add_card_dir
-
-        add_card_dir(cards)
 
 
 def _strict_default() -> bool:
@@ -204,6 +204,8 @@ def _strict_default() -> bool:
 
 def load_external_models(*, strict: bool | None = None) -> list[str]:
     """Discover, validate and import every declared model not loaded yet; their names."""
+    global _scanned
+    _scanned = True  # first: registry lookups made while importing a model must not start another scan
     strict = _strict_default() if strict is None else strict
 
     def fail(err: ExternalModelError) -> None:
@@ -241,9 +243,28 @@ def load_external_models(*, strict: bool | None = None) -> list[str]:
     return new
 
 
+def load_external_models_once() -> None:
+    """`load_external_models()` unless it has run; a strict failure is raised again by the next call."""
+    global _scanned
+    if _scanned:
+        return
+    try:
+        load_external_models()
+    except ExternalModelError:
+        _scanned = False
+        raise
+
+
 def external_config_dirs() -> list[Path]:
-    """The configs/ dirs of loaded external models, for the Hydra search path."""
+    """The configs/ dirs of external models, for the Hydra search path."""
+    load_external_models_once()
     return [m.configs for m in _loaded.values()]
+
+
+def external_card_dirs() -> list[Path]:
+    """The assets/cards/ dirs of external models, for the card store."""
+    load_external_models_once()
+    return [cards for m in _loaded.values() if (cards := m.package_dir.parent / "assets" / "cards").is_dir()]
 
 
 def loaded_models() -> dict[str, LoadedModel]:

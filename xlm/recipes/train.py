@@ -12,7 +12,6 @@ import sys
 from dataclasses import replace
 from collections.abc import Sequence
 
-import xlm  # noqa: F401  (registers the core families)
 from xlm.data.task import Task
 from xlm.data.tasks import build_task
 from xlm.plugins import ExternalModelError, load_external_models
@@ -44,7 +43,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def resolve_config(args: argparse.Namespace) -> ComposedConfig:
-    load_external_models()  # families and tasks declared since `import xlm` (e.g. after a chdir)
+    load_external_models()  # at the start of each run: also families and tasks declared since an earlier scan
     family = families.get_by_arch(args.arch)
     get_task(args.task)  # an unknown name is an error naming the close matches, before any YAML is read
     output_dir = args.output_dir or f"runs/{args.arch}_{args.task}"
