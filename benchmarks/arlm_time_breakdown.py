@@ -31,7 +31,7 @@ from xlm.models.arlm.loss import arlm_loss
 from xlm.models.arlm.predictor import ArlmPredictor, ArlmSamplerConfig
 from benchmarks.bench import TOKENIZER, _NoStopTokenizer
 from xlm.recipes.config import OptimConfig
-from xlm.recipes.trainer import build_adamw
+from xlm.recipes.optim import build_adamw
 
 
 class _Functional:

@@ -37,7 +37,7 @@ import torch
 import xlm
 from xlm.data.tokenizers import WordTokenizer
 from xlm.recipes.config import OptimConfig
-from xlm.recipes.trainer import build_adamw
+from xlm.recipes.optim import build_adamw
 
 Row = dict[str, Any]
 TOKENIZER = WordTokenizer([str(i) for i in range(121)])  # 128 ids, the star tasks' vocabulary size
