@@ -11,7 +11,8 @@ from xlm.recipes.config import ConfigError
 from xlm.recipes.distributed import DistEnv
 from xlm.recipes.trainer import Trainer
 
-from .test_scale import _shards
+from .test_resume_and_ddp import _finish, _train
+from .test_scale import TORCHRUN, _shards
 
 DEBUG = ["--arch", "arlm_tiny", "--task", "star_easy", "--experiment", "debug", "trainer.progress_bar=false",
          "trainer.tensorboard=false"]
@@ -67,3 +68,15 @@ def test_resuming_a_streaming_checkpoint_without_streaming_is_one_error_line_and
     line = _only_error_line(capsys.readouterr().err)
     assert "holds a streaming data position but this run reads a map-style training set" in line
     assert "resume with the same task.streaming" in line
+
+
+def test_fsdp_resuming_a_checkpoint_written_without_fsdp_is_an_error_line_and_exit_2(tmp_path):
+    steps = ["trainer.eval_every_steps=0", "data.batch_size=8", "trainer.device=cpu"]
+    _finish(_train(tmp_path / "run", "trainer.max_steps=2", *steps))
+    err = _finish(_train(tmp_path / "run", "trainer.max_steps=4", "trainer.parallelism=fsdp", *steps,
+                         launcher=TORCHRUN), expect=1)
+    # both ranks find it; torchrun stops the slower one once the first has returned 2
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert errors and all("was written without FSDP" in e and "trainer.parallelism=ddp" in e for e in errors), err
+    assert "exitcode  : 2" in err, err
+    assert "ConfigError" not in err, err  # no traceback from a worker
