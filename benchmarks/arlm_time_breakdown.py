@@ -34,7 +34,7 @@ from xlm.models.arlm.predictor import ArlmPredictor, ArlmSamplerConfig
 from xlm.nn.cpu import accelerate_training
 from benchmarks.bench import TOKENIZER, _NoStopTokenizer
 from xlm.recipes.config import OptimConfig
-from xlm.recipes.trainer import build_adamw
+from xlm.recipes.optim import build_adamw
 
 
 class _Functional:

@@ -38,7 +38,7 @@ import xlm
 from xlm.data.tokenizers import WordTokenizer
 from xlm.nn.cpu import accelerate_training
 from xlm.recipes.config import OptimConfig
-from xlm.recipes.trainer import build_adamw
+from xlm.recipes.optim import build_adamw
 
 Row = dict[str, Any]
 TOKENIZER = WordTokenizer([str(i) for i in range(121)])  # 128 ids, the star tasks' vocabulary size

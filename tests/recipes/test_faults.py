@@ -16,7 +16,9 @@ from xlm.data.tasks import build_task
 from xlm.recipes.checkpoint import load_latest_checkpoint
 from xlm.recipes.distributed import init_distributed
 from xlm.recipes.train import resolve_config, parse_args, fit_model_to_task
-from xlm.recipes.trainer import NonFiniteLossError, Trainer, checkpoint_activations
+from xlm.recipes.activation_checkpointing import checkpoint_activations
+from xlm.recipes.config import ConfigError
+from xlm.recipes.trainer import NonFiniteLossError, Trainer
 
 from .test_resume_and_ddp import _finish, _logged_steps, _train, _weights
 
@@ -110,7 +112,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
         model(ids).logsumexp(-1).sum().backward()
     for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-6), name
-    with pytest.raises(ValueError, match="no `layers` or `blocks`"):
+    with pytest.raises(ConfigError, match="no `layers` or `blocks`"):
         checkpoint_activations(torch.nn.Linear(2, 2))
 
 

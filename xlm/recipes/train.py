@@ -98,6 +98,9 @@ def _train(config: TrainRecipeConfig, task: Task, env: DistEnv) -> int:
         if env.is_main:
             print(stop, file=sys.stderr)
         return 128 + stop.signum
+    except ConfigError as err:  # found once the model, data or a checkpoint is at hand
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3

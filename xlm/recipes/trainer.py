@@ -18,37 +18,40 @@ ranks by DDP/FSDP and rescaled by world_size / global token count.
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import math
-import random
 import signal
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from xlm.data.task import Task
-from xlm.registry import Family
-
 from xlm.io import commit_dir, new_temp_dir
 from xlm.nn.cpu import accelerate_training
+from xlm.registry import Family
+from xlm.run_dir import write_run_dir
 
+from .activation_checkpointing import checkpoint_activations
 from .checkpoint import (CheckpointError, checkpoint_dirs, is_sharded_checkpoint, load_checkpoint, load_sharded,
                          load_trainer_state, prune_checkpoints, save_checkpoint, save_sharded)
-from .config import OptimConfig, TrainRecipeConfig
+from .config import ConfigError, TrainRecipeConfig
+from .data_order import EpochBatches, data_position, restore_data_position
 from .distributed import (DistEnv, all_gather_object, all_reduce_sum, apply_fsdp, barrier, broadcast_flag,
                           broadcast_object)
+from .ema import ModelEma
 from .evaluation import evaluate_loss, evaluate_predictions
-from xlm.run_dir import write_run_dir
+from .metrics_log import MetricsLog
+from .optim import build_adamw, lr_schedule, param_groups
+from .rng import rng_state, set_rng_state
+
+if TYPE_CHECKING:
+    import datasets
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -66,386 +69,141 @@ class NonFiniteLossError(FloatingPointError):
     """A NaN/Inf loss or gradient; raised before anything is saved."""
 
 
-def checkpoint_activations(model: torch.nn.Module) -> int:
-    """Recompute every transformer block's activations in the backward pass instead of storing
-    them (the blocks are the entries of the model's `layers`/`blocks` ModuleList). The module
-    tree and state dict are unchanged. Returns the number of blocks wrapped."""
-    from torch.utils.checkpoint import checkpoint
-
-    wrapped = 0
-    for name in ("layers", "blocks"):
-        blocks = getattr(model, name, None)
-        if isinstance(blocks, torch.nn.ModuleList):
-            for block in blocks:
-                block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
-                wrapped += 1
-    if not wrapped:
-        raise ValueError(f"trainer.activation_checkpointing: {type(model).__name__} has no `layers` or `blocks` "
-                         f"ModuleList to checkpoint")
-    return wrapped
-
-
-class EpochBatches:
-    """Global batches of example indices in a seeded order per epoch; each rank takes its slice.
-
-    The order depends only on (seed, epoch), so the same global batches are seen whatever the
-    number of ranks, and a saved (epoch, index) position resumes exactly.
-    """
-
-    def __init__(self, num_examples: int, global_batch: int, seed: int, env: DistEnv) -> None:
-        if num_examples < global_batch:
-            raise ValueError(f"data.batch_size={global_batch} is larger than the training set "
-                             f"({num_examples} examples)")
-        self.num_examples, self.global_batch, self.seed, self.env = num_examples, global_batch, seed, env
-        self.per_epoch = num_examples // global_batch
-        self.epoch, self.index = 0, 0
-        self._order: tuple[int, list[int]] | None = None
-
-    def _permutation(self) -> list[int]:
-        if self._order is None or self._order[0] != self.epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            self._order = (self.epoch, torch.randperm(self.num_examples, generator=g).tolist())
-        return self._order[1]
-
-    def next_indices(self) -> list[int]:
-        if self.index >= self.per_epoch:
-            self.epoch, self.index = self.epoch + 1, 0
-        start = self.index * self.global_batch
-        batch = self._permutation()[start : start + self.global_batch]
-        self.index += 1
-        local = self.global_batch // self.env.world_size
-        return batch[self.env.rank * local : (self.env.rank + 1) * local]
-
-    def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "index": self.index}
-
-    def load_state(self, state: dict[str, int]) -> None:
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
-
-
-class ModelEma:
-    """Exponential moving average of the parameters (buffers are copied)."""
-
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        for k, v in model.state_dict().items():
-            if v.is_floating_point():
-                self.shadow[k].lerp_(v.float(), 1.0 - self.decay)
-            else:
-                self.shadow[k].copy_(v)
-
-    @contextlib.contextmanager
-    def swapped_into(self, model: torch.nn.Module) -> Iterator[None]:
-        backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        model.load_state_dict({k: v.to(backup[k].dtype) for k, v in self.shadow.items()})
-        try:
-            yield
-        finally:
-            model.load_state_dict(backup)
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices only: no decay on norms, biases and embeddings (tied heads included)."""
-    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    decay, no_decay, seen = [], [], set()
-    for p in model.parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        (decay if p.ndim >= 2 and id(p) not in embedding_params else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def build_adamw(params: Any, optim: OptimConfig, *, device: torch.device, sharded: bool = False) -> torch.optim.AdamW:
-    """AdamW with the fused kernel on CPU and CUDA (one kernel for all parameters: about 3x faster
-    than the per-tensor loop on CPU); sharded (FSDP) parameters keep the default implementation."""
-    return torch.optim.AdamW(params, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps,
-                             fused=device.type in ("cpu", "cuda") and not sharded)
-
-
-def _lr_lambda(config: TrainRecipeConfig):
-    o, total = config.optim, config.trainer.max_steps
-
-    def factor(step: int) -> float:
-        if step < o.warmup_steps:
-            return (step + 1) / o.warmup_steps
-        if o.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
-        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def _rng_state() -> dict[str, Any]:
-    """Plain Python values only: gatherable across ranks and loadable with weights_only=True."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state().numpy().tobytes(),
-        "cuda": [s.numpy().tobytes() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
-        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
-        "python": random.getstate(),
-    }
-
-
-def _bytes_tensor(data: bytes) -> torch.Tensor:
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(_bytes_tensor(state["torch"]))
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([_bytes_tensor(s) for s in state["cuda"]])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    random.setstate(state["python"])
-
-
-class MetricsLog:
-    """metrics.jsonl (and TensorBoard when installed); rank 0 only."""
-
-    def __init__(self, output_dir: Path, *, enabled: bool, tensorboard: bool, resume_step: int) -> None:
-        self.enabled = enabled
-        self.path = output_dir / "metrics.jsonl"
-        self.writer = None
-        if not enabled:
-            return
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():  # drop what was logged after the checkpoint we resume from
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                pass
-            else:
-                self.writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=resume_step + 1)
-
-    def log(self, step: int, split: str, values: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
-        if self.writer is not None:
-            for k, v in values.items():
-                self.writer.add_scalar(f"{split}/{k}", v, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
 class Trainer:
+    """One training run: `Trainer(...)` builds the model, optimizer and data; `run()` trains,
+    checkpoints, resumes and leaves the run dir."""
+
     def __init__(self, config: TrainRecipeConfig, family: Family, task: Task, env: DistEnv) -> None:
         self.config, self.family, self.task, self.env = config, family, task, env
         if config.data.batch_size % env.world_size:
-            raise ValueError(f"data.batch_size={config.data.batch_size} must be divisible by the number of "
-                             f"processes ({env.world_size})")
+            fitting = max(env.world_size, config.data.batch_size // env.world_size * env.world_size)
+            raise ConfigError(f"data.batch_size={config.data.batch_size} must be divisible by the number of "
+                              f"processes ({env.world_size}); e.g. data.batch_size={fitting}")
         self.output_dir = Path(config.output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
-        tc = config.trainer
-
-        torch.manual_seed(config.seed)  # identical initial weights on every rank
-        self.model = family.factory(config.model, device=env.device)
-        accelerate_training(self.model, enabled=tc.cpu_kernels)  # CPU training kernels (xlm.nn.cpu), before wrapping
-        self.unit = family.unit_factory(self.model, task.tokenizer, config.sampler)
-        self.streaming = bool(getattr(task, "streaming", False))
-        if self.streaming:
-            self.train_ds = None
-        else:
-            self.train_ds = task.dataset("train").select_columns(self._train_columns(task))
-        val = task.dataset("validation")
-        limit = config.task.eval_size
-        self.val_ds = val if limit is None or limit >= len(val) else val.select(range(limit))
-
-        if tc.activation_checkpointing:
-            checkpoint_activations(self.model)
-        # FSDP needs a process group; one process trains unsharded whatever trainer.parallelism says
-        self.fsdp = tc.parallelism == "fsdp" and env.enabled
-        if tc.parallelism == "fsdp" and not env.enabled:
-            print("note: trainer.parallelism=fsdp in a single process trains unsharded", file=sys.stderr, flush=True)
-        if self.fsdp:
-            apply_fsdp(self.model, env, param_dtype=tc.fsdp_param_dtype)  # before the optimizer sees the params
-
-        self.optimizer = build_adamw(_param_groups(self.model, config.optim.weight_decay), config.optim,
-                                     device=env.device, sharded=self.fsdp)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config))
-        self.ema = ModelEma(self.model, tc.ema_decay) if tc.ema_decay else None
-        self.batches: Any
-        if self.streaming:
-            self.batches = task.train_stream(rank=env.rank, world_size=env.world_size,  # type: ignore[attr-defined]
-                                             num_workers=config.data.num_workers, seed=config.seed)
-        else:
-            self.batches = EpochBatches(len(self.train_ds), config.data.batch_size * tc.grad_accum_steps,
-                                        config.seed, env)
+        self.model, self.unit, self.fsdp = self._build_model()
+        self.optimizer, self.scheduler, self.ema = self._build_optimizer()
+        self.streaming, self.train_ds, self.val_ds, self.batches = self._build_data()
+        self.train_model = self._wrap_model()
+        self.autocast_dtype = AUTOCAST_DTYPES.get(config.trainer.autocast_dtype or "")
         self.step, self.tokens_seen, self.train_seconds = 0, 0, 0.0
         self.skipped_in_a_row = 0
-
-        wrapped: torch.nn.Module = self.model
-        if env.enabled and not self.fsdp:
-            wrapped = DistributedDataParallel(self.model, device_ids=[env.device.index] if env.device.type == "cuda"
-                                              else None)
-        self.train_model = torch.compile(wrapped) if tc.compile else wrapped
-        self.autocast_dtype = AUTOCAST_DTYPES.get(tc.autocast_dtype or "")
         self._stop_signal: int | None = None
+
+    # ----------------------------------------------------------------- setup
+
+    def _build_model(self) -> tuple[torch.nn.Module, Any, bool]:
+        """The family's model, seeded (identical initial weights on every rank), its train unit, and
+        whether the model is sharded with FSDP (then before the optimizer sees the parameters)."""
+        tc, env = self.config.trainer, self.env
+        torch.manual_seed(self.config.seed)
+        model = self.family.factory(self.config.model, device=env.device)
+        accelerate_training(model, enabled=tc.cpu_kernels)  # CPU training kernels (xlm.nn.cpu), before wrapping
+        unit = self.family.unit_factory(model, self.task.tokenizer, self.config.sampler)
+        if tc.activation_checkpointing:
+            checkpoint_activations(model)
+        # FSDP needs a process group; one process trains unsharded whatever trainer.parallelism says
+        fsdp = tc.parallelism == "fsdp" and env.enabled
+        if tc.parallelism == "fsdp" and not env.enabled:
+            print("note: trainer.parallelism=fsdp in a single process trains unsharded", file=sys.stderr, flush=True)
+        if fsdp:
+            apply_fsdp(model, env, param_dtype=tc.fsdp_param_dtype)
+        return model, unit, fsdp
+
+    def _build_optimizer(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, ModelEma | None]:
+        """AdamW, its learning-rate schedule, and the EMA of the weights when trainer.ema_decay is set."""
+        optim, tc = self.config.optim, self.config.trainer
+        optimizer = build_adamw(param_groups(self.model, optim.weight_decay), optim, device=self.env.device,
+                                sharded=self.fsdp)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(optim, tc.max_steps))
+        ema = ModelEma(self.model, tc.ema_decay) if tc.ema_decay else None
+        return optimizer, scheduler, ema
+
+    def _build_data(self) -> tuple[bool, datasets.Dataset | None, datasets.Dataset, Any]:
+        """(whether training streams, the training set or None when it streams, the validation set,
+        the training batches: EpochBatches over the training set, or this rank's row stream)."""
+        config, task, env = self.config, self.task, self.env
+        streaming = bool(getattr(task, "streaming", False))
+        train_ds = None if streaming else task.dataset("train").select_columns(self._train_columns(task))
+        val = task.dataset("validation")
+        limit = config.task.eval_size
+        val_ds = val if limit is None or limit >= len(val) else val.select(range(limit))
+        batches: Any
+        if streaming:
+            batches = task.train_stream(rank=env.rank, world_size=env.world_size,  # type: ignore[attr-defined]
+                                        num_workers=config.data.num_workers, seed=config.seed)
+        else:
+            batches = EpochBatches(len(train_ds), config.data.batch_size * config.trainer.grad_accum_steps,
+                                   config.seed, env)
+        return streaming, train_ds, val_ds, batches
 
     @staticmethod
     def _train_columns(task: Task) -> list[str]:
         return ["prompt_ids", "target_ids"] if task.is_seq2seq else ["input_ids"]
 
-    # ----------------------------------------------------------------- state
+    def _wrap_model(self) -> torch.nn.Module:
+        """The module the train step calls: the model under DDP when several processes train it
+        unsharded, compiled when trainer.compile is set."""
+        wrapped: torch.nn.Module = self.model
+        if self.env.enabled and not self.fsdp:
+            wrapped = DistributedDataParallel(self.model, device_ids=[self.env.device.index]
+                                              if self.env.device.type == "cuda" else None)
+        return torch.compile(wrapped) if self.config.trainer.compile else wrapped
 
-    def _data_position(self) -> dict[str, Any]:
-        if not self.streaming:
-            return self.batches.state()  # global: the same on every rank
-        # every rank reads its own shards: keep each rank's position
-        return {"streaming": True, "ranks": all_gather_object(self.batches.state(), self.env)}
+    # ----------------------------------------------------------------- loop
 
-    def _load_data_position(self, position: dict[str, Any], path: Path) -> None:
-        if bool(position.get("streaming")) != self.streaming:
-            saved, now = ("a streaming", "a map-style") if self.streaming is False else ("a map-style", "a streaming")
-            raise ValueError(f"checkpoint {path} holds {saved} data position but this run reads {now} training "
-                             f"set; resume with the same task.streaming, or start a new --output-dir")
-        if not self.streaming:
-            self.batches.load_state(position)
-            return
-        ranks = position["ranks"]
-        if len(ranks) != self.env.world_size:
-            raise ValueError(f"checkpoint {path} holds the streaming data positions of {len(ranks)} ranks; resume "
-                             f"it with {len(ranks)} processes (this run has {self.env.world_size}) to continue the "
-                             f"same data streams, or start a new --output-dir")
-        self.batches.load_state(ranks[self.env.rank])
-
-    def _trainer_state(self) -> dict[str, Any]:
-        rng_states = all_gather_object(_rng_state(), self.env)  # every rank's RNG: each resumes its own stream
-        state = {"step": self.step, "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
-                 "scheduler": self.scheduler.state_dict(), "data_position": self._data_position(),
-                 "rng": rng_states, "world_size": self.env.world_size}
-        if self.fsdp:  # the optimizer state is sharded like the parameters: saved with them
-            state["sharded"], state["has_ema"] = True, self.ema is not None
+    def run(self) -> dict[str, Any]:
+        tc, env = self.config.trainer, self.env
+        if tc.resume:
+            self._resume()
         else:
-            state["optimizer"] = self.optimizer.state_dict()
-        return state
+            if env.is_main and any(self.checkpoint_dir.glob("step_*")):
+                raise FileExistsError(f"{self.checkpoint_dir} already has checkpoints and trainer.resume=false; "
+                                      f"choose another --output-dir or remove them")
+        log = MetricsLog(self.output_dir, enabled=env.is_main, tensorboard=tc.tensorboard, resume_step=self.step)
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        bar = tqdm(total=tc.max_steps, initial=self.step, disable=not (tc.progress_bar and env.is_main),
+                   desc="train", dynamic_ncols=True)
+        budget_s = tc.max_minutes * 60 if tc.max_minutes else None
+        self.model.train()
+        try:
+            while self.step < tc.max_steps:
+                started = time.perf_counter()
+                stats = self._train_step()
+                self.train_seconds += time.perf_counter() - started
+                tps = stats["tokens"] / max(time.perf_counter() - started, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['loss']:.4f}", tok_s=f"{tps:,.0f}")
+                if self.step % tc.log_every_steps == 0 or self.step == 1:
+                    log.log(self.step, "train", {**stats, "tokens_per_s": tps, "tokens_seen": self.tokens_seen})
+                if tc.eval_every_steps and self.step % tc.eval_every_steps == 0 and self.step < tc.max_steps:
+                    if env.is_main or self.fsdp:  # under FSDP every forward pass is collective
+                        metrics = self.evaluate()
+                        log.log(self.step, "val", {**metrics, "train_seconds": self.train_seconds})
+                    barrier(env)
+                out_of_time = budget_s is not None and self.train_seconds >= budget_s
+                stop = broadcast_flag(self._stop_signal is not None or out_of_time, env)
+                if self.step % tc.checkpoint_every_steps == 0 or stop:
+                    self._save()
+                if stop and self._stop_signal is not None:
+                    raise TrainingInterrupted(self._stop_signal, self.step, self.checkpoint_dir)
+                if stop:
+                    break
+            if not any(self.checkpoint_dir.glob(f"step_{self.step:09d}")):
+                self._save()
+            return self._finish(log)
+        finally:
+            bar.close()
+            log.close()
+            if self.streaming:
+                self.batches.close()  # dataloader workers
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
-    def _sharded_state(self) -> dict[str, Any]:
-        """Model, optimizer (and EMA) state dicts whose tensors are the live (sharded) ones."""
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
-        model_state, optim_state = get_state_dict(self.model, self.optimizer)
-        state: dict[str, Any] = {"model": model_state, "optimizer": optim_state}
-        if self.ema is not None:
-            state["ema"] = self.ema.shadow
-        return state
-
-    def _save(self) -> Path:
-        state = self._trainer_state()  # collective: every rank takes part
-        path = self.checkpoint_dir / f"step_{self.step:09d}"
-        keep = self.config.trainer.keep_last_checkpoints
-        if self.fsdp:
-            # every rank writes its shards into one temp dir; rank 0 completes it and renames it into place
-            tmp = broadcast_object(new_temp_dir(path) if self.env.is_main else None, self.env)
-            save_sharded(tmp, self._sharded_state())
-            barrier(self.env)
-            if self.env.is_main:
-                torch.save(state, tmp / "trainer_state.pt")
-                commit_dir(tmp, path)
-                prune_checkpoints(self.checkpoint_dir, keep)
-        elif self.env.is_main:
-            save_checkpoint(self.checkpoint_dir, self.step, model_state=self.model.state_dict(),
-                            ema_state=self.ema.shadow if self.ema else None, trainer_state=state, keep_last=keep)
-        barrier(self.env)
-        return path
-
-    def _load(self, path: Path) -> dict[str, Any]:
-        """Loads one checkpoint into the model, optimizer and EMA; returns its trainer state.
-        CheckpointError when a file is unreadable (nothing is changed for the plain layout)."""
-        if is_sharded_checkpoint(path):
-            from torch.distributed.checkpoint.state_dict import set_state_dict
-
-            state = load_trainer_state(path)
-            live = self._sharded_state()
-            if self.ema is None or not state.get("has_ema", True):
-                live.pop("ema", None)
-            self._touched = True  # a failed sharded load may have filled some tensors already
-            load_sharded(path, live)  # collective; any sharding: DCP reshards to this run's layout
-            set_state_dict(self.model, self.optimizer, model_state_dict=live["model"],
-                           optim_state_dict=live["optimizer"])
-            return state
-        if self.fsdp:
-            raise ValueError(f"checkpoint {path} was written without FSDP (model.safetensors); resume it with "
-                             f"trainer.parallelism=ddp, or start a new --output-dir")
-        model_state, ema_state, state = load_checkpoint(path)
-        self.model.load_state_dict(model_state, strict=True)
-        if self.ema is not None and ema_state is not None:
-            self.ema.shadow = {k: v.to(self.env.device) for k, v in ema_state.items()}
-        self.optimizer.load_state_dict(state["optimizer"])
-        return state
-
-    def _resume(self) -> None:
-        """Continues from the newest checkpoint every rank can read; unreadable newer ones are
-        reported and skipped."""
-        self._touched = False
-        for step, path in reversed(checkpoint_dirs(self.checkpoint_dir)):
-            try:
-                state = self._load(path)
-                failed = False
-            except CheckpointError as err:
-                warnings.warn(f"skipping checkpoint at step {step}: {err}", stacklevel=2)
-                failed = True
-            self._touched = self._touched or not failed
-            if broadcast_flag(failed, self.env):  # any rank failed: all fall back together
-                continue
-            self.scheduler.load_state_dict(state["scheduler"])
-            self._load_data_position(state["data_position"], path)
-            self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
-            self.train_seconds = float(state["train_seconds"])
-            rng_states = state["rng"]
-            if len(rng_states) == self.env.world_size:
-                _set_rng_state(rng_states[self.env.rank])
-            if self.env.is_main:
-                print(f"resumed from {path} (step {self.step})", flush=True)
-            return
-        if broadcast_flag(self._touched, self.env):  # the weights are half-restored: do not train from them
-            raise CheckpointError(f"no checkpoint in {self.checkpoint_dir} could be restored on every rank (see the "
-                                  f"warnings above); check that every rank sees the same files, or move the "
-                                  f"checkpoints away to start over")
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self._stop_signal = signum
 
     # ----------------------------------------------------------------- steps
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.env.device.type, dtype=self.autocast_dtype)
-
-    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return {k: v.to(self.env.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-                for k, v in batch.items()}
-
-    def _micro_batches(self) -> tuple[list[list[dict[str, Any]]], str]:
-        """This rank's examples for one optimizer step, split into grad_accum_steps micro-batches,
-        and where they came from (for error messages)."""
-        accum = self.config.trainer.grad_accum_steps
-        if self.streaming:
-            local = self.config.data.batch_size * accum // self.env.world_size
-            where = f"before this step: {self.batches.describe()}"
-            rows = self.batches.next_rows(local)
-            micro = local // accum
-            return [[{"input_ids": r} for r in rows[i * micro : (i + 1) * micro]] for i in range(accum)], where
-        indices = self.batches.next_indices()
-        micro = len(indices) // accum
-        out = []
-        for i in range(accum):
-            rows = self.train_ds[indices[i * micro : (i + 1) * micro]]
-            out.append([dict(zip(rows, values)) for values in zip(*rows.values())])
-        where = (f"data epoch {self.batches.epoch}, batch {self.batches.index - 1}, "
-                 f"rows {indices[:8]}{'...' if len(indices) > 8 else ''}")
-        return out, where
 
     def _train_step(self) -> dict[str, float]:
         """One optimizer step over grad_accum_steps micro-batches; per-token mean over all ranks."""
@@ -510,6 +268,35 @@ class Trainer:
         return {"loss": loss, "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
                 "tokens": tokens}
 
+    def _micro_batches(self) -> tuple[list[list[dict[str, Any]]], str]:
+        """This rank's examples for one optimizer step, split into grad_accum_steps micro-batches,
+        and where they came from (for error messages)."""
+        accum = self.config.trainer.grad_accum_steps
+        if self.streaming:
+            local = self.config.data.batch_size * accum // self.env.world_size
+            where = f"before this step: {self.batches.describe()}"
+            rows = self.batches.next_rows(local)
+            micro = local // accum
+            return [[{"input_ids": r} for r in rows[i * micro : (i + 1) * micro]] for i in range(accum)], where
+        indices = self.batches.next_indices()
+        micro = len(indices) // accum
+        out = []
+        for i in range(accum):
+            rows = self.train_ds[indices[i * micro : (i + 1) * micro]]
+            out.append([dict(zip(rows, values)) for values in zip(*rows.values())])
+        where = (f"data epoch {self.batches.epoch}, batch {self.batches.index - 1}, "
+                 f"rows {indices[:8]}{'...' if len(indices) > 8 else ''}")
+        return out, where
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.env.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                for k, v in batch.items()}
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.env.device.type, dtype=self.autocast_dtype)
+
     def evaluate(self, *, progress: bool = False) -> dict[str, float]:
         """Validation loss and prediction metrics (rank 0), without touching the training RNG."""
         ema = self.ema.swapped_into(self.model) if self.ema else contextlib.nullcontext()
@@ -525,58 +312,105 @@ class Trainer:
                 metrics.update({f"val_{k}": v for k, v in means.items()})
         return metrics
 
-    # ----------------------------------------------------------------- loop
+    # ----------------------------------------------------------------- checkpoints
 
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        self._stop_signal = signum
+    def _save(self) -> Path:
+        state = self._trainer_state()  # collective: every rank takes part
+        path = self.checkpoint_dir / f"step_{self.step:09d}"
+        keep = self.config.trainer.keep_last_checkpoints
+        if self.fsdp:
+            # every rank writes its shards into one temp dir; rank 0 completes it and renames it into place
+            tmp = broadcast_object(new_temp_dir(path) if self.env.is_main else None, self.env)
+            save_sharded(tmp, self._sharded_state())
+            barrier(self.env)
+            if self.env.is_main:
+                torch.save(state, tmp / "trainer_state.pt")
+                commit_dir(tmp, path)
+                prune_checkpoints(self.checkpoint_dir, keep)
+        elif self.env.is_main:
+            save_checkpoint(self.checkpoint_dir, self.step, model_state=self.model.state_dict(),
+                            ema_state=self.ema.shadow if self.ema else None, trainer_state=state, keep_last=keep)
+        barrier(self.env)
+        return path
 
-    def run(self) -> dict[str, Any]:
-        tc, env = self.config.trainer, self.env
-        if tc.resume:
-            self._resume()
+    def _trainer_state(self) -> dict[str, Any]:
+        rng_states = all_gather_object(rng_state(), self.env)  # every rank's RNG: each resumes its own stream
+        state = {"step": self.step, "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
+                 "scheduler": self.scheduler.state_dict(),
+                 "data_position": data_position(self.batches, streaming=self.streaming, env=self.env),
+                 "rng": rng_states, "world_size": self.env.world_size}
+        if self.fsdp:  # the optimizer state is sharded like the parameters: saved with them
+            state["sharded"], state["has_ema"] = True, self.ema is not None
         else:
-            if env.is_main and any(self.checkpoint_dir.glob("step_*")):
-                raise FileExistsError(f"{self.checkpoint_dir} already has checkpoints and trainer.resume=false; "
-                                      f"choose another --output-dir or remove them")
-        log = MetricsLog(self.output_dir, enabled=env.is_main, tensorboard=tc.tensorboard, resume_step=self.step)
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        bar = tqdm(total=tc.max_steps, initial=self.step, disable=not (tc.progress_bar and env.is_main),
-                   desc="train", dynamic_ncols=True)
-        budget_s = tc.max_minutes * 60 if tc.max_minutes else None
-        self.model.train()
-        try:
-            while self.step < tc.max_steps:
-                started = time.perf_counter()
-                stats = self._train_step()
-                self.train_seconds += time.perf_counter() - started
-                tps = stats["tokens"] / max(time.perf_counter() - started, 1e-9)
-                bar.update(1)
-                bar.set_postfix(loss=f"{stats['loss']:.4f}", tok_s=f"{tps:,.0f}")
-                if self.step % tc.log_every_steps == 0 or self.step == 1:
-                    log.log(self.step, "train", {**stats, "tokens_per_s": tps, "tokens_seen": self.tokens_seen})
-                if tc.eval_every_steps and self.step % tc.eval_every_steps == 0 and self.step < tc.max_steps:
-                    if env.is_main or self.fsdp:  # under FSDP every forward pass is collective
-                        metrics = self.evaluate()
-                        log.log(self.step, "val", {**metrics, "train_seconds": self.train_seconds})
-                    barrier(env)
-                out_of_time = budget_s is not None and self.train_seconds >= budget_s
-                stop = broadcast_flag(self._stop_signal is not None or out_of_time, env)
-                if self.step % tc.checkpoint_every_steps == 0 or stop:
-                    self._save()
-                if stop and self._stop_signal is not None:
-                    raise TrainingInterrupted(self._stop_signal, self.step, self.checkpoint_dir)
-                if stop:
-                    break
-            if not any(self.checkpoint_dir.glob(f"step_{self.step:09d}")):
-                self._save()
-            return self._finish(log)
-        finally:
-            bar.close()
-            log.close()
-            if self.streaming:
-                self.batches.close()  # dataloader workers
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
+
+    def _sharded_state(self) -> dict[str, Any]:
+        """Model, optimizer (and EMA) state dicts whose tensors are the live (sharded) ones."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        state: dict[str, Any] = {"model": model_state, "optimizer": optim_state}
+        if self.ema is not None:
+            state["ema"] = self.ema.shadow
+        return state
+
+    def _resume(self) -> None:
+        """Continues from the newest checkpoint every rank can read; unreadable newer ones are
+        reported and skipped."""
+        self._touched = False
+        for step, path in reversed(checkpoint_dirs(self.checkpoint_dir)):
+            try:
+                state = self._load(path)
+                failed = False
+            except CheckpointError as err:
+                warnings.warn(f"skipping checkpoint at step {step}: {err}", stacklevel=2)
+                failed = True
+            self._touched = self._touched or not failed
+            if broadcast_flag(failed, self.env):  # any rank failed: all fall back together
+                continue
+            self.scheduler.load_state_dict(state["scheduler"])
+            restore_data_position(self.batches, state["data_position"], streaming=self.streaming, env=self.env,
+                                  checkpoint=path)
+            self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
+            self.train_seconds = float(state["train_seconds"])
+            rng_states = state["rng"]
+            if len(rng_states) == self.env.world_size:
+                set_rng_state(rng_states[self.env.rank])
+            if self.env.is_main:
+                print(f"resumed from {path} (step {self.step})", flush=True)
+            return
+        if broadcast_flag(self._touched, self.env):  # the weights are half-restored: do not train from them
+            raise CheckpointError(f"no checkpoint in {self.checkpoint_dir} could be restored on every rank (see the "
+                                  f"warnings above); check that every rank sees the same files, or move the "
+                                  f"checkpoints away to start over")
+
+    def _load(self, path: Path) -> dict[str, Any]:
+        """Loads one checkpoint into the model, optimizer and EMA; returns its trainer state.
+        CheckpointError when a file is unreadable (nothing is changed for the plain layout)."""
+        if is_sharded_checkpoint(path):
+            from torch.distributed.checkpoint.state_dict import set_state_dict
+
+            state = load_trainer_state(path)
+            live = self._sharded_state()
+            if self.ema is None or not state.get("has_ema", True):
+                live.pop("ema", None)
+            self._touched = True  # a failed sharded load may have filled some tensors already
+            load_sharded(path, live)  # collective; any sharding: DCP reshards to this run's layout
+            set_state_dict(self.model, self.optimizer, model_state_dict=live["model"],
+                           optim_state_dict=live["optimizer"])
+            return state
+        if self.fsdp:
+            raise ConfigError(f"checkpoint {path} was written without FSDP (model.safetensors); resume it with "
+                              f"trainer.parallelism=ddp, or start a new --output-dir")
+        model_state, ema_state, state = load_checkpoint(path)
+        self.model.load_state_dict(model_state, strict=True)
+        if self.ema is not None and ema_state is not None:
+            self.ema.shadow = {k: v.to(self.env.device) for k, v in ema_state.items()}
+        self.optimizer.load_state_dict(state["optimizer"])
+        return state
+
+    # ----------------------------------------------------------------- finishing
 
     def _finish(self, log: MetricsLog) -> dict[str, Any]:
         summary: dict[str, Any] = {"step": self.step, "tokens_seen": self.tokens_seen,
@@ -593,12 +427,6 @@ class Trainer:
                 self._write_run_dir(self.model, summary)
         barrier(self.env)
         return summary
-
-    def _write_run_dir(self, model: torch.nn.Module, summary: dict[str, Any]) -> None:
-        write_run_dir(self.output_dir, model=model, family=self.family.name, arch=self.config.arch,
-                      model_config=self.config.model, sampler_config=self.config.sampler,
-                      tokenizer=self.task.tokenizer, task=self.task.name,
-                      train_config=asdict(self.config), metrics=summary)
 
     def _finish_sharded(self, log: MetricsLog, summary: dict[str, Any]) -> dict[str, Any]:
         """FSDP: every rank evaluates (forward passes gather the weights), then the full state dict is
@@ -617,3 +445,9 @@ class Trainer:
             self._write_run_dir(plain, summary)
         barrier(self.env)
         return summary
+
+    def _write_run_dir(self, model: torch.nn.Module, summary: dict[str, Any]) -> None:
+        write_run_dir(self.output_dir, model=model, family=self.family.name, arch=self.config.arch,
+                      model_config=self.config.model, sampler_config=self.config.sampler,
+                      tokenizer=self.task.tokenizer, task=self.task.name,
+                      train_config=asdict(self.config), metrics=summary)

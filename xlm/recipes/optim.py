@@ -1,0 +1,47 @@
+"""The optimizer and its learning-rate schedule: AdamW over two parameter groups (weight decay on
+matrices only), linear warmup then cosine decay to a floor, or constant."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .config import OptimConfig
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices only: no decay on norms, biases and embeddings (tied heads included)."""
+    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    decay, no_decay, seen = [], [], set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if p.ndim >= 2 and id(p) not in embedding_params else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_adamw(params: Any, optim: OptimConfig, *, device: torch.device, sharded: bool = False) -> torch.optim.AdamW:
+    """AdamW with the fused kernel on CPU and CUDA (one kernel for all parameters instead of a loop
+    over tensors); sharded (FSDP) parameters keep the default implementation."""
+    return torch.optim.AdamW(params, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps,
+                             fused=device.type in ("cpu", "cuda") and not sharded)
+
+
+def lr_schedule(optim: OptimConfig, total_steps: int) -> Callable[[int], float]:
+    """The factor on `optim.lr` at each step, for `torch.optim.lr_scheduler.LambdaLR`: linear warmup
+    over `optim.warmup_steps`, then constant or a cosine from 1 down to `optim.min_lr_ratio` at
+    `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < optim.warmup_steps:
+            return (step + 1) / optim.warmup_steps
+        if optim.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - optim.warmup_steps) / max(1, total_steps - optim.warmup_steps))
+        return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
