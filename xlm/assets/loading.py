@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from xlm.data.tokenizers import Tokenizer
+from xlm.errors import InvalidValueError, PathNotFoundError, UnknownFormatError
 from xlm.registry import Family, get_family
 from xlm.run_dir import RunDirError, load_run_model, load_run_sampler_config, load_run_tokenizer, load_state_strict
 
@@ -46,7 +47,7 @@ def _card_or_path(name_or_path: str | Path) -> tuple[AssetCard | None, Path | No
     if path.exists():
         return None, path
     if isinstance(name_or_path, Path) or "/" in str(name_or_path):
-        raise FileNotFoundError(f"{str(name_or_path)!r} does not exist (nor is it a card name)")
+        raise PathNotFoundError(f"{str(name_or_path)!r} does not exist (nor is it a card name)")
     return resolve_card(str(name_or_path)), None
 
 
@@ -71,8 +72,8 @@ def convert_checkpoint(family: Family, fmt: str, path: Path, config_overrides: M
     """The model read from a foreign layout, and the converter's record of it (`.summary()`)."""
     converter = family.converters.get(fmt)
     if converter is None:
-        raise ValueError(f"family {family.name!r} cannot read checkpoint format {fmt!r}; it reads "
-                         f"{sorted(['xlm', *family.converters])}")
+        raise UnknownFormatError(f"family {family.name!r} cannot read checkpoint format {fmt!r}; it reads "
+                                 f"{sorted(['xlm', *family.converters])}")
     converted = converter(path)
     config, state = converted
     if config_overrides:
@@ -87,15 +88,16 @@ def detect_format(path: Path, family: str | None, fmt: str | None) -> tuple[str,
     if fmt is None and path.is_dir() and (path / "config.json").is_file():
         model_type = json.loads((path / "config.json").read_text()).get("model_type")
         if model_type not in HF_MODEL_TYPES:
-            raise ValueError(f"{path}/config.json has model_type {model_type!r}; xlm converts HF "
-                             f"{sorted(HF_MODEL_TYPES)} models (or give family= and a checkpoint format)")
+            raise UnknownFormatError(f"{path}/config.json has model_type {model_type!r}; xlm converts HF "
+                                     f"{sorted(HF_MODEL_TYPES)} models (or give family= and a checkpoint format)")
         family, fmt = HF_MODEL_TYPES[model_type]
     if fmt is None and family is not None and not path.is_dir():
         formats = list(get_family(family).converters)
         fmt = formats[0] if len(formats) == 1 else None
     if family is None or fmt is None:
-        raise ValueError(f"cannot tell what {path} holds: pass family= (one of the registered families) and, when "
-                         f"the family reads several layouts, checkpoint_format=; or give a run dir / HF model dir")
+        raise UnknownFormatError(f"cannot tell what {path} holds: pass family= (one of the registered families) "
+                                 f"and, when the family reads several layouts, checkpoint_format=; or give a run dir "
+                                 f"/ HF model dir")
     return family, fmt
 
 
@@ -154,7 +156,10 @@ def _sampler_config(name_or_path: str | Path, family: Family, sampling: Mapping[
     assert path is not None
     if path.is_dir() and _is_run_dir(path):
         return load_run_sampler_config(path, **sampling)
-    return family.sampler_config_class(**sampling)
+    try:
+        return family.sampler_config_class(**sampling)
+    except (TypeError, ValueError) as err:  # an unknown setting, or one its own validation refuses
+        raise InvalidValueError(str(err)) from err
 
 
 def family_of(model: torch.nn.Module) -> Family:

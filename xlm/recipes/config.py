@@ -18,12 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from xlm.data.task import TaskConfig
+from xlm.errors import XlmUserError
 from xlm.registry import Family
 from xlm.shipped import configs_dir
 
 
 
-class ConfigError(ValueError):
+class ConfigError(XlmUserError, ValueError):
     """A config key or value the recipe cannot use; the message names it."""
 
 

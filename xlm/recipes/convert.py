@@ -14,11 +14,10 @@ import sys
 from pathlib import Path
 from collections.abc import Sequence
 
-from xlm.assets.card import CardError
-from xlm.assets.download import DownloadError, fetch, parse_hf_uri
+from xlm.assets.download import fetch, parse_hf_uri
 from xlm.assets.loading import _card_or_path, _checkpoint_path, _is_run_dir, convert_checkpoint, detect_format
-from xlm.errors import ConversionError
-from xlm.interop.export import ExportError, export
+from xlm.errors import reports_user_errors
+from xlm.interop.export import export
 from xlm.registry import get_family
 from xlm.run_dir import RunDirError, load_run_model, load_run_tokenizer
 
@@ -30,6 +29,7 @@ def _hub_dir(uri: str) -> Path:
     return fetch(f"{base}/model.safetensors").parent
 
 
+@reports_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="xlm convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,32 +39,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--to", default="xlm", help="xlm | hf | a converter name")
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args(argv)
-    try:
-        if args.source.startswith("hf://"):
-            card, path = None, _hub_dir(args.source)
-        else:
-            card, path = _card_or_path(args.source)
-        family, fmt = args.family, args.format
-        if card is not None:
-            path = _checkpoint_path(card)
-            family, fmt = family or card.model_family, fmt or card.checkpoint_format
-        assert path is not None
-        tokenizer = None
-        if path.is_dir() and _is_run_dir(path):
-            model = load_run_model(path)
-            print(f"read {path} (xlm run dir)")
-            try:
-                tokenizer = load_run_tokenizer(path)
-            except RunDirError:
-                tokenizer = None
-        else:
-            family, fmt = detect_format(path, family, fmt)
-            model, converted = convert_checkpoint(get_family(family), fmt, path)
-            print(f"read {path} as {family}/{fmt}: {converted.summary()}")
-        out = export(model, args.out, format=args.to, tokenizer=tokenizer)
-    except (ValueError, FileNotFoundError, CardError, RunDirError, ConversionError, ExportError, DownloadError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.source.startswith("hf://"):
+        card, path = None, _hub_dir(args.source)
+    else:
+        card, path = _card_or_path(args.source)
+    family, fmt = args.family, args.format
+    if card is not None:
+        path = _checkpoint_path(card)
+        family, fmt = family or card.model_family, fmt or card.checkpoint_format
+    assert path is not None
+    tokenizer = None
+    if path.is_dir() and _is_run_dir(path):
+        model = load_run_model(path)
+        print(f"read {path} (xlm run dir)")
+        try:
+            tokenizer = load_run_tokenizer(path)
+        except RunDirError:
+            tokenizer = None
+    else:
+        family, fmt = detect_format(path, family, fmt)
+        model, converted = convert_checkpoint(get_family(family), fmt, path)
+        print(f"read {path} as {family}/{fmt}: {converted.summary()}")
+    out = export(model, args.out, format=args.to, tokenizer=tokenizer)
     print(f"wrote {out} ({args.to})")
     return 0
 

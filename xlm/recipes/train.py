@@ -14,8 +14,9 @@ from collections.abc import Sequence
 
 import xlm  # noqa: F401  (registers the core families)
 from xlm.data.task import Task, build_task
-from xlm.plugins import ExternalModelError, load_external_models
-from xlm.registry import UnknownNameError, families
+from xlm.errors import reports_user_errors
+from xlm.plugins import load_external_models
+from xlm.registry import families
 
 from .config import ConfigError, TrainRecipeConfig, build_config, config_to_yaml
 from .distributed import DistEnv, exit_worker, init_distributed, shutdown
@@ -62,15 +63,12 @@ def fit_model_to_task(config: TrainRecipeConfig, task: Task, overrides: Sequence
     return replace(config, model=model, sampler=sampler)
 
 
+@reports_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        config = resolve_config(args)
-        task = build_task(config.task)
-        config = fit_model_to_task(config, task, args.overrides)
-    except (ConfigError, UnknownNameError, ExternalModelError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config = resolve_config(args)
+    task = build_task(config.task)
+    config = fit_model_to_task(config, task, args.overrides)
     if args.dump_config:
         print(config_to_yaml(config), end="")
         return 0

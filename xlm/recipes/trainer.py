@@ -37,13 +37,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from xlm.data.task import Task
+from xlm.errors import PathExistsError, XlmError
 from xlm.registry import Family
 
 from xlm.io import commit_dir, new_temp_dir
 
 from .checkpoint import (CheckpointError, checkpoint_dirs, is_sharded_checkpoint, load_checkpoint, load_sharded,
                          load_trainer_state, prune_checkpoints, save_checkpoint, save_sharded)
-from .config import OptimConfig, TrainRecipeConfig
+from .config import ConfigError, OptimConfig, TrainRecipeConfig
 from .distributed import (DistEnv, all_gather_object, all_reduce_sum, apply_fsdp, barrier, broadcast_flag,
                           broadcast_object)
 from .evaluation import evaluate_loss, evaluate_predictions
@@ -52,7 +53,7 @@ from xlm.run_dir import write_run_dir
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(XlmError):
     """Raised after a signal: a checkpoint was saved, the run can be resumed."""
 
     def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
@@ -61,7 +62,7 @@ class TrainingInterrupted(Exception):
                          f"{checkpoint}; run the same command again to resume")
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(XlmError, FloatingPointError):
     """A NaN/Inf loss or gradient; raised before anything is saved."""
 
 
@@ -79,8 +80,8 @@ def checkpoint_activations(model: torch.nn.Module) -> int:
                 block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
                 wrapped += 1
     if not wrapped:
-        raise ValueError(f"trainer.activation_checkpointing: {type(model).__name__} has no `layers` or `blocks` "
-                         f"ModuleList to checkpoint")
+        raise ConfigError(f"trainer.activation_checkpointing: {type(model).__name__} has no `layers` or `blocks` "
+                          f"ModuleList to checkpoint")
     return wrapped
 
 
@@ -93,8 +94,8 @@ class EpochBatches:
 
     def __init__(self, num_examples: int, global_batch: int, seed: int, env: DistEnv) -> None:
         if num_examples < global_batch:
-            raise ValueError(f"data.batch_size={global_batch} is larger than the training set "
-                             f"({num_examples} examples)")
+            raise ConfigError(f"data.batch_size={global_batch} is larger than the training set "
+                              f"({num_examples} examples)")
         self.num_examples, self.global_batch, self.seed, self.env = num_examples, global_batch, seed, env
         self.per_epoch = num_examples // global_batch
         self.epoch, self.index = 0, 0
@@ -244,8 +245,8 @@ class Trainer:
     def __init__(self, config: TrainRecipeConfig, family: Family, task: Task, env: DistEnv) -> None:
         self.config, self.family, self.task, self.env = config, family, task, env
         if config.data.batch_size % env.world_size:
-            raise ValueError(f"data.batch_size={config.data.batch_size} must be divisible by the number of "
-                             f"processes ({env.world_size})")
+            raise ConfigError(f"data.batch_size={config.data.batch_size} must be divisible by the number of "
+                              f"processes ({env.world_size})")
         self.output_dir = Path(config.output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
         tc = config.trainer
@@ -255,7 +256,7 @@ class Trainer:
         self.unit = family.unit_factory(self.model, task.tokenizer, config.sampler)
         self.streaming = bool(getattr(task, "streaming", False))
         if config.task.streaming and not self.streaming:
-            raise ValueError(f"task.streaming=true: the {task.name!r} task does not stream; the text task does")
+            raise ConfigError(f"task.streaming=true: the {task.name!r} task does not stream; the text task does")
         if self.streaming:
             self.train_ds = None
         else:
@@ -310,16 +311,16 @@ class Trainer:
     def _load_data_position(self, position: dict[str, Any], path: Path) -> None:
         if bool(position.get("streaming")) != self.streaming:
             saved, now = ("a streaming", "a map-style") if self.streaming is False else ("a map-style", "a streaming")
-            raise ValueError(f"checkpoint {path} holds {saved} data position but this run reads {now} training "
-                             f"set; resume with the same task.streaming, or start a new --output-dir")
+            raise ConfigError(f"checkpoint {path} holds {saved} data position but this run reads {now} training "
+                              f"set; resume with the same task.streaming, or start a new --output-dir")
         if not self.streaming:
             self.batches.load_state(position)
             return
         ranks = position["ranks"]
         if len(ranks) != self.env.world_size:
-            raise ValueError(f"checkpoint {path} holds the streaming data positions of {len(ranks)} ranks; resume "
-                             f"it with {len(ranks)} processes (this run has {self.env.world_size}) to continue the "
-                             f"same data streams, or start a new --output-dir")
+            raise ConfigError(f"checkpoint {path} holds the streaming data positions of {len(ranks)} ranks; resume "
+                              f"it with {len(ranks)} processes (this run has {self.env.world_size}) to continue the "
+                              f"same data streams, or start a new --output-dir")
         self.batches.load_state(ranks[self.env.rank])
 
     def _trainer_state(self) -> dict[str, Any]:
@@ -378,8 +379,8 @@ class Trainer:
                            optim_state_dict=live["optimizer"])
             return state
         if self.fsdp:
-            raise ValueError(f"checkpoint {path} was written without FSDP (model.safetensors); resume it with "
-                             f"trainer.parallelism=ddp, or start a new --output-dir")
+            raise ConfigError(f"checkpoint {path} was written without FSDP (model.safetensors); resume it with "
+                              f"trainer.parallelism=ddp, or start a new --output-dir")
         model_state, ema_state, state = load_checkpoint(path)
         self.model.load_state_dict(model_state, strict=True)
         if self.ema is not None and ema_state is not None:
@@ -536,7 +537,7 @@ class Trainer:
             self._resume()
         else:
             if env.is_main and any(self.checkpoint_dir.glob("step_*")):
-                raise FileExistsError(f"{self.checkpoint_dir} already has checkpoints and trainer.resume=false; "
+                raise PathExistsError(f"{self.checkpoint_dir} already has checkpoints and trainer.resume=false; "
                                       f"choose another --output-dir or remove them")
         log = MetricsLog(self.output_dir, enabled=env.is_main, tensorboard=tc.tensorboard, resume_step=self.step)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
