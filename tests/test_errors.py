@@ -16,17 +16,20 @@ from xlm.assets.card import CardError
 from xlm.assets.download import ChecksumError, DownloadError
 from xlm.data.tasks.star import StarNameError
 from xlm.data.tokenizers import UnknownTokenError
+from xlm.data.tokenizers import WordTokenizer
 from xlm.errors import (CheckpointReadError, ConversionError, InvalidValueError, PathExistsError, PathNotFoundError,
-                        UnknownFormatError, XlmError, XlmUserError, reports_user_errors)
+                        UnknownFormatError, XlmError, XlmUserError, reports_user_errors, user_values)
 from xlm.interop.export import ExportError
+from xlm.models.arlm.predictor import ArlmSamplerConfig
 from xlm.plugins.discovery import (ExternalModelConflictError, ExternalModelError, ExternalModelImportError,
                                    ExternalModelNotFoundError, ExternalModelValidationError)
 from xlm.plugins.scaffold import ScaffoldError
+from xlm.recipes import generate
 from xlm.recipes.checkpoint import CheckpointError
 from xlm.recipes.config import ConfigError
 from xlm.recipes.trainer import NonFiniteLossError, TrainingInterrupted
 from xlm.registry import DuplicateNameError, UnknownNameError
-from xlm.run_dir import RunDirError
+from xlm.run_dir import RunDirError, write_run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,6 +109,30 @@ def test_a_user_error_is_one_message_and_exit_2_other_errors_keep_their_tracebac
     assert main(["a", "b", "c"]) == 3 and main.__name__ == "main"
     with pytest.raises(KeyError, match="internal"):
         main(["bug"])
+
+
+def test_values_a_user_gave_that_a_config_refuses_are_a_user_error():
+    with pytest.raises(ValueError) as bare:
+        ArlmSamplerConfig(strategy="beam")
+    with pytest.raises(InvalidValueError) as refused, user_values():
+        ArlmSamplerConfig(strategy="beam")
+    assert str(refused.value) == str(bare.value) and refused.value.__cause__ is not None
+    with pytest.raises(InvalidValueError, match="unexpected keyword argument 'beams'"), user_values():
+        ArlmSamplerConfig(beams=2)
+    with pytest.raises(ConfigError), user_values():  # already an xlm error: passed on as it is
+        raise ConfigError("data.batch_size must be a positive integer, got 0")
+
+
+def test_generate_reports_a_sampler_setting_the_run_cannot_take(tmp_path, capsys):
+    tokenizer = WordTokenizer([str(i) for i in range(10)])
+    model = xlm.create_model("arlm_tiny", vocab_size=tokenizer.vocab_size)
+    write_run_dir(tmp_path / "run", model=model, family="arlm", arch="arlm_tiny", model_config=model.config,
+                  sampler_config=ArlmSamplerConfig(max_new_tokens=3), tokenizer=tokenizer, task=None,
+                  train_config=None, metrics={})
+    argv = ["--model", str(tmp_path / "run"), "--prompt", "1 2"]
+    assert generate.main([*argv, "sampler.strategy=beam"]) == 2
+    assert capsys.readouterr().err == "error: sampler.strategy must be one of ('greedy', 'sample'), got 'beam'\n"
+    assert generate.main([*argv, "sampler.max_new_tokens=2"]) == 0 and "-> " in capsys.readouterr().out
 
 
 def _command(tmp_path: Path) -> dict[str, tuple[list[str], str]]:

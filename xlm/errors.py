@@ -8,9 +8,10 @@ too (ValueError, KeyError, ...), so code that caught those before still does.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import ParamSpec
 
@@ -40,6 +41,18 @@ class UnknownFormatError(XlmUserError, ValueError):
 class InvalidValueError(XlmUserError, ValueError):
     """A value given for a setting (a config field, a command-line option, a URI, the data a setting
     names) that it cannot take; the message names the setting and what it takes."""
+
+
+@contextlib.contextmanager
+def user_values() -> Iterator[None]:
+    """Around building a config from values a user gave: a ValueError or TypeError it raises (the
+    config's own validation, an unknown field) becomes an InvalidValueError, its message unchanged."""
+    try:
+        yield
+    except XlmError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise InvalidValueError(str(err)) from err
 
 
 def reports_user_errors(main: Callable[P, int]) -> Callable[P, int]:

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from xlm.data.tokenizers import Tokenizer, tokenizer_from_spec
-from xlm.errors import InvalidValueError, XlmUserError
+from xlm.errors import XlmUserError, user_values
 from xlm.io import state_dict_for_safetensors, write_atomically
 from xlm.registry import get_family
 
@@ -87,10 +87,8 @@ def _build_dataclass(cls: type, values: Mapping[str, Any], where: str) -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         raise RunDirError(f"{where} has keys {unknown} that {cls.__name__} does not know")
-    try:
+    with user_values():
         return cls(**values)
-    except (TypeError, ValueError) as err:  # a value the config's own validation refuses
-        raise InvalidValueError(str(err)) from err
 
 
 def load_run_model(path: str | Path, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from xlm.data.tokenizers import Tokenizer
-from xlm.errors import InvalidValueError, PathNotFoundError, UnknownFormatError
+from xlm.errors import PathNotFoundError, UnknownFormatError, user_values
 from xlm.registry import Family, get_family
 from xlm.run_dir import RunDirError, load_run_model, load_run_sampler_config, load_run_tokenizer, load_state_strict
 
@@ -77,7 +77,8 @@ def convert_checkpoint(family: Family, fmt: str, path: Path, config_overrides: M
     converted = converter(path)
     config, state = converted
     if config_overrides:
-        config = replace(config, **config_overrides)
+        with user_values():
+            config = replace(config, **config_overrides)
     model = family.factory(config, device=device, dtype=dtype)
     load_state_strict(model, state, where=str(path))
     return model.eval(), converted
@@ -156,10 +157,8 @@ def _sampler_config(name_or_path: str | Path, family: Family, sampling: Mapping[
     assert path is not None
     if path.is_dir() and _is_run_dir(path):
         return load_run_sampler_config(path, **sampling)
-    try:
+    with user_values():
         return family.sampler_config_class(**sampling)
-    except (TypeError, ValueError) as err:  # an unknown setting, or one its own validation refuses
-        raise InvalidValueError(str(err)) from err
 
 
 def family_of(model: torch.nn.Module) -> Family:

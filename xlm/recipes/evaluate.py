@@ -19,7 +19,7 @@ import torch
 
 import xlm
 from xlm.data.task import TaskConfig, build_task
-from xlm.errors import InvalidValueError, reports_user_errors
+from xlm.errors import InvalidValueError, reports_user_errors, user_values
 from xlm.recipes.distributed import resolve_device
 from xlm.recipes.evaluation import evaluate_loss, evaluate_predictions
 from xlm.registry import get_family
@@ -72,7 +72,8 @@ def _task_config(run: dict, name: str | None) -> TaskConfig:
     """The run's own task settings (data files, tokenizer, block size) when evaluating on its task."""
     saved = dict((run.get("train_config") or {}).get("task") or {})
     if name is None or name == saved.get("name", run["task"]):
-        return TaskConfig(**saved) if saved else TaskConfig(name=run["task"])
+        with user_values():  # a run dir written by an xlm whose TaskConfig had other fields
+            return TaskConfig(**saved) if saved else TaskConfig(name=run["task"])
     return TaskConfig(name=name)
 
 
