@@ -24,6 +24,7 @@ import yaml
 import xlm
 from xlm.assets.download import sha256_of
 from xlm.data.tasks import build_task, task_config
+from xlm.errors import InvalidValueError, PathNotFoundError, reports_user_errors
 from xlm.recipes.evaluation import evaluate_predictions
 from xlm.run_dir import load_run_sampler_config, read_run_config
 
@@ -44,6 +45,7 @@ def slice_metrics(run: Path, task_name: str, limit: int = SLICE) -> dict[str, fl
     return {k: round(v, 4) for k, v in means.items()}
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path)
@@ -53,15 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     config = read_run_config(args.run)
     weights = args.run / "model.safetensors"
     if weights.stat().st_size > MAX_BYTES:
-        print(f"error: {weights} is {weights.stat().st_size} bytes, over the {MAX_BYTES} allowed", file=sys.stderr)
-        return 2
+        raise InvalidValueError(f"{weights} is {weights.stat().st_size} bytes, over the {MAX_BYTES} allowed")
     # `xlm eval` writes eval_<task>_test.json, `xlm compare` eval_test.json
     results = [args.run / f"eval_{config['task']}_test.json", args.run / "eval_test.json"]
     found = [f for f in results if f.is_file()]
     if not found:
-        print(f"error: no test metrics in {args.run} ({' or '.join(f.name for f in results)}); run "
-              f"`xlm eval --model {args.run} --split test` first", file=sys.stderr)
-        return 2
+        raise PathNotFoundError(f"no test metrics in {args.run} ({' or '.join(f.name for f in results)}); run "
+                                f"`xlm eval --model {args.run} --split test` first")
     test = json.loads(found[0].read_text())
     target = CARD_DIR / "checkpoints" / args.name
     target.mkdir(parents=True, exist_ok=True)

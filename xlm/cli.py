@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from xlm.errors import reports_user_errors
+
 USAGE = """usage: xlm COMMAND [ARGS]
 
 commands:
@@ -33,6 +35,7 @@ def _models(argv: Sequence[str]) -> int:
     return 0
 
 
+@reports_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):

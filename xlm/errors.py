@@ -2,14 +2,20 @@
 
 `XlmError` is the base of them all; `XlmUserError` marks the mistakes a user can fix (a name,
 a path, a config value, a file that is not what it claims), which every command prints as one
-line and exits 2 on. Each error keeps a builtin base too (ValueError, KeyError, ...), so code
-that caught those before still does.
+line and exits 2 on (`reports_user_errors` around its `main`). Each error keeps a builtin base
+too (ValueError, KeyError, ...), so code that caught those before still does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import functools
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import ParamSpec
+
+P = ParamSpec("P")
 
 
 class XlmError(Exception):
@@ -18,6 +24,51 @@ class XlmError(Exception):
 
 class XlmUserError(XlmError):
     """A mistake the user can fix; its message says what was wrong and what would be right."""
+
+
+class PathNotFoundError(XlmUserError, FileNotFoundError):
+    """A file or directory named by the user (on the command line, in a card or a config) that is not there."""
+
+
+class PathExistsError(XlmUserError, FileExistsError):
+    """A path that already holds what a command would overwrite, and it was not asked to."""
+
+
+class UnknownFormatError(XlmUserError, ValueError):
+    """A file or directory whose format cannot be told, or is not one xlm reads."""
+
+
+class InvalidValueError(XlmUserError, ValueError):
+    """A value given for a setting (a config field, a command-line option, a URI, the data a setting
+    names) that it cannot take; the message names the setting and what it takes."""
+
+
+@contextlib.contextmanager
+def user_values() -> Iterator[None]:
+    """Around building a config from values a user gave: a ValueError or TypeError it raises (the
+    config's own validation, an unknown field) becomes an InvalidValueError, its message unchanged."""
+    try:
+        yield
+    except XlmError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise InvalidValueError(str(err)) from err
+
+
+def reports_user_errors(main: Callable[P, int]) -> Callable[P, int]:
+    """A command's `main` that prints a user error as `error: <message>` on stderr and returns 2:
+    the message already says what to fix, so a traceback would only bury it. Other errors
+    (bugs, internal state) keep their traceback."""
+
+    @functools.wraps(main)
+    def run(*args: P.args, **kwargs: P.kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except XlmUserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+
+    return run
 
 
 def listing(keys: Sequence[str], limit: int = 40) -> str:

@@ -23,17 +23,19 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 if TYPE_CHECKING:
     import torch
 
+from xlm.errors import XlmUserError
+
 ConfigT = TypeVar("ConfigT")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(XlmUserError, KeyError):
     """A name (arch, family, task, ...) that is not registered; the message lists close matches."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
 
 
-class DuplicateNameError(ValueError):
+class DuplicateNameError(XlmUserError, ValueError):
     """A name registered twice."""
 
 

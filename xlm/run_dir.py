@@ -18,13 +18,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from xlm.data.tokenizers import Tokenizer, tokenizer_from_spec
+from xlm.errors import XlmUserError, user_values
 from xlm.io import state_dict_for_safetensors, write_atomically
 from xlm.registry import get_family
 
 FORMAT_VERSION = 1
 
 
-class RunDirError(ValueError):
+class RunDirError(XlmUserError, ValueError):
     """A run dir that is missing files or holds an unreadable or incompatible model."""
 
 
@@ -98,7 +99,8 @@ def _build_dataclass(cls: type, values: Mapping[str, Any], where: str) -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         raise RunDirError(f"{where} has keys {unknown} that {cls.__name__} does not know")
-    return cls(**values)
+    with user_values():
+        return cls(**values)
 
 
 def load_run_model(path: str | Path, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,

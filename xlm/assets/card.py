@@ -24,8 +24,10 @@ from typing import Any
 
 import yaml
 
+from xlm.errors import XlmUserError
 
-class CardError(ValueError):
+
+class CardError(XlmUserError, ValueError):
     """A malformed card, or a card that cannot be resolved."""
 
 

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 import yaml
 
-from xlm.run_dir import RunDirError, read_run_config
+from xlm.errors import reports_user_errors
+from xlm.run_dir import read_run_config
 
 from .card import CardError
 from .store import all_cards, resolve_card, user_card_dir
@@ -60,6 +61,7 @@ def _add(run_dir: Path, name: str, description: str | None, force: bool) -> int:
     return 0
 
 
+@reports_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="xlm cards", description="List, show and add asset cards.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -72,15 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add.add_argument("--description", default=None)
     add.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
-    try:
-        if args.command == "list":
-            return _list()
-        if args.command == "show":
-            return _show(args.name)
-        return _add(args.run_dir, args.name, args.description, args.force)
-    except (CardError, RunDirError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.command == "list":
+        return _list()
+    if args.command == "show":
+        return _show(args.name)
+    return _add(args.run_dir, args.name, args.description, args.force)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,13 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from xlm.data.disk_cache import default_cache_root
+from xlm.errors import InvalidValueError, PathNotFoundError, XlmUserError
 
 ALLOWED_SCHEMES = ("hf", "https", "http", "file", "")
 _LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
-class DownloadError(OSError):
+class DownloadError(XlmUserError, OSError):
     """A checkpoint could not be fetched."""
 
 
@@ -35,7 +36,7 @@ class UnverifiedDownloadWarning(UserWarning):
     """A remote file was fetched with no checksum to verify it."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(XlmUserError, ValueError):
     """A file's sha256 is not the one its card declares."""
 
 
@@ -51,7 +52,7 @@ def parse_hf_uri(uri: str) -> HubLocation:
     rest = uri[len("hf://"):]
     parts = rest.split("/")
     if len(parts) < 3 or not all(parts[:3]):
-        raise ValueError(f"{uri!r} is not of the form hf://org/repo[@revision]/path/to/file")
+        raise InvalidValueError(f"{uri!r} is not of the form hf://org/repo[@revision]/path/to/file")
     repo, revision = parts[1], None
     if "@" in repo:
         repo, revision = repo.split("@", 1)
@@ -126,20 +127,20 @@ def fetch(uri: str, *, sha256: str | None = None, base_dir: Path | None = None, 
     parsed = urllib.parse.urlparse(uri)
     scheme = parsed.scheme if len(parsed.scheme) > 1 else ""  # "C:" is a drive, not a scheme
     if scheme not in ALLOWED_SCHEMES:
-        raise ValueError(f"{'card ' + repr(card) + ': ' if card else ''}checkpoint URI {uri!r} has scheme "
-                         f"{scheme!r}; allowed: hf://, https://, file:// or a path")
+        raise InvalidValueError(f"{'card ' + repr(card) + ': ' if card else ''}checkpoint URI {uri!r} has scheme "
+                                f"{scheme!r}; allowed: hf://, https://, file:// or a path")
     if scheme == "http" and parsed.hostname not in _LOCAL_HOSTS:
-        raise ValueError(f"checkpoint URI {uri!r}: plain http is only allowed to localhost; use https://")
+        raise InvalidValueError(f"checkpoint URI {uri!r}: plain http is only allowed to localhost; use https://")
     if scheme in ("file", ""):
         path = Path(urllib.parse.unquote(parsed.path) if scheme == "file" else uri).expanduser()
         if not path.is_absolute() and base_dir is not None:
             path = (base_dir / path).resolve()
             if not path.is_relative_to(base_dir.resolve()):
-                raise ValueError(f"{'card ' + repr(card) + ': ' if card else ''}the relative path {uri!r} leaves the "
-                                 f"card's directory {base_dir}; write an absolute path or file:// URI to point "
-                                 f"outside it")
+                raise InvalidValueError(f"{'card ' + repr(card) + ': ' if card else ''}the relative path {uri!r} "
+                                        f"leaves the card's directory {base_dir}; write an absolute path or file:// "
+                                        f"URI to point outside it")
         if not path.exists():
-            raise FileNotFoundError(f"{'card ' + repr(card) + ': ' if card else ''}checkpoint {uri!r} "
+            raise PathNotFoundError(f"{'card ' + repr(card) + ': ' if card else ''}checkpoint {uri!r} "
                                     f"not found (looked at {path})")
         if path.is_file():
             verify_sha256(path, sha256, uri=uri, card=card, delete=False)

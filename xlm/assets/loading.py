@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from xlm.data.tokenizers import Tokenizer
+from xlm.errors import PathNotFoundError, user_values
 from xlm.interop.convert import convert_checkpoint
 from xlm.interop.detect import XLM_FORMAT, detect_format, needs_config
 from xlm.registry import Family, get_family
@@ -55,7 +56,7 @@ def card_or_path(name_or_path: str | Path) -> tuple[AssetCard | None, Path | Non
     if path.exists():
         return None, path
     if isinstance(name_or_path, Path) or "/" in str(name_or_path):
-        raise FileNotFoundError(f"{str(name_or_path)!r} does not exist (nor is it a card name)")
+        raise PathNotFoundError(f"{str(name_or_path)!r} does not exist (nor is it a card name)")
     return resolve_card(str(name_or_path)), None
 
 
@@ -80,9 +81,6 @@ def resolve_source(name_or_path: str | Path, *, family: str | None = None,
                    checkpoint_format: str | None = None) -> ResolvedSource:
     """The checkpoint a card name or path leads to (downloaded, for a card), with its family and layout:
     the arguments first, then the card's fields, then what `xlm.interop.detect` recognises."""
-    from xlm.plugins import load_external_models
-
-    load_external_models()  # a checkpoint of an external family needs that family registered
     card, path = card_or_path(name_or_path)
     if card is not None:
         path = checkpoint_path(card)
@@ -136,7 +134,8 @@ def _sampler_config(source: ResolvedSource, family: Family, sampling: Mapping[st
         sampling = {**source.card.sampler, **sampling}
     if source.is_run_dir:
         return load_run_sampler_config(source.path, **sampling)
-    return family.sampler_config_class(**sampling)
+    with user_values():
+        return family.sampler_config_class(**sampling)
 
 
 def load_generator(name_or_path: str | Path, *, family: str | None = None, device: torch.device | str | None = None,

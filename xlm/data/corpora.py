@@ -13,6 +13,8 @@ import re
 import sys
 from pathlib import Path
 
+from xlm.errors import reports_user_errors
+
 
 def pydoc_paragraphs(min_words: int = 8) -> list[str]:
     from pydoc_data.topics import topics
@@ -28,6 +30,7 @@ def pydoc_corpus(path: str | Path) -> Path:
     return path
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2 or args[0] != "pydoc":

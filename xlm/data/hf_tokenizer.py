@@ -16,6 +16,8 @@ from typing import Any
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizerModel
 
+from xlm.errors import PathNotFoundError
+
 #: For each xlm role, the tokens that fill it in common HF tokenizers, first match wins;
 #: a role with no match gets its xlm name added as a new special token.
 ROLE_CANDIDATES: dict[str, tuple[str, ...]] = {
@@ -51,7 +53,7 @@ class HFTokenizer:
         path = Path(path)
         file = path / "tokenizer.json" if path.is_dir() else path
         if not file.is_file():
-            raise FileNotFoundError(f"no tokenizer.json at {path}; give an HF tokenizer file or a model dir with one")
+            raise PathNotFoundError(f"no tokenizer.json at {path}; give an HF tokenizer file or a model dir with one")
         return cls(file.read_text(encoding="utf-8"))
 
     vocab_size = property(lambda self: self._tok.get_vocab_size(with_added_tokens=True))

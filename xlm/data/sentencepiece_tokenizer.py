@@ -15,6 +15,8 @@ from typing import Any
 
 import sentencepiece as spm
 
+from xlm.errors import InvalidValueError, PathNotFoundError, UnknownFormatError
+
 from .tokenizers import SPECIAL_TOKENS
 
 _PAD, _CLS, _MASK, _EOS, _BOS, _SEP, _UNK = range(7)
@@ -24,7 +26,7 @@ def train_sentencepiece(lines: Iterable[str], *, vocab_size: int, model_type: st
                         character_coverage: float = 1.0) -> bytes:
     """A SentencePiece model proto trained on `lines`, with the special ids laid out as xlm-core's."""
     if model_type not in ("unigram", "bpe", "char", "word"):
-        raise ValueError(f"model_type must be unigram, bpe, char or word, got {model_type!r}")
+        raise InvalidValueError(f"model_type must be unigram, bpe, char or word, got {model_type!r}")
     out = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -33,7 +35,7 @@ def train_sentencepiece(lines: Iterable[str], *, vocab_size: int, model_type: st
             pad_piece="[PAD]", unk_piece="[UNK]", bos_piece="[BOS]", eos_piece="[EOS]",
             control_symbols=["[CLS]", "[MASK]", "[SEP]"], minloglevel=2)
     except RuntimeError as err:  # e.g. "Vocabulary size too high (60). Please set it to a value <= 45."
-        raise ValueError(f"cannot train a SentencePiece model with vocab_size={vocab_size}: {err}") from None
+        raise InvalidValueError(f"cannot train a SentencePiece model with vocab_size={vocab_size}: {err}") from None
     return out.getvalue()
 
 
@@ -43,15 +45,15 @@ class SentencePieceTokenizer:
         self._proto = model_proto
         pieces = [self._sp.id_to_piece(i) for i in range(len(SPECIAL_TOKENS))]
         if tuple(pieces) != SPECIAL_TOKENS:
-            raise ValueError(f"this SentencePiece model's first ids are {pieces}, not xlm's special tokens "
-                             f"{list(SPECIAL_TOKENS)}; train it with `python -m xlm.recipes.train_tokenizer`")
+            raise UnknownFormatError(f"this SentencePiece model's first ids are {pieces}, not xlm's special tokens "
+                                     f"{list(SPECIAL_TOKENS)}; train it with `python -m xlm.recipes.train_tokenizer`")
         self._special_ids = frozenset(range(len(SPECIAL_TOKENS)))
 
     @classmethod
     def from_file(cls, path: str | Path) -> SentencePieceTokenizer:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"no SentencePiece model at {path} (make one with "
+            raise PathNotFoundError(f"no SentencePiece model at {path} (make one with "
                                     f"`python -m xlm.recipes.train_tokenizer`)")
         return cls(path.read_bytes())
 

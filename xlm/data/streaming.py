@@ -32,6 +32,8 @@ from typing import Any, Protocol
 
 import torch
 
+from xlm.errors import InvalidValueError
+
 
 class DocumentSource(Protocol):
     """A sharded corpus: `documents(shard, start)` yields one item per raw row of the shard from
@@ -65,9 +67,9 @@ class PackedRows:
                  encode: Callable[[str], list[int]], bos_id: int, eos_id: int, block_size: int, packing: bool,
                  rows_per_pass: int | None = None) -> None:
         if block_size < 3:
-            raise ValueError(f"task.block_size must be >= 3 ([BOS], a token, [EOS]), got {block_size}")
+            raise InvalidValueError(f"task.block_size must be >= 3 ([BOS], a token, [EOS]), got {block_size}")
         if source.num_shards < 1:
-            raise ValueError("the streaming corpus has no shards")
+            raise InvalidValueError("the streaming corpus has no shards")
         self.source, self.consumer, self.num_consumers, self.seed = source, consumer, num_consumers, seed
         self.encode, self.bos_id, self.eos_id = encode, bos_id, eos_id
         self.block_size, self.packing, self.rows_per_pass = block_size, packing, rows_per_pass
@@ -117,9 +119,10 @@ class PackedRows:
             if full():
                 buffer = []
             elif fresh and not kept:
-                raise ValueError(f"streaming consumer {c} of {n} found no training document in a whole pass over "
-                                 f"the corpus ({self.source.num_shards} shards); check task.data_files/task.dataset "
-                                 f"and task.text_column, or use fewer processes or data.num_workers")
+                raise InvalidValueError(f"streaming consumer {c} of {n} found no training document in a whole pass "
+                                        f"over the corpus ({self.source.num_shards} shards); check "
+                                        f"task.data_files/task.dataset and task.text_column, or use fewer processes "
+                                        f"or data.num_workers")
             epoch, shard_pos, start, rows = epoch + 1, 0, 0, 0
 
 
@@ -151,7 +154,7 @@ class RowStream:
     def __init__(self, factory: Callable[[int, int], PackedRows], *, rank: int, world_size: int,
                  num_workers: int) -> None:
         if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+            raise InvalidValueError(f"data.num_workers must be >= 0, got {num_workers}")
         self.factory, self.rank, self.world_size, self.num_workers = factory, rank, world_size, num_workers
         self.positions = [new_position() for _ in range(max(1, num_workers))]
         self.taken = 0
@@ -183,9 +186,9 @@ class RowStream:
 
     def load_state(self, state: dict[str, Any]) -> None:
         if int(state["num_workers"]) != self.num_workers:
-            raise ValueError(f"the checkpoint's streaming data position was saved with data.num_workers="
-                             f"{state['num_workers']}; resume with the same value (now {self.num_workers}) to "
-                             f"continue the same data stream")
+            raise InvalidValueError(f"the checkpoint's streaming data position was saved with data.num_workers="
+                                    f"{state['num_workers']}; resume with the same value (now {self.num_workers}) to "
+                                    f"continue the same data stream")
         self.close()
         self.taken = int(state["taken"])
         self.positions = [dict(p) for p in state["positions"]]

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from xlm.errors import XlmUserError
+
 __all__ = [
     "SPECIAL_TOKENS",
     "Tokenizer",
@@ -28,7 +30,7 @@ SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[CLS]", "[MASK]", "[EOS]", "[BOS]",
 _MAX_LISTED_WORDS = 60
 
 
-class UnknownTokenError(ValueError):
+class UnknownTokenError(XlmUserError, ValueError):
     """Text contains a word the tokenizer's vocabulary does not have.
 
     Attributes:

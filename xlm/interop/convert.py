@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from xlm.errors import user_values
 from xlm.registry import Family
 from xlm.run_dir import load_state_strict
 
@@ -32,7 +33,8 @@ def convert_checkpoint(family: Family, fmt: str, path: Path, config_overrides: M
     converted = converter_for(family, fmt)(path)
     config, state = converted
     if config_overrides:
-        config = replace(config, **config_overrides)
+        with user_values():  # a card's or caller's model_config the family's config refuses
+            config = replace(config, **config_overrides)
     model = family.factory(config, device=device, dtype=dtype)
     load_state_strict(model, state, where=str(path))
     return model.eval(), converted

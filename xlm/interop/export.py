@@ -22,14 +22,14 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from xlm.errors import ConversionError
+from xlm.errors import ConversionError, XlmUserError
 from xlm.interop.converter import Converter
 from xlm.registry import Family, families
 
 __all__ = ["ExportError", "export", "family_of_model", "hf_converter_for"]
 
 
-class ExportError(ValueError):
+class ExportError(XlmUserError, ValueError):
     """A model that the requested format cannot represent; the message says what differs."""
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from xlm.errors import CheckpointReadError, ConversionError
+from xlm.errors import CheckpointReadError, ConversionError, PathNotFoundError
 
 __all__ = ["hf_weights_file", "is_safetensors", "read_checkpoint", "read_hf_dir", "read_state_dict",
            "safetensors_names", "to_plain"]
@@ -135,7 +135,7 @@ def read_checkpoint(path: str | Path) -> Any:
     torch.load(weights_only=True) (see `_load_pickled`). Use `to_plain` on configs inside."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}")
+        raise PathNotFoundError(f"no checkpoint file at {path}")
     if is_safetensors(path):
         from safetensors.torch import load_file
 

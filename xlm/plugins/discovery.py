@@ -33,6 +33,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from xlm.errors import XlmUserError
 from xlm.registry import families, registering_from
 
 CORE_FAMILIES = ("arlm", "mlm", "ilm", "mdlm")
@@ -42,7 +43,7 @@ LEGACY_MODELS_FILE = ".xlm_models"
 ENTRY_POINT_GROUP = "xlm.models"
 
 
-class ExternalModelError(Exception):
+class ExternalModelError(XlmUserError):
     """Base of every plugin discovery error."""
 
 

@@ -17,13 +17,15 @@ import sys
 from pathlib import Path
 from collections.abc import Sequence
 
+from xlm.errors import XlmUserError, reports_user_errors
+
 from .discovery import CORE_FAMILIES, LEGACY_MODELS_FILE
 
 TEMPLATES = Path(__file__).parent / "templates"
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-class ScaffoldError(ValueError):
+class ScaffoldError(XlmUserError, ValueError):
     """The scaffold cannot be written as asked."""
 
 
@@ -61,7 +63,10 @@ def _models_file_update(models_file: Path, name: str, root: Path) -> str:
         lines = models_file.read_text().splitlines() if models_file.exists() else []
         names = [line.split("#", 1)[0].strip() for line in lines]
         return "\n".join(lines + ([] if name in names else [name])) + "\n"
-    entries = json.loads(models_file.read_text()) if models_file.exists() else {}
+    try:
+        entries = json.loads(models_file.read_text()) if models_file.exists() else {}
+    except json.JSONDecodeError as err:
+        raise ScaffoldError(f"{models_file} is not valid JSON ({err}); fix it, or pass --models-file") from err
     if entries.get(name, rel) != rel:
         raise ScaffoldError(f"{models_file} already maps {name!r} to {entries[name]!r}; remove that entry or choose "
                             f"another name")
@@ -91,6 +96,7 @@ def scaffold(name: str, output_dir: Path, *, models_file: Path | None = None, dr
     return [*files, models_file]
 
 
+@reports_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="xlm-scaffold", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,12 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print what would be written; write nothing")
     p.add_argument("--force", action="store_true", help="overwrite existing files inside NAME/")
     args = p.parse_args(argv)
-    try:
-        written = scaffold(args.name, args.output_dir, models_file=args.models_file, dry_run=args.dry_run,
-                           force=args.force)
-    except (ScaffoldError, json.JSONDecodeError) as err:
-        print(f"xlm-scaffold: error: {err}", file=sys.stderr)
-        return 2
+    written = scaffold(args.name, args.output_dir, models_file=args.models_file, dry_run=args.dry_run,
+                       force=args.force)
     verb = "would write" if args.dry_run else "wrote"
     for path in written:
         print(f"{verb} {path}")

@@ -21,12 +21,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from xlm.errors import XlmError
 from xlm.io import state_dict_for_safetensors, write_atomically
 
 CHECKPOINT_RE = re.compile(r"^step_(\d{9})$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(XlmError, RuntimeError):
     """A checkpoint that cannot be read; the message names the file."""
 
 

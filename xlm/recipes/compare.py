@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from xlm.errors import InvalidValueError, reports_user_errors
+
 from . import evaluate, train
 
 TABLE_METRICS = ("exact_match", "token_accuracy", "path_valid", "branch_correct", "loss")
@@ -52,7 +54,7 @@ def seeds_per_arch(spec: str, archs: Sequence[str]) -> dict[str, int]:
     """`--seeds 3` gives every arch 3 seeds; `--seeds arlm_star=3,mlm_star=1` names each arch's count."""
     def count(text: str, what: str) -> int:
         if not text.strip().isdigit() or int(text) < 1:
-            raise ValueError(f"--seeds: {what} must be a positive whole number, got {text!r}")
+            raise InvalidValueError(f"--seeds: {what} must be a positive whole number, got {text!r}")
         return int(text)
 
     if "=" not in spec:
@@ -61,13 +63,15 @@ def seeds_per_arch(spec: str, archs: Sequence[str]) -> dict[str, int]:
     for item in spec.split(","):
         arch, sep, n = item.partition("=")
         if not sep:
-            raise ValueError(f"--seeds: {item!r} is not ARCH=N (write either one number or ARCH=N for every arch)")
+            raise InvalidValueError(f"--seeds: {item!r} is not ARCH=N (write either one number or ARCH=N for every "
+                                    f"arch)")
         arch = arch.strip()
         given[arch] = count(n, f"the seed count of {arch}")
     if missing := [a for a in archs if a not in given]:
-        raise ValueError(f"--seeds names no count for {', '.join(missing)}; give ARCH=N for each of {', '.join(archs)}")
+        raise InvalidValueError(f"--seeds names no count for {', '.join(missing)}; give ARCH=N for each of "
+                                f"{', '.join(archs)}")
     if extra := [a for a in given if a not in archs]:
-        raise ValueError(f"--seeds names {', '.join(extra)}, which --archs does not list ({', '.join(archs)})")
+        raise InvalidValueError(f"--seeds names {', '.join(extra)}, which --archs does not list ({', '.join(archs)})")
     return given
 
 
@@ -219,16 +223,13 @@ def plot(results: list[dict[str, Any]], archs: Sequence[str], path: Path, title:
     plt.close(fig)
 
 
+@reports_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     out = args.output_dir or Path("reports") / args.task
     budget = f"{args.budget_minutes:g} min" if args.budget_minutes is not None else f"{args.budget_steps} steps"
-    try:
-        seeds = seeds_per_arch(args.seeds, archs)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    seeds = seeds_per_arch(args.seeds, archs)
     settings = {"task": args.task, "budget": budget, "overrides": list(args.overrides), "test_limit": args.test_limit}
     out.mkdir(parents=True, exist_ok=True)
     try:

@@ -21,11 +21,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from xlm.data.task import TaskConfig
 from xlm.data.tasks import task_config
+from xlm.errors import XlmUserError
 from xlm.registry import Family, get_task, list_tasks
 from xlm.shipped import configs_dir
 
 
-class ConfigError(ValueError):
+class ConfigError(XlmUserError, ValueError):
     """A config key or value the recipe cannot use; the message names it."""
 
 

@@ -14,12 +14,11 @@ import sys
 from pathlib import Path
 from collections.abc import Sequence
 
-from xlm.assets.card import CardError
-from xlm.assets.download import DownloadError, fetch, parse_hf_uri
+from xlm.assets.download import fetch, parse_hf_uri
 from xlm.assets.loading import resolve_source
-from xlm.errors import ConversionError
+from xlm.errors import reports_user_errors
 from xlm.interop.convert import convert_checkpoint
-from xlm.interop.export import ExportError, export
+from xlm.interop.export import export
 from xlm.registry import get_family
 from xlm.run_dir import RunDirError, load_run_model, load_run_tokenizer
 
@@ -31,6 +30,7 @@ def _hub_dir(uri: str) -> Path:
     return fetch(f"{base}/model.safetensors").parent
 
 
+@reports_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="xlm convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,24 +40,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--to", default="xlm", help="xlm | hf | a converter name")
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args(argv)
-    try:
-        source = resolve_source(_hub_dir(args.source) if args.source.startswith("hf://") else args.source,
-                                family=args.family, checkpoint_format=args.format)
-        tokenizer = None
-        if source.is_run_dir:
-            model = load_run_model(source.path)
-            print(f"read {source.path} (xlm run dir)")
-            try:
-                tokenizer = load_run_tokenizer(source.path)
-            except RunDirError:
-                tokenizer = None
-        else:
-            model, converted = convert_checkpoint(get_family(source.family), source.fmt, source.path)
-            print(f"read {source.path} as {source.family}/{source.fmt}: {converted.summary()}")
-        out = export(model, args.out, format=args.to, tokenizer=tokenizer)
-    except (ValueError, FileNotFoundError, CardError, RunDirError, ConversionError, ExportError, DownloadError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    source = resolve_source(_hub_dir(args.source) if args.source.startswith("hf://") else args.source,
+                            family=args.family, checkpoint_format=args.format)
+    tokenizer = None
+    if source.is_run_dir:
+        model = load_run_model(source.path)
+        print(f"read {source.path} (xlm run dir)")
+        try:
+            tokenizer = load_run_tokenizer(source.path)
+        except RunDirError:
+            tokenizer = None
+    else:
+        model, converted = convert_checkpoint(get_family(source.family), source.fmt, source.path)
+        print(f"read {source.path} as {source.family}/{source.fmt}: {converted.summary()}")
+    out = export(model, args.out, format=args.to, tokenizer=tokenizer)
     print(f"wrote {out} ({args.to})")
     return 0
 

@@ -11,6 +11,8 @@ from typing import Any, NoReturn
 import torch
 import torch.distributed as dist
 
+from xlm.errors import InvalidValueError
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -33,7 +35,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"trainer.device={name!r} but CUDA is not available here; use 'cpu' or 'auto'")
+        raise InvalidValueError(f"trainer.device={name!r} but CUDA is not available here; use 'cpu' or 'auto'")
     return device
 
 

@@ -20,10 +20,11 @@ import torch
 import xlm
 from xlm.data.task import TaskConfig
 from xlm.data.tasks import build_task, saved_task_config, task_config
+from xlm.errors import InvalidValueError, reports_user_errors
 from xlm.recipes.distributed import resolve_device
 from xlm.recipes.evaluation import evaluate_loss, evaluate_predictions
-from xlm.registry import UnknownNameError, get_family
-from xlm.run_dir import RunDirError, load_run_sampler_config, read_run_config
+from xlm.registry import get_family
+from xlm.run_dir import load_run_sampler_config, read_run_config
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -53,7 +54,7 @@ def _parse_sampler_overrides(items: Sequence[str]) -> dict[str, object]:
     for item in items:
         key, sep, _ = item.partition("=")
         if not sep or not key.startswith("sampler."):
-            raise ValueError(f"expected sampler.KEY=VALUE, got {item!r}")
+            raise InvalidValueError(f"expected sampler.KEY=VALUE, got {item!r}")
         out.update(OmegaConf.to_container(OmegaConf.from_dotlist([item]))["sampler"])  # type: ignore[index]
     return out
 
@@ -77,22 +78,19 @@ def _task_config(run: dict, name: str | None, where: Path) -> TaskConfig:
     return task_config(name)
 
 
+@reports_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        run = read_run_config(Path(args.model))
-        task = build_task(_task_config(run, args.task, Path(args.model)))
-        device = resolve_device(args.device)
-        model = xlm.load_model(args.model, device=device)
-        sampler = load_run_sampler_config(args.model, **_parse_sampler_overrides(args.sampler))
-        if task.tokenizer.spec() != run["tokenizer"]:
-            raise ValueError(f"task {task.name!r} uses a different vocabulary from the model's "
-                             f"(trained on {run['task']!r}); evaluate on a task with the same tokenizer")
-        if args.loss_samples < 1:
-            raise ValueError(f"--loss-samples must be >= 1, got {args.loss_samples}")
-    except (RunDirError, UnknownNameError, ValueError, TypeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    run = read_run_config(Path(args.model))
+    task = build_task(_task_config(run, args.task, Path(args.model)))
+    device = resolve_device(args.device)
+    model = xlm.load_model(args.model, device=device)
+    sampler = load_run_sampler_config(args.model, **_parse_sampler_overrides(args.sampler))
+    if task.tokenizer.spec() != run["tokenizer"]:
+        raise InvalidValueError(f"task {task.name!r} uses a different vocabulary from the model's "
+                                f"(trained on {run['task']!r}); evaluate on a task with the same tokenizer")
+    if args.loss_samples < 1:
+        raise InvalidValueError(f"--loss-samples must be >= 1, got {args.loss_samples}")
     unit = get_family(run["family"]).unit_factory(model, task.tokenizer, sampler)
     ds = task.dataset(args.split)
     if args.limit is not None:

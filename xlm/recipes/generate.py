@@ -16,6 +16,7 @@ from pathlib import Path
 from collections.abc import Sequence
 
 from xlm.data.tokenizers import Tokenizer, UnknownTokenError
+from xlm.errors import PathNotFoundError, reports_user_errors
 from xlm.trace import TraceStep
 
 from .evaluate import _parse_sampler_overrides
@@ -89,16 +90,15 @@ samples.forEach((s) => {{
 """
 
 
+@reports_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import xlm
 
+    if args.prompts_file is not None and not args.prompts_file.is_file():
+        raise PathNotFoundError(f"--prompts-file {args.prompts_file} does not exist")
     prompts = args.prompt or [line.rstrip("\n") for line in args.prompts_file.read_text().splitlines() if line.strip()]
-    try:
-        generator = xlm.load_generator(args.model, device=args.device, **_parse_sampler_overrides(args.sampler))
-    except (ValueError, FileNotFoundError, TypeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    generator = xlm.load_generator(args.model, device=args.device, **_parse_sampler_overrides(args.sampler))
     tokenizer = generator.tokenizer
     traces: list[tuple[str, list[TraceStep], int]] = []
     for p_index, prompt in enumerate(prompts):
@@ -108,9 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 (text,) = generator.generate([prompt], max_new_tokens=args.max_new_tokens,
                                              seed=args.seed + sample, on_step=record)
-            except UnknownTokenError as err:
-                print(f"error: prompt {p_index + 1}: {err}", file=sys.stderr)
-                return 2
+            except UnknownTokenError as err:  # say which prompt
+                raise UnknownTokenError(f"prompt {p_index + 1}: {err}", err.words, err.positions) from None
             print(f"[{p_index + 1}.{sample + 1}] {prompt}\n    -> {text}")
             if args.trace and p_index == 0 and sample == 0:
                 for step in steps:

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 
 from xlm.data.task import Task
 from xlm.data.tasks import build_task
-from xlm.plugins import ExternalModelError, load_external_models
-from xlm.registry import UnknownNameError, families, get_task, list_tasks
+from xlm.errors import XlmUserError, reports_user_errors
+from xlm.plugins import load_external_models
+from xlm.registry import families, get_task, list_tasks
 
 from .config import ComposedConfig, ConfigError, TrainRecipeConfig, build_config, config_to_yaml
 from .distributed import DistEnv, exit_worker, init_distributed, shutdown
@@ -72,15 +73,12 @@ def fit_model_to_task(composed: ComposedConfig, task: Task) -> TrainRecipeConfig
     return replace(config, model=model, sampler=sampler)
 
 
+@reports_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        composed = resolve_config(args)
-        task = build_task(composed.config.task)
-        config = fit_model_to_task(composed, task)
-    except (ConfigError, UnknownNameError, ExternalModelError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    composed = resolve_config(args)
+    task = build_task(composed.config.task)
+    config = fit_model_to_task(composed, task)
     if args.dump_config:
         print(config_to_yaml(config), end="")
         return 0
@@ -98,8 +96,8 @@ def _train(config: TrainRecipeConfig, task: Task, env: DistEnv) -> int:
         if env.is_main:
             print(stop, file=sys.stderr)
         return 128 + stop.signum
-    except ConfigError as err:  # found once the model, data or a checkpoint is at hand
-        print(f"error: {err}", file=sys.stderr)
+    except XlmUserError as err:  # found once the model, data or a checkpoint is at hand; returned, so that
+        print(f"error: {err}", file=sys.stderr)  # a torchrun worker still leaves through exit_worker
         return 2
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from xlm.data.sentencepiece_tokenizer import SentencePieceTokenizer, train_sentencepiece
 from xlm.data.tasks.text import TextSource, iter_texts, raw_split
+from xlm.errors import InvalidValueError, reports_user_errors
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -31,21 +32,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@reports_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     output = Path(args.output)
     if output.suffix != ".model":
-        print(f"error: --output should end in .model (the task reads the kind from it), got {output}", file=sys.stderr)
-        return 2
-    try:
-        source = TextSource(data_files=args.data_files, dataset=args.dataset, dataset_config=args.dataset_config,
-                            text_column=args.text_column)
-        train = raw_split(source, "train")
-        proto = train_sentencepiece(iter_texts(train, args.text_column, args.max_documents),
-                                    vocab_size=args.vocab_size, model_type=args.model_type)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise InvalidValueError(f"--output should end in .model (the task reads the kind from it), got {output}")
+    source = TextSource(data_files=args.data_files, dataset=args.dataset, dataset_config=args.dataset_config,
+                        text_column=args.text_column)
+    train = raw_split(source, "train")
+    proto = train_sentencepiece(iter_texts(train, args.text_column, args.max_documents),
+                                vocab_size=args.vocab_size, model_type=args.model_type)
     output.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = SentencePieceTokenizer(proto)
     tokenizer.save(output)

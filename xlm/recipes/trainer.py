@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from xlm.data.task import Task
+from xlm.errors import PathExistsError, XlmError
 from xlm.io import commit_dir, new_temp_dir
 from xlm.nn.cpu import accelerate_training
 from xlm.registry import Family
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(XlmError):
     """Raised after a signal: a checkpoint was saved, the run can be resumed."""
 
     def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
@@ -65,7 +66,7 @@ class TrainingInterrupted(Exception):
                          f"{checkpoint}; run the same command again to resume")
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(XlmError, FloatingPointError):
     """A NaN/Inf loss or gradient; raised before anything is saved."""
 
 
@@ -158,7 +159,7 @@ class Trainer:
             self._resume()
         else:
             if env.is_main and any(self.checkpoint_dir.glob("step_*")):
-                raise FileExistsError(f"{self.checkpoint_dir} already has checkpoints and trainer.resume=false; "
+                raise PathExistsError(f"{self.checkpoint_dir} already has checkpoints and trainer.resume=false; "
                                       f"choose another --output-dir or remove them")
         log = MetricsLog(self.output_dir, enabled=env.is_main, tensorboard=tc.tensorboard, resume_step=self.step)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}

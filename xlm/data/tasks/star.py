@@ -39,6 +39,7 @@ import numpy as np
 from xlm.data.disk_cache import CacheWarning, cached_dataset, default_cache_root
 from xlm.data.metrics import exact_match, token_accuracy
 from xlm.data.tokenizers import WordTokenizer
+from xlm.errors import XlmUserError
 
 from .generated import SPLITS, cache_entry_name, checked_seed, split_rng
 
@@ -65,7 +66,7 @@ __all__ = [
 CACHE_FORMAT_VERSION = 1
 
 
-class StarNameError(KeyError, ValueError):
+class StarNameError(XlmUserError, KeyError, ValueError):
     """Unknown task or split name; the message lists close matches and the valid names.
 
     Both a ``KeyError`` (like registry lookups) and a ``ValueError`` (like bad arguments).

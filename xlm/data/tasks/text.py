@@ -39,6 +39,7 @@ from xlm.data.disk_cache import cached_dataset, default_cache_root, quiet_datase
 from xlm.data.streaming import PackedRows, RowStream
 from xlm.data.task import TaskConfig, take
 from xlm.data.tokenizers import Tokenizer, tokenizer_from_spec
+from xlm.errors import InvalidValueError, PathNotFoundError, UnknownFormatError
 
 #: Bumped whenever the tokenized layout changes; part of every cache key.
 CACHE_FORMAT_VERSION = 1
@@ -58,10 +59,10 @@ class TextSource:
 
     def __post_init__(self) -> None:
         if (self.data_files is None) == (self.dataset is None):
-            raise ValueError("the text task reads either task.data_files=PATH[,PATH...] or task.dataset=NAME; "
-                             f"got data_files={self.data_files!r}, dataset={self.dataset!r}")
+            raise InvalidValueError("the text task reads either task.data_files=PATH[,PATH...] or task.dataset=NAME; "
+                                    f"got data_files={self.data_files!r}, dataset={self.dataset!r}")
         if not 0.0 < self.held_out_fraction < 0.5:
-            raise ValueError(f"task.held_out_fraction must be in (0, 0.5), got {self.held_out_fraction}")
+            raise InvalidValueError(f"task.held_out_fraction must be in (0, 0.5), got {self.held_out_fraction}")
 
     def files(self) -> list[str]:
         """The data files, globs expanded, each checked to exist."""
@@ -71,13 +72,13 @@ class TextSource:
         for pattern in (p.strip() for p in (self.data_files or "").split(",") if p.strip()):
             matches = sorted(glob.glob(os.path.expanduser(pattern)))
             if not matches:
-                raise FileNotFoundError(f"task.data_files: no file matches {pattern!r}")
+                raise PathNotFoundError(f"task.data_files: no file matches {pattern!r}")
             out += matches
         suffixes = {Path(f).suffix for f in out}
         unknown = suffixes - set(_BUILDER_BY_SUFFIX)
         if unknown or len({_BUILDER_BY_SUFFIX[s] for s in suffixes - unknown}) > 1:
-            raise ValueError(f"task.data_files must all be one kind of {sorted(_BUILDER_BY_SUFFIX)}; "
-                             f"got {sorted(suffixes)}")
+            raise InvalidValueError(f"task.data_files must all be one kind of {sorted(_BUILDER_BY_SUFFIX)}; "
+                                    f"got {sorted(suffixes)}")
         return out
 
     def fingerprint(self) -> str:
@@ -93,6 +94,14 @@ class TextSource:
         return h.hexdigest()[:16]
 
 
+def _load_named(source: TextSource, **kwargs: Any) -> Any:
+    """The HF dataset `source.dataset` names; one that cannot be found is the user's to fix."""
+    try:
+        return datasets.load_dataset(source.dataset, source.dataset_config, **kwargs)
+    except FileNotFoundError as err:  # datasets' DatasetNotFoundError, DataFilesNotFoundError
+        raise PathNotFoundError(str(err)) from err
+
+
 def _load_raw(source: TextSource) -> datasets.DatasetDict:
     if source.data_files is not None:
         files = source.files()
@@ -102,14 +111,14 @@ def _load_raw(source: TextSource) -> datasets.DatasetDict:
     else:
         path = Path(source.dataset or "")
         raw = (datasets.load_from_disk(str(path)) if (path / "dataset_dict.json").exists()
-               else datasets.load_dataset(source.dataset, source.dataset_config))
+               else _load_named(source))
         if isinstance(raw, datasets.Dataset):
             raw = datasets.DatasetDict({"train": raw})
     if "train" not in raw:
-        raise ValueError(f"the text source has splits {sorted(raw)}, but no 'train' split")
+        raise InvalidValueError(f"the text source has splits {sorted(raw)}, but no 'train' split")
     if source.text_column not in raw["train"].column_names:
-        raise ValueError(f"the text source has no column {source.text_column!r} (columns: "
-                         f"{raw['train'].column_names}); set task.text_column")
+        raise InvalidValueError(f"the text source has no column {source.text_column!r} (columns: "
+                                f"{raw['train'].column_names}); set task.text_column")
     return raw
 
 
@@ -117,7 +126,7 @@ def raw_split(source: TextSource, split: str) -> datasets.Dataset:
     """The documents of one split: the source's own splits when it has validation and test,
     otherwise disjoint held-out slices of its train split."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; the text task has {SPLITS}")
+        raise InvalidValueError(f"unknown split {split!r}; the text task has {SPLITS}")
     raw = _load_raw(source)
     if "validation" in raw and "test" in raw:
         ds = raw[split]
@@ -125,8 +134,8 @@ def raw_split(source: TextSource, split: str) -> datasets.Dataset:
         train = raw["train"]
         n_held = max(1, int(len(train) * source.held_out_fraction))
         if len(train) < 3 * n_held:
-            raise ValueError(f"the text source has only {len(train)} documents, too few to hold out "
-                             f"{n_held} for validation and {n_held} for test")
+            raise InvalidValueError(f"the text source has only {len(train)} documents, too few to hold out "
+                                    f"{n_held} for validation and {n_held} for test")
         order = train.shuffle(seed=source.seed).flatten_indices()
         bounds = {"validation": (0, n_held), "test": (n_held, 2 * n_held), "train": (2 * n_held, len(train))}
         ds = order.select(range(*bounds[split]))
@@ -137,7 +146,7 @@ def blocks_from_documents(docs: Sequence[Sequence[int]], *, bos_id: int, eos_id:
                           packing: bool) -> list[list[int]]:
     """``[BOS] doc [EOS]`` per document, then packed into full blocks or truncated per document."""
     if block_size < 3:
-        raise ValueError(f"task.block_size must be >= 3 ([BOS], a token, [EOS]), got {block_size}")
+        raise InvalidValueError(f"task.block_size must be >= 3 ([BOS], a token, [EOS]), got {block_size}")
     if not packing:
         return [[bos_id, *doc[: block_size - 2], eos_id] for doc in docs]
     stream = [tok for doc in docs for tok in (bos_id, *doc, eos_id)]
@@ -189,8 +198,8 @@ def load_tokenizer_file(path: str) -> Tokenizer:
         from xlm.data.hf_tokenizer import HFTokenizer
 
         return HFTokenizer.from_file(p)
-    raise ValueError(f"task.tokenizer={path!r} is neither a SentencePiece .model file nor an HF tokenizer.json "
-                     f"(or a directory with one)")
+    raise UnknownFormatError(f"task.tokenizer={path!r} is neither a SentencePiece .model file nor an HF tokenizer.json "
+                             f"(or a directory with one)")
 
 
 def tokenized_split(source: TextSource, split: str, tokenizer: Tokenizer, *, block_size: int, packing: bool,
@@ -213,8 +222,8 @@ def tokenized_split(source: TextSource, split: str, tokenizer: Tokenizer, *, blo
         out = docs.map(to_blocks, batched=True, batch_size=1000, remove_columns=docs.column_names,
                        new_fingerprint=key)
         if len(out) == 0:
-            raise ValueError(f"the {split} split holds too little text for one block of {block_size} tokens; "
-                             f"lower task.block_size or set task.packing=false")
+            raise InvalidValueError(f"the {split} split holds too little text for one block of {block_size} tokens; "
+                                    f"lower task.block_size or set task.packing=false")
         return out
 
     def check(ds: datasets.Dataset) -> None:
@@ -255,7 +264,7 @@ def _streaming_splits(source: TextSource) -> dict[str, datasets.IterableDataset]
             saved = datasets.load_from_disk(str(path))
             splits = {"train": saved} if isinstance(saved, datasets.Dataset) else dict(saved)
             return {k: v.to_iterable_dataset(num_shards=max(1, min(len(v), 256))) for k, v in splits.items()}
-        loaded = datasets.load_dataset(source.dataset, source.dataset_config, streaming=True)
+        loaded = _load_named(source, streaming=True)
         return dict(loaded) if isinstance(loaded, datasets.IterableDatasetDict) else {"train": loaded}
 
 
@@ -268,7 +277,7 @@ class StreamedSplit:
 
     def __init__(self, source: TextSource, split: str) -> None:
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; the text task has {SPLITS}")
+            raise InvalidValueError(f"unknown split {split!r}; the text task has {SPLITS}")
         self.source, self.split = source, split
         self._streams: dict[str, datasets.IterableDataset] | None = None
 
@@ -279,7 +288,7 @@ class StreamedSplit:
         if self._streams is None:
             self._streams = _streaming_splits(self.source)
             if "train" not in self._streams:
-                raise ValueError(f"the text source has splits {sorted(self._streams)}, but no 'train' split")
+                raise InvalidValueError(f"the text source has splits {sorted(self._streams)}, but no 'train' split")
         own = "validation" in self._streams and "test" in self._streams
         return self._streams[self.split if own else "train"], own
 
@@ -296,8 +305,8 @@ class StreamedSplit:
         # .iter(batch_size), not iter(): inside a dataloader worker, iter() would shard again by worker
         for batch in part.iter(batch_size=256):
             if column not in batch:
-                raise ValueError(f"the text source has no column {column!r} (columns: {sorted(batch)}); "
-                                 f"set task.text_column")
+                raise InvalidValueError(f"the text source has no column {column!r} (columns: {sorted(batch)}); "
+                                        f"set task.text_column")
             for text in batch[column]:
                 if not (text and text.strip()) or (not own and held_out_bucket(text, seed=seed, fraction=fraction)
                                                     != self.split):
@@ -325,9 +334,9 @@ def streamed_eval_split(source: TextSource, split: str, tokenizer: Tokenizer, *,
     rows = blocks_from_documents(ids, bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id,
                                  block_size=block_size, packing=packing)
     if not rows:
-        raise ValueError(f"the streamed {split} split's first {max_documents} documents hold too little text for "
-                         f"one block of {block_size} tokens; raise task.streaming_eval_documents or "
-                         f"task.held_out_fraction, or lower task.block_size")
+        raise InvalidValueError(f"the streamed {split} split's first {max_documents} documents hold too little text "
+                                f"for one block of {block_size} tokens; raise task.streaming_eval_documents or "
+                                f"task.held_out_fraction, or lower task.block_size")
     return datasets.Dataset.from_dict({"input_ids": rows})
 
 
@@ -390,7 +399,7 @@ class TextTask:
                                  held_out_fraction=config.held_out_fraction, seed=config.seed)
         self.streaming = config.streaming
         if self.streaming and config.streaming_eval_documents < 1:
-            raise ValueError(f"task.streaming_eval_documents must be >= 1, got {config.streaming_eval_documents}")
+            raise InvalidValueError(f"task.streaming_eval_documents must be >= 1, got {config.streaming_eval_documents}")
         self.tokenizer = (load_tokenizer_file(config.tokenizer) if config.tokenizer
                           else corpus_tokenizer(self.source, vocab_size=config.tokenizer_vocab_size,
                                                 streaming=self.streaming))
