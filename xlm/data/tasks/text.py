@@ -399,7 +399,8 @@ class TextTask:
                                  held_out_fraction=config.held_out_fraction, seed=config.seed)
         self.streaming = config.streaming
         if self.streaming and config.streaming_eval_documents < 1:
-            raise InvalidValueError(f"task.streaming_eval_documents must be >= 1, got {config.streaming_eval_documents}")
+            raise InvalidValueError(f"task.streaming_eval_documents must be >= 1, got "
+                                    f"{config.streaming_eval_documents}")
         self.tokenizer = (load_tokenizer_file(config.tokenizer) if config.tokenizer
                           else corpus_tokenizer(self.source, vocab_size=config.tokenizer_vocab_size,
                                                 streaming=self.streaming))
