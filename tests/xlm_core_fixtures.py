@@ -5,7 +5,9 @@ shapes and order, write them the two ways xlm-core does (a Lightning `.ckpt` of 
 `PyTorchModelHubMixin`), and compute its forward here. ARLM, MLM and ILM share `RotaryTransformerLayer`
 (`src/xlm/modules/rotary_transformer.py`): pre-LN with LayerNorm biases, fused bias-free q|k|v chunked along the
 output, bias-free `o_proj`, NeoX half-split rotary (base 10000) over the first `rotary_emb_dim` dims of each head, an
-MLP with biases (ReLU or GELU-tanh). Each family's test adds its own output layer and its own assertions.
+MLP with biases (ReLU or GELU-tanh). Each family's test adds its own output layer and its own assertions. MDLM's
+`MDLMModel` (`xlm-models/mdlm/model_mdlm.py`) is built from `src/xlm/modules/ddit_simple.py` instead: the same
+attention inside DDiTLayers conditioned on the noise through adaLN (`ddit_state`, `ddit_forward`).
 """
 
 from __future__ import annotations
@@ -63,13 +65,12 @@ def add_output_layer(s: OrderedDict[str, Tensor], r: Callable[..., Tensor], *, v
     s["output_layer.linear.weight"] = r(vocab, dim)
 
 
-def rotary_transformer_forward(s: Mapping[str, Tensor], ids: Tensor, *, allowed: Tensor, positions: Tensor,
-                               num_layers: int, num_heads: int, rotary: int, activation: str = "relu",
-                               eps: float = 1e-5) -> Tensor:
-    """The hidden states after the RotaryTransformerLayers (before the output layer). `allowed` (batch, query or 1,
-    key) says which keys each query attends to; `positions` (batch, seq) are the rotary positions."""
-    x = s["embed_tokens.weight"][ids]
-    batch, seq, dim = x.shape
+def rotary_attention(s: Mapping[str, Tensor], p: str, h: Tensor, *, allowed: Tensor, positions: Tensor,
+                     num_heads: int, rotary: int) -> Tensor:
+    """The attention both layer kinds share, on its input `h`: q|k|v = h @ `{p}attn_qkv`, chunked along the output;
+    NeoX half-split rotary over the first `rotary` dims of each head at `positions`; softmax over the keys `allowed`
+    (batch, query or 1, key); then `{p}o_proj`."""
+    batch, seq, dim = h.shape
     head = dim // num_heads
     angles = positions[..., None].float() * inv_freq(rotary)
     cos, sin = angles.cos()[:, None], angles.sin()[:, None]
@@ -79,19 +80,102 @@ def rotary_transformer_forward(s: Mapping[str, Tensor], ids: Tensor, *, allowed:
         t1, t2 = part.chunk(2, dim=-1)
         return torch.cat([t1 * cos - t2 * sin, t2 * cos + t1 * sin, rest], dim=-1)
 
+    q, k, v = (t.view(batch, seq, num_heads, head).transpose(1, 2)
+               for t in (h @ s[p + "attn_qkv.weight"].T).chunk(3, -1))
+    scores = rope(q) @ rope(k).transpose(-1, -2) / math.sqrt(head)
+    attended = scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1) @ v
+    return attended.transpose(1, 2).reshape(batch, seq, dim) @ s[p + "o_proj.weight"].T
+
+
+def mlp(s: Mapping[str, Tensor], p: str, h: Tensor, activation: str) -> Tensor:
+    """`{p}mlp`: Linear, ReLU or GELU-tanh (xlm-core's "gelu"), Linear, with biases."""
+    h = F.linear(h, s[p + "mlp.0.weight"], s[p + "mlp.0.bias"])
+    h = F.relu(h) if activation == "relu" else F.gelu(h, approximate="tanh")
+    return F.linear(h, s[p + "mlp.2.weight"], s[p + "mlp.2.bias"])
+
+
+def rotary_transformer_forward(s: Mapping[str, Tensor], ids: Tensor, *, allowed: Tensor, positions: Tensor,
+                               num_layers: int, num_heads: int, rotary: int, activation: str = "relu",
+                               eps: float = 1e-5) -> Tensor:
+    """The hidden states after the RotaryTransformerLayers (before the output layer). `allowed` (batch, query or 1,
+    key) says which keys each query attends to; `positions` (batch, seq) are the rotary positions."""
+    x = s["embed_tokens.weight"][ids]
+    dim = x.shape[-1]
     for i in range(num_layers):
         p = f"encoder.{i}."
         h = F.layer_norm(x, (dim,), s[p + "norm1.weight"], s[p + "norm1.bias"], eps)
-        q, k, v = (t.view(batch, seq, num_heads, head).transpose(1, 2)
-                   for t in (h @ s[p + "attn_qkv.weight"].T).chunk(3, -1))
-        scores = rope(q) @ rope(k).transpose(-1, -2) / math.sqrt(head)
-        attended = scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1) @ v
-        x = x + attended.transpose(1, 2).reshape(batch, seq, dim) @ s[p + "o_proj.weight"].T
+        x = x + rotary_attention(s, p, h, allowed=allowed, positions=positions, num_heads=num_heads, rotary=rotary)
         h = F.layer_norm(x, (dim,), s[p + "norm2.weight"], s[p + "norm2.bias"], eps)
-        h = F.linear(h, s[p + "mlp.0.weight"], s[p + "mlp.0.bias"])
-        h = F.relu(h) if activation == "relu" else F.gelu(h, approximate="tanh")
-        x = x + F.linear(h, s[p + "mlp.2.weight"], s[p + "mlp.2.bias"])
+        x = x + mlp(s, p, h, activation)
     return x
+
+
+# -- MDLM: MDLMModel's DDiT (src/xlm/modules/ddit_simple.py) ------------------------------------------------------
+
+def sigma_freqs(features: int = 256) -> Tensor:
+    """TimestepEmbedder's `freqs` buffer: exp(-log(10000) k / half), k < half = features / 2."""
+    half = features // 2
+    return torch.exp(-math.log(10000) * torch.arange(start=0, end=half) / half)
+
+
+def ddit_state(r: Callable[..., Tensor], *, vocab: int, dim: int, num_layers: int, ffn_dim: int, cond: int,
+               rotary: int, sigma_features: int = 256) -> OrderedDict[str, Tensor]:
+    """MDLMModel.state_dict(): keys, shapes and order (a module's own buffers before its children; the rotary module,
+    set on each DDiTLayer after its construction, after the layer's weights)."""
+    s: OrderedDict[str, Tensor] = OrderedDict()
+    s["embed_tokens.weight"] = r(vocab, dim)
+    s["sigma_map.freqs"] = sigma_freqs(sigma_features)
+    s["sigma_map.mlp.0.weight"], s["sigma_map.mlp.0.bias"] = r(cond, sigma_features), r(cond)
+    s["sigma_map.mlp.2.weight"], s["sigma_map.mlp.2.bias"] = r(cond, cond), r(cond)
+    for i in range(num_layers):
+        p = f"encoder.{i}."
+        s[p + "norm1.weight"] = 1 + r(dim)
+        s[p + "attn_qkv.weight"] = r(3 * dim, dim)
+        s[p + "o_proj.weight"] = r(dim, dim)
+        s[p + "norm2.weight"] = 1 + r(dim)
+        s[p + "mlp.0.weight"], s[p + "mlp.0.bias"] = r(ffn_dim, dim), r(ffn_dim)
+        s[p + "mlp.2.weight"], s[p + "mlp.2.bias"] = r(dim, ffn_dim), r(dim)
+        s[p + "ada_ln_modulations.modulation.weight"] = r(6 * dim, cond)
+        s[p + "ada_ln_modulations.modulation.bias"] = r(6 * dim)
+        s[p + "rotary_emb.inv_freq"] = inv_freq(rotary)
+    s["output_layer.norm_final.weight"] = 1 + r(dim)
+    s["output_layer.linear.weight"] = r(vocab, dim)
+    s["output_layer.adaLN_modulation.modulation.weight"] = r(2 * dim, cond)
+    s["output_layer.adaLN_modulation.modulation.bias"] = r(2 * dim)
+    return s
+
+
+def ddit_forward(s: Mapping[str, Tensor], ids: Tensor, noise: Tensor, *, attention_mask: Tensor, num_layers: int,
+                 num_heads: int, rotary: int, activation: str = "relu", eps: float = 1e-5,
+                 positions: Tensor | None = None) -> Tensor:
+    """MDLMModel.forward's logits (eval mode): c = silu(sigma_map(noise)); in each DDiTLayer the attention reads
+    x' = modulate(norm1(x)) (LayerNorm without bias, then adaLN) and its gated output is added to x', not to x,
+    while the MLP branch is added to its own input; the final layer modulates its norm and projects without a bias.
+    Positions default to the count of real tokens before each one, as MDLMModel's."""
+    dim = s["embed_tokens.weight"].shape[1]
+    if positions is None:
+        positions = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+
+    def modulate(x: Tensor, weight: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+        return F.layer_norm(x, (dim,), eps=eps) * weight * (1 + scale) + shift
+
+    args = noise[:, None].float() * s["sigma_map.freqs"][None]
+    c = F.linear(torch.cat([args.cos(), args.sin()], -1), s["sigma_map.mlp.0.weight"], s["sigma_map.mlp.0.bias"])
+    c = F.silu(F.linear(F.silu(c), s["sigma_map.mlp.2.weight"], s["sigma_map.mlp.2.bias"]))
+    x = s["embed_tokens.weight"][ids]
+    for i in range(num_layers):
+        p = f"encoder.{i}."
+        mods = F.linear(c, s[p + "ada_ln_modulations.modulation.weight"], s[p + "ada_ln_modulations.modulation.bias"])
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mods[:, None].chunk(6, dim=2)
+        x = modulate(x, s[p + "norm1.weight"], shift_a, scale_a)
+        attended = rotary_attention(s, p, x, allowed=attention_mask[:, None, :], positions=positions,
+                                    num_heads=num_heads, rotary=rotary)
+        x = attended * gate_a + x
+        x = mlp(s, p, modulate(x, s[p + "norm2.weight"], shift_m, scale_m), activation) * gate_m + x
+    o = "output_layer."
+    shift, scale = F.linear(c, s[o + "adaLN_modulation.modulation.weight"],
+                            s[o + "adaLN_modulation.modulation.bias"])[:, None].chunk(2, dim=2)
+    return modulate(x, s[o + "norm_final.weight"], shift, scale) @ s[o + "linear.weight"].T
 
 
 def randomize_for_xlm_core_(model: nn.Module) -> nn.Module:

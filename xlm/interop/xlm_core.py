@@ -169,6 +169,11 @@ class XlmCoreConfig:
     def activation_ours(self) -> str:
         return ACTIVATIONS[self.activation]
 
+    @property
+    def rotary_dim_ours(self) -> int | None:
+        """`rotary_emb_dim` as our configs' `rotary_dim`: None where it covers the whole head."""
+        return None if self.rotary_emb_dim == self.head_dim else self.rotary_emb_dim
+
 
 def _model_section(config: Mapping[str, Any]) -> Mapping[str, Any]:
     """The constructor arguments: a config.json is them; a Hydra config has them under `model`."""

@@ -3,8 +3,9 @@ dhruveshpatel/ilm-owt): hub export, Lightning .ckpt with EMA, cards.
 
 The stand-in checkpoints and the shared layers' forward are `tests/xlm_core_fixtures.py`'s; the ILM model
 (`xlm-models/ilm/model_ilm.py`) adds bidirectional attention under a key-padding mask at the given positions, token
-logits through an optional final LayerNorm, and the stop logits from the last block's output at column 0 through
-x + mlp(norm(x)) (d -> 2d -> d, tanh) and a bias-free 2-way linear."""
+logits through an optional final LayerNorm, and the stop logits from the last block's output at the [CLS] column
+(column 0, or `cls_position` in its left-padded prefix batches) through x + mlp(norm(x)) (d -> 2d -> d, tanh) and a
+bias-free 2-way linear."""
 
 import importlib.util
 from pathlib import Path
@@ -50,8 +51,8 @@ def xlm_core_state(seed=0, rotary=4, final_norm=False, classes=2):
     return s
 
 
-def xlm_core_forward(s, ids, attention_mask, positions, *, rotary=4, activation="relu"):
-    """(vocab_logits, length_logits) of the stopping ILM with cls_position=None."""
+def xlm_core_forward(s, ids, attention_mask, positions, *, rotary=4, activation="relu", cls_position=None):
+    """(vocab_logits, length_logits) of the stopping ILM: the length head reads column 0, or `cls_position`."""
     x = rotary_transformer_forward(s, ids, allowed=attention_mask[:, None, :], positions=positions, num_layers=L,
                                    num_heads=H, rotary=rotary, activation=activation)
     out = x
@@ -59,7 +60,7 @@ def xlm_core_forward(s, ids, attention_mask, positions, *, rotary=4, activation=
         out = F.layer_norm(x, (D,), s["output_layer.norm_final.weight"], s["output_layer.norm_final.bias"], 1e-5)
     vocab_logits = out @ s["output_layer.linear.weight"].T
     o = "length_output_layer."
-    cls = x[:, :1]
+    cls = x[:, :1] if cls_position is None else x.gather(1, cls_position[:, None, None].expand(-1, -1, D))
     h = F.layer_norm(cls, (D,), s[o + "norm_final.weight"], s[o + "norm_final.bias"], 1e-5)
     h = F.linear(torch.tanh(F.linear(h, s[o + "mlp.0.weight"], s[o + "mlp.0.bias"])), s[o + "mlp.2.weight"],
                  s[o + "mlp.2.bias"])
@@ -98,6 +99,40 @@ def test_converted_model_computes_xlm_core(activation, rotary, final_norm):
     assert converted.config.final_norm is final_norm
     assert converted.dropped == [f"encoder.{i}.rotary_emb.inv_freq" for i in range(L)]
     assert_same(load(converted), ref, rotary=rotary, activation=activation)
+
+
+def prefix_batch():
+    """xlm-core's prefix layout (prepare_prefix_ids: left-padded [CLS] prompt [BOS]), then what follows, right-padded;
+    `cls_position` is the left padding's width."""
+    cls, bos = 2, 3  # any ids: the network does not know which are special
+    prompts, tails = [[9, 10, 11, 12], [13], [14, 15]], [[20, 21], [22, 23, 24], []]
+    width = 2 + max(map(len, prompts))
+    ids = torch.zeros(3, width + 3, dtype=torch.long)
+    for b, (prompt, tail) in enumerate(zip(prompts, tails)):
+        pad = width - 2 - len(prompt)
+        ids[b, pad: width + len(tail)] = torch.tensor([cls, *prompt, bos, *tail])
+    mask = ids != 0
+    cls_position = torch.tensor([width - 2 - len(p) for p in prompts])
+    return ids, mask, (mask.long().cumsum(-1) - 1).clamp(min=0), cls_position
+
+
+def test_stop_logits_are_read_at_cls_position():
+    ref = xlm_core_state()
+    model = load(convert_ilm_xlm_core(ref, hub_config()))
+    ids, mask, positions, cls_position = prefix_batch()
+    assert cls_position.tolist() == [0, 3, 2]
+    with torch.no_grad():
+        ours = model(ids, attention_mask=mask, positions=positions, cls_position=cls_position)
+        at_zero = model(ids, attention_mask=mask, positions=positions).stop_logits
+        with pytest.raises(ValueError, match="cls_position must have one column per row"):
+            model(ids, attention_mask=mask, cls_position=cls_position[:2])
+        with pytest.raises(ValueError, match=r"cls_position must be columns in \[0, 9\)"):
+            model(ids, attention_mask=mask, cls_position=torch.tensor([0, 9, 1]))
+    vocab, stop = xlm_core_forward(ref, ids, mask, positions, cls_position=cls_position)
+    assert torch.allclose(ours.token_logits[mask], vocab[mask], atol=1e-5)
+    assert (ours.stop_logits - stop).abs().max() < 1e-5
+    assert torch.equal(at_zero[0], ours.stop_logits[0])  # [CLS] in column 0: the same
+    assert not torch.allclose(at_zero[1:], stop[1:], atol=1e-3)  # column 0 is padding there
 
 
 def test_config_comes_from_the_checkpoint():

@@ -146,6 +146,26 @@ def _path_log_probs(model, prompt: list[int], target: list[int], order: tuple[in
 
 
 @torch.no_grad()
+def test_a_left_padded_batch_with_cls_position_has_the_same_loss():
+    """xlm-core's layout puts the prompt padding before [CLS] and gives `cls_position`: the same rows, so the same
+    loss; read at column 0 instead, the stop head would see padding in the padded rows."""
+    torch.manual_seed(0)
+    model = xlm.create_model("ilm_tiny", vocab_size=V, init_std=0.3).eval()
+    ours = fixed_batch()
+    P, K = TOK.pad_token_id, TOK.cls_token_id
+    theirs = {k: v.clone() for k, v in ours.items()}
+    theirs["input_ids"][:, :2] = torch.tensor([[P, K], [K, B], [P, K]])  # [CLS] [PAD] -> [PAD] [CLS]
+    theirs["attention_mask"][:, :2] = torch.tensor([[False, True], [True, True], [False, True]])
+    with torch.no_grad():
+        expected = ilm_loss(model, ours)
+        left_padded = ilm_loss(model, theirs | {"cls_position": torch.tensor([1, 0, 1])})
+        at_column_0 = ilm_loss(model, theirs)
+    for key in ("loss", "token_loss", "stop_loss", "nll_bound_sum"):
+        assert torch.allclose(left_padded[key], expected[key], atol=1e-6), key
+    assert torch.allclose(at_column_0["token_loss"], expected["token_loss"], atol=1e-6)
+    assert not torch.allclose(at_column_0["stop_loss"], expected["stop_loss"], atol=1e-4)
+
+
 def test_nll_bound_is_the_insertion_order_elbo_and_bounds_the_exact_nll():
     torch.manual_seed(0)
     model = xlm.create_model("ilm_tiny", vocab_size=V, init_std=0.3).eval()  # far from uniform

@@ -210,6 +210,37 @@ def test_on_step_reports_rows_in_order_with_the_insertions_marked():
     assert previous == out["sequences"] == truths
 
 
+class ClsReadingOracle(Oracle):
+    """The oracle, told where [CLS] is (as IlmModel is); records the token each call's `cls_position` points at."""
+
+    def __init__(self, truths: list[list[int]]) -> None:
+        super().__init__(truths)
+        self.cls_tokens: list[list[int]] = []
+
+    def forward(self, input_ids, attention_mask=None, positions=None, cls_position=None):
+        self.cls_tokens.append(input_ids.gather(1, cls_position[:, None]).squeeze(1).tolist())
+        return super().forward(input_ids, attention_mask, positions)
+
+
+def test_left_padded_prefixes_with_cls_position_predict_as_ours():
+    """xlm-core's prefix batches put the padding before [CLS] ([PAD]... [CLS] prompt [BOS]) and say where [CLS]
+    is; the model must be shown that column in every call, whatever rows are still going."""
+    ours, truths, targets = case("seq2seq")
+    pad = (ours["input_ids"][:, 1:] == PAD).sum(1)  # [CLS] [PAD]... prompt [BOS] -> [PAD]... [CLS] prompt [BOS]
+    theirs = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in ours.items()}
+    for b, k in enumerate(pad.tolist()):
+        theirs["input_ids"][b, : k + 1] = torch.tensor([PAD] * k + [CLS])
+        theirs["attention_mask"][b, : k + 1] = torch.tensor([False] * k + [True])
+    theirs["cls_position"] = pad
+    assert pad.tolist() == [0, 3, 2]
+    config = IlmSamplerConfig(max_new_tokens=12)
+    expected = IlmPredictor(Oracle(truths), TOK, config).predict(ours)
+    model = ClsReadingOracle(truths)
+    out = IlmPredictor(model, TOK, config).predict(theirs)
+    assert out["ids"] == expected["ids"] == targets and out["num_model_calls"] == expected["num_model_calls"]
+    assert model.cls_tokens and all(token == CLS for call in model.cls_tokens for token in call)
+
+
 def test_insert_columns_updates_positions():
     # row: [CLS] [BOS] a b in columns 0..3, but stored out of order: columns hold CLS, b, BOS, a
     tokens = torch.tensor([[CLS, 8, BOS, 7]])

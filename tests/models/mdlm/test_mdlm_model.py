@@ -123,6 +123,39 @@ def test_bad_shapes_and_configs_say_what_is_wrong():
         MdlmConfig(vocab_size=10, model_dim=30, num_heads=4)
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"residual": "input"}, "residual must be one of"),
+    ({"activation": "tanh"}, "activation must be one of"),
+    ({"rotary_dim": 3}, r"rotary_dim must be even and in \[2, head_dim=16\]"),
+    ({"rotary_dim": 18}, r"rotary_dim must be even and in \[2, head_dim=16\]"),
+    ({"ffn_dim": 0}, "ffn_dim must be >= 1 or None"),
+    ({"attention_dropout": 1.0}, "attention_dropout must be in"),
+])
+def test_the_xlm_core_options_are_checked(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        xlm.create_model("mdlm_tiny", vocab_size=V, **overrides)
+
+
+def test_ffn_width_activation_rotary_and_output_bias_shape_the_model():
+    model = _model(ffn_dim=40, activation="relu", rotary_dim=8, output_bias=False)
+    state = model.state_dict()
+    assert state["blocks.0.mlp.up_proj.weight"].shape == (40, 32) and "output_layer.linear.bias" not in state
+    assert (model.blocks[0].mlp.activation, model.rotary_emb.rotary_dim) == ("relu", 8)
+    ids = torch.randint(0, V, (2, 7))
+    assert model(ids, 0.0).isfinite().all()
+
+
+def test_attention_dropout_acts_only_while_training():
+    ids = torch.randint(0, V, (2, 9))
+    dropping, plain = _model(attention_dropout=0.5), _model()  # the same weights
+    assert torch.equal(dropping(ids, 0.0), plain(ids, 0.0))
+    dropping.train()
+    torch.manual_seed(1)
+    first = dropping(ids, 0.0)
+    torch.manual_seed(2)
+    assert not torch.allclose(first, dropping(ids, 0.0))
+
+
 def test_base_arch_is_the_papers_owt_model():
     cfg = mdlm_archs.get("mdlm_base")
     assert (cfg.num_layers, cfg.model_dim, cfg.num_heads, cfg.cond_dim, cfg.max_seq_len, cfg.vocab_size) == (

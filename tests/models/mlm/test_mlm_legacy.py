@@ -2,7 +2,9 @@
 
 The stand-in checkpoints and the shared layers' forward are `tests/xlm_core_fixtures.py`'s; the MLM model
 (`xlm-models/mlm/model_mlm.py`) adds bidirectional attention under a key-padding mask at the given positions, rotary
-over whole heads, a final LayerNorm and an untied bias-free linear."""
+over the first `rotary_emb_dim` dims of each head, a final LayerNorm and an untied bias-free linear."""
+
+import dataclasses
 
 import pytest
 import torch
@@ -37,9 +39,9 @@ def xlm_core_state(seed=0, rotary=8):
     return s
 
 
-def xlm_core_forward(s, ids, attention_mask, positions, *, activation="relu", eps=1e-5):
+def xlm_core_forward(s, ids, attention_mask, positions, *, activation="relu", eps=1e-5, rotary=D // H):
     x = rotary_transformer_forward(s, ids, allowed=attention_mask[:, None, :], positions=positions, num_layers=L,
-                                   num_heads=H, rotary=D // H, activation=activation, eps=eps)
+                                   num_heads=H, rotary=rotary, activation=activation, eps=eps)
     x = F.layer_norm(x, (D,), s["output_layer.norm_final.weight"], s["output_layer.norm_final.bias"], eps)
     return x @ s["output_layer.linear.weight"].T
 
@@ -58,20 +60,26 @@ def load(converted):
     return model
 
 
-@pytest.mark.parametrize("activation", ["relu", "gelu"])
-def test_converted_model_computes_xlm_core(activation):
-    ref = xlm_core_state()
-    converted = convert_mlm_xlm_core(ref, hub_config(activation=activation, layer_norm_eps=1e-6))
+@pytest.mark.parametrize(("activation", "rotary"), [("relu", 8), ("gelu", 8), ("relu", 4)],
+                         ids=["relu", "gelu", "partial_rotary"])
+def test_converted_model_computes_xlm_core(activation, rotary):
+    ref = xlm_core_state(rotary=rotary)
+    converted = convert_mlm_xlm_core(ref, hub_config(activation=activation, layer_norm_eps=1e-6,
+                                                     rotary_emb_dim=rotary))
+    assert converted.config.rotary_dim == (None if rotary == D // H else rotary)
     model = load(converted)
     ids, mask, positions = batch()
     with torch.no_grad():
         ours = model(ids, attention_mask=mask, positions=positions)
-        theirs = xlm_core_forward(ref, ids, mask, positions, activation=activation, eps=1e-6)
+        theirs = xlm_core_forward(ref, ids, mask, positions, activation=activation, eps=1e-6, rotary=rotary)
         assert torch.allclose(ours[mask], theirs[mask], atol=1e-5)
         full = torch.ones_like(mask)
         plain = torch.arange(S).expand(3, S)
-        assert torch.allclose(model(ids), xlm_core_forward(ref, ids, full, plain, activation=activation, eps=1e-6),
-                              atol=1e-5)
+        assert torch.allclose(model(ids), xlm_core_forward(ref, ids, full, plain, activation=activation, eps=1e-6,
+                                                           rotary=rotary), atol=1e-5)
+        if rotary != D // H:  # rotating whole heads instead is another function
+            assert not torch.allclose(ours[mask], xlm_core_forward(ref, ids, mask, positions, eps=1e-6)[mask],
+                                      atol=1e-3)
 
 
 def test_config_comes_from_the_checkpoint():
@@ -83,17 +91,19 @@ def test_config_comes_from_the_checkpoint():
     hydra = {"model": hub_config(num_embeddings="${tokenizer:full_vocab_size}", d_model="${oops}",
                                  _target_="mlm.model_mlm.RotaryTransformerMLMModel")}
     assert mlm_config_from_xlm_core(hydra, xlm_core_state()) == config  # sizes read off the weights
-    with pytest.raises(ConversionError, match="rotary_emb_dim=4.*no final LayerNorm"):  # both reasons, one error
-        mlm_config_from_xlm_core(hub_config(rotary_emb_dim=4, final_layer_without_normalization=True),
-                                 xlm_core_state(rotary=4))
+    assert mlm_config_from_xlm_core(hub_config(rotary_emb_dim=4), xlm_core_state(rotary=4)) == dataclasses.replace(
+        config, rotary_dim=4)
+    with pytest.raises(ConversionError, match="no final LayerNorm"):
+        mlm_config_from_xlm_core(hub_config(final_layer_without_normalization=True), xlm_core_state())
 
 
-def test_round_trips_are_identity():
-    ref = xlm_core_state()
-    converted = convert_mlm_xlm_core(ref, hub_config())
+@pytest.mark.parametrize("rotary", [8, 4], ids=["whole_heads", "partial_rotary"])
+def test_round_trips_are_identity(rotary):
+    ref = xlm_core_state(rotary=rotary)
+    converted = convert_mlm_xlm_core(ref, hub_config(rotary_emb_dim=rotary))
     back = convert_to_mlm_xlm_core(converted.state, converted.config)
     assert list(back.state) == hub_layout(ref) and all(torch.equal(back.state[k], ref[k]) for k in hub_layout(ref))
-    assert back.config == {k: v for k, v in hub_config().items() if k != "mask_idx"}
+    assert back.config == {k: v for k, v in hub_config(rotary_emb_dim=rotary).items() if k != "mask_idx"}
 
     torch.manual_seed(0)
     model = randomize_for_xlm_core_(create_mlm_model(converted.config).eval())

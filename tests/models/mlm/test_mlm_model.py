@@ -92,6 +92,9 @@ def test_untied_head_counts_its_own_weights():
 @pytest.mark.parametrize("overrides, message", [
     (dict(model_dim=30), "num_heads=4 does not divide model_dim=30"),
     (dict(model_dim=12, num_heads=4), "rope needs an even head_dim"),
+    (dict(rotary_dim=3), r"rotary_dim must be even and in \[2, head_dim=8\]"),
+    (dict(rotary_dim=10), r"rotary_dim must be even and in \[2, head_dim=8\]"),
+    (dict(rotary_dim=4, pos_encoding="learned"), "rotary_dim only applies to pos_encoding='rope'"),
     (dict(norm_position="sandwich"), "norm_position must be one of"),
     (dict(pos_encoding="alibi"), "pos_encoding must be one of"),
     (dict(activation="tanh"), "activation must be one of"),

@@ -38,7 +38,8 @@ from .types import IlmLossDict, IlmTrainBatch
 
 
 def ilm_loss(model: torch.nn.Module, batch: IlmTrainBatch, *, stop_loss_weight: float = 1.0) -> IlmLossDict:
-    token_logits, stop_logits = model(batch["input_ids"], attention_mask=batch["attention_mask"])
+    cls = {"cls_position": batch["cls_position"]} if "cls_position" in batch else {}  # [CLS] not in column 0
+    token_logits, stop_logits = model(batch["input_ids"], attention_mask=batch["attention_mask"], **cls)
     logits = token_logits.float()
     gap_mask = batch["gap_mask"]
     per_gap = logits.logsumexp(dim=-1).masked_fill(~gap_mask, float("-inf"))  # (batch, seq)

@@ -2,10 +2,11 @@
 
 Output at column i of a row: `token_logits[i, v]` scores inserting token v into the gap right
 after the token at column i; the sampler and the loss normalise them jointly over every
-(gap, token) pair of the row. `stop_logits` (2 classes, read at column 0, which holds [CLS])
-say whether anything remains to insert: class 0 = stop (nothing missing), class 1 = continue,
-xlm-core's order. Columns may be in any order: positions are explicit (RoPE), so the sampler
-appends inserted tokens at the end of the row and only updates positions.
+(gap, token) pair of the row. `stop_logits` (2 classes, read at the [CLS] column: column 0,
+or `cls_position` where a batch gives it) say whether anything remains to insert: class 0 = stop
+(nothing missing), class 1 = continue, xlm-core's order. Columns may be in any order: positions
+are explicit (RoPE), so the sampler appends inserted tokens at the end of the row and only updates
+positions.
 
 Layout and the intended map from xlm-core's `RotaryTransformerILMModelWithStoppingClassification`
 (`xlm.lm.ilm.model_ilm`, e.g. the hub checkpoint dhruveshpatel/ilm-owt) to ours:
@@ -29,8 +30,9 @@ Layout and the intended map from xlm-core's `RotaryTransformerILMModelWithStoppi
     length_output_layer.linear.weight  (2 x d)    stop_head.proj.weight
 
 Both use NeoX half-split RoPE with base 10000 over the first `rotary_emb_dim` (ours:
-`rotary_dim`) dims of each head; the stop head reads the last block's output at column 0,
-before the final norm, as xlm-core's does. xlm-core's default FFN activation is ReLU
+`rotary_dim`) dims of each head; the stop head reads the last block's output at the [CLS] column,
+before the final norm, as xlm-core's does: column 0, or `cls_position` (xlm-core's prefix batches are
+left-padded, [PAD]... [CLS] prompt [BOS], and say where [CLS] is). xlm-core's default FFN activation is ReLU
 (`activation="relu"`); `interop.py` reads the checkpoint's.
 """
 
@@ -116,10 +118,22 @@ class IlmModel(nn.Module):
 
     def forward(self, input_ids: Int[Tensor, "batch seq"], *,
                 attention_mask: Bool[Tensor, "batch seq"] | None = None,
-                positions: Int[Tensor, "batch seq"] | None = None) -> IlmOutput:
-        """Insertion logits at every column and the stop logits at column 0 (the [CLS] token)."""
+                positions: Int[Tensor, "batch seq"] | None = None,
+                cls_position: Int[Tensor, " batch"] | None = None) -> IlmOutput:
+        """Insertion logits at every column and the stop logits at the [CLS] token: at column 0, or at
+        `cls_position` (one column per row) where [CLS] is elsewhere."""
         hidden = self.hidden_states(input_ids, attention_mask=attention_mask, positions=positions)
-        stop_logits = self.stop_head(hidden[:, 0])
+        if cls_position is None:
+            cls_hidden = hidden[:, 0]
+        else:
+            batch, seq = input_ids.shape
+            if cls_position.shape != (batch,):
+                raise ValueError(f"cls_position must have one column per row, shape ({batch},), "
+                                 f"got {tuple(cls_position.shape)}")
+            if cls_position.numel() and not (0 <= int(cls_position.min()) and int(cls_position.max()) < seq):
+                raise ValueError(f"cls_position must be columns in [0, {seq}), got {cls_position.tolist()}")
+            cls_hidden = hidden[torch.arange(batch, device=hidden.device), cls_position.to(hidden.device)]
+        stop_logits = self.stop_head(cls_hidden)
         if self.final_norm is not None:
             hidden = self.final_norm(hidden)
         return IlmOutput(self.output_proj(hidden), stop_logits)

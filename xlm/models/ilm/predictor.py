@@ -28,6 +28,9 @@ Seq2seq rows only insert from [BOS] on (never into the prompt); unconditional ro
 step reports the rows in sequence order (padding last) with the tokens it inserted marked; an
 insertion moves the tokens after it, so unlike the other families a position can be reported
 as written more than once.
+
+The stop head reads [CLS] in column 0, or, where the batch gives `cls_position` (xlm-core's
+left-padded prefixes), in that column.
 """
 
 from __future__ import annotations
@@ -159,11 +162,12 @@ class IlmPredictor:
 
     @torch.no_grad()
     def generate(self, input_ids: Int[Tensor, "batch seq"], attention_mask: Bool[Tensor, "batch seq"],
-                 gap_mask: Bool[Tensor, "batch seq"], *, generator: torch.Generator | None = None,
-                 ) -> dict[str, Tensor | int]:
-        """Insert into each row until it stops. Returns the final `tokens`, `positions`, `mask`
-        (columns out of sequence order), `inserted` (the appended real columns), `num_inserted`
-        per row, `num_model_calls` and `row_calls` (the calls each row took part in before it stopped)."""
+                 gap_mask: Bool[Tensor, "batch seq"], *, cls_position: Int[Tensor, " batch"] | None = None,
+                 generator: torch.Generator | None = None) -> dict[str, Tensor | int]:
+        """Insert into each row until it stops; `cls_position`: each row's [CLS] column, where it is not
+        column 0. Returns the final `tokens`, `positions`, `mask` (columns out of sequence order), `inserted`
+        (the appended real columns), `num_inserted` per row, `num_model_calls` and `row_calls` (the calls
+        each row took part in before it stopped)."""
         cfg, tok = self.config, self.tokenizer
         device = next(self.model.parameters()).device
         tokens = input_ids.to(device)
@@ -171,6 +175,7 @@ class IlmPredictor:
         gaps = gap_mask.to(device=device, dtype=torch.bool) & mask
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)
         batch, start = tokens.shape
+        cls_col = None if cls_position is None else cls_position.to(device)
         num_inserted = torch.zeros(batch, dtype=torch.long, device=device)
         done = torch.zeros(batch, dtype=torch.bool, device=device)
         row_calls = torch.zeros(batch, dtype=torch.long, device=device)
@@ -180,9 +185,13 @@ class IlmPredictor:
             if bool(done.all()) or (cfg.max_steps is not None and calls >= cfg.max_steps):
                 break
             active, cols_of = packed_rows(mask, done)
+            cls = {}  # where [CLS] is not in column 0: its packed column, after the real columns before it
+            if cls_col is not None:
+                before = torch.arange(mask.size(1), device=device)[None, :] < cls_col[active, None]
+                cls = {"cls_position": (mask[active] & before).sum(1)}
             token_logits, stop_logits = self.model(tokens[active].gather(1, cols_of),
                                                    attention_mask=mask[active].gather(1, cols_of),
-                                                   positions=positions[active].gather(1, cols_of))
+                                                   positions=positions[active].gather(1, cols_of), **cls)
             calls += 1
             row_calls[active] += 1
             done[active] |= stop_logits.float().softmax(-1)[:, STOP] >= cfg.stop_threshold
@@ -215,7 +224,8 @@ class IlmPredictor:
                 "num_inserted": num_inserted, "num_model_calls": calls, "row_calls": row_calls}
 
     def predict(self, batch: IlmPredictBatch, *, generator: torch.Generator | None = None) -> IlmPredictionDict:
-        out = self.generate(batch["input_ids"], batch["attention_mask"], batch["gap_mask"], generator=generator)
+        out = self.generate(batch["input_ids"], batch["attention_mask"], batch["gap_mask"],
+                            cls_position=batch.get("cls_position"), generator=generator)
         tokens, positions = out["tokens"], out["positions"]
         ids, text = insertion_predictions(tokens, positions, out["inserted"], self.tokenizer)  # type: ignore[arg-type]
         return {"ids": ids, "text": text, "sequences": ordered_rows(tokens, positions, out["mask"]),  # type: ignore[arg-type]

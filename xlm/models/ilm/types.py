@@ -12,7 +12,14 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 
-class IlmTrainBatch(TypedDict):
+class ClsPosition(TypedDict, total=False):
+    """Optional in a batch: the column of each row's [CLS] where it is not column 0 (xlm-core's prefix batches are
+    left-padded, [PAD]... [CLS] prompt [BOS]); the stop head reads it there."""
+
+    cls_position: Int[Tensor, " batch"]
+
+
+class IlmTrainBatch(ClsPosition):
     input_ids: Int[Tensor, "batch seq"]  # [CLS] [PAD]... prompt [BOS] kept tokens [PAD]...
     attention_mask: Bool[Tensor, "batch seq"]  # True at real tokens
     gap_mask: Bool[Tensor, "batch seq"]  # real columns from [BOS] on: the gaps the loss normalises over
@@ -23,7 +30,7 @@ class IlmTrainBatch(TypedDict):
     num_dropped: Int[Tensor, " batch"]  # 0 = nothing to insert: the stop head's target is "stop"
 
 
-class IlmPredictBatch(TypedDict):
+class IlmPredictBatch(ClsPosition):
     input_ids: Int[Tensor, "batch seq"]  # [CLS] [PAD]... prompt [BOS] (unconditional: [CLS] [BOS])
     attention_mask: Bool[Tensor, "batch seq"]
     gap_mask: Bool[Tensor, "batch seq"]  # where insertions may go: the [BOS] column (and later inserts)

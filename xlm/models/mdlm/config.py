@@ -2,7 +2,10 @@
 
 The network is the DiT of Sahoo et al. (2024); the noise schedule and the training-time
 draw of t live here too, because the loss, the samplers and a converted checkpoint must agree
-on them. Fields are plain types so OmegaConf structured configs accept them.
+on them. The defaults are the reference DiT (kuleshov-group/mdlm); `residual`, `activation`,
+`rotary_dim`, `ffn_dim`, `output_bias` and `attention_dropout` let one model also compute
+xlm-core's DDiT, which differs in those. Fields are plain types so OmegaConf structured configs
+accept them.
 """
 
 from __future__ import annotations
@@ -10,9 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xlm.nn.config_checks import check_at_least_one, check_choices, check_transformer
+from xlm.nn.feed_forward import ACTIVATIONS
 from xlm.registry import ArchRegistry
 
 NOISE_SCHEDULES = ("loglinear", "cosine")
+#: what a block's attention branch is added to: the block's input x (the reference DiT), or the
+#: adaLN-modulated, normalised input modulate(norm1(x)) that the attention itself reads (xlm-core's DDiT)
+RESIDUALS = ("block_input", "modulated_input")
 
 
 @dataclass(kw_only=True)
@@ -24,10 +31,16 @@ class MdlmConfig:
     num_heads: int = 12
     cond_dim: int = 128  # width of the sigma embedding that drives adaLN
     mlp_ratio: int = 4
+    ffn_dim: int | None = None  # the MLP's width; None = mlp_ratio * model_dim
+    activation: str = "gelu_tanh"  # the MLP's: "gelu_tanh" (reference), "relu" (xlm-core's default), "gelu", "swiglu"
+    residual: str = "block_input"  # "block_input" (reference) | "modulated_input" (xlm-core), see RESIDUALS
+    rotary_dim: int | None = None  # dims of each head that are rotated; None = the whole head
+    output_bias: bool = True  # a bias on the vocabulary projection (xlm-core's has none)
     sigma_embed_dim: int = 256  # sinusoidal features of sigma fed to the sigma map
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
-    dropout: float = 0.0
+    dropout: float = 0.0  # on both residual branches
+    attention_dropout: float = 0.0  # on the attention probabilities (xlm-core: its dropout; the reference: none)
     # False: the network sees sigma = 0 whatever t is (the released mdlm-owt); this is what
     # lets the cached sampler reuse an output while the input has not changed
     time_conditioning: bool = False
@@ -39,12 +52,17 @@ class MdlmConfig:
     def __post_init__(self) -> None:
         check_transformer(self)
         check_at_least_one(self, "cond_dim", "mlp_ratio", "sigma_embed_dim")
-        if self.head_dim % 2:
-            raise ValueError(f"the head dim model_dim/num_heads={self.head_dim} must be even for rotary "
-                             f"embeddings; choose num_heads so that it is")
+        if self.ffn_dim is not None and self.ffn_dim < 1:
+            raise ValueError(f"ffn_dim must be >= 1 or None (mlp_ratio * model_dim), got {self.ffn_dim}")
+        check_choices(self, {"activation": ACTIVATIONS, "residual": RESIDUALS, "noise_schedule": NOISE_SCHEDULES})
+        rotary = self.head_dim if self.rotary_dim is None else self.rotary_dim
+        if rotary < 2 or rotary % 2 or rotary > self.head_dim:
+            raise ValueError(f"rotary_dim must be even and in [2, head_dim={self.head_dim}] (model_dim/num_heads; "
+                             f"None = the whole head), got {rotary}")
+        if not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"attention_dropout must be in [0, 1), got {self.attention_dropout}")
         if self.sigma_embed_dim % 2:
             raise ValueError(f"sigma_embed_dim must be even (cos and sin halves), got {self.sigma_embed_dim}")
-        check_choices(self, {"noise_schedule": NOISE_SCHEDULES})
         if not 0.0 < self.noise_eps < 1.0:
             raise ValueError(f"noise_eps must be in (0, 1), got {self.noise_eps}")
         if not 0.0 < self.sampling_eps < 1.0:
@@ -56,8 +74,8 @@ class MdlmConfig:
         return self.model_dim // self.num_heads
 
     @property
-    def ffn_dim(self) -> int:
-        return self.mlp_ratio * self.model_dim
+    def hidden_ffn_dim(self) -> int:
+        return self.ffn_dim if self.ffn_dim is not None else self.mlp_ratio * self.model_dim
 
 
 mdlm_archs = ArchRegistry[MdlmConfig]("mdlm")

@@ -1,4 +1,4 @@
-"""Checkpoint converters for MDLM: the reference DiT of kuleshov-group/mdlm, both ways; xlm-core's DDiT (refused).
+"""Checkpoint converters for MDLM: the reference DiT of kuleshov-group/mdlm and xlm-core's DDiT, both ways.
 
     config, state = MDLM_REFERENCE("path/to/mdlm-owt")          # the HF repo: config.json + model.safetensors
     config, state = MDLM_REFERENCE("path/to/last.ckpt")         # a Lightning checkpoint (EMA weights)
@@ -30,19 +30,22 @@ default, as the paper evaluates) puts those values under the reference's paramet
 xlm-core's `MDLMModel` (`xlm-models/mdlm/model_mdlm.py`, layers from `src/xlm/modules/ddit_simple.py`) has
 the same parts under other names (`XLM_CORE_KEY_MAP`: embed_tokens -> vocab_embed, encoder.{i}.o_proj ->
 blocks.{i}.attn_out, encoder.{i}.ada_ln_modulations.modulation -> blocks.{i}.adaLN_modulation,
-output_layer.adaLN_modulation.modulation -> output_layer.adaLN_modulation, a bias-free output linear, the
-`sigma_map.freqs` and rotary buffers dropped), is fed the total noise sigma(t) (time-conditioned), and is read
-by the "xlm_core" converter (`read_xlm_core`: Lightning .ckpt with EMA, or hub export). But it computes
-something else than MdlmModel: `DDiTLayer.forward` adds the attention branch to the adaLN-modulated,
-normalised input (`x = modulate(norm1(x)); x = gate * attn(x) + x`) where the reference DiT adds it to the
-block's input, and its default MLP is ReLU and its rotary may cover part of a head. Loading those weights into
-MdlmModel would silently give another model, so the converter refuses, naming each difference
-(`xlm_core_mdlm_problems`), until MdlmModel can compute xlm-core's block.
+output_layer.adaLN_modulation.modulation -> output_layer.adaLN_modulation; the `sigma_map.freqs` and rotary
+buffers are checked and dropped), is fed the total noise sigma(t) (time-conditioned), and is read by the
+"xlm_core" converter (`read_xlm_core`: Lightning .ckpt with EMA, or hub export). Its block differs from the
+reference DiT's, and the MdlmConfig it converts to says how (`_mdlm_from_xlm_core`): `DDiTLayer.forward` adds
+the attention branch to the adaLN-modulated, normalised input (`x = modulate(norm1(x)); x = gate * attn(x) + x`,
+residual="modulated_input"); its MLP is `dim_feedforward` wide, ReLU by default (or GELU-tanh); its rotary covers
+the first `rotary_emb_dim` dims of each head; its vocabulary projection has no bias (output_bias=False); and it
+drops attention probabilities at its dropout rate. Writing back (`convert_to_mdlm_xlm_core`) gives its hub
+export's config.json and keys, buffers included; a config it cannot hold is refused with every reason
+(`xlm_core_export_problems`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -55,8 +58,8 @@ from xlm.interop.converter import config_dict, Converted, Converter, require
 from xlm.interop.keymap import check_mapped, check_state_dict, KeyMap, Rule
 from xlm.interop.probe import CheckpointProbe
 from xlm.interop.readers import read_checkpoint, read_hf_dir, to_plain
-from xlm.interop.xlm_core import (ROPE_BASE, XlmCoreConfig, check_rotary_buffers, pop_read_record, read_xlm_core,
-                                      recognises_xlm_core, xlm_core_config)
+from xlm.interop.xlm_core import (ROPE_BASE, XlmCoreConfig, check_rotary_buffers, insert_rotary_buffer,
+                                  pop_read_record, read_xlm_core, recognises_xlm_core, xlm_core_config)
 
 from .config import MdlmConfig
 from .factory import create_mdlm_model
@@ -64,7 +67,8 @@ from .factory import create_mdlm_model
 __all__ = ["CONVERTERS", "MDLM_REFERENCE", "REFERENCE_KEY_MAP", "XLM_CORE", "XLM_CORE_KEY_MAP",
            "convert_mdlm_reference", "convert_mdlm_xlm_core", "convert_to_mdlm_reference", "convert_to_mdlm_xlm_core",
            "mdlm_config_from_reference", "mdlm_reference_config", "read_mdlm_reference", "reference_export_problems",
-           "reference_inv_freq", "shows_reference_keys", "xlm_core_export_problems", "xlm_core_mdlm_problems"]
+           "reference_inv_freq", "shows_reference_keys", "xlm_core_export_problems", "xlm_core_mdlm_config",
+           "xlm_core_sigma_freqs"]
 
 _B = "backbone."
 _MODEL_TYPE = "mdlm"  # the released config.json's (kuleshov-group/mdlm-owt), and what the export writes
@@ -83,10 +87,13 @@ REFERENCE_KEY_MAP = KeyMap([
 ], drop=[_B + "rotary_emb.inv_freq", "noise.{rest:.+}"])
 
 _INV_FREQ = _B + "rotary_emb.inv_freq"
+_SIGMA_FREQS = "sigma_map.freqs"  # xlm-core's persistent sinusoid table; ours is recomputed
 _NOTES = "__xlm_read_notes__"  # passes what the reader did (EMA, prefixes) on to the converter's report
 
-# what the reference hard-codes: not in its config, so checked on export
-_REFERENCE_FIXED = {"sigma_embed_dim": 256, "mlp_ratio": 4, "rope_base": 10000.0, "norm_eps": 1e-5}
+# what the reference hard-codes: not in its config, so checked on export (and its MLP is 4 * hidden wide)
+_REFERENCE_FIXED = {"sigma_embed_dim": 256, "rope_base": 10000.0, "norm_eps": 1e-5, "activation": "gelu_tanh",
+                    "residual": "block_input", "output_bias": True, "attention_dropout": 0.0}
+_REFERENCE_MLP_RATIO = 4
 
 
 def reference_inv_freq(head_dim: int, base: float = 10000.0) -> Tensor:
@@ -128,16 +135,22 @@ def mdlm_config_from_reference(ref_config: Any, state: Mapping[str, Tensor] | No
     fixed = _REFERENCE_FIXED
     return MdlmConfig(vocab_size=c["vocab_size"], max_seq_len=c["model_length"], model_dim=dim,
                       num_layers=c["n_blocks"], num_heads=c["n_heads"], cond_dim=c["cond_dim"],
-                      mlp_ratio=mlp_in.shape[0] // dim if mlp_in is not None else fixed["mlp_ratio"],
+                      mlp_ratio=mlp_in.shape[0] // dim if mlp_in is not None else _REFERENCE_MLP_RATIO,
                       sigma_embed_dim=sigma_in.shape[1] if sigma_in is not None else fixed["sigma_embed_dim"],
                       rope_base=fixed["rope_base"], norm_eps=fixed["norm_eps"],
                       dropout=float(c.get("dropout") or 0.0), time_conditioning=bool(c["time_conditioning"]))
 
 
 def reference_export_problems(config: MdlmConfig) -> list[str]:
-    """Why the reference DiT cannot hold this config ([] = it can): it hard-codes these sizes."""
-    return [f"{name}={getattr(config, name)} (the reference fixes {value})" for name, value in _REFERENCE_FIXED.items()
-            if getattr(config, name) != value]
+    """Why the reference DiT cannot hold this config ([] = it can): it hard-codes these sizes and choices."""
+    problems = [f"{name}={getattr(config, name)!r} (the reference fixes {value!r})"
+                for name, value in _REFERENCE_FIXED.items() if getattr(config, name) != value]
+    if config.hidden_ffn_dim != _REFERENCE_MLP_RATIO * config.model_dim:
+        problems.append(f"an MLP {config.hidden_ffn_dim} wide (the reference's is {_REFERENCE_MLP_RATIO} * hidden_dim "
+                        f"= {_REFERENCE_MLP_RATIO * config.model_dim})")
+    if config.rotary_dim not in (None, config.head_dim):
+        problems.append(f"rotary_dim={config.rotary_dim} (the reference rotates whole {config.head_dim}-dim heads)")
+    return problems
 
 
 def mdlm_reference_config(config: MdlmConfig) -> dict[str, Any]:
@@ -268,7 +281,7 @@ def shows_reference_keys(probe: CheckpointProbe) -> bool:
 
 # -- xlm-core's MDLMModel (DDiT of src/xlm/modules/ddit_simple.py) -------------------------------
 
-#: xlm-core MDLMModel -> MdlmModel (the output linear, bias-free there, gets a zero bias here).
+#: xlm-core MDLMModel -> MdlmModel (with output_bias=False: its output linear has no bias).
 XLM_CORE_KEY_MAP = KeyMap([
     Rule("embed_tokens.weight", "vocab_embed.weight"),
     Rule("sigma_map.mlp.{n:[02]}.{p}", "sigma_map.mlp.{n}.{p}"),
@@ -281,65 +294,97 @@ XLM_CORE_KEY_MAP = KeyMap([
     Rule("output_layer.norm_final.weight", "output_layer.norm_final.weight"),
     Rule("output_layer.linear.weight", "output_layer.linear.weight"),
     Rule("output_layer.adaLN_modulation.modulation.{p}", "output_layer.adaLN_modulation.{p}"),
-], drop=["encoder.{i}.rotary_emb.{b:inv_freq|sin|cos}", "sigma_map.freqs"])
+], drop=["encoder.{i}.rotary_emb.{b:inv_freq|sin|cos}", _SIGMA_FREQS])
 _XLM_CORE_CLASSES = ("MDLMModel",)
-_XLM_CORE_SIGMA_FEATURES = 256  # MDLMModel: TimestepEmbedder(d_cond, 256)
-_XLM_CORE_RESIDUAL = ("xlm-core's DDiTLayer adds each residual branch to the adaLN-modulated, normalised input "
-                      "(x = modulate(norm1(x)); x = gate * attn(x) + x), MdlmModel (the reference DiT) to the block's "
-                      "input")
+#: what MDLMModel hard-codes: TimestepEmbedder(d_cond, 256) with max_period 10000, and DDiTLayer's block
+_XLM_CORE_FIXED = {"sigma_embed_dim": 256, "residual": "modulated_input", "output_bias": False,
+                   "rope_base": ROPE_BASE, "time_conditioning": True}
 
 
-def xlm_core_mdlm_problems(xc: XlmCoreConfig) -> list[str]:
-    """What MdlmModel lacks to compute this xlm-core MDLMModel ([] = nothing)."""
-    problems = [_XLM_CORE_RESIDUAL]
-    if xc.activation != "gelu":
-        problems.append(f"activation={xc.activation!r} (MdlmModel's MLP is GELU-tanh, xlm-core's 'gelu')")
-    if xc.rotary_emb_dim != xc.head_dim:
-        problems.append(f"rotary_emb_dim={xc.rotary_emb_dim} rotates part of each {xc.head_dim}-dim head (MdlmModel "
-                        f"rotates whole heads)")
-    if xc.dim_feedforward % xc.d_model:
-        problems.append(f"dim_feedforward={xc.dim_feedforward} is not a multiple of d_model={xc.d_model} (MdlmModel "
-                        f"has mlp_ratio)")
-    return problems
+def xlm_core_sigma_freqs(features: int, max_period: float = 10000.0) -> Tensor:
+    """xlm-core's `sigma_map.freqs` buffer: exp(-log(max_period) k / half) for k < half = features / 2."""
+    half = features // 2
+    return torch.exp(-math.log(max_period) * torch.arange(half) / half)
+
+
+def _check_sigma_freqs(state: Mapping[str, Tensor], features: int, source: str | None) -> None:
+    freqs = state.get(_SIGMA_FREQS)
+    expected = xlm_core_sigma_freqs(features)
+    if freqs is not None and (freqs.shape != expected.shape or not torch.allclose(freqs.float(), expected, rtol=1e-5)):
+        raise ConversionError(f"{_SIGMA_FREQS} is not the table of {features} sinusoidal features with period 10000 "
+                              f"that MDLMModel builds; the checkpoint's TimestepEmbedder is not xlm-core's",
+                              source=source)
 
 
 def _mdlm_from_xlm_core(xc: XlmCoreConfig, state: Mapping[str, Tensor]) -> MdlmConfig:
+    """xlm-core's constructor arguments as an MdlmConfig: its DDiT block, its FFN width and activation, its rotary
+    dims, a bias-free output projection, attention dropout at its one rate, always conditioned on the noise."""
     sigma = state.get("sigma_map.mlp.0.weight")
+    fixed = _XLM_CORE_FIXED
     return MdlmConfig(vocab_size=xc.num_embeddings, max_seq_len=xc.max_length, model_dim=xc.d_model,
                       num_layers=xc.num_layers, num_heads=xc.nhead, cond_dim=xc.d_cond or xc.d_model // 2,
-                      mlp_ratio=xc.dim_feedforward // xc.d_model,
-                      sigma_embed_dim=int(sigma.shape[1]) if sigma is not None else _XLM_CORE_SIGMA_FEATURES,
-                      rope_base=ROPE_BASE, norm_eps=xc.layer_norm_eps, dropout=xc.dropout, time_conditioning=True)
+                      ffn_dim=xc.dim_feedforward, activation=xc.activation_ours, residual=fixed["residual"],
+                      rotary_dim=xc.rotary_dim_ours, output_bias=fixed["output_bias"],
+                      sigma_embed_dim=int(sigma.shape[1]) if sigma is not None else fixed["sigma_embed_dim"],
+                      rope_base=fixed["rope_base"], norm_eps=xc.layer_norm_eps, dropout=xc.dropout,
+                      attention_dropout=xc.dropout, time_conditioning=fixed["time_conditioning"])
 
 
 def convert_mdlm_xlm_core(state: Mapping[str, Tensor], source_config: Any, *, source: str | None = None) -> Converted:
-    """xlm-core MDLMModel (its own keys) -> (MdlmConfig, state), once MdlmModel computes the same function; until
-    then a ConversionError naming every difference (`xlm_core_mdlm_problems`)."""
+    """xlm-core MDLMModel (its own keys, `model.` already stripped) -> (MdlmConfig, MdlmModel state dict)."""
     config_in, notes, dropped = pop_read_record(source_config)
     xc = xlm_core_config(config_in, state, where=source or "the xlm-core MDLM config", notes=notes,
                          classes=_XLM_CORE_CLASSES)
     check_rotary_buffers(state, xc.rotary_emb_dim, source=source)
-    problems = xlm_core_mdlm_problems(xc)
-    if problems:
-        raise ConversionError(f"MdlmModel cannot compute xlm-core's MDLMModel (src/xlm/modules/ddit_simple.py), so its "
-                              f"weights are not loaded into one: {'; '.join(problems)}", source=source)
-    config = _mdlm_from_xlm_core(xc, state)  # reached once MdlmModel can compute xlm-core's block
+    config = _mdlm_from_xlm_core(xc, state)
+    _check_sigma_freqs(state, config.sigma_embed_dim, source)
     result = XLM_CORE_KEY_MAP.apply(state, source=source)
-    linear = result.state.get("output_layer.linear.weight")
-    if linear is not None:
-        result.state["output_layer.linear.bias"] = linear.new_zeros(linear.shape[0])
     check_mapped(result, create_mdlm_model(config, device="meta"), source=source)
     return Converted(config, result.state, dropped=dropped + result.dropped, notes=notes, source=source)
 
 
 def xlm_core_export_problems(config: MdlmConfig) -> list[str]:
-    """Why xlm-core's MDLMModel cannot hold this config: its block computes another function (see above)."""
-    return [_XLM_CORE_RESIDUAL]
+    """Why xlm-core's MDLMModel cannot hold this config ([] = it can): what it hard-codes, its two activations,
+    and its one dropout rate for both the residual branches and the attention probabilities."""
+    problems = [f"{name}={getattr(config, name)!r} (xlm-core's MDLMModel fixes {value!r})"
+                for name, value in _XLM_CORE_FIXED.items() if getattr(config, name) != value]
+    if config.activation not in ("relu", "gelu_tanh"):
+        problems.append(f"activation={config.activation!r} (xlm-core has relu and gelu_tanh)")
+    if config.attention_dropout != config.dropout:
+        problems.append(f"attention_dropout={config.attention_dropout} differs from dropout={config.dropout} "
+                        f"(xlm-core drops both at its one rate)")
+    return problems
+
+
+def xlm_core_mdlm_config(config: MdlmConfig) -> dict[str, Any]:
+    """The config.json (MDLMModel's constructor arguments) equal in function to `config`. `padding_idx` and
+    `mask_idx` are left out (the config does not know them; they do not change the network's function)."""
+    problems = xlm_core_export_problems(config)
+    if problems:
+        raise ConversionError(f"this MDLM config has no xlm-core equivalent: {'; '.join(problems)}")
+    return {"num_embeddings": config.vocab_size, "d_model": config.model_dim, "num_layers": config.num_layers,
+            "nhead": config.num_heads, "dim_feedforward": config.hidden_ffn_dim, "dropout": config.dropout,
+            "activation": {"relu": "relu", "gelu_tanh": "gelu"}[config.activation],
+            "layer_norm_eps": config.norm_eps, "d_cond": config.cond_dim,
+            "rotary_emb_dim": config.rotary_dim or config.head_dim, "max_length": config.max_seq_len,
+            "force_flash_attn": False}
 
 
 def convert_to_mdlm_xlm_core(state: Mapping[str, Tensor], config: MdlmConfig) -> Converted:
-    """MdlmModel -> xlm-core MDLMModel: refused, xlm-core's block computes another function."""
-    raise ConversionError(f"this MDLM model has no xlm-core equivalent: {'; '.join(xlm_core_export_problems(config))}")
+    """MdlmModel state dict -> (xlm-core config.json dict, MDLMModel state dict as its hub export writes it: the
+    `sigma_map.freqs` buffer before the sigma MLP, the rotary buffer once, after layer 0)."""
+    xc_config = xlm_core_mdlm_config(config)
+    check_state_dict(state, create_mdlm_model(config, device="meta"), target="the MDLM config")
+    result = XLM_CORE_KEY_MAP.inverse().apply(state)
+    if result.unmatched or result.incomplete:
+        raise ConversionError("keys with no place in the xlm-core layout",
+                              unexpected=result.unmatched + result.incomplete)
+    out: dict[str, Tensor] = {}
+    for key, tensor in result.state.items():
+        if key.startswith("sigma_map.") and _SIGMA_FREQS not in out:
+            out[_SIGMA_FREQS] = xlm_core_sigma_freqs(config.sigma_embed_dim)
+        out[key] = tensor.contiguous()
+    return Converted(xc_config, insert_rotary_buffer(out, xc_config["rotary_emb_dim"]))
 
 
 MDLM_REFERENCE = Converter(name="mdlm_reference",
@@ -348,8 +393,8 @@ MDLM_REFERENCE = Converter(name="mdlm_reference",
                            export_problems=reference_export_problems, read=read_mdlm_reference,
                            hf_model_types=(_MODEL_TYPE,), recognises=shows_reference_keys, needs_config=True)
 XLM_CORE = Converter(name="xlm_core",
-                     description="xlm-core MDLMModel (DDiT; Lightning .ckpt or hub export) - read, then refused: its "
-                                 "block differs from MdlmModel's",
+                     description="xlm-core MDLMModel (DDiT; Lightning .ckpt, EMA when present; or its hub export: "
+                                 "model.safetensors + config.json)",
                      to_xlm=convert_mdlm_xlm_core, from_xlm=convert_to_mdlm_xlm_core,
                      export_problems=xlm_core_export_problems, read=read_xlm_core,
                      recognises=recognises_xlm_core(_XLM_CORE_CLASSES), needs_config=True)

@@ -11,8 +11,13 @@ Module tree (so reference checkpoints convert with a key map):
     output_layer.norm_final / linear / adaLN_modulation   the linear and modulation zero-initialised
 
 Rotary embeddings rotate the two halves of each head (GPT-NeoX convention, as flash-attn's
-non-interleaved kernel the reference calls). Attention is bidirectional; a padding mask only
-hides left padding of prompts.
+non-interleaved kernel the reference calls), or of its first `rotary_dim` dims. Attention is
+bidirectional; a padding mask only hides left padding of prompts.
+
+xlm-core's DDiT is the same network but for the options the config carries: its attention branch is
+added to the modulated, normalised input (`residual="modulated_input"`), its MLP may be ReLU and of
+any width, its rotary may cover part of a head, its vocabulary projection has no bias, and it drops
+attention probabilities while training.
 """
 
 from __future__ import annotations
@@ -58,19 +63,23 @@ class TimestepEmbedder(nn.Module):
 
 class DDiTBlock(nn.Module):
     """Pre-norm block whose norms are shifted/scaled and whose residual branches are gated by
-    the conditioning; with zero-initialised modulation it starts as the identity."""
+    the conditioning. The attention branch is added to the block's input, or with `residual`
+    "modulated_input" to the normalised, modulated input it read (xlm-core's DDiTLayer); with
+    zero-initialised modulation the first kind starts as the identity."""
 
-    def __init__(self, *, dim: int, num_heads: int, cond_dim: int, ffn_dim: int, norm_eps: float,
-                 dropout: float, rope: RotaryEmbedding) -> None:
+    def __init__(self, *, dim: int, num_heads: int, cond_dim: int, ffn_dim: int, activation: str, residual: str,
+                 norm_eps: float, dropout: float, attention_dropout: float, rope: RotaryEmbedding) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.rope = rope
+        self.residual_is_modulated = residual == "modulated_input"
+        self.attention_dropout = attention_dropout
         self.norm1 = make_norm("layernorm", dim, norm_eps, bias=False)
         self.attn_qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.attn_out = nn.Linear(dim, dim, bias=False)
         self.norm2 = make_norm("layernorm", dim, norm_eps, bias=False)
-        self.mlp = FeedForward(dim, ffn_dim, activation="gelu_tanh", bias=True)
+        self.mlp = FeedForward(dim, ffn_dim, activation=activation, bias=True)
         self.adaLN_modulation = nn.Linear(cond_dim, 6 * dim)
         self.dropout = nn.Dropout(dropout)
 
@@ -80,24 +89,26 @@ class DDiTBlock(nn.Module):
         # the fused projection is laid out (q | k | v), each heads x head_dim
         qkv = self.attn_qkv(x).view(batch, seq, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = self.rope(qkv[0], positions), self.rope(qkv[1], positions), qkv[2]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                             dropout_p=self.attention_dropout if self.training else 0.0)
         return self.attn_out(out.transpose(1, 2).reshape(batch, seq, dim))
 
     def forward(self, x: Float[Tensor, "batch seq dim"], c: Float[Tensor, "batch cond"], *,
                 positions: Int[Tensor, "batch seq"],
                 attn_mask: Bool[Tensor, "batch 1 seq seq"] | None) -> Float[Tensor, "batch seq dim"]:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)
-        attended = self.attention(modulate(self.norm1(x), shift_msa, scale_msa).to(x.dtype), positions, attn_mask)
-        x = x + gate_msa[:, None] * self.dropout(attended)
+        normed = modulate(self.norm1(x), shift_msa, scale_msa).to(x.dtype)
+        attended = self.attention(normed, positions, attn_mask)
+        x = (normed if self.residual_is_modulated else x) + gate_msa[:, None] * self.dropout(attended)
         hidden = self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp).to(x.dtype))
         return x + gate_mlp[:, None] * self.dropout(hidden)
 
 
 class DDiTFinalLayer(nn.Module):
-    def __init__(self, *, dim: int, vocab_size: int, cond_dim: int, norm_eps: float) -> None:
+    def __init__(self, *, dim: int, vocab_size: int, cond_dim: int, norm_eps: float, bias: bool) -> None:
         super().__init__()
         self.norm_final = make_norm("layernorm", dim, norm_eps, bias=False)
-        self.linear = nn.Linear(dim, vocab_size)
+        self.linear = nn.Linear(dim, vocab_size, bias=bias)
         self.adaLN_modulation = nn.Linear(cond_dim, 2 * dim)
 
     def forward(self, x: Float[Tensor, "batch seq dim"], c: Float[Tensor, "batch cond"],
@@ -118,26 +129,29 @@ class MdlmModel(nn.Module):
         dim = config.model_dim
         self.vocab_embed = nn.Embedding(config.vocab_size, dim)
         self.sigma_map = TimestepEmbedder(config.cond_dim, config.sigma_embed_dim)
-        self.rotary_emb = RotaryEmbedding(config.head_dim, base=config.rope_base, max_len=config.max_seq_len)
+        self.rotary_emb = RotaryEmbedding(config.head_dim, rotary_dim=config.rotary_dim, base=config.rope_base,
+                                          max_len=config.max_seq_len)
         self.blocks = nn.ModuleList(
-            DDiTBlock(dim=dim, num_heads=config.num_heads, cond_dim=config.cond_dim, ffn_dim=config.ffn_dim,
-                      norm_eps=config.norm_eps, dropout=config.dropout, rope=self.rotary_emb)
+            DDiTBlock(dim=dim, num_heads=config.num_heads, cond_dim=config.cond_dim, ffn_dim=config.hidden_ffn_dim,
+                      activation=config.activation, residual=config.residual, norm_eps=config.norm_eps,
+                      dropout=config.dropout, attention_dropout=config.attention_dropout, rope=self.rotary_emb)
             for _ in range(config.num_layers))
         self.output_layer = DDiTFinalLayer(dim=dim, vocab_size=config.vocab_size, cond_dim=config.cond_dim,
-                                           norm_eps=config.norm_eps)
+                                           norm_eps=config.norm_eps, bias=config.output_bias)
         self._init_weights()
 
     def _init_weights(self) -> None:
         """The reference's init: torch defaults for the linears, U(+-1/sqrt(dim)) for the token table
         (its kaiming_uniform(a=sqrt 5)), zeros for every modulation and for the output projection, so
-        a fresh model is the identity per block and predicts uniformly."""
+        a fresh model predicts uniformly (and with residual="block_input" is the identity per block)."""
         bound = 1.0 / math.sqrt(self.config.model_dim)
         nn.init.uniform_(self.vocab_embed.weight, -bound, bound)
         zeroed = [block.adaLN_modulation for block in self.blocks]
         zeroed += [self.output_layer.adaLN_modulation, self.output_layer.linear]
         for linear in zeroed:
             nn.init.zeros_(linear.weight)
-            nn.init.zeros_(linear.bias)
+            if linear.bias is not None:
+                nn.init.zeros_(linear.bias)
 
     @property
     def time_conditioning(self) -> bool:

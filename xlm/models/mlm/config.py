@@ -31,6 +31,7 @@ class MlmConfig:
     norm_position: str = "pre"  # "pre" (x + f(norm(x)), final norm) | "post" (BERT: norm(x + f(x)), embedding norm)
     pos_encoding: str = "rope"  # "rope" | "learned" (absolute, BERT)
     rope_base: float = 10000.0
+    rotary_dim: int | None = None  # dims of each head that are rotated; None = the whole head
     type_vocab_size: int = 0  # token-type (segment) embeddings; 0 = none, BERT = 2
     norm: str = "layernorm"  # "layernorm" | "rmsnorm"
     norm_eps: float = 1e-5
@@ -50,8 +51,13 @@ class MlmConfig:
         check_ffn_init_and_padding(self)
         check_choices(self, {"norm_position": NORM_POSITIONS, "pos_encoding": POS_ENCODINGS, "norm": NORMS,
                              "activation": ACTIVATIONS, "loss_weighting": LOSS_WEIGHTINGS})
-        if self.pos_encoding == "rope" and self.head_dim % 2:
+        if self.pos_encoding == "rope" and self.rotary_dim is None and self.head_dim % 2:
             raise ValueError(f"rope needs an even head_dim, got model_dim/num_heads={self.head_dim}")
+        if self.rotary_dim is not None:
+            if self.pos_encoding != "rope":
+                raise ValueError(f"rotary_dim only applies to pos_encoding='rope', got {self.pos_encoding!r}")
+            if self.rotary_dim < 2 or self.rotary_dim % 2 or self.rotary_dim > self.head_dim:
+                raise ValueError(f"rotary_dim must be even and in [2, head_dim={self.head_dim}], got {self.rotary_dim}")
         if self.type_vocab_size < 0:
             raise ValueError(f"type_vocab_size must be >= 0 (0 = no token types), got {self.type_vocab_size}")
 

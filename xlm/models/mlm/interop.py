@@ -26,8 +26,8 @@ bias-free q|k|v, bias-free `o_proj`, an MLP with biases (ReLU or GELU-tanh), Neo
     output_layer.norm_final                  -> final_norm
     output_layer.linear.weight               -> head.proj.weight    (no head transform, no bias, untied)
 
-MlmModel rotates the whole head and always has a final norm: a checkpoint with partial rotary
-(rotary_emb_dim < d_model / nhead) or without the final norm is refused, naming which.
+Partial rotary (rotary_emb_dim < d_model / nhead) becomes `rotary_dim`. MlmModel always has a final norm: a
+checkpoint without it (final_layer_without_normalization) is refused, saying so.
 """
 
 from __future__ import annotations
@@ -202,20 +202,15 @@ HF_BERT = Converter(name="hf_bert", description="HF transformers BERT (BertForMa
 # -- xlm-core --------------------------------------------------------------------------------
 
 def _mlm_from_xlm_core(xc: XlmCoreConfig, notes: list[str]) -> MlmConfig:
-    problems = []
-    if xc.rotary_emb_dim != xc.head_dim:
-        problems.append(f"rotary_emb_dim={xc.rotary_emb_dim} rotates part of each {xc.head_dim}-dim head; MlmModel "
-                        f"rotates whole heads")
     if not xc.final_layer_norm:
-        problems.append("no final LayerNorm (final_layer_without_normalization=True); MlmModel's pre-LN encoder "
-                        "always normalises before its head")
-    if problems:
-        raise ConversionError(f"MlmModel cannot compute this xlm-core MLM: {'; '.join(problems)}")
+        raise ConversionError("MlmModel cannot compute this xlm-core MLM: it has no final LayerNorm "
+                              "(final_layer_without_normalization=True), and MlmModel's pre-LN encoder always "
+                              "normalises before its head")
     return MlmConfig(vocab_size=xc.num_embeddings, model_dim=xc.d_model, num_layers=xc.num_layers, num_heads=xc.nhead,
                      ffn_dim=xc.dim_feedforward, max_seq_len=xc.max_length, norm_position="pre", pos_encoding="rope",
-                     rope_base=ROPE_BASE, type_vocab_size=0, norm="layernorm", norm_eps=xc.layer_norm_eps,
-                     activation=xc.activation_ours, bias=True, head_transform=False, head_bias=False,
-                     tie_embeddings=False, dropout=xc.dropout, pad_token_id=pad_token_id(xc, notes))
+                     rope_base=ROPE_BASE, rotary_dim=xc.rotary_dim_ours, type_vocab_size=0, norm="layernorm",
+                     norm_eps=xc.layer_norm_eps, activation=xc.activation_ours, bias=True, head_transform=False,
+                     head_bias=False, tie_embeddings=False, dropout=xc.dropout, pad_token_id=pad_token_id(xc, notes))
 
 
 def mlm_config_from_xlm_core(source_config: Any, state: Mapping[str, Tensor] | None = None) -> MlmConfig:
@@ -254,7 +249,7 @@ def xlm_core_mlm_config(config: MlmConfig) -> dict[str, Any]:
     problems = xlm_core_export_problems(config)
     if problems:
         raise ConversionError(f"this MLM config has no xlm-core equivalent: {'; '.join(problems)}")
-    return constructor_args(config, rotary_dim=config.head_dim, use_flex_attn=False,
+    return constructor_args(config, rotary_dim=config.rotary_dim or config.head_dim, use_flex_attn=False,
                             final_layer_without_normalization=False)
 
 
@@ -266,7 +261,7 @@ def convert_to_mlm_xlm_core(state: Mapping[str, Tensor], config: MlmConfig) -> C
         state["head.proj.weight"] = state["embed_tokens.weight"]
     return convert_to_xlm_core(state, config, key_map=XLM_CORE_KEY_MAP, problems=xlm_core_export_problems(config),
                                export_config=lambda: xlm_core_mlm_config(config), factory=create_mlm_model,
-                               rotary_dim=config.head_dim, what="MLM")
+                               rotary_dim=config.rotary_dim or config.head_dim, what="MLM")
 
 
 XLM_CORE = Converter(name="xlm_core",

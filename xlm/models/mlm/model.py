@@ -66,7 +66,8 @@ class MlmModel(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         rope = None
         if config.pos_encoding == "rope":
-            rope = RotaryEmbedding(config.head_dim, base=config.rope_base, max_len=config.max_seq_len)
+            rope = RotaryEmbedding(config.head_dim, rotary_dim=config.rotary_dim, base=config.rope_base,
+                                   max_len=config.max_seq_len)
         block_args = dict(dim=dim, num_heads=config.num_heads, ffn_dim=config.hidden_ffn_dim,
                           activation=config.activation, norm=config.norm, norm_eps=config.norm_eps, bias=config.bias,
                           rope=rope, dropout=config.dropout)
