@@ -139,6 +139,19 @@ def test_caching_a_time_conditioned_model_is_refused():
     assert not bool((predictor.unconditional(2, 6) == MASK).any())
 
 
+def test_by_default_the_cache_is_used_wherever_the_model_allows_it():
+    conditioned = _predictor(_random_model(time_conditioning=True), num_steps=5)  # e.g. converted from xlm-core
+    assert not bool((conditioned.unconditional(2, 6) == MASK).any())
+    independent = _random_model(time_conditioning=False)
+    calls = []
+    independent.register_forward_hook(lambda *_: calls.append(1))
+    seed = torch.Generator().manual_seed
+    _predictor(independent, num_steps=50).unconditional(1, 4, generator=seed(0))
+    cached_calls, calls[:] = len(calls), []
+    _predictor(independent, num_steps=50, use_cache=False).unconditional(1, 4, generator=seed(0))
+    assert cached_calls < len(calls)
+
+
 def test_steps_walk_sigma_from_t1_down_and_unmask_at_the_schedule_rate():
     """A time-conditioned network sees sigma(1 - i/T) at step i; the expected number of masked
     positions entering step i is N * mc(1 - i/T) / mc(1) = N (1 - i/T) for the log-linear schedule."""

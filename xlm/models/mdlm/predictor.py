@@ -41,7 +41,9 @@ class MdlmSamplerConfig:
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
-    use_cache: bool = True  # reuse the network output while a row is unchanged (time-independent models)
+    # reuse the network output while a row is unchanged: valid for time-independent networks only;
+    # None = wherever the model allows it (a time-conditioned one, e.g. converted from xlm-core, runs uncached)
+    use_cache: bool | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -72,8 +74,12 @@ class MdlmPredictor:
         if config.use_cache:
             self._check_cache_allowed()
 
+    @property
+    def _time_conditioned(self) -> bool:
+        return bool(getattr(self.model, "time_conditioning", True))
+
     def _check_cache_allowed(self) -> None:
-        if getattr(self.model, "time_conditioning", True):
+        if self._time_conditioned:
             raise ValueError("sampler.use_cache=true reuses the network's output across time steps, which is only "
                              "valid for a time-independent network, and this model is time-conditioned "
                              "(model.time_conditioning=true); set sampler.use_cache=false, or train with "
@@ -123,7 +129,9 @@ class MdlmPredictor:
         if steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {steps}")
         use_cache = cfg.use_cache if use_cache is None else use_cache
-        if use_cache:
+        if use_cache is None:
+            use_cache = not self._time_conditioned
+        elif use_cache:
             self._check_cache_allowed()
         device = next(self.model.parameters()).device
         mask_id = self.tokenizer.mask_token_id
