@@ -17,7 +17,7 @@ commands:
   generate complete prompts, optionally tracing each step (python -m xlm.recipes.generate)
   train-tokenizer  train a SentencePiece tokenizer on a corpus (python -m xlm.recipes.train_tokenizer)
   models   list model families, where each came from, and their archs
-  cards    list | show NAME | add RUN_DIR --name NAME   (asset cards)
+  cards    list | show NAME | add RUN_DIR --name NAME | download NAME | pin NAME   (asset cards)
 """
 
 

@@ -1,7 +1,8 @@
 """A local HTTP server standing in for the Hugging Face hub (and for plain https downloads).
 
 Serves `files[(repo_id, revision, filename)] = bytes` at `/{repo_id}/resolve/{revision}/{filename}`
-with the headers huggingface_hub reads (commit, etag, size), and `plain[path] = bytes` at `/path`.
+with the headers huggingface_hub reads (commit, etag, size), also under the revision's commit
+(`FakeHub.commit(revision)`) as the hub does, and `plain[path] = bytes` at `/path`.
 `truncate` makes a path send fewer bytes than its Content-Length says.
 """
 
@@ -31,14 +32,15 @@ class FakeHub:
                     return hub.plain[path], "main"
                 parts = path.lstrip("/").split("/")
                 if len(parts) >= 5 and parts[2] == "resolve":
-                    repo, revision, filename = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
-                    return hub.files.get((repo, revision, filename)), revision
+                    repo, asked, filename = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
+                    for (r, revision, f), body in hub.files.items():
+                        if (r, f) == (repo, filename) and asked in (revision, FakeHub.commit(revision)):
+                            return body, revision
                 return None, ""
 
             def _headers(self, body: bytes, revision: str) -> None:
                 self.send_response(200)
-                commit = hashlib.sha1(revision.encode()).hexdigest()
-                self.send_header("X-Repo-Commit", commit)
+                self.send_header("X-Repo-Commit", FakeHub.commit(revision))
                 self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()}"')
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Content-Type", "application/octet-stream")
@@ -66,6 +68,11 @@ class FakeHub:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @staticmethod
+    def commit(revision: str) -> str:
+        """The commit hash a revision (a branch or tag name) stands for here."""
+        return hashlib.sha1(revision.encode()).hexdigest()
 
     def __enter__(self) -> FakeHub:
         self.thread.start()

@@ -7,7 +7,8 @@
     model_config: {vocab_size: 128}
     checkpoint: hf://org/repo@rev/model.safetensors   # or https://, file://, a path relative to this file
     checkpoint_format: xlm    # a run/export dir; or a converter of the family, e.g. hf_gpt2, xlm_core
-    sha256: 3b1f...
+    sha256: 3b1f...           # the checkpoint's; or one per file the card loads, by file name (or URI):
+                              # {model.safetensors: 3b1f..., config.json: 9c2e..., tokenizer.json: 51aa...}
     tokenizer: ...            # a tokenizer file/URI, when the checkpoint does not carry one
     task: star_easy
     description: ...
@@ -40,7 +41,7 @@ class AssetCard:
     model_config: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
     checkpoint_format: str | None = None
-    sha256: str | None = None
+    sha256: str | dict[str, str] | None = None  # see `xlm.assets.card_files`
     tokenizer: str | None = None
     task: str | None = None
     description: str | None = None
@@ -94,12 +95,27 @@ def card_from_mapping(data: Any, source: Path | str) -> AssetCard:
     for key, value in data.items():
         if key in _DICT_FIELDS and not isinstance(value, dict):
             raise CardError(f"{where}: card {name!r} field {key!r} must be a mapping, got {type(value).__name__}")
-        if key not in _DICT_FIELDS and value is not None and not isinstance(value, str):
+        if key not in _DICT_FIELDS and key != "sha256" and value is not None and not isinstance(value, str):
             raise CardError(f"{where}: card {name!r} field {key!r} must be a string, got {value!r}")
-    sha = data.get("sha256")
-    if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha)):
-        raise CardError(f"{where}: card {name!r} sha256 must be 64 hex digits, got {sha!r}")
+    _check_sha256(data.get("sha256"), f"{where}: card {name!r}")
     return AssetCard(**data, source_file=Path(source) if not isinstance(source, Path) else source)
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
+
+
+def _check_sha256(sha: Any, where: str) -> None:
+    """`sha256` is the checkpoint's hash, or a mapping from the names (or URIs) of the files the card loads to
+    theirs."""
+    if sha is None or _is_sha256(sha):
+        return
+    if not isinstance(sha, dict):
+        raise CardError(f"{where} sha256 must be 64 hex digits, or a mapping from file names to them, got {sha!r}")
+    bad = {k: v for k, v in sha.items() if not (isinstance(k, str) and k and _is_sha256(v))}
+    if bad or not sha:
+        raise CardError(f"{where} sha256 maps the names (or URIs) of the files it loads to 64 hex digits each, "
+                        f"e.g. {{model.safetensors: ..., config.json: ...}}; got {bad or sha!r}")
 
 
 def read_card_file(path: Path) -> list[AssetCard]:

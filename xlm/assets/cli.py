@@ -1,4 +1,4 @@
-"""xlm cards list | show NAME | add RUN_DIR --name NAME"""
+"""xlm cards list | show NAME | add RUN_DIR --name NAME | download NAME | pin NAME [--name NEW] [--force]"""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from xlm.errors import reports_user_errors
 from xlm.run_dir import read_run_config
 
 from .card import CardError
+from .card_files import card_files, fetch_card_file
+from .pin import pin_card
 from .store import all_cards, resolve_card, user_card_dir
 
 
@@ -61,6 +63,23 @@ def _add(run_dir: Path, name: str, description: str | None, force: bool) -> int:
     return 0
 
 
+def _download(name: str) -> int:
+    card = resolve_card(name)
+    files = card_files(card)
+    if not files:
+        raise CardError(f"card {name!r} ({card.source_file}) loads no files")
+    for file in files.values():
+        print(f"{file.role}: {fetch_card_file(card, file)}")
+    return 0
+
+
+def _pin(name: str, as_name: str | None, force: bool) -> int:
+    target = pin_card(name, as_name=as_name, force=force)
+    print(f"wrote {target}: every file of {name!r} pinned by sha256; load it with xlm.load_model("
+          f"{(as_name or name)!r})")
+    return 0
+
+
 @reports_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="xlm cards", description="List, show and add asset cards.")
@@ -73,11 +92,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     add.add_argument("--name", required=True)
     add.add_argument("--description", default=None)
     add.add_argument("--force", action="store_true")
+    download = sub.add_parser("download", help="fetch every file a card loads into the cache (for offline use)")
+    download.add_argument("name")
+    pin = sub.add_parser("pin", help="copy a card to your user dir with every file it loads pinned by sha256, "
+                                     "measured on the files already in the cache")
+    pin.add_argument("name")
+    pin.add_argument("--name", dest="as_name", default=None, help="the copy's name (default: the card's own)")
+    pin.add_argument("--force", action="store_true", help="replace an existing copy, or pins that differ")
     args = p.parse_args(argv)
     if args.command == "list":
         return _list()
     if args.command == "show":
         return _show(args.name)
+    if args.command == "download":
+        return _download(args.name)
+    if args.command == "pin":
+        return _pin(args.name, args.as_name, args.force)
     return _add(args.run_dir, args.name, args.description, args.force)
 
 

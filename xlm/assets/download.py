@@ -6,6 +6,10 @@ localhost only), ``file://`` and plain paths (relative ones against the card's d
 A download is written to a temp file in the cache and renamed into place once complete, so a
 partial file is never taken for a finished one; a file whose sha256 differs from the card's
 is deleted and reported.
+
+With ``HF_HUB_OFFLINE`` set, or when one request to the hub gets no answer at all, a hub file comes
+from the cache or fails at once with one line saying how to fetch it beforehand: huggingface_hub
+would otherwise retry for about half a minute before saying the same thing less plainly.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ class HubLocation:
     revision: str | None
     filename: str
 
+    @property
+    def uri(self) -> str:
+        return f"hf://{self.repo_id}{'@' + self.revision if self.revision else ''}/{self.filename}"
+
 
 def parse_hf_uri(uri: str) -> HubLocation:
     """``hf://org/repo[@revision]/path`` -> its parts."""
@@ -83,6 +91,17 @@ def cache_dir() -> Path:
     return default_cache_root() / "downloads"
 
 
+def hub_cache_dir() -> Path:
+    """huggingface_hub's cache layout (repos, snapshots by commit), under xlm's cache."""
+    return cache_dir() / "hf"
+
+
+def _url_cache_path(uri: str) -> Path:
+    """Keyed by the URI's directory, so files that sit side by side remotely do so in the cache too."""
+    key = hashlib.sha256(uri.rsplit("/", 1)[0].encode()).hexdigest()[:16]
+    return cache_dir() / "url" / key / (Path(urllib.parse.urlparse(uri).path).name or "download")
+
+
 def _fetch_https(url: str, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.part-")
@@ -105,15 +124,58 @@ def _fetch_https(url: str, dest: Path) -> None:
         raise
 
 
-def _fetch_hf(location: HubLocation) -> Path:
-    from huggingface_hub import hf_hub_download
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as set now; huggingface_hub reads it once, when imported."""
+    from huggingface_hub import constants
 
+    now = (os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
+           for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return bool(constants.HF_HUB_OFFLINE) or any(now)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def _hub_unreachable(location: HubLocation, endpoint: str | None) -> str | None:
+    """Why the hub cannot be reached, from one request without retries; None when it answers, whatever it says
+    (hf_hub_download then reports a missing file or a refused token itself)."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import HfHubHTTPError
+
+    url = hf_hub_url(location.repo_id, location.filename, revision=location.revision, endpoint=endpoint)
+    try:
+        get_hf_file_metadata(url, endpoint=endpoint)
+    except HfHubHTTPError:
+        return None
+    except Exception as err:  # the transport's own errors differ between huggingface_hub versions
+        return f"the hub at {endpoint or constants.ENDPOINT} cannot be reached ({type(err).__name__}: {_one_line(err)})"
+    return None
+
+
+def _not_cached(location: HubLocation, why: str, card: str | None) -> str:
+    revision = f" --revision {location.revision}" if location.revision else ""
+    command = f"`hf download {location.repo_id} {location.filename}{revision} --cache-dir {hub_cache_dir()}`"
+    if card:
+        command = f"`xlm cards download {card}` (or {command})"
+    return (f"{location.uri}: {why}, and {location.filename} is not in the download cache {hub_cache_dir()}; "
+            f"fetch it beforehand where the hub is reachable with {command}, and bring that cache here "
+            f"(XLM_CACHE_DIR names its root, now {default_cache_root()})")
+
+
+def _fetch_hf(location: HubLocation, *, card: str | None) -> Path:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import LocalEntryNotFoundError
+
+    endpoint = os.environ.get("HF_ENDPOINT")
+    why_offline = "HF_HUB_OFFLINE is set" if hub_offline() else _hub_unreachable(location, endpoint)
     try:
         path = hf_hub_download(location.repo_id, location.filename, revision=location.revision,
-                               cache_dir=cache_dir() / "hf", endpoint=os.environ.get("HF_ENDPOINT"))
+                               cache_dir=hub_cache_dir(), endpoint=endpoint, local_files_only=why_offline is not None)
     except Exception as err:
-        raise DownloadError(f"cannot download {location.filename} from the hub repo {location.repo_id}"
-                            f"{'@' + location.revision if location.revision else ''}: {err}") from err
+        if why_offline is not None and isinstance(err, LocalEntryNotFoundError):
+            raise DownloadError(_not_cached(location, why_offline, card)) from None
+        raise DownloadError(f"cannot download {location.uri}: {_one_line(err)}") from err
     return Path(path)
 
 
@@ -122,8 +184,7 @@ def sibling_uri(uri: str, filename: str) -> str:
     return f"{uri.rsplit('/', 1)[0]}/{filename}" if "/" in uri else filename
 
 
-def fetch(uri: str, *, sha256: str | None = None, base_dir: Path | None = None, card: str | None = None) -> Path:
-    """A local path holding the file `uri` names, downloaded into the cache when remote."""
+def _scheme(uri: str, card: str | None) -> str:
     parsed = urllib.parse.urlparse(uri)
     scheme = parsed.scheme if len(parsed.scheme) > 1 else ""  # "C:" is a drive, not a scheme
     if scheme not in ALLOWED_SCHEMES:
@@ -131,37 +192,68 @@ def fetch(uri: str, *, sha256: str | None = None, base_dir: Path | None = None, 
                                 f"{scheme!r}; allowed: hf://, https://, file:// or a path")
     if scheme == "http" and parsed.hostname not in _LOCAL_HOSTS:
         raise InvalidValueError(f"checkpoint URI {uri!r}: plain http is only allowed to localhost; use https://")
+    return scheme
+
+
+def _local_path(uri: str, scheme: str, base_dir: Path | None, card: str | None) -> Path:
+    path = Path(urllib.parse.unquote(urllib.parse.urlparse(uri).path) if scheme == "file" else uri).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = (base_dir / path).resolve()
+        if not path.is_relative_to(base_dir.resolve()):
+            raise InvalidValueError(f"{'card ' + repr(card) + ': ' if card else ''}the relative path {uri!r} "
+                                    f"leaves the card's directory {base_dir}; write an absolute path or file:// "
+                                    f"URI to point outside it")
+    return path
+
+
+def cached_path(uri: str, *, base_dir: Path | None = None, card: str | None = None) -> Path | None:
+    """Where the file `uri` names is on local disk, asking no network: a local path, or the download cache's
+    copy (for an `hf://` URI without a revision, the one `main` last pointed to); None when it is not there."""
+    scheme = _scheme(uri, card)
+    if scheme == "hf":
+        from huggingface_hub import try_to_load_from_cache
+
+        location = parse_hf_uri(uri)
+        found = try_to_load_from_cache(location.repo_id, location.filename, cache_dir=hub_cache_dir(),
+                                       revision=location.revision)
+        return Path(found) if isinstance(found, str) else None
+    path = _local_path(uri, scheme, base_dir, card) if scheme in ("file", "") else _url_cache_path(uri)
+    return path if path.exists() else None
+
+
+def _usable_cache_entry(path: Path, sha256: str | None, *, uri: str, card: str | None) -> bool:
+    """Whether a URL's cached copy is there and matches its pin (a corrupted one is deleted, to be fetched again)."""
+    if not path.exists():
+        return False
+    try:
+        verify_sha256(path, sha256, uri=uri, card=card, delete=True)
+    except ChecksumError:
+        return False
+    return True
+
+
+def fetch(uri: str, *, sha256: str | None = None, base_dir: Path | None = None, card: str | None = None) -> Path:
+    """A local path holding the file `uri` names, downloaded into the cache when remote."""
+    scheme = _scheme(uri, card)
     if scheme in ("file", ""):
-        path = Path(urllib.parse.unquote(parsed.path) if scheme == "file" else uri).expanduser()
-        if not path.is_absolute() and base_dir is not None:
-            path = (base_dir / path).resolve()
-            if not path.is_relative_to(base_dir.resolve()):
-                raise InvalidValueError(f"{'card ' + repr(card) + ': ' if card else ''}the relative path {uri!r} "
-                                        f"leaves the card's directory {base_dir}; write an absolute path or file:// "
-                                        f"URI to point outside it")
+        path = _local_path(uri, scheme, base_dir, card)
         if not path.exists():
             raise PathNotFoundError(f"{'card ' + repr(card) + ': ' if card else ''}checkpoint {uri!r} "
                                     f"not found (looked at {path})")
         if path.is_file():
             verify_sha256(path, sha256, uri=uri, card=card, delete=False)
         return path
-    if not sha256:
-        warnings.warn(f"{'card ' + repr(card) + ': ' if card else ''}{uri} is downloaded without a sha256 to check "
-                      f"it against; add `sha256:` to the card to make it verifiable", UnverifiedDownloadWarning,
-                      stacklevel=2)
     if scheme == "hf":
-        path = _fetch_hf(parse_hf_uri(uri))
+        path = _fetch_hf(parse_hf_uri(uri), card=card)
         verify_sha256(path, sha256, uri=uri, card=card, delete=True)
-        return path
-    # keyed by the URI's directory, so files that sit side by side remotely do so in the cache too
-    key = hashlib.sha256(uri.rsplit("/", 1)[0].encode()).hexdigest()[:16]
-    dest = cache_dir() / "url" / key / (Path(parsed.path).name or "download")
-    if dest.exists():
-        try:
-            verify_sha256(dest, sha256, uri=uri, card=card, delete=True)
-            return dest
-        except ChecksumError:
-            pass  # a corrupted cache entry: fetch it again
-    _fetch_https(uri, dest)
-    verify_sha256(dest, sha256, uri=uri, card=card, delete=True)
-    return dest
+    else:
+        path = _url_cache_path(uri)
+        if not _usable_cache_entry(path, sha256, uri=uri, card=card):
+            _fetch_https(uri, path)
+            verify_sha256(path, sha256, uri=uri, card=card, delete=True)
+    if not sha256:
+        pin = f" (`xlm cards pin {card}` writes the hashes of the files it fetched)" if card else ""
+        warnings.warn(f"{'card ' + repr(card) + ': ' if card else ''}{uri} was downloaded without a sha256 to check "
+                      f"it against; add `sha256:` to the card to make it verifiable{pin}", UnverifiedDownloadWarning,
+                      stacklevel=2)
+    return path

@@ -20,12 +20,12 @@ import torch
 from xlm.data.tokenizers import Tokenizer
 from xlm.errors import PathNotFoundError, user_values
 from xlm.interop.convert import convert_checkpoint
-from xlm.interop.detect import XLM_FORMAT, detect_format, needs_config
+from xlm.interop.detect import XLM_FORMAT, detect_format
 from xlm.registry import Family, get_family
 from xlm.run_dir import RunDirError, is_run_dir, load_run_model, load_run_sampler_config, load_run_tokenizer
 
 from .card import AssetCard, CardError
-from .download import fetch, sibling_uri
+from .card_files import card_files, fetch_card_file
 from .store import resolve_card
 
 if TYPE_CHECKING:
@@ -63,13 +63,13 @@ def card_or_path(name_or_path: str | Path) -> tuple[AssetCard | None, Path | Non
 def checkpoint_path(card: AssetCard) -> Path:
     """The card's checkpoint on local disk. A weights file whose layout comes with a config.json
     (`Converter.needs_config`, and xlm's own) brings it along, fetched from beside it, and the path
-    returned is their dir."""
-    if not card.checkpoint:
+    returned is their dir. Each file is checked against the card's pins (`card_files`)."""
+    files = card_files(card)
+    if "checkpoint" not in files:
         raise CardError(f"card {card.name!r} ({card.source_file}) has no checkpoint to load")
-    path = fetch(card.checkpoint, sha256=card.sha256, base_dir=card.base_dir, card=card.name)
-    fmt = card.checkpoint_format or XLM_FORMAT
-    if path.is_file() and path.suffix == ".safetensors" and needs_config(fmt, card.model_family):
-        config = fetch(sibling_uri(card.checkpoint, "config.json"), base_dir=card.base_dir, card=card.name)
+    path = fetch_card_file(card, files["checkpoint"])
+    if path.is_file() and "config" in files:
+        config = fetch_card_file(card, files["config"])
         if config.parent != path.parent:
             raise CardError(f"card {card.name!r}: {card.checkpoint} and its config.json landed in different "
                             f"directories ({path.parent}, {config.parent})")
@@ -111,7 +111,7 @@ def _tokenizer(card: AssetCard | None, path: Path | None) -> Tokenizer:
     if card is not None and card.tokenizer:
         from xlm.data.tasks.text import load_tokenizer_file
 
-        return load_tokenizer_file(str(fetch(card.tokenizer, base_dir=card.base_dir, card=card.name)))
+        return load_tokenizer_file(str(fetch_card_file(card, card_files(card)["tokenizer"])))
     if card is not None and path is None:
         path = checkpoint_path(card)
     assert path is not None
