@@ -78,8 +78,7 @@ def shrink(config: Any) -> Any:
 
 
 def tiny(family: Family, arch: str) -> tuple[Any, nn.Module]:
-    """The shrunk arch with random parameters, so that a misplaced key shows; its attention biases are zero, which
-    every layout holds (xlm-core's attention has none)."""
+    """The shrunk arch with random parameters, so that a misplaced key shows."""
     config = shrink(family.archs.get(arch))
     torch.manual_seed(0)
     return config, randomize_for_xlm_core_(family.factory(config))

@@ -96,10 +96,11 @@ def mlp(s: Mapping[str, Tensor], p: str, h: Tensor, activation: str) -> Tensor:
 
 def rotary_transformer_forward(s: Mapping[str, Tensor], ids: Tensor, *, allowed: Tensor, positions: Tensor,
                                num_layers: int, num_heads: int, rotary: int, activation: str = "relu",
-                               eps: float = 1e-5) -> Tensor:
+                               eps: float = 1e-5, padding_idx: int | None = None) -> Tensor:
     """The hidden states after the RotaryTransformerLayers (before the output layer). `allowed` (batch, query or 1,
-    key) says which keys each query attends to; `positions` (batch, seq) are the rotary positions."""
-    x = s["embed_tokens.weight"][ids]
+    key) says which keys each query attends to; `positions` (batch, seq) are the rotary positions; `padding_idx` is
+    the embedding's (its row gets no gradient)."""
+    x = F.embedding(ids, s["embed_tokens.weight"], padding_idx=padding_idx)
     dim = x.shape[-1]
     for i in range(num_layers):
         p = f"encoder.{i}."
@@ -179,11 +180,10 @@ def ddit_forward(s: Mapping[str, Tensor], ids: Tensor, noise: Tensor, *, attenti
 
 
 def randomize_for_xlm_core_(model: nn.Module) -> nn.Module:
-    """Random parameters (from torch's global generator), so that every key matters, except the attention biases:
-    xlm-core's attention has none, so only a model whose attention biases are zero can be written in its layout."""
+    """Random parameters (from torch's global generator), so that every key matters."""
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.zero_() if ".attn." in name and name.endswith(".bias") else p.normal_(std=0.1)
+        for p in model.parameters():
+            p.normal_(std=0.1)
     return model
 
 
@@ -246,3 +246,80 @@ def write_lightning_checkpoint(path: Path, state: Mapping[str, Tensor], *, hyper
         full.update(("predictor.model." + k, v) for k, v in state.items())
     torch.save({"state_dict": full, "hyper_parameters": hyper, **entries}, path)
     return path
+
+
+# -- xlm-core's objectives (xlm-models/ilm/loss_ilm.py, mlm/loss_mlm.py) on the batches its collators build ------
+
+def ilm_seq2seq_batch(prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
+                      drops: Sequence[Sequence[int]], *, pad: int, cls: int, bos: int, vocab: int,
+                      block_size: int) -> dict[str, Tensor]:
+    """ILMSeq2SeqCollator's batch for these drops (`drops[b]`: indices into `targets[b]`): `[PAD]... [CLS] prompt`
+    left-padded (`cls_position` after the padding), then `[BOS] kept [PAD]...` right-padded to `block_size`;
+    `target_ids` (dense: batch, seq, vocab) counts each dropped token at the column of the kept token (or [BOS])
+    before it, and `n_drops` (batch, seq) is their number there."""
+    width = 1 + max(len(p) for p in prompts)
+    ids, attended, cls_position = [], [], []
+    target = torch.zeros(len(prompts), width + block_size, vocab)
+    for b, (prompt, tokens, dropped) in enumerate(zip(prompts, targets, drops)):
+        left = width - 1 - len(prompt)
+        suffix = [bos] + [t for j, t in enumerate(tokens) if j not in dropped]
+        right = block_size - len(suffix)
+        ids.append([pad] * left + [cls, *prompt] + suffix + [pad] * right)
+        attended.append([False] * left + [True] * (1 + len(prompt) + len(suffix)) + [False] * right)
+        cls_position.append(left)
+        gap = width  # the [BOS] column
+        for j, token in enumerate(tokens):
+            if j in dropped:
+                target[b, gap, token] += 1
+            else:
+                gap += 1
+    return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(attended), "target_ids": target,
+            "n_drops": target.sum(-1), "cls_position": torch.tensor(cls_position)}
+
+
+def ilm_loss(logits: Tensor, length_logits: Tensor, batch: Mapping[str, Tensor], *,
+             stopping_class_weight: float | None = None, length_loss_weight: float = 1.0) -> Tensor:
+    """ILMLossWithMaskedCE(length_loss="binary_ce") on the model's outputs: the cross-entropy of one softmax over every
+    (column, token) pair, every column but the attended ones other than [CLS] set to the dtype's minimum, against
+    the dropped tokens' counts over their number; plus the stopping cross-entropy with class weights
+    [w, 1 - w] (no renormalisation: reduction="none"); the mean over rows of their sum."""
+    rows = logits.size(0)
+    total = batch["n_drops"].sum(-1)
+    p_target = batch["target_ids"] / (total[:, None, None] + 1e-9)
+    excluded = batch["attention_mask"].scatter(-1, batch["cls_position"][:, None], False).logical_not()
+    masked = logits.masked_fill(excluded[..., None], torch.finfo(logits.dtype).min)
+    ce = F.cross_entropy(masked.reshape(rows, -1), p_target.reshape(rows, -1), reduction="none")
+    weight = None if stopping_class_weight is None else torch.tensor([stopping_class_weight,
+                                                                      1.0 - stopping_class_weight])
+    stop = F.cross_entropy(length_logits, (total > 0).long(), weight=weight, reduction="none")
+    return (ce + length_loss_weight * stop).mean()
+
+
+def mlm_seq2seq_batch(prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
+                      masked: Sequence[Sequence[int]], *, pad: int, mask: int, bos: int, eos: int,
+                      width: int) -> dict[str, Tensor]:
+    """MLMSeq2SeqTrainCollator's batch (loss_on_padding=True, its default) with `masked[b]` the masked columns of row
+    b (in the target part): `prompt [BOS] target [EOS]` right-padded with [PAD] to `width`, every column attended and
+    in the loss where masked, the [PAD]s included."""
+    rows = [list(p) + [bos] + list(t) + [eos] for p, t in zip(prompts, targets)]
+    target_ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows])
+    input_ids = target_ids.clone()
+    for b, columns in enumerate(masked):
+        assert all(c > len(prompts[b]) for c in columns), "the prompt and [BOS] are never masked"
+        input_ids[b, list(columns)] = mask
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids, dtype=torch.bool),
+            "target_ids": target_ids}
+
+
+def mlm_loss(logits: Tensor, batch: Mapping[str, Tensor], *, mask: int, use_num_masked_factor: bool = False) -> Tensor:
+    """MLMLoss.loss_fn on the model's logits: the cross-entropy at the [MASK] inputs, times 1 / (the row's [MASK]s +
+    1) with use_num_masked_factor, meaned over them. The factor is applied as written there (`ce * factor`, a
+    (batch,) factor on (batch, seq)), which broadcasts along the sequence: the per-row weight for a single row."""
+    input_ids = batch["input_ids"]
+    ignore = input_ids != mask
+    targets = batch["target_ids"].masked_fill(ignore, -100)
+    ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none", ignore_index=-100)
+    if use_num_masked_factor:
+        ce = ce * (1 / ((input_ids == mask).sum(dim=-1) + 1))
+    keep = ~ignore.flatten()
+    return ce.flatten().masked_fill(~keep, 0.0).sum() / (keep.sum() + 1e-9)

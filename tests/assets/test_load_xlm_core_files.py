@@ -58,14 +58,19 @@ def test_a_model_only_state_dict_loads_with_no_arguments_when_its_heads_tell(tmp
 
 
 @pytest.mark.parametrize("kind", ["ckpt", "pt"])
-def test_xlm_core_mdlm_is_recognised_and_refused_for_its_reason(kind, tmp_path):
+def test_xlm_core_mdlm_loads_with_no_arguments_and_computes_xlm_cores_ddit(kind, tmp_path):
     if kind == "ckpt":
         path = write_lightning_checkpoint(tmp_path / "last.ckpt", mdlm_core.xlm_core_state(),
                                           hyper={"model": mdlm_core.hub_config()})
     else:
         path = _model_only(tmp_path / "mdlm" / "model.pt", "mdlm")
-    with pytest.raises(ConversionError, match="adaLN-modulated, normalised input"):
-        xlm.load_model(path)
+    model = xlm.load_model(path)
+    assert isinstance(model.config, xlm.get_family("mdlm").config_class)
+    ids, noise, mask = mdlm_core.batch()
+    with torch.no_grad():
+        ours = model(ids, noise, attention_mask=mask)
+    reference = mdlm_core.xlm_core_forward(mdlm_core.xlm_core_state(), ids, noise, mask)
+    assert torch.allclose(ours[mask], reference[mask], atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["ckpt", "pt"])

@@ -242,3 +242,19 @@ def test_block_is_pre_ln():
     x = torch.randn(1, 4, 16)
     h = x + block.attn(block.attn_norm(x))
     assert torch.allclose(block(x), h + block.ffn(block.ffn_norm(h)), atol=1e-6)
+
+
+@pytest.mark.parametrize("bias, attn_bias, expected", [(True, None, True), (False, None, False),
+                                                       (True, False, False), (False, True, True)])
+def test_attention_biases_follow_attn_bias_or_else_bias(bias, attn_bias, expected):
+    block = TransformerBlock(dim=16, num_heads=2, ffn_dim=32, bias=bias, attn_bias=attn_bias)
+    names = {name for name, _ in block.named_parameters() if name.endswith(".bias")}
+    attention = {f"attn.{p}.bias" for p in ("q_proj", "k_proj", "v_proj", "out_proj")}
+    assert names & attention == (attention if expected else set())
+    assert bool(names - attention) is bias  # the MLP and the norms keep `bias`
+    # the fused CPU training path runs bias-free attention as it is
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 16)
+    before = block(x)
+    accelerate_training(block)
+    assert torch.allclose(block(x), before, atol=1e-6)

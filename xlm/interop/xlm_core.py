@@ -42,12 +42,12 @@ from xlm.interop.converter import config_dict, Converted
 from xlm.interop.keymap import check_mapped, check_state_dict, KeyMap, Rule, Split
 from xlm.interop.probe import CheckpointProbe
 from xlm.interop.readers import read_checkpoint, read_hf_dir, to_plain
+from xlm.nn import attention_bias
 
-__all__ = ["ACTIVATIONS", "ATTENTION_BIAS_PROJECTIONS", "CLASS_MARKS", "ENCODER_DROP", "ENCODER_RULES", "ROPE_BASE",
-           "XLM_CORE_DEFAULTS", "XlmCoreConfig", "add_zero_attention_biases", "check_rotary_buffers",
-           "common_export_problems", "constructor_args", "convert_from_xlm_core", "convert_to_xlm_core",
-           "insert_rotary_buffer", "pad_token_id", "pop_read_record", "pop_zero_attention_biases", "read_xlm_core",
-           "recognises_xlm_core", "rotary_inv_freq", "xlm_core_config", "xlm_core_model_state"]
+__all__ = ["ACTIVATIONS", "CLASS_MARKS", "ENCODER_DROP", "ENCODER_RULES", "ROPE_BASE", "XLM_CORE_DEFAULTS",
+           "XlmCoreConfig", "check_rotary_buffers", "common_export_problems", "constructor_args",
+           "convert_from_xlm_core", "convert_to_xlm_core", "insert_rotary_buffer", "pad_token_id", "pop_read_record",
+           "read_xlm_core", "recognises_xlm_core", "rotary_inv_freq", "xlm_core_config", "xlm_core_model_state"]
 
 _NOTES = "__xlm_read_notes__"  # what the reader did (EMA, prefixes), passed on to the converter's report
 _DROPPED = "__xlm_read_dropped__"
@@ -77,35 +77,6 @@ ENCODER_RULES = [
     Rule("encoder.{i}.mlp.2.{p}", "layers.{i}.ffn.down_proj.{p}"),
 ]
 ENCODER_DROP = ["encoder.{i}.rotary_emb.{b:inv_freq|sin|cos}"]
-#: xlm-core's attention has no biases; ours (bias=True, for the MLP and LayerNorm biases xlm-core has) gets zeros.
-ATTENTION_BIAS_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
-
-
-def add_zero_attention_biases(state: dict[str, Tensor], num_layers: int) -> list[str]:
-    """Zero q/k/v/out biases for our layers, beside the weights they belong to (dtype of the weights)."""
-    added = []
-    for i in range(num_layers):
-        for proj in ATTENTION_BIAS_PROJECTIONS:
-            weight = state.get(f"layers.{i}.attn.{proj}.weight")
-            key = f"layers.{i}.attn.{proj}.bias"
-            if weight is not None and key not in state:
-                state[key] = torch.zeros(weight.shape[0], dtype=weight.dtype)
-                added.append(key)
-    return added
-
-
-def pop_zero_attention_biases(state: dict[str, Tensor], num_layers: int) -> None:
-    """Removes our attention biases, which xlm-core's layer cannot hold: all must be zero."""
-    nonzero = []
-    for i in range(num_layers):
-        for proj in ATTENTION_BIAS_PROJECTIONS:
-            bias = state.pop(f"layers.{i}.attn.{proj}.bias", None)
-            if bias is not None and bool(bias.ne(0).any()):
-                nonzero.append(f"layers.{i}.attn.{proj}.bias")
-    if nonzero:
-        raise ConversionError(f"xlm-core's attention has no biases, but {len(nonzero)} of this model's are non-zero "
-                              f"({', '.join(nonzero[:8])}{', ...' if len(nonzero) > 8 else ''}); only a model whose "
-                              f"attention biases are all zero (e.g. one converted from xlm-core) can be written back")
 
 
 def rotary_inv_freq(rotary_dim: int, base: float = ROPE_BASE) -> Tensor:
@@ -453,10 +424,11 @@ def recognises_xlm_core(classes: Sequence[str]) -> Callable[[CheckpointProbe], b
 # -- both directions, for the families built on RotaryTransformerLayer (ARLM, MLM, ILM) ---------
 
 def pad_token_id(xc: XlmCoreConfig, notes: list[str]) -> int:
-    """xlm-core's padding_idx as our pad_token_id (0 with a note when the config does not give a usable one)."""
+    """xlm-core's padding_idx, our pad_token_id and padding_idx both (the [PAD] id, and the embedding row its
+    nn.Embedding keeps from training); 0, xlm-core's default, with a note when the config gives no usable one."""
     if xc.padding_idx is not None and 0 <= xc.padding_idx < xc.num_embeddings:
         return xc.padding_idx
-    notes.append("padding_idx not given as a number in the config; pad_token_id set to 0")
+    notes.append("padding_idx not given as a number in the config; pad_token_id and padding_idx set to 0")
     return 0
 
 
@@ -465,23 +437,24 @@ def convert_from_xlm_core(state: Mapping[str, Tensor], source_config: Any, *, so
                           build: Callable[[XlmCoreConfig, list[str]], Any],
                           factory: Callable[..., nn.Module]) -> Converted:
     """xlm-core network (its keys, its constructor arguments) -> Converted(our config, our state dict).
-    `build` makes our config (raising for what ours cannot hold); our attention biases are zeros."""
+    `build` makes our config (raising for what ours cannot hold), with attention as xlm-core's: no biases."""
     config_in, notes, dropped = pop_read_record(source_config)
     xc = xlm_core_config(config_in, state, where=source or "the xlm-core config", notes=notes, classes=classes,
                          final_layer_default=final_layer_default)
     config = build(xc, notes)
     check_rotary_buffers(state, xc.rotary_emb_dim, source=source)
     result = key_map.apply(state, source=source)
-    if add_zero_attention_biases(result.state, xc.num_layers):
-        notes.append("attention biases set to zero (xlm-core's attention has none)")
     check_mapped(result, factory(config, device="meta"), source=source)
     return Converted(config, result.state, dropped=dropped + result.dropped, notes=notes, source=source)
 
 
 def common_export_problems(config: Any) -> list[str]:
     """Why xlm-core's RotaryTransformerLayer cannot hold this config's blocks ([] = it can): LayerNorm with
-    biases, a ReLU or GELU-tanh MLP with biases, rotary with base 10000."""
+    biases, bias-free attention, a ReLU or GELU-tanh MLP with biases, rotary with base 10000."""
     problems = []
+    if attention_bias(config.bias, config.attn_bias):
+        problems.append(f"attention biases (bias={config.bias} with attn_bias={config.attn_bias}; xlm-core's "
+                        f"attention has none: attn_bias=False)")
     if config.norm != "layernorm":
         problems.append(f"norm={config.norm!r} (xlm-core uses layernorm)")
     if config.activation not in ("relu", "gelu_tanh"):
@@ -490,6 +463,9 @@ def common_export_problems(config: Any) -> list[str]:
         problems.append("bias=False (xlm-core's MLP and LayerNorms have biases)")
     if config.rope_base != ROPE_BASE:
         problems.append(f"rope_base={config.rope_base:g} (xlm-core fixes {ROPE_BASE:g})")
+    if config.padding_idx not in (None, config.pad_token_id):
+        problems.append(f"padding_idx={config.padding_idx} with pad_token_id={config.pad_token_id} (xlm-core's "
+                        f"padding_idx is both)")
     return problems
 
 
@@ -510,7 +486,6 @@ def convert_to_xlm_core(state: Mapping[str, Tensor], config: Any, *, key_map: Ke
         raise ConversionError(f"this {what} config has no xlm-core equivalent: {'; '.join(problems)}")
     state = dict(state)
     check_state_dict(state, factory(config, device="meta"), target=f"the {what} config")
-    pop_zero_attention_biases(state, config.num_layers)
     result = key_map.inverse().apply(state)
     if result.unmatched or result.incomplete:
         raise ConversionError("keys with no place in the xlm-core layout",

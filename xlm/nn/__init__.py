@@ -1,6 +1,6 @@
 """Building blocks shared by every model family."""
 
-from .attention import MultiheadAttention, attention_mask_for, build_attention_mask
+from .attention import MultiheadAttention, attention_bias, attention_mask_for, build_attention_mask
 from .feed_forward import ACTIVATIONS, FeedForward
 from .init import init_transformer_weights
 from .kv_cache import KVCache
@@ -19,6 +19,7 @@ __all__ = [
     "RMSNorm",
     "RotaryEmbedding",
     "TransformerBlock",
+    "attention_bias",
     "attention_mask_for",
     "build_attention_mask",
     "init_transformer_weights",

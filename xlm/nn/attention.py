@@ -52,6 +52,12 @@ def attention_mask_for(*, batch_size: int, num_queries: int, past: int, causal: 
                                 causal=causal, key_padding_mask=key_padding_mask, device=device)
 
 
+def attention_bias(bias: bool, attn_bias: bool | None) -> bool:
+    """Whether the attention projections have biases: `attn_bias`, or the configs' `bias` where it is None
+    (so configs written before attention had a switch of its own build as they did)."""
+    return bias if attn_bias is None else attn_bias
+
+
 class MultiheadAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, *, num_kv_heads: int | None = None, bias: bool = True,
                  causal: bool = True, rope: RotaryEmbedding | None = None, dropout: float = 0.0) -> None:

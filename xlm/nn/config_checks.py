@@ -37,7 +37,7 @@ def check_transformer(config: Any) -> None:
 
 
 def check_ffn_init_and_padding(config: Any) -> None:
-    """`ffn_dim` (None = 4 * model_dim), `init_std` and `pad_token_id`, for the families built
+    """`ffn_dim` (None = 4 * model_dim), `init_std`, `pad_token_id` and `padding_idx`, for the families built
     from `xlm.nn.TransformerBlock`."""
     if config.ffn_dim is not None and config.ffn_dim < 1:
         raise ValueError(f"ffn_dim must be >= 1 or None (4 * model_dim), got {config.ffn_dim}")
@@ -45,3 +45,6 @@ def check_ffn_init_and_padding(config: Any) -> None:
         raise ValueError(f"init_std must be > 0, got {config.init_std}")
     if not 0 <= config.pad_token_id < config.vocab_size:
         raise ValueError(f"pad_token_id={config.pad_token_id} is outside the vocabulary [0, {config.vocab_size})")
+    if config.padding_idx is not None and not 0 <= config.padding_idx < config.vocab_size:
+        raise ValueError(f"padding_idx={config.padding_idx} is outside the vocabulary [0, {config.vocab_size}) "
+                         f"(or None: no row left out of the embedding's gradient)")

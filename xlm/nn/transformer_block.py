@@ -5,7 +5,7 @@ from __future__ import annotations
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from .attention import MultiheadAttention
+from .attention import MultiheadAttention, attention_bias
 from .feed_forward import FeedForward
 from .kv_cache import KVCache
 from .norm import make_norm
@@ -13,15 +13,18 @@ from .rope import RotaryEmbedding
 
 
 class TransformerBlock(nn.Module):
-    """`dropout` applies to attention probabilities and to both residual branches (as GPT-2)."""
+    """`dropout` applies to attention probabilities and to both residual branches (as GPT-2). `bias` is for the
+    MLP and the norms, `attn_bias` for the attention projections (None = `bias`): xlm-core's layer has the former
+    and not the latter."""
 
     def __init__(self, *, dim: int, num_heads: int, num_kv_heads: int | None = None, ffn_dim: int,
                  activation: str = "gelu", norm: str = "layernorm", norm_eps: float = 1e-5, bias: bool = True,
-                 causal: bool = True, rope: RotaryEmbedding | None = None, dropout: float = 0.0) -> None:
+                 attn_bias: bool | None = None, causal: bool = True, rope: RotaryEmbedding | None = None,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.attn_norm = make_norm(norm, dim, norm_eps, bias=bias)
-        self.attn = MultiheadAttention(dim, num_heads, num_kv_heads=num_kv_heads, bias=bias, causal=causal,
-                                       rope=rope, dropout=dropout)
+        self.attn = MultiheadAttention(dim, num_heads, num_kv_heads=num_kv_heads, bias=attention_bias(bias, attn_bias),
+                                       causal=causal, rope=rope, dropout=dropout)
         self.ffn_norm = make_norm(norm, dim, norm_eps, bias=bias)
         self.ffn = FeedForward(dim, ffn_dim, activation=activation, bias=bias)
         self.dropout = nn.Dropout(dropout)

@@ -1,5 +1,6 @@
 """ARLM <-> HF GPT-2 / Llama: same logits, bitwise round trips, one error for every misfit."""
 
+import dataclasses
 import json
 
 import pytest
@@ -31,19 +32,20 @@ def gpt2(tie: bool = True):
     return model
 
 
-def llama(tie: bool):
+def llama(tie: bool, attention_bias: bool = False):
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=56, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=48,
                                       rms_norm_eps=1e-6, rope_theta=5000.0, tie_word_embeddings=tie,
-                                      bos_token_id=1, eos_token_id=2)
+                                      attention_bias=attention_bias, bos_token_id=1, eos_token_id=2)
     model = transformers.LlamaForCausalLM(config).eval()
     randomize_(model)
     return model
 
 
 MODELS = {"gpt2_tied": lambda: gpt2(True), "gpt2_untied": lambda: gpt2(False),
-          "llama_tied": lambda: llama(True), "llama_untied": lambda: llama(False)}
+          "llama_tied": lambda: llama(True), "llama_untied": lambda: llama(False),
+          "llama_attention_bias": lambda: llama(False, attention_bias=True)}  # and no MLP biases: attn_bias
 TO_XLM = {"gpt2": convert_hf_gpt2, "llama": convert_hf_llama}
 TO_HF = {"gpt2": convert_to_hf_gpt2, "llama": convert_to_hf_llama}
 
@@ -167,7 +169,6 @@ def test_tied_config_with_a_different_head_is_an_error():
 @pytest.mark.parametrize("config, message", [
     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope scaling 'llama3'"),
     ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
-    ({"attention_bias": True}, "attention_bias=True but mlp_bias=False"),
     ({"head_dim": 16}, "head_dim=16"),
 ])
 def test_unsupported_llama_features_are_named(config, message):
@@ -188,3 +189,7 @@ def test_to_hf_refuses_configs_without_a_layout():
     model = create_arlm_model(arlm_config_from_hf_gpt2(gpt2().config))
     with pytest.raises(ConversionError, match="no Llama equivalent: pos_encoding='learned'"):
         convert_to_hf_llama(model.state_dict(), model.config)
+    config = dataclasses.replace(arlm_config_from_hf_gpt2(gpt2().config), attn_bias=False)
+    model = create_arlm_model(config)
+    with pytest.raises(ConversionError, match="no GPT-2 equivalent: attn_bias=False"):
+        convert_to_hf_gpt2(model.state_dict(), model.config)

@@ -4,6 +4,7 @@ The stand-in checkpoints and the shared layers' forward are `tests/xlm_core_fixt
 (`xlm-models/arlm/model_arlm.py`) adds causal attention at positions cumsum(mask) - 1, a final LayerNorm and an
 untied bias-free output linear."""
 
+import dataclasses
 import json
 
 import pytest
@@ -80,12 +81,14 @@ def test_config_comes_from_the_checkpoint():
     config = arlm_config_from_xlm_core(hub_config(), xlm_core_state())
     assert config == ArlmConfig(vocab_size=V, model_dim=D, num_layers=L, num_heads=H, ffn_dim=FF, max_seq_len=S,
                                 pos_encoding="rope", rope_base=10000.0, rotary_dim=4, norm="layernorm", norm_eps=1e-5,
-                                activation="relu", bias=True, tie_embeddings=False, dropout=0.1, pad_token_id=3)
+                                activation="relu", bias=True, attn_bias=False, tie_embeddings=False, dropout=0.1,
+                                pad_token_id=3, padding_idx=3)
     # a Hydra config (the .ckpt's hyper_parameters) whose tokenizer-derived values stayed interpolation strings
     hydra = {"model": hub_config(num_embeddings="${tokenizer:full_vocab_size}", padding_idx="${tokenizer:pad_token_id}",
                                  dim_feedforward="${eval:${.d_model}*4}",
                                  _target_="arlm.model_arlm.RotaryTransformerARLMModel")}
-    assert arlm_config_from_xlm_core(hydra, xlm_core_state()) == ArlmConfig(**{**config.__dict__, "pad_token_id": 0})
+    assert arlm_config_from_xlm_core(hydra, xlm_core_state()) == dataclasses.replace(config, pad_token_id=0,
+                                                                                      padding_idx=0)
     with pytest.raises(ConversionError, match="nhead"):
         arlm_config_from_xlm_core(hub_config(nhead=None), xlm_core_state())
     with pytest.raises(ConversionError, match="final LayerNorm"):
@@ -99,8 +102,9 @@ def test_config_comes_from_the_checkpoint():
 def test_round_trips_are_identity():
     ref = xlm_core_state()
     converted = convert_arlm_xlm_core(ref, hub_config())
-    assert all(not converted.state[f"layers.{i}.attn.{p}.bias"].any() for i in range(L)
-               for p in ("q_proj", "k_proj", "v_proj", "out_proj"))
+    # xlm-core's parameters, no more: its attention has no biases, and neither has the converted model's
+    assert not any(".attn." in k and k.endswith(".bias") for k in converted.state)
+    assert load(converted).num_parameters() == sum(ref[k].numel() for k in parameter_keys(ref))
     back = convert_to_arlm_xlm_core(converted.state, converted.config)
     assert list(back.state) == hub_layout(ref)  # what xlm-core's own safetensors export holds, in its order
     assert all(torch.equal(back.state[k], ref[k]) for k in hub_layout(ref))
@@ -110,10 +114,9 @@ def test_round_trips_are_identity():
     model = randomize_for_xlm_core_(create_arlm_model(converted.config).eval())
     assert_round_trip(model, convert_to_arlm_xlm_core, convert_arlm_xlm_core)
 
-    with torch.no_grad():
-        model.layers[1].attn.k_proj.bias[0] = 0.5
-    with pytest.raises(ConversionError, match="layers.1.attn.k_proj.bias"):
-        convert_to_arlm_xlm_core(model.state_dict(), model.config)
+    with_biases = create_arlm_model(dataclasses.replace(converted.config, attn_bias=None))  # bias=True: as before
+    with pytest.raises(ConversionError, match="attention biases.*attn_bias=False"):
+        convert_to_arlm_xlm_core(with_biases.state_dict(), with_biases.config)
 
 
 class AttributeDictLike(dict):
@@ -192,10 +195,8 @@ def test_hub_export_dir_and_export_back(tmp_path):
         assert all(torch.equal(written[k], ref[k]) for k in written)
         assert torch.allclose(load(XLM_CORE(hub / "model.safetensors"))(ids), model(ids))  # config.json beside it
         assert torch.allclose(load(XLM_CORE(out))(ids), model(ids))
-    tied = create_arlm_model(ArlmConfig(vocab_size=V, model_dim=D, num_layers=1, num_heads=H, activation="relu"))
-    for name, p in tied.named_parameters():
-        if ".attn." in name and name.endswith(".bias"):
-            torch.nn.init.zeros_(p)
+    tied = create_arlm_model(ArlmConfig(vocab_size=V, model_dim=D, num_layers=1, num_heads=H, activation="relu",
+                                        attn_bias=False))
     out = export(tied, tmp_path / "tied", format="xlm_core")  # the tied head is written as its own matrix
     with torch.no_grad():
         assert torch.allclose(load(XLM_CORE(out))(ids), tied.eval()(ids), atol=1e-6)

@@ -114,6 +114,9 @@ def test_init():
     assert abs(layer.ffn.down_proj.weight.std().item() - 0.01) < 0.0005
     assert torch.equal(layer.attn.q_proj.bias, torch.zeros(256))
     assert torch.equal(layer.attn_norm.weight, torch.ones(256))
+    padded = build(tiny_config("rope", padding_idx=2, attn_bias=False))
+    assert not padded.embed_tokens.weight[2].any() and padded.embed_tokens.weight[3].any()
+    assert padded.layers[0].attn.q_proj.bias is None and padded.layers[0].ffn.up_proj.bias is not None
 
 
 @pytest.mark.parametrize("overrides, message", [

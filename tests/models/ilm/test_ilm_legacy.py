@@ -16,13 +16,18 @@ import torch.nn.functional as F
 import yaml
 
 import xlm
+from xlm.data.tokenizers import WordTokenizer
 from xlm.errors import ConversionError
 from xlm.interop.export import export
 from xlm.models.ilm import IlmConfig, create_ilm_model
-from xlm.models.ilm.interop import XLM_CORE, convert_ilm_xlm_core, convert_to_ilm_xlm_core, ilm_config_from_xlm_core
+from xlm.models.ilm.collators import IlmSeq2SeqCollator
+from xlm.models.ilm.interop import (XLM_CORE, XLM_CORE_KEY_MAP, convert_ilm_xlm_core, convert_to_ilm_xlm_core,
+                                   ilm_config_from_xlm_core)
+from xlm.models.ilm.loss import ilm_loss
 from xlm.registry import get_family
 from xlm.interop.xlm_core import read_xlm_core
 
+from tests import xlm_core_fixtures
 from tests.xlm_core_fixtures import (add_output_layer, assert_round_trip, ema_entry, hub_layout, parameter_keys,
                                      random_tensors, randomize_for_xlm_core_, rotary_transformer_forward,
                                      rotary_transformer_state, write_hub_export, write_lightning_checkpoint)
@@ -51,10 +56,11 @@ def xlm_core_state(seed=0, rotary=4, final_norm=False, classes=2):
     return s
 
 
-def xlm_core_forward(s, ids, attention_mask, positions, *, rotary=4, activation="relu", cls_position=None):
+def xlm_core_forward(s, ids, attention_mask, positions, *, rotary=4, activation="relu", cls_position=None,
+                     padding_idx=None):
     """(vocab_logits, length_logits) of the stopping ILM: the length head reads column 0, or `cls_position`."""
     x = rotary_transformer_forward(s, ids, allowed=attention_mask[:, None, :], positions=positions, num_layers=L,
-                                   num_heads=H, rotary=rotary, activation=activation)
+                                   num_heads=H, rotary=rotary, activation=activation, padding_idx=padding_idx)
     out = x
     if "output_layer.norm_final.weight" in s:
         out = F.layer_norm(x, (D,), s["output_layer.norm_final.weight"], s["output_layer.norm_final.bias"], 1e-5)
@@ -139,7 +145,8 @@ def test_config_comes_from_the_checkpoint():
     config = ilm_config_from_xlm_core(hub_config(), xlm_core_state())
     assert config == IlmConfig(vocab_size=V, model_dim=D, num_layers=L, num_heads=H, ffn_dim=FF, max_seq_len=S,
                                rope_base=10000.0, rotary_dim=4, norm="layernorm", norm_eps=1e-5, activation="relu",
-                               bias=True, final_norm=False, tie_embeddings=False, dropout=0.1, pad_token_id=0)
+                               bias=True, attn_bias=False, final_norm=False, tie_embeddings=False, dropout=0.1,
+                               pad_token_id=0, padding_idx=0)
     # rotary_transformer_small_ilm.yaml sets neither rotary_emb_dim nor final_layer_without_normalization: the
     # rotary buffer and the absence of output_layer.norm_final tell; the vocabulary comes off the embedding
     hydra = {k: v for k, v in hub_config(num_embeddings="${tokenizer:full_vocab_size}", _target_=TARGET).items()
@@ -156,15 +163,50 @@ def test_config_comes_from_the_checkpoint():
 def test_round_trips_are_identity():
     ref = xlm_core_state()
     converted = convert_ilm_xlm_core(ref, hub_config())
+    # xlm-core's parameters, no more: its attention has no biases, and neither has the converted model's
+    assert not any(".attn." in k and k.endswith(".bias") for k in converted.state)
+    assert load(converted).num_parameters() == sum(ref[k].numel() for k in parameter_keys(ref))
     back = convert_to_ilm_xlm_core(converted.state, converted.config)
     assert list(back.state) == hub_layout(ref) and all(torch.equal(back.state[k], ref[k]) for k in hub_layout(ref))
     assert back.config == {k: v for k, v in hub_config().items() if k != "mask_idx"}
 
     torch.manual_seed(0)
     model = create_ilm_model(IlmConfig(vocab_size=V, model_dim=D, num_layers=L, num_heads=H, ffn_dim=FF, max_seq_len=S,
-                                       rotary_dim=6, activation="gelu_tanh", final_norm=True)).eval()
+                                       rotary_dim=6, activation="gelu_tanh", final_norm=True, attn_bias=False,
+                                       padding_idx=0)).eval()
     there = assert_round_trip(randomize_for_xlm_core_(model), convert_to_ilm_xlm_core, convert_ilm_xlm_core)
     assert there.config["rotary_emb_dim"] == 6 and there.config["final_layer_without_normalization"] is False
+
+
+def test_with_xlm_cores_settings_loss_and_gradients_are_xlm_cores():
+    """ILMLossWithMaskedCE (binary_ce, a stopping class weight) on the batch its seq2seq collator builds, against
+    ilm_loss with insertion_gaps="attended" and the same weight on ours, for the same drops and weights."""
+    ref = xlm_core_state()
+    for key in parameter_keys(ref):
+        ref[key].requires_grad_()
+    model = load(convert_ilm_xlm_core({k: v.detach() for k, v in ref.items()}, hub_config()))
+    tok = WordTokenizer([str(i) for i in range(V - 7)])  # [PAD] 0, [CLS] 1, [BOS] 4: xlm-core's padding_idx is 0
+    prompts, targets = [[10, 11, 12], [13], [14, 15]], [[20, 21, 22, 23], [24, 25], [26]]
+    drops = [[0, 2, 3], [], [0]]  # three in two gaps; nothing (the stop target); the only token
+    ours = IlmSeq2SeqCollator(tok, max_len=S)([{"prompt_ids": p, "target_ids": t} for p, t in zip(prompts, targets)],
+                                              drops=drops)
+    theirs = xlm_core_fixtures.ilm_seq2seq_batch(prompts, targets, drops, pad=tok.pad_token_id, cls=tok.cls_token_id,
+                                                 bos=tok.bos_token_id, vocab=V, block_size=6)
+    positions = (theirs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+    vocab, stop = xlm_core_forward(ref, theirs["input_ids"], theirs["attention_mask"], positions,
+                                   cls_position=theirs["cls_position"], padding_idx=0)
+    expected = xlm_core_fixtures.ilm_loss(vocab, stop, theirs, stopping_class_weight=0.3)
+    loss = ilm_loss(model, ours, stopping_class_weight=0.3, insertion_gaps="attended")["loss"]
+    assert torch.allclose(loss, expected, atol=1e-5)
+    assert ilm_loss(model, ours, stopping_class_weight=0.3)["loss"] < expected - 0.1  # the default: target gaps only
+
+    expected.backward()
+    loss.backward()
+    grads = XLM_CORE_KEY_MAP.inverse().apply({k: p.grad for k, p in model.named_parameters()}).state
+    assert set(grads) == {k for k, v in ref.items() if v.requires_grad}
+    for key, grad in grads.items():
+        assert torch.allclose(grad, ref[key].grad, rtol=1e-4, atol=1e-6), key
+    assert ref["embed_tokens.weight"].grad[tok.pad_token_id].eq(0).all()  # padding_idx: the [PAD] row keeps still
 
 
 def test_lightning_checkpoint_with_ema_loads_strictly(tmp_path):

@@ -93,6 +93,50 @@ def test_gradients_reach_only_the_gap_columns():
     assert (model.stop.grad.abs().sum(dim=1) > 0).all()
 
 
+def test_stopping_class_weight_weights_each_rows_stop_loss_by_its_class():
+    table, stop = table_and_stop()
+    plain = ilm_loss(ColumnTable(table, stop), fixed_batch())
+    out = ilm_loss(ColumnTable(table, stop), fixed_batch(), stopping_class_weight=0.3, stop_loss_weight=0.5)
+    stop_nll = [lse(stop[0]) - stop[0][1], lse(stop[1]) - stop[1][0], lse(stop[2]) - stop[2][1]]
+    weighted = [0.7 * stop_nll[0], 0.3 * stop_nll[1], 0.7 * stop_nll[2]]  # rows 0, 2 continue; row 1 stops
+    assert out["stop_loss"].item() == pytest.approx(sum(weighted) / 3, rel=1e-6)
+    assert out["loss"].item() == pytest.approx(plain["token_loss"].item() + 0.5 * sum(weighted) / 3, rel=1e-6)
+    assert out["token_loss"] == plain["token_loss"]
+    assert out["nll_bound_sum"] == plain["nll_bound_sum"]  # the bound is the likelihood's: unweighted
+
+
+def test_attended_gaps_normalise_over_every_attended_column_but_cls():
+    table, stop = table_and_stop()
+    model = ColumnTable(table, stop)
+    out = ilm_loss(model, fixed_batch(), insertion_gaps="attended")
+    # rows [K P a S c], [K b c S a], [K P c S b]: the prompt's columns join the gaps, [CLS] and padding do not
+    z0 = lse(table[2] + table[3] + table[4])
+    z2 = lse(table[2] + table[3] + table[4])
+    token = [z0 - 0.5 * (table[3][B] + table[4][A]), 0.0, z2 - table[3][A]]
+    assert out["token_loss"].item() == pytest.approx(sum(token) / 3, rel=1e-6)
+    assert out["bound_tokens"] == ilm_loss(model, fixed_batch())["bound_tokens"]  # L counts the target only
+    out["loss"].backward()
+    touched = model.table.grad.abs().sum(dim=1) > 0
+    # the prompt's column 2 too (rows 0 and 2; row 1 inserts nothing), never [CLS] or padding
+    assert touched.tolist() == [False, False, True, True, True]
+    with pytest.raises(ValueError, match="insertion_gaps must be one of"):
+        ilm_loss(model, fixed_batch(), insertion_gaps="prompt")
+
+
+def test_the_config_validates_and_the_unit_passes_the_loss_options():
+    with pytest.raises(ValueError, match="stopping_class_weight must be in"):
+        xlm.create_model("ilm_tiny", vocab_size=V, stopping_class_weight=1.5)
+    with pytest.raises(ValueError, match="insertion_gaps must be one of"):
+        xlm.create_model("ilm_tiny", vocab_size=V, insertion_gaps="all")
+    torch.manual_seed(0)
+    model = xlm.create_model("ilm_tiny", vocab_size=V, stopping_class_weight=0.2, insertion_gaps="attended")
+    family = xlm.get_family("ilm")
+    unit = family.unit_factory(model, TOK, family.sampler_config_class(max_new_tokens=4))
+    expected = ilm_loss(model, fixed_batch(), stopping_class_weight=0.2, insertion_gaps="attended")
+    assert torch.equal(unit.loss(model, fixed_batch())["loss"], expected["loss"])
+    assert not torch.equal(ilm_loss(model, fixed_batch())["loss"], expected["loss"])
+
+
 def test_a_confident_right_model_has_near_zero_loss():
     table = [[-30.0] * V for _ in range(5)]
     table[2][A] = 30.0  # everything on the one true pair of row 2 ...

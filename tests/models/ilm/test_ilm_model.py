@@ -69,7 +69,8 @@ def test_stop_head_skips_the_final_norm():
 
 def test_state_dict_keys_are_the_ones_the_xlm_core_key_map_targets():
     """The layout the docstring's key map (from xlm-core's RotaryTransformerILMModelWithStoppingClassification)
-    is written against; attention biases are the only keys xlm-core lacks (converted as zeros)."""
+    is written against: with attn_bias=False (as converted) xlm-core's keys exactly; by default attention biases
+    too."""
     model = build(tiny_config(final_norm=True))
     per_layer = ["attn_norm.weight", "attn_norm.bias", "attn.q_proj.weight", "attn.k_proj.weight",
                  "attn.v_proj.weight", "attn.out_proj.weight", "ffn_norm.weight", "ffn_norm.bias",
@@ -78,8 +79,9 @@ def test_state_dict_keys_are_the_ones_the_xlm_core_key_map_targets():
     expected = {"embed_tokens.weight", "final_norm.weight", "final_norm.bias", "output_proj.weight",
                 "stop_head.norm.weight", "stop_head.norm.bias", "stop_head.up_proj.weight", "stop_head.up_proj.bias",
                 "stop_head.down_proj.weight", "stop_head.down_proj.bias", "stop_head.proj.weight"}
-    expected |= {f"layers.{i}.{k}" for i in range(2) for k in per_layer + biases}
-    assert set(model.state_dict()) == expected
+    expected |= {f"layers.{i}.{k}" for i in range(2) for k in per_layer}
+    assert set(build(tiny_config(final_norm=True, attn_bias=False)).state_dict()) == expected
+    assert set(model.state_dict()) == expected | {f"layers.{i}.{k}" for i in range(2) for k in biases}
     assert model.stop_head.proj.weight.shape == (2, 32) and model.stop_head.up_proj.weight.shape == (64, 32)
     assert model.output_proj.bias is None and model.output_proj.weight is not model.embed_tokens.weight
     assert "final_norm.weight" not in build(tiny_config(final_norm=False)).state_dict()
@@ -134,3 +136,13 @@ def test_archs():
     blocks = 12 * (4 * 768 * 768 + 4 * 768 + 2 * 768 * 3072 + 3072 + 768 + 4 * 768)
     stop_head = 2 * 768 + (768 * 1536 + 1536) + (1536 * 768 + 768) + 2 * 768
     assert create_ilm_model(small, device="meta").num_parameters(non_embedding=True) == blocks + stop_head
+
+
+def test_padding_idx_row_starts_at_zero_and_gets_no_gradient():
+    model = build(tiny_config(padding_idx=0)).train()
+    assert not model.embed_tokens.weight[0].any() and model.embed_tokens.weight[1:].any()
+    ids = torch.tensor([[1, 4, 0, 9, 0, 12]])  # [PAD]s attended: they would train their row without padding_idx
+    model(ids).token_logits.sum().backward()
+    assert not model.embed_tokens.weight.grad[0].any() and model.embed_tokens.weight.grad[9].any()
+    with pytest.raises(ValueError, match="padding_idx=50 is outside the vocabulary"):
+        tiny_config(padding_idx=50)

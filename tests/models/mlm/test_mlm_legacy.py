@@ -14,13 +14,16 @@ import xlm
 from xlm.errors import ConversionError
 from xlm.interop.export import ExportError, export
 from xlm.models.mlm import MlmConfig, create_mlm_model
-from xlm.models.mlm.interop import convert_mlm_xlm_core, convert_to_mlm_xlm_core, mlm_config_from_xlm_core
+from xlm.models.mlm.interop import (XLM_CORE_KEY_MAP, convert_mlm_xlm_core, convert_to_mlm_xlm_core,
+                                   mlm_config_from_xlm_core)
+from xlm.models.mlm.loss import mlm_loss
 from xlm.registry import get_family
 from xlm.interop.xlm_core import read_xlm_core
 
-from tests.xlm_core_fixtures import (add_output_layer, assert_round_trip, ema_entry, hub_layout, random_tensors,
-                                     randomize_for_xlm_core_, rotary_transformer_forward, rotary_transformer_state,
-                                     write_hub_export, write_lightning_checkpoint)
+from tests import xlm_core_fixtures
+from tests.xlm_core_fixtures import (add_output_layer, assert_round_trip, ema_entry, hub_layout, parameter_keys,
+                                     random_tensors, randomize_for_xlm_core_, rotary_transformer_forward,
+                                     rotary_transformer_state, write_hub_export, write_lightning_checkpoint)
 
 V, D, L, H, FF, S = 41, 32, 2, 4, 64, 12  # head dim 8
 
@@ -39,9 +42,10 @@ def xlm_core_state(seed=0, rotary=8):
     return s
 
 
-def xlm_core_forward(s, ids, attention_mask, positions, *, activation="relu", eps=1e-5, rotary=D // H):
+def xlm_core_forward(s, ids, attention_mask, positions, *, activation="relu", eps=1e-5, rotary=D // H,
+                     padding_idx=None):
     x = rotary_transformer_forward(s, ids, allowed=attention_mask[:, None, :], positions=positions, num_layers=L,
-                                   num_heads=H, rotary=rotary, activation=activation, eps=eps)
+                                   num_heads=H, rotary=rotary, activation=activation, eps=eps, padding_idx=padding_idx)
     x = F.layer_norm(x, (D,), s["output_layer.norm_final.weight"], s["output_layer.norm_final.bias"], eps)
     return x @ s["output_layer.linear.weight"].T
 
@@ -86,8 +90,9 @@ def test_config_comes_from_the_checkpoint():
     config = mlm_config_from_xlm_core(hub_config(), xlm_core_state())
     assert config == MlmConfig(vocab_size=V, model_dim=D, num_layers=L, num_heads=H, ffn_dim=FF, max_seq_len=S,
                                norm_position="pre", pos_encoding="rope", rope_base=10000.0, type_vocab_size=0,
-                               norm="layernorm", norm_eps=1e-5, activation="relu", bias=True, head_transform=False,
-                               head_bias=False, tie_embeddings=False, dropout=0.1, pad_token_id=0)
+                               norm="layernorm", norm_eps=1e-5, activation="relu", bias=True, attn_bias=False,
+                               head_transform=False, head_bias=False, tie_embeddings=False, dropout=0.1, pad_token_id=0,
+                               padding_idx=0)
     hydra = {"model": hub_config(num_embeddings="${tokenizer:full_vocab_size}", d_model="${oops}",
                                  _target_="mlm.model_mlm.RotaryTransformerMLMModel")}
     assert mlm_config_from_xlm_core(hydra, xlm_core_state()) == config  # sizes read off the weights
@@ -101,6 +106,9 @@ def test_config_comes_from_the_checkpoint():
 def test_round_trips_are_identity(rotary):
     ref = xlm_core_state(rotary=rotary)
     converted = convert_mlm_xlm_core(ref, hub_config(rotary_emb_dim=rotary))
+    # xlm-core's parameters, no more: its attention has no biases, and neither has the converted model's
+    assert not any(".attn." in k and k.endswith(".bias") for k in converted.state)
+    assert load(converted).num_parameters() == sum(ref[k].numel() for k in parameter_keys(ref))
     back = convert_to_mlm_xlm_core(converted.state, converted.config)
     assert list(back.state) == hub_layout(ref) and all(torch.equal(back.state[k], ref[k]) for k in hub_layout(ref))
     assert back.config == {k: v for k, v in hub_config(rotary_emb_dim=rotary).items() if k != "mask_idx"}
@@ -112,6 +120,41 @@ def test_round_trips_are_identity(rotary):
         export(create_mlm_model(MlmConfig(vocab_size=V, model_dim=D, num_layers=1, num_heads=H, norm_position="post",
                                           pos_encoding="learned", type_vocab_size=2, head_transform=True)),
                "unused", format="xlm_core")
+
+
+@pytest.mark.parametrize("use_num_masked_factor", [False, True])
+def test_with_xlm_cores_settings_loss_and_gradients_are_xlm_cores(use_num_masked_factor):
+    """MLMLoss on the batch its seq2seq collator builds (every column attended, the [PAD]s after [EOS] too), against
+    mlm_loss on the same batch; xlm-core's factor is applied as its code does, right for one row only."""
+    ref = xlm_core_state()
+    for key in parameter_keys(ref):
+        ref[key].requires_grad_()
+    model = load(convert_mlm_xlm_core({k: v.detach() for k, v in ref.items()}, hub_config()))
+    pad, mask, bos, eos = 0, 1, 2, 3  # hub_config's padding_idx and mask_idx
+    prompts, targets, masked = [[10, 11, 12], [13], [14, 15]], [[20, 21], [22, 23, 24], [25]], [[5, 7], [3, 5], [4]]
+    rows = 1 if use_num_masked_factor else 3
+    theirs = xlm_core_fixtures.mlm_seq2seq_batch(prompts[:rows], targets[:rows], masked[:rows], pad=pad, mask=mask,
+                                                 bos=bos, eos=eos, width=S)
+    positions = (theirs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+    logits = xlm_core_forward(ref, theirs["input_ids"], theirs["attention_mask"], positions, padding_idx=pad)
+    expected = xlm_core_fixtures.mlm_loss(logits, theirs, mask=mask, use_num_masked_factor=use_num_masked_factor)
+    ours = {**theirs, "masked": theirs["input_ids"] == mask}
+    weighting = "num_masked_factor" if use_num_masked_factor else "none"
+    loss = mlm_loss(model, ours, weighting=weighting)["loss"]
+    assert torch.allclose(loss, expected, atol=1e-5)
+
+    expected.backward()
+    loss.backward()
+    grads = XLM_CORE_KEY_MAP.inverse().apply({k: p.grad for k, p in model.named_parameters()}).state
+    assert set(grads) == set(parameter_keys(ref))
+    for key, grad in grads.items():
+        assert torch.allclose(grad, ref[key].grad, rtol=1e-4, atol=1e-6), key
+    # the [PAD]s are attended: without padding_idx (as xlm builds its own models) their row would train
+    assert model.embed_tokens.weight.grad[pad].eq(0).all()
+    trains_pad = create_mlm_model(dataclasses.replace(model.config, padding_idx=None)).eval()
+    trains_pad.load_state_dict(model.state_dict())
+    mlm_loss(trains_pad, ours, weighting=weighting)["loss"].backward()
+    assert trains_pad.embed_tokens.weight.grad[pad].abs().sum() > 0
 
 
 def test_lightning_checkpoint_with_ema_and_hub_dir(tmp_path):

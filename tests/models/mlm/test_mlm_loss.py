@@ -82,6 +82,18 @@ def test_inverse_t_weighting_matches_hand_computation():
     assert out["loss"].item() == pytest.approx((sum(row0) / 0.5 + sum(row1) * 4) / 4, rel=1e-6)
 
 
+def test_num_masked_factor_weighting_matches_hand_computation():
+    table, row0, row1 = table_and_nlls()
+    batch = fixed_batch([0.5, 0.25])
+    batch["masked"][1, 4] = True  # row 1 now has 3 masked positions: a, [EOS], [PAD]
+    batch["input_ids"][1, 4] = MASK
+    eos = table[4][TOK.eos_token_id]
+    row1 = [*row1, math.log(sum(math.exp(v) for v in table[4])) - eos]
+    out = mlm_loss(PositionTable(table), batch, weighting="num_masked_factor")
+    assert out["num_tokens"].item() == 5  # a mean over masked positions, each weighted by 1 / (its row's + 1)
+    assert out["loss"].item() == pytest.approx((sum(row0) / 3 + sum(row1) / 4) / 5, rel=1e-6)
+
+
 def test_gradients_reach_only_through_masked_positions():
     table, _, _ = table_and_nlls()
     model = PositionTable(table)

@@ -170,3 +170,14 @@ def test_matches_hf_bert_masked_lm():
         expected = hf(input_ids=ids, token_type_ids=types, attention_mask=mask.long()).logits
         ours = model(ids, attention_mask=mask, token_type_ids=types)
         assert torch.allclose(ours[mask], expected[mask], atol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [{}, BERT_LIKE])
+def test_attn_bias_and_padding_idx(overrides):
+    model = build(tiny_config(attn_bias=False, padding_idx=0, tie_embeddings=False, **overrides)).train()
+    names = [name for name, _ in model.named_parameters()]
+    assert not any(".attn." in n and n.endswith(".bias") for n in names) and any(".ffn." in n for n in names)
+    assert not model.embed_tokens.weight[0].any()
+    ids = torch.tensor([[5, 6, 0, 0, 7]])  # a block's [PAD]s after [EOS] are attended content
+    model(ids).sum().backward()
+    assert not model.embed_tokens.weight.grad[0].any() and model.embed_tokens.weight.grad[5].any()

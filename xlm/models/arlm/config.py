@@ -2,6 +2,10 @@
 
 Fields use plain `str` (not Literal) so OmegaConf structured configs accept them; values are
 checked in `__post_init__`. Derived sizes are properties, so `dataclasses.replace` stays consistent.
+
+`attn_bias` and `padding_idx` default to None (attention biases as `bias` says, a gradient into every
+embedding row): how every xlm model was built before they existed, so run dirs written then load as
+they were. xlm-core's converter sets them to its layout: no attention biases, no gradient into [PAD]'s row.
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ class ArlmConfig:
     norm: str = "layernorm"  # "layernorm" | "rmsnorm"
     norm_eps: float = 1e-5
     activation: str = "gelu"  # "gelu" | "gelu_tanh" | "swiglu" | "relu"
-    bias: bool = True  # biases in attention and MLP linears (and layernorm); GPT-2 yes, Llama no
+    bias: bool = True  # biases in the MLP linears and layernorms (and attention, unless attn_bias says); Llama no
+    attn_bias: bool | None = None  # biases in the attention projections; None = as `bias` (xlm-core: False)
     tie_embeddings: bool = True
     dropout: float = 0.0
     init_std: float = 0.02
     pad_token_id: int = 0
+    padding_idx: int | None = None  # the embedding row its lookup sends no gradient (xlm-core: [PAD]'s)
 
     def __post_init__(self) -> None:
         check_transformer(self)

@@ -22,7 +22,7 @@ LayerNorm unless `final_layer_without_normalization`, and an untied bias-free ou
     embed_tokens.weight                      -> embed_tokens.weight
     encoder.{i}.norm1 / norm2                -> layers.{i}.attn_norm / ffn_norm
     encoder.{i}.attn_qkv.weight (3d, d)      -> layers.{i}.attn.{q,k,v}_proj.weight   (q|k|v, chunk(3, dim=0))
-    encoder.{i}.o_proj.weight                -> layers.{i}.attn.out_proj.weight       (attention biases: zeros)
+    encoder.{i}.o_proj.weight                -> layers.{i}.attn.out_proj.weight       (attn_bias=False)
     encoder.{i}.mlp.0 / mlp.2                -> layers.{i}.ffn.up_proj / down_proj
     encoder.{i}.rotary_emb.inv_freq          -> dropped (checked against rotary_emb_dim)
     output_layer.norm_final                  -> final_norm
@@ -47,6 +47,7 @@ from xlm.interop.readers import read_hf_dir
 from xlm.interop.xlm_core import (ENCODER_DROP, ENCODER_RULES, ROPE_BASE, XlmCoreConfig, common_export_problems,
                                       constructor_args, convert_from_xlm_core, convert_to_xlm_core, pad_token_id,
                                       read_xlm_core, recognises_xlm_core, xlm_core_config)
+from xlm.nn import attention_bias
 
 from .config import ArlmConfig
 from .factory import create_arlm_model
@@ -89,7 +90,7 @@ LLAMA_KEY_MAP = KeyMap([
     Rule("lm_head.weight", "lm_head.proj.weight"),
 ], drop=["model.layers.{i}.self_attn.rotary_emb.inv_freq", "model.rotary_emb.inv_freq"])
 
-#: xlm-core RotaryTransformerARLMModel -> ArlmModel (attention biases, which it lacks, are added as zeros).
+#: xlm-core RotaryTransformerARLMModel -> ArlmModel (attn_bias=False: its attention has no biases).
 XLM_CORE_KEY_MAP = KeyMap([
     Rule("embed_tokens.weight", "embed_tokens.weight"),
     *ENCODER_RULES,
@@ -160,14 +161,12 @@ def arlm_config_from_hf_llama(hf_config: Any) -> ArlmConfig:
     if c.get("hidden_act", "silu") != "silu":
         raise ConversionError(f"Llama hidden_act {c['hidden_act']!r}: ArlmModel's SwiGLU uses silu")
     attention_bias, mlp_bias = bool(c.get("attention_bias", False)), bool(c.get("mlp_bias", False))
-    if attention_bias != mlp_bias:
-        raise ConversionError(f"Llama config has attention_bias={attention_bias} but mlp_bias={mlp_bias}; "
-                              f"ArlmModel has one bias switch for both")
     return ArlmConfig(vocab_size=c["vocab_size"], model_dim=dim, num_layers=c["num_hidden_layers"], num_heads=heads,
                       num_kv_heads=c.get("num_key_value_heads") or heads, ffn_dim=c["intermediate_size"],
                       max_seq_len=c["max_position_embeddings"], pos_encoding="rope", rope_base=_rope_theta(c),
                       norm="rmsnorm", norm_eps=c.get("rms_norm_eps", 1e-6), activation="swiglu",
-                      bias=attention_bias, tie_embeddings=c.get("tie_word_embeddings", False),
+                      bias=mlp_bias, attn_bias=None if attention_bias == mlp_bias else attention_bias,
+                      tie_embeddings=c.get("tie_word_embeddings", False),
                       dropout=c.get("attention_dropout", 0.0), init_std=c.get("initializer_range", 0.02),
                       pad_token_id=_pad_id(c, c["vocab_size"]))
 
@@ -183,6 +182,8 @@ def gpt2_export_problems(config: ArlmConfig) -> list[str]:
         problems.append(f"activation={config.activation!r} (GPT-2 uses gelu_tanh or gelu)")
     if not config.bias:
         problems.append("bias=False (GPT-2 has biases)")
+    if not attention_bias(config.bias, config.attn_bias):
+        problems.append("attn_bias=False (GPT-2's attention has biases)")
     if config.kv_heads != config.num_heads:
         problems.append(f"num_kv_heads={config.num_kv_heads} (GPT-2 has no grouped-query attention)")
     return problems
@@ -228,7 +229,8 @@ def hf_llama_config(config: ArlmConfig) -> dict[str, Any]:
             "num_key_value_heads": config.kv_heads, "head_dim": config.head_dim,
             "max_position_embeddings": config.max_seq_len, "hidden_act": "silu", "rms_norm_eps": config.norm_eps,
             "rope_theta": config.rope_base, "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_base},
-            "attention_bias": config.bias, "mlp_bias": config.bias, "attention_dropout": config.dropout,
+            "attention_bias": attention_bias(config.bias, config.attn_bias), "mlp_bias": config.bias,
+            "attention_dropout": config.dropout,
             "initializer_range": config.init_std, "tie_word_embeddings": config.tie_embeddings,
             "pad_token_id": config.pad_token_id}
 
@@ -312,11 +314,12 @@ def _arlm_from_xlm_core(xc: XlmCoreConfig, notes: list[str]) -> ArlmConfig:
     if not xc.final_layer_norm:
         raise ConversionError("the xlm-core model has no final LayerNorm (final_layer_without_normalization=True); "
                               "ArlmModel always normalises before its head, so it cannot compute this model")
+    pad = pad_token_id(xc, notes)
     return ArlmConfig(vocab_size=xc.num_embeddings, model_dim=xc.d_model, num_layers=xc.num_layers,
                       num_heads=xc.nhead, ffn_dim=xc.dim_feedforward, max_seq_len=xc.max_length, pos_encoding="rope",
                       rope_base=ROPE_BASE, rotary_dim=None if xc.rotary_emb_dim == xc.head_dim else xc.rotary_emb_dim,
                       norm="layernorm", norm_eps=xc.layer_norm_eps, activation=xc.activation_ours, bias=True,
-                      tie_embeddings=False, dropout=xc.dropout, pad_token_id=pad_token_id(xc, notes))
+                      attn_bias=False, tie_embeddings=False, dropout=xc.dropout, pad_token_id=pad, padding_idx=pad)
 
 
 def arlm_config_from_xlm_core(source_config: Any, state: Mapping[str, Tensor] | None = None) -> ArlmConfig:
@@ -355,7 +358,7 @@ def xlm_core_arlm_config(config: ArlmConfig) -> dict[str, Any]:
 
 def convert_to_arlm_xlm_core(state: Mapping[str, Tensor], config: ArlmConfig) -> Converted:
     """ArlmModel state dict -> (xlm-core config.json dict, RotaryTransformerARLMModel state dict as its hub export
-    writes it). The attention biases must be zero: xlm-core's attention has none."""
+    writes it)."""
     state = dict(state)
     if config.tie_embeddings and "lm_head.proj.weight" not in state and "embed_tokens.weight" in state:
         state["lm_head.proj.weight"] = state["embed_tokens.weight"]

@@ -17,7 +17,7 @@ class ArlmModel(nn.Module):
         super().__init__()
         self.config = config
         dim = config.model_dim
-        self.embed_tokens = nn.Embedding(config.vocab_size, dim)
+        self.embed_tokens = nn.Embedding(config.vocab_size, dim, padding_idx=config.padding_idx)
         self.embed_positions = nn.Embedding(config.max_seq_len, dim) if config.pos_encoding == "learned" else None
         self.dropout = nn.Dropout(config.dropout)
         rope = None
@@ -27,8 +27,8 @@ class ArlmModel(nn.Module):
         self.layers = nn.ModuleList(
             TransformerBlock(dim=dim, num_heads=config.num_heads, num_kv_heads=config.kv_heads,
                              ffn_dim=config.hidden_ffn_dim, activation=config.activation, norm=config.norm,
-                             norm_eps=config.norm_eps, bias=config.bias, causal=True, rope=rope,
-                             dropout=config.dropout)
+                             norm_eps=config.norm_eps, bias=config.bias, attn_bias=config.attn_bias, causal=True,
+                             rope=rope, dropout=config.dropout)
             for _ in range(config.num_layers))
         self.final_norm = make_norm(config.norm, dim, config.norm_eps, bias=config.bias)
         self.lm_head = LMHead(dim, config.vocab_size)

@@ -6,6 +6,10 @@ and a binary stopping classifier read at the [CLS] column. The flags that xlm-co
 between checkpoints (final norm or none, untied output projection, partial rotary) are fields
 here, so a converted checkpoint only needs a config and a key map (see `model.py`).
 Fields are plain `str`/`int`/`float`/`bool` (OmegaConf), checked in `__post_init__`.
+
+`attn_bias` and `padding_idx` default to None (attention biases as `bias` says, a gradient into every
+embedding row): how every xlm model was built before they existed, so run dirs written then load as
+they were. xlm-core's converter sets them to its layout: no attention biases, no gradient into [PAD]'s row.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from xlm.nn.config_checks import check_choices, check_ffn_init_and_padding, chec
 from xlm.nn.feed_forward import ACTIVATIONS
 from xlm.nn.norm import NORMS
 from xlm.registry import ArchRegistry
+
+INSERTION_GAPS = ("target", "attended")
 
 
 @dataclass(kw_only=True)
@@ -31,24 +37,33 @@ class IlmConfig:
     norm: str = "layernorm"  # "layernorm" | "rmsnorm"
     norm_eps: float = 1e-5
     activation: str = "gelu"  # "gelu" | "gelu_tanh" | "swiglu" | "relu"
-    bias: bool = True  # biases in attention, MLP and norms (xlm-core: MLP yes, attention no -> zeros)
+    bias: bool = True  # biases in the MLP linears and norms (and attention, unless attn_bias says)
+    attn_bias: bool | None = None  # biases in the attention projections; None = as `bias` (xlm-core: False)
     final_norm: bool = True  # a norm before the token projection (xlm-core stopping models: none)
     tie_embeddings: bool = False  # xlm-core's output projection is its own matrix
     dropout: float = 0.0
     init_std: float = 0.02
     pad_token_id: int = 0
+    padding_idx: int | None = None  # the embedding row its lookup sends no gradient (xlm-core: [PAD]'s)
     stop_loss_weight: float = 1.0  # loss = token_loss + stop_loss_weight * stop_loss
+    # the loss's options for training as xlm-core does (loss.py has the maths); the defaults keep the likelihood's
+    # terms over the gaps our sampler inserts into
+    stopping_class_weight: float | None = None  # w on "stop" rows' stop loss, 1 - w on the others; None = 1 on both
+    insertion_gaps: str = "target"  # "target" ([BOS] on) | "attended" (every attended column but [CLS]: xlm-core's)
 
     def __post_init__(self) -> None:
         check_transformer(self)
         check_ffn_init_and_padding(self)
-        check_choices(self, {"norm": NORMS, "activation": ACTIVATIONS})
+        check_choices(self, {"norm": NORMS, "activation": ACTIVATIONS, "insertion_gaps": INSERTION_GAPS})
         rotary = self.head_dim if self.rotary_dim is None else self.rotary_dim
         if rotary < 2 or rotary % 2 or rotary > self.head_dim:
             raise ValueError(f"rotary_dim must be even and in [2, head_dim={self.head_dim}] (model_dim/num_heads), "
                              f"got {rotary}")
         if self.stop_loss_weight < 0:
             raise ValueError(f"stop_loss_weight must be >= 0, got {self.stop_loss_weight}")
+        if self.stopping_class_weight is not None and not 0.0 <= self.stopping_class_weight <= 1.0:
+            raise ValueError(f"stopping_class_weight must be in [0, 1] (or None: no class weights), got "
+                             f"{self.stopping_class_weight}")
 
     @property
     def head_dim(self) -> int:

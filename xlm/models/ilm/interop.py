@@ -17,7 +17,7 @@ an MLP with biases (ReLU by default, or GELU-tanh), NeoX half-split rotary with 
     embed_tokens.weight                          -> embed_tokens.weight
     encoder.{i}.norm1 / norm2                    -> layers.{i}.attn_norm / ffn_norm
     encoder.{i}.attn_qkv.weight (3d, d)          -> layers.{i}.attn.{q,k,v}_proj.weight   (q|k|v, chunk(3, dim=0))
-    encoder.{i}.o_proj.weight                    -> layers.{i}.attn.out_proj.weight       (attention biases: zeros)
+    encoder.{i}.o_proj.weight                    -> layers.{i}.attn.out_proj.weight       (attn_bias=False)
     encoder.{i}.mlp.0 / mlp.2                    -> layers.{i}.ffn.up_proj / down_proj
     encoder.{i}.rotary_emb.inv_freq (sin, cos)   -> dropped (inv_freq checked against rotary_emb_dim)
     output_layer.norm_final                      -> final_norm        (only with a final norm; else final_norm=False)
@@ -53,7 +53,7 @@ __all__ = ["CONVERTERS", "XLM_CORE", "XLM_CORE_KEY_MAP", "convert_ilm_xlm_core",
 
 _STOP = "length_output_layer."
 
-#: xlm-core RotaryTransformerILMModelWithStoppingClassification -> IlmModel (attention biases added as zeros).
+#: xlm-core RotaryTransformerILMModelWithStoppingClassification -> IlmModel (attn_bias=False).
 XLM_CORE_KEY_MAP = KeyMap([
     Rule("embed_tokens.weight", "embed_tokens.weight"),
     *ENCODER_RULES,
@@ -85,12 +85,13 @@ def _check_stop_head(state: Mapping[str, Tensor], source: str | None) -> None:
 
 
 def _ilm_from_xlm_core(xc: XlmCoreConfig, notes: list[str]) -> IlmConfig:
+    pad = pad_token_id(xc, notes)
     return IlmConfig(vocab_size=xc.num_embeddings, model_dim=xc.d_model, num_layers=xc.num_layers, num_heads=xc.nhead,
                      ffn_dim=xc.dim_feedforward, max_seq_len=xc.max_length, rope_base=ROPE_BASE,
                      rotary_dim=None if xc.rotary_emb_dim == xc.head_dim else xc.rotary_emb_dim, norm="layernorm",
-                     norm_eps=xc.layer_norm_eps, activation=xc.activation_ours, bias=True,
+                     norm_eps=xc.layer_norm_eps, activation=xc.activation_ours, bias=True, attn_bias=False,
                      final_norm=xc.final_layer_norm, tie_embeddings=False, dropout=xc.dropout,
-                     pad_token_id=pad_token_id(xc, notes))
+                     pad_token_id=pad, padding_idx=pad)
 
 
 def ilm_config_from_xlm_core(source_config: Any, state: Mapping[str, Tensor] | None = None) -> IlmConfig:
@@ -128,8 +129,7 @@ def xlm_core_ilm_config(config: IlmConfig) -> dict[str, Any]:
 
 
 def convert_to_ilm_xlm_core(state: Mapping[str, Tensor], config: IlmConfig) -> Converted:
-    """IlmModel state dict -> (xlm-core config.json dict, its state dict as xlm-core's hub export writes it).
-    The attention biases must be zero: xlm-core's attention has none."""
+    """IlmModel state dict -> (xlm-core config.json dict, its state dict as xlm-core's hub export writes it)."""
     state = dict(state)
     if config.tie_embeddings and "output_proj.weight" not in state and "embed_tokens.weight" in state:
         state["output_proj.weight"] = state["embed_tokens.weight"]

@@ -15,7 +15,7 @@ Layout and the intended map from xlm-core's `RotaryTransformerILMModelWithStoppi
     embed_tokens.weight                           embed_tokens.weight
     encoder.{i}.norm1.{weight,bias}               layers.{i}.attn_norm.{weight,bias}
     encoder.{i}.attn_qkv.weight  (3d x d)         layers.{i}.attn.{q,k,v}_proj.weight  (torch.chunk(3, dim=0))
-      (no attention biases)                         layers.{i}.attn.{q,k,v,out}_proj.bias = zeros (bias=True)
+      (no attention biases)                         (none either: attn_bias=False)
     encoder.{i}.o_proj.weight                     layers.{i}.attn.out_proj.weight
     encoder.{i}.norm2.{weight,bias}               layers.{i}.ffn_norm.{weight,bias}
     encoder.{i}.mlp.0.{weight,bias}               layers.{i}.ffn.up_proj.{weight,bias}
@@ -79,14 +79,15 @@ class IlmModel(nn.Module):
         super().__init__()
         self.config = config
         dim = config.model_dim
-        self.embed_tokens = nn.Embedding(config.vocab_size, dim)
+        self.embed_tokens = nn.Embedding(config.vocab_size, dim, padding_idx=config.padding_idx)
         self.dropout = nn.Dropout(config.dropout)
         rope = RotaryEmbedding(config.head_dim, rotary_dim=config.rotary_dim, base=config.rope_base,
                                max_len=config.max_seq_len)
         self.layers = nn.ModuleList(
             TransformerBlock(dim=dim, num_heads=config.num_heads, ffn_dim=config.hidden_ffn_dim,
                              activation=config.activation, norm=config.norm, norm_eps=config.norm_eps,
-                             bias=config.bias, causal=False, rope=rope, dropout=config.dropout)
+                             bias=config.bias, attn_bias=config.attn_bias, causal=False, rope=rope,
+                             dropout=config.dropout)
             for _ in range(config.num_layers))
         self.final_norm = make_norm(config.norm, dim, config.norm_eps, bias=config.bias) if config.final_norm else None
         self.output_proj = nn.Linear(dim, config.vocab_size, bias=False)

@@ -22,7 +22,7 @@ class ClsPosition(TypedDict, total=False):
 class IlmTrainBatch(ClsPosition):
     input_ids: Int[Tensor, "batch seq"]  # [CLS] [PAD]... prompt [BOS] kept tokens [PAD]...
     attention_mask: Bool[Tensor, "batch seq"]  # True at real tokens
-    gap_mask: Bool[Tensor, "batch seq"]  # real columns from [BOS] on: the gaps the loss normalises over
+    gap_mask: Bool[Tensor, "batch seq"]  # real columns from [BOS] on: the target's gaps (loss.py: insertion_gaps)
     target_rows: Int[Tensor, " targets"]  # one entry per dropped token
     target_cols: Int[Tensor, " targets"]  # column of the kept token the dropped one follows (its gap)
     target_tokens: Int[Tensor, " targets"]  # the dropped token
@@ -42,7 +42,7 @@ class IlmLossDict(TypedDict):
     num_tokens: Tensor  # the number of rows: the unit every part of the loss is averaged over
     nll_sum: Tensor  # loss * num_tokens
     token_loss: Tensor  # mean over rows of the cross-entropy of the (gap, token) target distribution
-    stop_loss: Tensor  # mean over rows of the stop classifier's cross-entropy
+    stop_loss: Tensor  # mean over rows of the stop classifier's cross-entropy (class-weighted: loss.py)
     num_targets: Tensor  # dropped tokens in the batch
     nll_bound_sum: Tensor  # sum over rows of a one-sample estimate of an upper bound on -log p(row) (loss.py)
     bound_tokens: Tensor  # the tokens those rows insert in all (the bound's per-token denominator)

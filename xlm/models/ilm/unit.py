@@ -38,7 +38,9 @@ class IlmUnit:
         return self._predict(examples)
 
     def loss(self, model: torch.nn.Module, batch: IlmTrainBatch) -> IlmLossDict:
-        return ilm_loss(model, batch, stop_loss_weight=self.model.config.stop_loss_weight)
+        config = self.model.config
+        return ilm_loss(model, batch, stop_loss_weight=config.stop_loss_weight,
+                        stopping_class_weight=config.stopping_class_weight, insertion_gaps=config.insertion_gaps)
 
     def predict(self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None) -> IlmPredictionDict:
         return self.predictor.predict(batch, generator=generator)  # type: ignore[arg-type]

@@ -4,6 +4,10 @@ One config covers both a modern pre-LN rotary encoder and HF BERT (post-LN, lear
 positions, token types, exact GELU, LayerNorm eps 1e-12, the dense+GELU+LayerNorm head
 transform and a tied decoder with its own bias), so BERT checkpoints map onto `MlmModel`
 key by key. Fields are plain `str`/`int` (OmegaConf), checked in `__post_init__`.
+
+`attn_bias` and `padding_idx` default to None (attention biases as `bias` says, a gradient into every
+embedding row): how every xlm model was built before they existed, so run dirs written then load as
+they were. xlm-core's converter sets them to its layout: no attention biases, no gradient into [PAD]'s row.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from xlm.registry import ArchRegistry
 
 POS_ENCODINGS = ("rope", "learned")
 NORM_POSITIONS = ("pre", "post")
-LOSS_WEIGHTINGS = ("none", "inverse_t")
+LOSS_WEIGHTINGS = ("none", "inverse_t", "num_masked_factor")
 
 
 @dataclass(kw_only=True)
@@ -36,14 +40,17 @@ class MlmConfig:
     norm: str = "layernorm"  # "layernorm" | "rmsnorm"
     norm_eps: float = 1e-5
     activation: str = "gelu"  # "gelu" (exact, BERT) | "gelu_tanh" | "swiglu" | "relu"
-    bias: bool = True  # biases in attention and MLP linears (and layernorm)
+    bias: bool = True  # biases in the MLP linears and layernorms (and attention, unless attn_bias says)
+    attn_bias: bool | None = None  # biases in the attention projections; None = as `bias` (xlm-core: False)
     head_transform: bool = False  # BERT's dense + GELU + norm before the decoder
     head_bias: bool = False  # a bias on the decoder (BERT: yes)
     tie_embeddings: bool = True
     dropout: float = 0.0
     init_std: float = 0.02
     pad_token_id: int = 0
-    # training objective: "inverse_t" weights each masked token by 1/t (the masking ELBO)
+    padding_idx: int | None = None  # the embedding row its lookup sends no gradient (xlm-core: [PAD]'s)
+    # training objective (loss.py): each masked token weighs 1 ("none"), 1/t ("inverse_t", the masking ELBO) or
+    # 1/(masked in its row + 1) ("num_masked_factor", xlm-core's use_num_masked_factor)
     loss_weighting: str = "none"
 
     def __post_init__(self) -> None:

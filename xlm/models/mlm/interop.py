@@ -20,7 +20,7 @@ bias-free q|k|v, bias-free `o_proj`, an MLP with biases (ReLU or GELU-tanh), Neo
     embed_tokens.weight                      -> embed_tokens.weight
     encoder.{i}.norm1 / norm2                -> layers.{i}.attn_norm / ffn_norm
     encoder.{i}.attn_qkv.weight (3d, d)      -> layers.{i}.attn.{q,k,v}_proj.weight   (q|k|v, chunk(3, dim=0))
-    encoder.{i}.o_proj.weight                -> layers.{i}.attn.out_proj.weight       (attention biases: zeros)
+    encoder.{i}.o_proj.weight                -> layers.{i}.attn.out_proj.weight       (attn_bias=False)
     encoder.{i}.mlp.0 / mlp.2                -> layers.{i}.ffn.up_proj / down_proj
     encoder.{i}.rotary_emb.inv_freq          -> dropped (checked against rotary_emb_dim)
     output_layer.norm_final                  -> final_norm
@@ -46,6 +46,7 @@ from xlm.interop.readers import read_hf_dir
 from xlm.interop.xlm_core import (ENCODER_DROP, ENCODER_RULES, ROPE_BASE, XlmCoreConfig, common_export_problems,
                                       constructor_args, convert_from_xlm_core, convert_to_xlm_core, pad_token_id,
                                       read_xlm_core, recognises_xlm_core, xlm_core_config)
+from xlm.nn import attention_bias
 
 from .config import MlmConfig
 from .factory import create_mlm_model
@@ -78,7 +79,7 @@ BERT_KEY_MAP = KeyMap([
 ], drop=["bert.pooler.dense.{p}", "cls.seq_relationship.{p}", "bert.embeddings.position_ids",
          "bert.embeddings.token_type_ids"])
 
-#: xlm-core RotaryTransformerMLMModel -> MlmModel (attention biases, which it lacks, are added as zeros).
+#: xlm-core RotaryTransformerMLMModel -> MlmModel (attn_bias=False: its attention has no biases).
 XLM_CORE_KEY_MAP = KeyMap([
     Rule("embed_tokens.weight", "embed_tokens.weight"),
     *ENCODER_RULES,
@@ -120,6 +121,8 @@ def bert_export_problems(config: MlmConfig) -> list[str]:
               "head_transform": True, "head_bias": True}
     problems = [f"{name}={getattr(config, name)!r} (BERT: {value!r})" for name, value in wanted.items()
                 if getattr(config, name) != value]
+    if not attention_bias(config.bias, config.attn_bias):
+        problems.append("attn_bias=False (BERT's attention has biases)")
     if config.activation not in ("gelu", "gelu_tanh"):
         problems.append(f"activation={config.activation!r} (BERT: gelu)")
     if config.type_vocab_size < 1:
@@ -206,11 +209,13 @@ def _mlm_from_xlm_core(xc: XlmCoreConfig, notes: list[str]) -> MlmConfig:
         raise ConversionError("MlmModel cannot compute this xlm-core MLM: it has no final LayerNorm "
                               "(final_layer_without_normalization=True), and MlmModel's pre-LN encoder always "
                               "normalises before its head")
+    pad = pad_token_id(xc, notes)
     return MlmConfig(vocab_size=xc.num_embeddings, model_dim=xc.d_model, num_layers=xc.num_layers, num_heads=xc.nhead,
                      ffn_dim=xc.dim_feedforward, max_seq_len=xc.max_length, norm_position="pre", pos_encoding="rope",
                      rope_base=ROPE_BASE, rotary_dim=xc.rotary_dim_ours, type_vocab_size=0, norm="layernorm",
-                     norm_eps=xc.layer_norm_eps, activation=xc.activation_ours, bias=True, head_transform=False,
-                     head_bias=False, tie_embeddings=False, dropout=xc.dropout, pad_token_id=pad_token_id(xc, notes))
+                     norm_eps=xc.layer_norm_eps, activation=xc.activation_ours, bias=True, attn_bias=False,
+                     head_transform=False, head_bias=False, tie_embeddings=False, dropout=xc.dropout,
+                     pad_token_id=pad, padding_idx=pad)
 
 
 def mlm_config_from_xlm_core(source_config: Any, state: Mapping[str, Tensor] | None = None) -> MlmConfig:
@@ -255,7 +260,7 @@ def xlm_core_mlm_config(config: MlmConfig) -> dict[str, Any]:
 
 def convert_to_mlm_xlm_core(state: Mapping[str, Tensor], config: MlmConfig) -> Converted:
     """MlmModel state dict -> (xlm-core config.json dict, RotaryTransformerMLMModel state dict as its hub export
-    writes it). The attention biases must be zero: xlm-core's attention has none."""
+    writes it)."""
     state = dict(state)
     if config.tie_embeddings and "head.proj.weight" not in state and "embed_tokens.weight" in state:
         state["head.proj.weight"] = state["embed_tokens.weight"]

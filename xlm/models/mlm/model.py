@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from xlm.nn import (FeedForward, MultiheadAttention, RotaryEmbedding, TransformerBlock, attention_mask_for,
-                    init_transformer_weights, make_norm, select_positions)
+from xlm.nn import (FeedForward, MultiheadAttention, RotaryEmbedding, TransformerBlock, attention_bias,
+                    attention_mask_for, init_transformer_weights, make_norm, select_positions)
 
 from .config import MlmConfig
 
@@ -22,9 +22,10 @@ class PostNormBlock(nn.Module):
     """BERT's layer: x = norm(x + attn(x)), then x = norm(x + ffn(x))."""
 
     def __init__(self, *, dim: int, num_heads: int, ffn_dim: int, activation: str, norm: str, norm_eps: float,
-                 bias: bool, rope: RotaryEmbedding | None, dropout: float) -> None:
+                 bias: bool, attn_bias: bool | None, rope: RotaryEmbedding | None, dropout: float) -> None:
         super().__init__()
-        self.attn = MultiheadAttention(dim, num_heads, bias=bias, causal=False, rope=rope, dropout=dropout)
+        self.attn = MultiheadAttention(dim, num_heads, bias=attention_bias(bias, attn_bias), causal=False, rope=rope,
+                                       dropout=dropout)
         self.attn_norm = make_norm(norm, dim, norm_eps, bias=bias)
         self.ffn = FeedForward(dim, ffn_dim, activation=activation, bias=bias)
         self.ffn_norm = make_norm(norm, dim, norm_eps, bias=bias)
@@ -59,7 +60,7 @@ class MlmModel(nn.Module):
         super().__init__()
         self.config = config
         dim, post = config.model_dim, config.norm_position == "post"
-        self.embed_tokens = nn.Embedding(config.vocab_size, dim)
+        self.embed_tokens = nn.Embedding(config.vocab_size, dim, padding_idx=config.padding_idx)
         self.embed_positions = nn.Embedding(config.max_seq_len, dim) if config.pos_encoding == "learned" else None
         self.embed_token_types = nn.Embedding(config.type_vocab_size, dim) if config.type_vocab_size else None
         self.embed_norm = make_norm(config.norm, dim, config.norm_eps, bias=config.bias) if post else None
@@ -70,7 +71,7 @@ class MlmModel(nn.Module):
                                    max_len=config.max_seq_len)
         block_args = dict(dim=dim, num_heads=config.num_heads, ffn_dim=config.hidden_ffn_dim,
                           activation=config.activation, norm=config.norm, norm_eps=config.norm_eps, bias=config.bias,
-                          rope=rope, dropout=config.dropout)
+                          attn_bias=config.attn_bias, rope=rope, dropout=config.dropout)
         self.layers = nn.ModuleList(
             PostNormBlock(**block_args) if post else TransformerBlock(causal=False, **block_args)  # type: ignore[arg-type]
             for _ in range(config.num_layers))
