@@ -119,8 +119,6 @@ def test_a_hub_card_downloads_verifies_and_converts(tmp_path, monkeypatch, gpt2_
     assert generator.sampler_config.max_new_tokens == 4
 
 
-@pytest.mark.xfail(strict=True, reason="generating from an HF GPT-2 dir (a tokenizer without [PAD]/[MASK]) is fixed "
-                                       "on another branch of issue #27; drop this mark when it is merged")
 def test_the_hub_cards_generator_completes_as_transformers_does(tmp_path, monkeypatch, gpt2_repo):
     generator = _load_generator_from_the_hub(tmp_path, monkeypatch, gpt2_repo)
     reference = transformers.GPT2LMHeadModel.from_pretrained(gpt2_repo).eval()

@@ -1,6 +1,7 @@
 import pytest
 import yaml
 
+from xlm.data.corpora import pydoc_corpus
 from xlm.data.task import TaskConfig
 from xlm.data.tasks import build_task, task_config
 from xlm.data.tasks.text import TextTaskConfig
@@ -107,3 +108,12 @@ def test_vocab_size_and_max_new_tokens_come_from_the_task_unless_pinned(capsys):
     assert pinned["model"]["vocab_size"] == 100 and pinned["sampler"]["max_new_tokens"] == 7
     assert train.main(["--arch", "arlm_star", "--task", "star_hard", "--dump-config", "model.vocab_size=20"]) == 2
     assert "model.vocab_size=20 (from the command line (model.vocab_size=20)) is smaller" in capsys.readouterr().err
+
+
+def test_prompt_format_comes_from_the_task_unless_pinned(capsys, tmp_path):
+    assert _dumped(capsys, "--task", "star_hard")["sampler"]["prompt_format"] == "seq2seq"
+    pinned = _dumped(capsys, "--task", "star_hard", "sampler.prompt_format=continuation")
+    assert pinned["sampler"]["prompt_format"] == "continuation"
+    corpus = pydoc_corpus(tmp_path / "pydoc.txt")
+    text = _dumped(capsys, "--task", "text", f"task.data_files={corpus}", "task.tokenizer_vocab_size=300")
+    assert text["sampler"]["prompt_format"] == "continuation"  # text to continue, not seq2seq rows

@@ -11,12 +11,32 @@ from jaxtyping import Int
 from torch import Tensor
 
 from xlm.data.tokenizers import Tokenizer
+from xlm.errors import XlmUserError
 from xlm.registry import Family
 from xlm.trace import StepHook
 
 
+class TokenizerMismatchError(XlmUserError, ValueError):
+    """A tokenizer with ids that the model's embedding has no row for."""
+
+
+class NotSupportedByFamilyError(XlmUserError, TypeError):
+    """A generator call that the model's family does not implement."""
+
+
+def check_tokenizer_fits(tokenizer: Tokenizer, model: torch.nn.Module) -> None:
+    """Every id the tokenizer can give has a row in the model's embedding (a model whose config
+    names no vocab_size is not checked)."""
+    rows = getattr(getattr(model, "config", None), "vocab_size", None)
+    if rows is not None and tokenizer.vocab_size > rows:
+        raise TokenizerMismatchError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding has {rows} rows: ids "
+            f"{rows}..{tokenizer.vocab_size - 1} would index past it; use the tokenizer the model was trained with")
+
+
 class Generator:
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, family: Family, sampler_config: Any) -> None:
+        check_tokenizer_fits(tokenizer, model)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.family = family
@@ -58,3 +78,16 @@ class Generator:
         for i, r in enumerate(out):
             result[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         return result
+
+    def fill_masks(self, texts: Sequence[str], *, seed: int | None = None) -> list[str]:
+        """Each text with every mask token in it filled by the sampler, for families whose predictor
+        fills masks in a given text (mlm); an HF model's own tokenizer adds its special tokens around
+        the text, as transformers' fill-mask pipeline does."""
+        unit = self.family.unit_factory(self.model, self.tokenizer, self.sampler_config)
+        fill = getattr(unit.predictor, "fill_masks", None)
+        if fill is None:
+            raise NotSupportedByFamilyError(f"the {self.family.name} family's predictor does not fill masks in a "
+                                            f"given text (it has no fill_masks); load an mlm model for this")
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        with torch.no_grad():
+            return fill(list(texts), generator=generator)

@@ -11,7 +11,7 @@ everywhere: missing, unexpected and wrong-shape keys are reported together.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .generator import Generator
 
 __all__ = ["ResolvedSource", "card_or_path", "checkpoint_path", "load_generator", "load_model", "load_tokenizer",
-           "resolve_source"]
+           "resolve_source", "sampler_config_for"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,19 +108,24 @@ def load_model(name_or_path: str | Path, *, family: str | None = None, device: t
 
 
 def _tokenizer(card: AssetCard | None, path: Path | None) -> Tokenizer:
+    """A checkpoint from another layout brings its own tokenizer, used as it is (`HFTokenizer.of_model`);
+    a card's tokenizer file for an xlm checkpoint is read as xlm's text task read it for training."""
+    from xlm.data.hf_tokenizer import HFTokenizer
+
     if card is not None and card.tokenizer:
         from xlm.data.tasks.text import load_tokenizer_file
 
-        return load_tokenizer_file(str(fetch_card_file(card, card_files(card)["tokenizer"])))
+        file = fetch_card_file(card, card_files(card)["tokenizer"])
+        if (card.checkpoint_format or XLM_FORMAT) != XLM_FORMAT and file.suffix == ".json":
+            return HFTokenizer.of_model(file)
+        return load_tokenizer_file(str(file))
     if card is not None and path is None:
         path = checkpoint_path(card)
     assert path is not None
     if is_run_dir(path):
         return load_run_tokenizer(path)
     if path.is_dir() and (path / "tokenizer.json").is_file():
-        from xlm.data.hf_tokenizer import HFTokenizer
-
-        return HFTokenizer.from_file(path)
+        return HFTokenizer.of_model(path)
     raise RunDirError(f"{path} carries no tokenizer (a run dir's config.json or an HF tokenizer.json)")
 
 
@@ -129,11 +134,20 @@ def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
     return _tokenizer(*card_or_path(name_or_path))
 
 
-def _sampler_config(source: ResolvedSource, family: Family, sampling: Mapping[str, Any]) -> Any:
+#: Sampler settings of a checkpoint from another layout, where its family's sampler has them, unless the card or
+#: the call gives others: it was not trained on xlm's seq2seq rows, so a prompt is continued as it is.
+FOREIGN_SAMPLING: dict[str, Any] = {"prompt_format": "continuation"}
+
+
+def sampler_config_for(source: ResolvedSource, family: Family, sampling: Mapping[str, Any]) -> Any:
+    """The sampler settings a checkpoint generates with: the run's, or FOREIGN_SAMPLING's; the card's and then
+    `sampling` over them."""
     if source.card is not None:
         sampling = {**source.card.sampler, **sampling}
     if source.is_run_dir:
         return load_run_sampler_config(source.path, **sampling)
+    known = {f.name for f in fields(family.sampler_config_class)}
+    sampling = {**{k: v for k, v in FOREIGN_SAMPLING.items() if k in known}, **sampling}
     with user_values():
         return family.sampler_config_class(**sampling)
 
@@ -147,4 +161,4 @@ def load_generator(name_or_path: str | Path, *, family: str | None = None, devic
     source = resolve_source(name_or_path, family=family)
     fam = get_family(source.family)
     model = _model(source, device=device, dtype=None, config_overrides=None)
-    return Generator(model, _tokenizer(source.card, source.path), fam, _sampler_config(source, fam, sampling))
+    return Generator(model, _tokenizer(source.card, source.path), fam, sampler_config_for(source, fam, sampling))

@@ -116,12 +116,12 @@ def _hf_tokenizer_files(tokenizer: Any) -> dict[str, Any]:
 
 
 def export(model: torch.nn.Module, out_dir: str | Path, *, format: str = "xlm", tokenizer: Any = None,
-           arch: str | None = None) -> Path:
+           arch: str | None = None, sampler_config: Any = None) -> Path:
     """Writes `model` to `out_dir` and returns it.
 
     format="xlm": model.safetensors + config.json (+ metrics.json), the run-dir layout `xlm.load_model` reads;
-        `tokenizer` (any xlm tokenizer) is stored in config.json; `arch` names it (default: the registered arch
-        whose config equals the model's, if any).
+        `tokenizer` (any xlm tokenizer) and `sampler_config` (default: the family's defaults) are stored in
+        config.json; `arch` names it (default: the registered arch whose config equals the model's, if any).
     format="hf": HF transformers config.json + model.safetensors (+ tokenizer.json for an HF tokenizer), for
         `AutoModelForCausalLM` / `AutoModelForMaskedLM.from_pretrained(out_dir)`.
     format=<converter name> (e.g. "hf_llama", "mdlm_reference"): that layout of the model's family.
@@ -133,7 +133,7 @@ def export(model: torch.nn.Module, out_dir: str | Path, *, format: str = "xlm", 
         from xlm.run_dir import write_run_dir
 
         write_run_dir(out_dir, model=model, family=family.name, arch=arch or _arch_of(family, config),
-                      model_config=config, sampler_config=family.sampler_config_class(),
+                      model_config=config, sampler_config=sampler_config or family.sampler_config_class(),
                       tokenizer=tokenizer, task=None, train_config=None,
                       metrics={})
         return out_dir

@@ -15,12 +15,12 @@ from pathlib import Path
 from collections.abc import Sequence
 
 from xlm.assets.download import fetch, parse_hf_uri
-from xlm.assets.loading import resolve_source
+from xlm.assets.loading import load_tokenizer, resolve_source, sampler_config_for
 from xlm.errors import reports_user_errors
 from xlm.interop.convert import convert_checkpoint
 from xlm.interop.export import export
 from xlm.registry import get_family
-from xlm.run_dir import RunDirError, load_run_model, load_run_tokenizer
+from xlm.run_dir import RunDirError, load_run_model
 
 
 def _hub_dir(uri: str) -> Path:
@@ -42,18 +42,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     source = resolve_source(_hub_dir(args.source) if args.source.startswith("hf://") else args.source,
                             family=args.family, checkpoint_format=args.format)
-    tokenizer = None
+    family = get_family(source.family)
     if source.is_run_dir:
         model = load_run_model(source.path)
         print(f"read {source.path} (xlm run dir)")
-        try:
-            tokenizer = load_run_tokenizer(source.path)
-        except RunDirError:
-            tokenizer = None
     else:
-        model, converted = convert_checkpoint(get_family(source.family), source.fmt, source.path)
+        model, converted = convert_checkpoint(family, source.fmt, source.path)
         print(f"read {source.path} as {source.family}/{source.fmt}: {converted.summary()}")
-    out = export(model, args.out, format=args.to, tokenizer=tokenizer)
+    try:  # the run's tokenizer, or an HF dir's own: the written dir generates as the source does
+        tokenizer = load_tokenizer(source.card.name if source.card else source.path)
+    except RunDirError:
+        tokenizer = None
+    out = export(model, args.out, format=args.to, tokenizer=tokenizer,
+                 sampler_config=sampler_config_for(source, family, {}))
     print(f"wrote {out} ({args.to})")
     return 0
 

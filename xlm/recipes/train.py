@@ -54,13 +54,16 @@ def resolve_config(args: argparse.Namespace) -> ComposedConfig:
 
 def fit_model_to_task(composed: ComposedConfig, task: Task) -> TrainRecipeConfig:
     """The task's tokenizer fixes the vocabulary, its longest target the generation budget
-    (block-filling samplers train on that block size too), unless a config layer pinned them;
+    (block-filling samplers train on that block size too), and its kind the prompt format of a
+    sampler that has one (seq2seq rows, or text to continue), unless a config layer pinned them;
     the context must hold the task's longest row."""
     config, pinned = composed.config, composed.pinned
     vocab_size, max_seq_len = task.tokenizer.vocab_size, task.max_seq_len
     sampler = config.sampler
     if "sampler.max_new_tokens" not in pinned:
         sampler = replace(sampler, max_new_tokens=task.max_new_tokens)
+    if hasattr(sampler, "prompt_format") and "sampler.prompt_format" not in pinned:
+        sampler = replace(sampler, prompt_format="seq2seq" if task.is_seq2seq else "continuation")
     model = config.model
     if "model.vocab_size" not in pinned:
         model = replace(model, vocab_size=vocab_size)

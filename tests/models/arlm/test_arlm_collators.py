@@ -1,7 +1,10 @@
 
+import pytest
+
 from xlm.data.tokenizers import WordTokenizer
-from xlm.models.arlm.collators import (IGNORE_INDEX, ArlmLMCollator, ArlmSeq2SeqCollator,
-                                       ArlmSeq2SeqPredictCollator)
+from xlm.errors import InvalidValueError
+from xlm.models.arlm.collators import (IGNORE_INDEX, ArlmContinuationPredictCollator, ArlmLMCollator,
+                                       ArlmSeq2SeqCollator, ArlmSeq2SeqPredictCollator)
 
 TOK = WordTokenizer([str(i) for i in range(10)])  # "0" -> 7, ..., "9" -> 16
 BOS, EOS, PAD = TOK.bos_token_id, TOK.eos_token_id, TOK.pad_token_id
@@ -33,6 +36,17 @@ def test_predict_collator_left_pads_and_keeps_targets_aside():
     assert batch["input_ids"].tolist() == [[7, 8, 9, BOS], [PAD, PAD, 12, BOS]]
     assert batch["attention_mask"].tolist() == [[True] * 4, [False, False, True, True]]
     assert batch["target_ids"] == [[10], [13, 14]]
+
+
+def test_continuation_prompts_are_left_padded_as_they_are():
+    batch = ArlmContinuationPredictCollator(TOK, 64)([{"prompt_ids": [7, 8, 9]}, {"prompt_ids": [12]}])
+    assert batch["input_ids"].tolist() == [[7, 8, 9], [PAD, PAD, 12]]
+    assert batch["attention_mask"].tolist() == [[True] * 3, [False, False, True]]
+    assert batch["target_ids"] == [[], []]
+    with pytest.raises(InvalidValueError, match="an empty prompt has nothing to continue"):
+        ArlmContinuationPredictCollator(TOK, 64)([{"prompt_ids": []}])
+    with pytest.raises(ValueError, match="exceeds the model context of 2"):
+        ArlmContinuationPredictCollator(TOK, 2)([{"prompt_ids": [7, 8, 9]}])
 
 
 def test_lm_collator_shifts_labels_and_ignores_padding():

@@ -1,7 +1,9 @@
 """Examples -> ARLM batches.
 
 Seq2seq rows are `prompt + [BOS] + target + [EOS]`; the loss covers the target and the
-closing [EOS] (without it the model never learns to stop), never the prompt.
+closing [EOS] (without it the model never learns to stop), never the prompt. Prediction gives
+the prompt in the layout the sampler's `prompt_format` names: `prompt + [BOS]` (seq2seq), or
+the prompt alone (continuation, as a language model such as GPT-2 is prompted).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 
 from xlm.data.collate import check_fits, pad_rows
 from xlm.data.tokenizers import Tokenizer
+from xlm.errors import InvalidValueError
 
 from .types import ArlmPredictBatch, ArlmTrainBatch
 
@@ -61,18 +64,35 @@ class ArlmSeq2SeqCollator:
         return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-class ArlmSeq2SeqPredictCollator:
-    """Left-padded `prompt + [BOS]` so every row's next token is in the last column."""
+class ArlmContinuationPredictCollator:
+    """Left-padded prompts as they are, so every row's next token is in the last column: the
+    prompt is continued as transformers' generate continues it (padding is masked out)."""
 
     def __init__(self, tokenizer: Tokenizer, max_len: int) -> None:
         self.pad_id = tokenizer.pad_token_id
-        self.bos_id = tokenizer.bos_token_id
         self.max_len = max_len
 
+    def row(self, prompt_ids: Sequence[int]) -> list[int]:
+        if not prompt_ids:
+            raise InvalidValueError("an empty prompt has nothing to continue; give it at least one token "
+                                    "(e.g. the tokenizer's bos or eos token)")
+        return list(prompt_ids)
+
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> ArlmPredictBatch:
-        rows = [list(ex["prompt_ids"]) + [self.bos_id] for ex in examples]
+        rows = [self.row(ex["prompt_ids"]) for ex in examples]
         for row in rows:
             check_fits(len(row), self.max_len, "a prompt")
         input_ids, mask = pad_rows(rows, self.pad_id, side="left")
         targets = [list(ex.get("target_ids", [])) for ex in examples]
         return {"input_ids": input_ids, "attention_mask": mask, "target_ids": targets}
+
+
+class ArlmSeq2SeqPredictCollator(ArlmContinuationPredictCollator):
+    """Left-padded `prompt + [BOS]`: the layout the seq2seq rows were trained on."""
+
+    def __init__(self, tokenizer: Tokenizer, max_len: int) -> None:
+        super().__init__(tokenizer, max_len)
+        self.bos_id = tokenizer.bos_token_id
+
+    def row(self, prompt_ids: Sequence[int]) -> list[int]:
+        return list(prompt_ids) + [self.bos_id]

@@ -16,11 +16,17 @@ from .model import ArlmModel
 from .types import ArlmPredictBatch, ArlmPredictionDict
 
 STRATEGIES = ("greedy", "sample")
+#: How a prompt is laid out for the model: xlm's seq2seq rows (`prompt + [BOS]`, then the target), or
+#: the prompt alone, continued as a language model continues text (transformers' generate).
+PROMPT_FORMATS = ("seq2seq", "continuation")
 
 
 @dataclass(kw_only=True)
 class ArlmSamplerConfig:
     strategy: str = "greedy"  # "greedy" | "sample" (temperature, top_k, top_p apply)
+    # "seq2seq" | "continuation": what the model was trained on; training records it from its task, run dirs
+    # from before it keep "seq2seq", checkpoints from other layouts (HF, ...) load with "continuation"
+    prompt_format: str = "seq2seq"
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
@@ -33,6 +39,8 @@ class ArlmSamplerConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"sampler.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"sampler.prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}")
         if self.max_new_tokens < 1:
             raise ValueError(f"sampler.max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
@@ -102,6 +110,10 @@ class ArlmPredictor:
         return {"ids": ids, "text": [self.tokenizer.decode(r) for r in ids], "sequences": sequences, "start": start}
 
     def _until_eos(self, row: list[int]) -> list[int]:
+        """A continuation keeps every token before [EOS], as transformers' generate does; a seq2seq
+        target has no special tokens."""
         if self.tokenizer.eos_token_id in row:
             row = row[: row.index(self.tokenizer.eos_token_id)]
+        if self.config.prompt_format == "continuation":
+            return row
         return [t for t in row if t not in self.tokenizer.special_ids]

@@ -15,7 +15,7 @@ class ArlmTrainBatch(TypedDict):
 
 
 class ArlmPredictBatch(TypedDict):
-    input_ids: Int[Tensor, "batch prompt"]  # prompt + [BOS], left padded
+    input_ids: Int[Tensor, "batch prompt"]  # the prompt (+ [BOS] for seq2seq), left padded
     attention_mask: Bool[Tensor, "batch prompt"]
     target_ids: list[list[int]]  # kept aside for metrics; empty lists when unknown
 
@@ -27,7 +27,7 @@ class ArlmLossDict(TypedDict):
 
 
 class ArlmPredictionDict(TypedDict):
-    ids: list[list[int]]  # new tokens per row, up to (not including) [EOS], specials stripped
+    ids: list[list[int]]  # new tokens per row, up to (not including) [EOS]; seq2seq: specials stripped
     text: list[str]
     sequences: Int[Tensor, "batch total"]  # prompt (left padded) + generated (padded after EOS)
     start: int  # column of `sequences` where the generated part starts

@@ -9,7 +9,7 @@ import torch
 
 from xlm.data.tokenizers import Tokenizer
 
-from .collators import ArlmLMCollator, ArlmSeq2SeqCollator, ArlmSeq2SeqPredictCollator
+from .collators import ArlmContinuationPredictCollator, ArlmLMCollator, ArlmSeq2SeqCollator, ArlmSeq2SeqPredictCollator
 from .loss import arlm_loss
 from .model import ArlmModel
 from .predictor import ArlmPredictor, ArlmSamplerConfig
@@ -23,7 +23,8 @@ class ArlmUnit:
         max_len = model.config.max_seq_len
         self._lm = ArlmLMCollator(tokenizer, max_len)
         self._seq2seq = ArlmSeq2SeqCollator(tokenizer, max_len)
-        self._predict = ArlmSeq2SeqPredictCollator(tokenizer, max_len)
+        predict = ArlmSeq2SeqPredictCollator if sampler.prompt_format == "seq2seq" else ArlmContinuationPredictCollator
+        self._predict = predict(tokenizer, max_len)
         self.predictor = ArlmPredictor(model, tokenizer, sampler)
 
     def collate_train(self, examples: Sequence[Mapping[str, Any]]) -> ArlmTrainBatch:

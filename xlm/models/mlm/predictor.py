@@ -18,12 +18,14 @@ scores how sure the model is there, and commits some of them:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from xlm.data.collate import pad_rows
 from xlm.data.tokenizers import Tokenizer
 from xlm.nn.sampling import select_tokens
 from xlm.trace import StepHook, emit
@@ -148,6 +150,17 @@ class MlmPredictor:
             x = torch.where(chosen, torch.zeros_like(x).masked_scatter(masked, tokens), x)
             emit(self.on_step, step, x, chosen)
         return x, calls
+
+    def fill_masks(self, texts: Sequence[str], *, generator: torch.Generator | None = None) -> list[str]:
+        """Each text with every [MASK] in it filled by this sampler and decoded without special tokens:
+        with one [MASK] and greedy selection, the model's most likely token there other than [MASK] and
+        [PAD] (transformers' fill-mask pipeline gives its top-1 among all tokens)."""
+        tok = self.tokenizer
+        rows = [tok.encode(text) for text in texts]
+        input_ids, attention_mask = pad_rows(rows, tok.pad_token_id)
+        # no generated block: [PAD] is never a fill
+        filled, _ = self.generate(input_ids, attention_mask, block_start=input_ids.size(1), generator=generator)
+        return [tok.decode(ids[: len(row)]) for ids, row in zip(filled.tolist(), rows)]
 
     def predict(self, batch: MlmPredictBatch, *, generator: torch.Generator | None = None) -> MlmPredictionDict:
         sequences, calls = self.generate(batch["input_ids"], batch["attention_mask"], block_start=batch["block_start"],

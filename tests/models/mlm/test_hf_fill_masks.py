@@ -1,0 +1,68 @@
+"""An HF BERT dir (random weights, saved by transformers) with a WordPiece tokenizer beside it: xlm's
+MLM fills a masked position as transformers' fill-mask pipeline does."""
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+import xlm
+from xlm.assets.generator import NotSupportedByFamilyError
+from xlm.data.corpora import pydoc_paragraphs
+
+transformers = pytest.importorskip("transformers")
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+SENTENCES = ["the with statement is used to [MASK] the execution of a block",
+             "a class definition [MASK] a class object",
+             "assignment statements are used to bind names to [MASK]"]
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    """(the transformers model, its dir with its WordPiece tokenizer saved beside it)."""
+    raw = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    raw.normalizer = normalizers.BertNormalizer(lowercase=True)
+    raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    raw.decoder = decoders.WordPiece()
+    raw.train_from_iterator(pydoc_paragraphs(), trainers.WordPieceTrainer(vocab_size=400, special_tokens=SPECIALS))
+    raw.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[(t, raw.token_to_id(t)) for t in ("[CLS]", "[SEP]")])
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]",
+                                                     cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=128, max_position_embeddings=64,
+                                     initializer_range=0.2, pad_token_id=tokenizer.pad_token_id)
+    model = transformers.BertForMaskedLM(config).eval()
+    path = tmp_path_factory.mktemp("bert")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return model, path
+
+
+def test_one_masked_position_is_filled_with_the_pipelines_top_1(bert_dir):
+    model, path = bert_dir
+    fill_mask = transformers.pipeline("fill-mask", model=model, tokenizer=str(path))
+    tok = fill_mask.tokenizer
+    generator = xlm.load_generator(path)
+    assert generator.tokenizer.vocab_size == len(tok)  # the model's own tokenizer, nothing added
+    ours = generator.fill_masks(SENTENCES)
+    for sentence, filled in zip(SENTENCES, ours):
+        # xlm never fills a mask with [MASK] or [PAD]; the pipeline ranks every token
+        best = next(c for c in fill_mask(sentence, top_k=3) if c["token"] not in (tok.mask_token_id, tok.pad_token_id))
+        assert filled == best["sequence"]
+    assert ours[0] != SENTENCES[0].replace("[MASK]", "")  # something was filled in
+
+
+def test_families_that_do_not_fill_masks_say_so(tmp_path):
+    from xlm.data.tokenizers import WordTokenizer
+    from xlm.run_dir import write_run_dir
+
+    tok = WordTokenizer(["a", "b"])
+    model = xlm.create_model("arlm_tiny", vocab_size=tok.vocab_size)
+    write_run_dir(tmp_path, model=model, family="arlm", arch="arlm_tiny", model_config=model.config,
+                  sampler_config=xlm.get_family("arlm").sampler_config_class(), tokenizer=tok, task=None,
+                  train_config=None, metrics={})
+    with pytest.raises(NotSupportedByFamilyError, match="arlm family's predictor does not fill masks"):
+        xlm.load_generator(tmp_path).fill_masks(["a [MASK] b"])
