@@ -38,18 +38,17 @@ TRAIN_STEPS = 4
 
 #: the xlm-models class of each family and its constructor arguments, as its model YAML gives them (the sizes
 #: drawn from the tokenizer stay interpolations in the checkpoint's hyper-parameters, as in a real run).
-#: ARLM and ILM rotate part of each head (rotary_emb_dim 4 of 8); MLM and MDLM whole heads (xlm's MlmModel has no
-#: partial rotary).
+#: ARLM, MLM and MDLM rotate part of each head (rotary_emb_dim 4 of 8), ILM whole heads.
 MODELS: dict[str, dict[str, Any]] = {
     "arlm": {"_target_": "arlm.model_arlm.RotaryTransformerARLMModel", "activation": "relu", "rotary_emb_dim": 4,
              "final_layer_without_normalization": False},
     "mlm": {"_target_": "mlm.model_mlm.RotaryTransformerMLMModel", "mask_idx": "${tokenizer:mask_token_id}",
-            "activation": "gelu", "rotary_emb_dim": 8, "final_layer_without_normalization": False},
+            "activation": "gelu", "rotary_emb_dim": 4, "final_layer_without_normalization": False},
     "ilm": {"_target_": "ilm.model_ilm.RotaryTransformerILMModelWithStoppingClassification",
-            "mask_idx": "${tokenizer:mask_token_id}", "activation": "relu", "rotary_emb_dim": 4,
+            "mask_idx": "${tokenizer:mask_token_id}", "activation": "relu", "rotary_emb_dim": 8,
             "final_layer_without_normalization": True},
     "mdlm": {"_target_": "mdlm.model_mdlm.MDLMModel", "mask_idx": "${tokenizer:mask_token_id}", "activation": "relu",
-             "rotary_emb_dim": 8, "d_cond": 16},
+             "rotary_emb_dim": 4, "d_cond": 16},
 }
 SHARED_ARGS = {"num_embeddings": "${tokenizer:full_vocab_size}", "d_model": DIM, "num_layers": LAYERS, "nhead": HEADS,
                "padding_idx": "${tokenizer:pad_token_id}", "dim_feedforward": "${eval:${.d_model}*4}", "dropout": 0.1,

@@ -17,7 +17,7 @@ from tests.models.arlm import test_arlm_legacy as arlm_core
 from tests.models.ilm import test_ilm_legacy as ilm_core
 from tests.models.mdlm import test_mdlm_legacy as mdlm_core
 from tests.models.mlm import test_mlm_legacy as mlm_core
-from tests.xlm_core_fixtures import write_lightning_checkpoint
+from tests.xlm_core_fixtures import write_hub_export, write_lightning_checkpoint
 
 CORE = {"arlm": arlm_core, "mlm": mlm_core, "ilm": ilm_core, "mdlm": mdlm_core}
 TARGETS = {"arlm": "arlm.model_arlm.RotaryTransformerARLMModel", "mlm": "mlm.model_mlm.RotaryTransformerMLMModel",
@@ -89,3 +89,13 @@ def test_arlm_and_mlm_without_a_target_name_both_and_the_argument(kind, tmp_path
     ids = torch.randint(0, arlm_core.V, (2, arlm_core.S))
     with torch.no_grad():
         assert torch.allclose(model(ids), arlm_core.xlm_core_forward(arlm_core.xlm_core_state(), ids), atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["arlm", "mlm"])
+def test_an_arlm_or_mlm_hub_export_is_told_apart_by_its_constructor_arguments(family, tmp_path):
+    """A hub export's config.json lists every constructor argument: only the MLM takes `mask_idx`."""
+    core = CORE[family]
+    path = write_hub_export(tmp_path / family, core.xlm_core_state(), core.hub_config())
+    model = xlm.load_model(path)
+    assert isinstance(model.config, xlm.get_family(family).config_class)
+    assert _same(model, xlm.load_model(path, family=family))

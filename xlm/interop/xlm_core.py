@@ -402,10 +402,19 @@ def _target_class(probe: CheckpointProbe) -> str | None:
     return None
 
 
+def _hub_export_class(probe: CheckpointProbe) -> str | None:
+    """ARLM or MLM, told apart by the constructor arguments a hub export's config.json lists in full (the hub
+    mixin writes defaults too): only the MLM takes `mask_idx`; both take `force_flash_attn`."""
+    config = probe.config
+    if not isinstance(config, Mapping) or "force_flash_attn" not in config:
+        return None
+    return "RotaryTransformerMLMModel" if "mask_idx" in config else "RotaryTransformerARLMModel"
+
+
 def recognises_xlm_core(classes: Sequence[str]) -> Callable[[CheckpointProbe], bool]:
     """A `Converter.recognises` for xlm-core checkpoints of `classes`: xlm-core's tensor names (a Lightning
     `.ckpt`, a hub export dir, a weights file), and then the class its config names as `_target_` or, when
-    it names none, the prefixes only one class has (`CLASS_MARKS`)."""
+    it names none, the prefixes only one class has (`CLASS_MARKS`), or a hub export's constructor arguments."""
     wanted = set(classes)
 
     def recognises(probe: CheckpointProbe) -> bool:
@@ -416,7 +425,10 @@ def recognises_xlm_core(classes: Sequence[str]) -> Callable[[CheckpointProbe], b
         if target is not None:
             return target in wanted
         marked = {cls for prefix, cls in CLASS_MARKS.items() if any(k.startswith(prefix) for k in names)}
-        return bool(marked & wanted) if marked else not wanted & set(CLASS_MARKS.values())
+        if marked:
+            return bool(marked & wanted)
+        exported = _hub_export_class(probe)
+        return exported in wanted if exported is not None else not wanted & set(CLASS_MARKS.values())
 
     return recognises
 
