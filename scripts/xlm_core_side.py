@@ -1,7 +1,7 @@
 """xlm-core's half of scripts/cross_check_xlm_core.py, run in a venv that holds xlm-core and xlm-models (their
 package is also named `xlm`, so this program imports nothing of ours and runs in its own process, `python -I`).
 
-    python -I scripts/xlm_core_side.py make WORK   # each family: train, checkpoint, export, record outputs
+    python -I scripts/xlm_core_side.py make WORK   # each family: train, checkpoint, export, record outputs and losses
     python -I scripts/xlm_core_side.py load WORK   # load the dirs WORK/exports.json names, record outputs
 
 `make` builds each family's network with xlm-core's own class inside xlm-core's own `Harness` (the Lightning
@@ -12,6 +12,11 @@ hold no weights, and the checkpoint layout, not the objective, is under test. Th
 `Harness.from_checkpoint(apply_ema=True)`, the path of xlm-core's push_to_hub command, whose network is then
 exported with `save_pretrained` (what `push_to_hub` uploads) and reloaded with `from_pretrained(strict=True)`.
 Every model runs on fixed inputs, called the way its family's loss calls it; WORK/manifest.json lists the files.
+
+For ARLM, MLM and ILM, `make` also records xlm-core's own objective on the hub export: batches built by the family's
+own collators (configured as their YAMLs configure them) from fixed examples with fixed seeds, the loss class
+computing the loss on them, and its gradient with respect to every parameter. ILM's drops are recorded, so that xlm
+can build the same batch with its own collator. The networks run in eval mode: dropout's draws could not be matched.
 """
 
 from __future__ import annotations
@@ -19,22 +24,33 @@ from __future__ import annotations
 import json
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 import hydra
 import lightning as L
+from arlm.datamodule_arlm import ARLMSeq2SeqCollator, DefaultARLMCollator
+from arlm.loss_arlm import ARLMLoss
+from ilm.datamodule_ilm import DefaultILMCollator, ILMSeq2SeqCollator
+from ilm.loss_ilm import ILMLossWithMaskedCE
+from mlm.datamodule_mlm import DefaultMLMCollator, MLMSeq2SeqTrainCollator
+from mlm.loss_mlm import MLMLoss
+from xlm.datamodule import SimpleSpaceTokenizer
 from xlm.harness import Harness
 from xlm.utils import omegaconf_resolvers
 from xlm.utils.ema import EMACallback
 
 VOCAB, DIM, LAYERS, HEADS, MAX_LENGTH, SEQ, BATCH = 37, 32, 2, 4, 16, 12, 3
-PAD, MASK = 0, 1
 TRAIN_STEPS = 4
+#: xlm-core's tokenizer for number words: [PAD] 0, [CLS] 1, [MASK] 2, [EOS] 3, [BOS] 4, [SEP] 5, [UNK] 6, "0".."29"
+TOKENIZER = SimpleSpaceTokenizer.for_numbers(vocab_size=VOCAB - 7)
+PAD, MASK = TOKENIZER.pad_token_id, TOKENIZER.mask_token_id
 
 #: the xlm-models class of each family and its constructor arguments, as its model YAML gives them (the sizes
 #: drawn from the tokenizer stay interpolations in the checkpoint's hyper-parameters, as in a real run).
@@ -120,9 +136,6 @@ class DataModuleStandIn:
         pass
 
 
-TOKENIZER = types.SimpleNamespace(full_vocab_size=VOCAB, pad_token_id=PAD, mask_token_id=MASK)
-
-
 def harness_config(family: str, run_dir: Path) -> dict[str, Any]:
     return {"model": {**SHARED_ARGS, **MODELS[family]},
             "predictor": {"_target_": "types.SimpleNamespace", "tokenizer": None, "noise_schedule": None,
@@ -178,10 +191,142 @@ def make_family(family: str, work: Path) -> dict[str, Any]:
         from_hub = network_outputs(family, network, inputs)
     save_file(with_ema, out / "ckpt_outputs.safetensors")
     save_file(from_hub, out / "hub_outputs.safetensors")
+    losses = record_losses(family, network, work) if family in LOSS_CASES else []
     return {"inputs": f"{family}/inputs.safetensors",
             "sources": {"ckpt": f"{family}/last.ckpt", "hub": f"{family}/hub"},
             "outputs": {"ckpt": f"{family}/ckpt_outputs.safetensors", "hub": f"{family}/hub_outputs.safetensors"},
-            "ema_vs_raw": largest_difference(with_ema, raw)}
+            "ema_vs_raw": largest_difference(with_ema, raw), "losses": losses}
+
+
+# -- xlm-core's objectives on batches its own collators build -----------------------------------------------------
+
+#: (prompt, target) texts of the seq2seq batches, one without a prompt; texts of the LM batches
+SEQ2SEQ_TEXTS = [("0 1 2", "3 4 4 5 6"), ("", "7 8 9"), ("10 11", "12 13 14 15"), ("16", "17 18")]
+LM_TEXTS = ["19 20 21 22 23 24", "25 26 27", "28 29 0 1 2", "3 4 5"]
+#: numpy's and torch's seed for the collators: with it ILM's seq2seq batch has a row with nothing dropped (the stop
+#: target), a row with everything dropped, and two equal tokens dropped into one gap (a target counted twice)
+LOSS_SEED = 121
+#: the settings of xlm-core's ILM runs that differ from the loss's defaults (owt_ilm.yaml weighs the stop loss
+#: 0.001: a larger weight, within the range the loss allows, lets the stop head's gradients show)
+ILM_LOSS = {"length_loss": "binary_ce", "length_loss_weight": 0.5, "stopping_class_weight": 0.9}
+#: family -> (batch kind, the loss class's arguments, one row per batch) recorded; MLM's num-masked factor is taken
+#: one row per batch, the only batches its broadcast weighs right (the cross-check's note says more)
+LOSS_CASES: dict[str, list[tuple[str, dict[str, Any], bool]]] = {
+    "arlm": [("lm", {}, False), ("seq2seq", {}, False)],
+    "mlm": [("lm", {}, False), ("seq2seq", {}, False), ("seq2seq", {"use_num_masked_factor": True}, True)],
+    "ilm": [("lm", ILM_LOSS, False), ("seq2seq", ILM_LOSS, False)],
+}
+LOSS_CLASSES = {"arlm": ARLMLoss, "mlm": MLMLoss, "ilm": ILMLossWithMaskedCE}
+
+
+def encode(text: str) -> list[int]:
+    return TOKENIZER(text, add_special_tokens=False)["input_ids"]
+
+
+def examples(kind: str) -> list[dict[str, list[int]]]:
+    """The collators' inputs: seq2seq rows carry the target in `input_ids` (MLM's collator reads it there too)."""
+    if kind == "seq2seq":
+        return [{"prompt_ids": encode(prompt), "input_ids": encode(target)} for prompt, target in SEQ2SEQ_TEXTS]
+    return [{"input_ids": encode(text)} for text in LM_TEXTS]
+
+
+def recording_drops(collator_class: type) -> tuple[type, list[list[int]]]:
+    """The ILM collator class with its drop_indices_fn recording each row's drops (indices into the row's
+    droppable tokens), in row order, into the list returned with it."""
+    drops: list[list[int]] = []
+
+    def drop_indices(seq_len: int, n_drops: int) -> Any:
+        chosen = collator_class.drop_indices_fn(seq_len, n_drops)
+        drops.append(sorted(int(i) for i in chosen))
+        return chosen
+
+    return type(f"Recording{collator_class.__name__}", (collator_class,), {"drop_indices_fn": drop_indices}), drops
+
+
+def collator(family: str, kind: str) -> tuple[Callable[[list[Any]], dict[str, Any]], list[list[int]] | None]:
+    """The family's collator for `kind` as its collator YAML (xlm-models' <family>/configs/collator/) configures it,
+    with the sizes of these examples; the list ILM's drops are recorded into."""
+    if family == "arlm":
+        if kind == "lm":  # its labels are not padded: it collates rows that fill the block (packed text) only
+            return DefaultARLMCollator(TOKENIZER, block_size=4, noise_schedule=None), None
+        return ARLMSeq2SeqCollator(TOKENIZER, None, block_size=6, input_block_size=4, add_bos="output",
+                                   add_eos=True), None
+    if family == "mlm":
+        if kind == "lm":
+            return DefaultMLMCollator(TOKENIZER, block_size=8, noise_schedule=None, loss_on_padding=True,
+                                      add_bos=False, add_eos=True), None
+        return MLMSeq2SeqTrainCollator(TOKENIZER, None, block_size=6, input_block_size=4, add_bos=False, add_eos=True,
+                                       loss_on_padding=True), None
+    if kind == "lm":
+        cls, drops = recording_drops(DefaultILMCollator)
+        return cls(TOKENIZER, block_size=8, noise_schedule=None), drops
+    cls, drops = recording_drops(ILMSeq2SeqCollator)
+    return cls(TOKENIZER, None, block_size=6, input_block_size=5), drops
+
+
+def plain(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The batch's tensors, sparse ones dense (ILM's target_ids); the None entries left out."""
+    return {k: v.to_dense() if v.is_sparse else v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
+def without_labels_at_padding(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+    """ARLM's batch with the labels at padding columns ignored (-100), and how many there were: ARLMSeq2SeqCollator
+    sets a label to -100 when the next column is padding, so the last left pad of a padded prompt keeps one."""
+    at_padding = batch["target_ids"].ne(-100) & ~batch["attention_mask"]
+    return {**batch, "target_ids": batch["target_ids"].masked_fill(at_padding, -100)}, int(at_padding.sum())
+
+
+def loss_and_gradients(loss_fn: Any, network: torch.nn.Module, batch: dict[str, torch.Tensor], work: Path,
+                       name: str) -> dict[str, Any]:
+    """xlm-core's loss on the batch and its gradient with respect to every parameter (zero where none flows), saved
+    as WORK/NAME_gradients.safetensors with the batch as it was given (WORK/NAME_batch.safetensors: the losses
+    overwrite parts of theirs)."""
+    network.zero_grad(set_to_none=True)
+    loss = loss_fn({k: v.clone() for k, v in batch.items()})["loss"]
+    loss.backward()
+    gradients = {key: torch.zeros_like(p) if p.grad is None else p.grad for key, p in network.named_parameters()}
+    files = {"batch": f"{name}_batch.safetensors", "gradients": f"{name}_gradients.safetensors"}
+    save_file(batch, work / files["batch"])
+    save_file(gradients, work / files["gradients"])
+    return {**files, "loss": loss.item()}
+
+
+def on_whole_batch(loss_fn: Any, batch: dict[str, torch.Tensor]) -> str:
+    """What the loss does with the whole batch of a case compared one row per batch: its error or its loss."""
+    rows, columns = batch["input_ids"].shape
+    try:
+        return f"a {rows} x {columns} batch: loss {loss_fn({k: v.clone() for k, v in batch.items()})['loss'].item()}"
+    except RuntimeError as err:
+        return f"a {rows} x {columns} batch: {type(err).__name__}: {err}"
+
+
+def record_losses(family: str, network: torch.nn.Module, work: Path) -> list[dict[str, Any]]:
+    """Each case of LOSS_CASES on the network: the collated batch, xlm-core's loss and gradients on it (on each of
+    its rows alone where the case says so), the examples and ILM's drops. ARLM's seq2seq case is recorded without
+    the labels at padding, and as collated for the note that says what they change."""
+    network.eval()
+    cases = []
+    for number, (kind, arguments, one_row) in enumerate(LOSS_CASES[family]):
+        np.random.seed(LOSS_SEED)  # ILM's drops
+        torch.manual_seed(LOSS_SEED)  # MLM's masks
+        collate, drops = collator(family, kind)
+        rows = examples(kind)
+        batch = plain(collate(rows))
+        loss_fn = LOSS_CLASSES[family](model=network, tokenizer=TOKENIZER, **arguments)
+        loss_fn.configure(types.SimpleNamespace(device=torch.device("cpu")))
+        case: dict[str, Any] = {"batch": kind, "loss_class": LOSS_CLASSES[family].__name__, "arguments": arguments,
+                                "one_row_per_batch": one_row, "examples": rows, "drops": drops}
+        name = f"{family}/loss{number}_{kind}"
+        if family == "arlm" and kind == "seq2seq":
+            case["as_collated"] = loss_and_gradients(loss_fn, network, batch, work, f"{name}_as_collated")
+            batch, case["labels_at_padding"] = without_labels_at_padding(batch)
+        if one_row:
+            case["whole_batch"] = on_whole_batch(loss_fn, batch)
+        parts = [{k: v[b:b + 1] for k, v in batch.items()} for b in range(len(rows))] if one_row else [batch]
+        case["parts"] = [loss_and_gradients(loss_fn, network, part, work, f"{name}_{i}")
+                         for i, part in enumerate(parts)]
+        cases.append(case)
+    return cases
 
 
 def load_export(family: str, directory: Path, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -199,7 +344,8 @@ def main(argv: list[str]) -> int:
     omegaconf_resolvers.register_resolvers()
     if phase == "make":
         families = {family: make_family(family, work) for family in MODELS}
-        (work / "manifest.json").write_text(json.dumps({"families": families}, indent=2))
+        special = {name: getattr(TOKENIZER, f"{name}_token_id") for name in ("pad", "cls", "mask", "eos", "bos")}
+        (work / "manifest.json").write_text(json.dumps({"families": families, "token_ids": special}, indent=2))
         return 0
     exports = json.loads((work / "exports.json").read_text())
     loaded: dict[str, Any] = {}
