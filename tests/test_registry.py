@@ -80,22 +80,23 @@ def test_create_model_applies_overrides_and_rejects_unknown_fields():
 
 
 def test_family_registry_loads_core_before_any_use_and_discovers_on_a_miss_or_a_listing():
+    """A miss needs a plugin (discovery may raise); a listing does not (discovery only warns)."""
     calls: list[str] = []
     fams = FamilyRegistry(load_core=lambda: (calls.append("core"), fams.register(_family("toy", _registry()))),
-                          discover=lambda: calls.append("discover"))
+                          discover=lambda needed: calls.append("needed" if needed else "listing"))
     assert fams.get("toy").name == "toy" and fams.get_by_arch("toy_small").name == "toy"
     assert calls == ["core"]  # hits: no discovery
     with pytest.raises(DuplicateNameError, match="toy_large.*already defined by .toy."):
         fams.register(_family("other", _registry()))
     with pytest.raises(UnknownNameError):
         fams.get("missing")
-    assert calls[0] == "core" and calls[1:] and set(calls[1:]) == {"discover"}
+    assert calls == ["core", "needed", "listing"]  # the miss, then the listing its message makes
     del calls[1:]
-    assert fams.family_of_arch("missing_arch") is None and calls == ["core", "discover"]
+    assert fams.family_of_arch("missing_arch") is None and calls == ["core", "needed"]
     del calls[1:]
-    assert fams.names() == ["toy"] and calls == ["core", "discover"]
+    assert fams.names() == ["toy"] and calls == ["core", "listing"]
     del calls[1:]
-    assert fams.list_archs() == {"toy_large": "toy", "toy_small": "toy"} and calls == ["core", "discover"]
+    assert fams.list_archs() == {"toy_large": "toy", "toy_small": "toy"} and calls == ["core", "listing"]
 
 
 def test_a_failed_core_load_is_retried():
@@ -124,14 +125,16 @@ def test_task_registry_loads_core_tasks_before_any_use_and_discovers_on_a_miss_o
         calls.append("core")
         reg.register(RegisteredTask(name="toy_task", config_class=TaskConfig, builder=lambda config: config))
 
-    reg = TaskRegistry(load_core=core, discover=lambda: calls.append("discover"))
+    reg = TaskRegistry(load_core=core, discover=lambda needed: calls.append("needed" if needed else "listing"))
     assert reg.get("toy_task").name == "toy_task" and "toy_task" in reg
     assert calls == ["core"]  # hits: no discovery
     with pytest.raises(UnknownNameError, match="toy_tsak.*did you mean 'toy_task'"):
         reg.get("toy_tsak")
-    assert calls == ["core", "discover", "discover"]  # the miss, then the listing its message makes
+    assert calls == ["core", "needed", "listing"]  # the miss, then the listing its message makes
     del calls[1:]
-    assert reg.names() == ["toy_task"] and calls == ["core", "discover"]
+    assert "toy_tsak" not in reg and calls == ["core", "needed"]
+    del calls[1:]
+    assert reg.names() == ["toy_task"] and calls == ["core", "listing"]
 
 
 def test_the_core_tasks_register_on_the_first_lookup_not_at_import():

@@ -22,13 +22,14 @@ commands:
 
 
 def _models(argv: Sequence[str]) -> int:
-    """xlm models [list]: every family, where it came from, and its archs."""
+    """xlm models [list]: every family, where it came from, and its archs; a broken declaration is an error."""
     import xlm
     from xlm.registry import families
 
     if argv not in ([], ["list"]):
         print("usage: xlm models [list]", file=sys.stderr)
         return 2
+    xlm.load_external_models()
     for name in xlm.list_families():
         family = families.get(name)
         print(f"{name}  [{family.source}]\n    archs: {', '.join(family.archs.names())}")

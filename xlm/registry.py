@@ -7,7 +7,8 @@ its config class and the builder that turns such a config into the task.
 The registries fill themselves on demand, so importing this module costs nothing: the core
 families (`xlm.models`) and tasks (`xlm.data.tasks`) are imported by the first lookup, and
 external families (which may register tasks too) are discovered (`xlm.plugins`) by the first
-lookup that misses among them or that lists them all.
+lookup that misses among them (which needs a plugin: a broken declaration is an error) or that
+lists them all (which does not: it is a warning).
 """
 
 from __future__ import annotations
@@ -116,12 +117,17 @@ class Family:
     source: str = "core"
 
 
+class Discover(Protocol):
+    """Finds external families; `needed` when a lookup missed (a plugin may hold the name), not for a listing."""
+
+    def __call__(self, *, needed: bool) -> object: ...
+
+
 class _OnDemand:
     """A registry that fills itself: `load_core` runs before the first lookup or registration;
     `discover` before each listing and on each lookup that misses (it does its work once)."""
 
-    def __init__(self, *, load_core: Callable[[], object] | None = None,
-                 discover: Callable[[], object] | None = None) -> None:
+    def __init__(self, *, load_core: Callable[[], object] | None = None, discover: Discover | None = None) -> None:
         self._load_core = load_core
         self._discover = discover
 
@@ -135,17 +141,16 @@ class _OnDemand:
             self._load_core = load
             raise
 
-    def _ensure_discovered(self) -> None:
+    def _ensure_discovered(self, *, needed: bool) -> None:
         self._ensure_core()
         if self._discover is not None:
-            self._discover()
+            self._discover(needed=needed)
 
 
 class FamilyRegistry(_OnDemand):
     """Families by name, filled on demand (`_OnDemand`)."""
 
-    def __init__(self, *, load_core: Callable[[], object] | None = None,
-                 discover: Callable[[], object] | None = None) -> None:
+    def __init__(self, *, load_core: Callable[[], object] | None = None, discover: Discover | None = None) -> None:
         super().__init__(load_core=load_core, discover=discover)
         self._families: dict[str, Family] = {}
 
@@ -165,14 +170,14 @@ class FamilyRegistry(_OnDemand):
     def get(self, name: str) -> Family:
         self._ensure_core()
         if name not in self._families:
-            self._ensure_discovered()
+            self._ensure_discovered(needed=True)
         try:
             return self._families[name]
         except KeyError:
             raise UnknownNameError(unknown_name_message("family", name, self.names())) from None
 
     def names(self) -> list[str]:
-        self._ensure_discovered()
+        self._ensure_discovered(needed=False)
         return sorted(self._families)
 
     def _owner_of(self, arch: str) -> str | None:
@@ -181,7 +186,7 @@ class FamilyRegistry(_OnDemand):
     def family_of_arch(self, arch: str) -> str | None:
         self._ensure_core()
         if self._owner_of(arch) is None:
-            self._ensure_discovered()
+            self._ensure_discovered(needed=True)
         return self._owner_of(arch)
 
     def get_by_arch(self, arch: str) -> Family:
@@ -192,7 +197,7 @@ class FamilyRegistry(_OnDemand):
 
     def list_archs(self) -> dict[str, str]:
         """arch name -> family name, over every registered family."""
-        self._ensure_discovered()
+        self._ensure_discovered(needed=False)
         return {arch: f.name for f in self._families.values() for arch in f.archs.names()}
 
 
@@ -200,10 +205,10 @@ def _import_core_families() -> None:
     importlib.import_module("xlm.models")  # each family's package registers it
 
 
-def _discover_external_families() -> None:
+def _discover_external_families(*, needed: bool) -> None:
     from xlm.plugins.discovery import load_external_models_once  # imported here: discovery imports this module
 
-    load_external_models_once()
+    load_external_models_once(needed=needed)
 
 
 families = FamilyRegistry(load_core=_import_core_families, discover=_discover_external_families)
@@ -277,8 +282,7 @@ class RegisteredTask:
 class TaskRegistry(_OnDemand):
     """Tasks by name, filled on demand (`_OnDemand`)."""
 
-    def __init__(self, *, load_core: Callable[[], object] | None = None,
-                 discover: Callable[[], object] | None = None) -> None:
+    def __init__(self, *, load_core: Callable[[], object] | None = None, discover: Discover | None = None) -> None:
         super().__init__(load_core=load_core, discover=discover)
         self._tasks: dict[str, RegisteredTask] = {}
 
@@ -296,20 +300,20 @@ class TaskRegistry(_OnDemand):
     def get(self, name: str) -> RegisteredTask:
         self._ensure_core()
         if name not in self._tasks:
-            self._ensure_discovered()
+            self._ensure_discovered(needed=True)
         try:
             return self._tasks[name]
         except KeyError:
             raise UnknownNameError(unknown_name_message("task", name, self.names())) from None
 
     def names(self) -> list[str]:
-        self._ensure_discovered()
+        self._ensure_discovered(needed=False)
         return sorted(self._tasks)
 
     def __contains__(self, name: object) -> bool:
         self._ensure_core()
         if name not in self._tasks:
-            self._ensure_discovered()
+            self._ensure_discovered(needed=True)
         return name in self._tasks
 
 

@@ -75,6 +75,7 @@ def _dumped(capsys, *argv):
 
 
 def test_a_plugin_registers_a_task_with_its_presets(tmp_path, capsys):
+    assert "toy_count" not in list_tasks()  # (a listing scans this dir, empty yet: the scan is not redone)
     scaffold("toy_tasks", tmp_path)
     package, configs = tmp_path / "toy_tasks" / "toy_tasks", tmp_path / "toy_tasks" / "configs"
     (package / "count_task.py").write_text(TASK_MODULE)

@@ -2,6 +2,7 @@
 family, and every validation error."""
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -184,3 +185,77 @@ def test_import_errors_keep_the_original_and_non_strict_warns(tmp_path, monkeypa
     with pytest.warns(ExternalModelWarning):
         load_external_models()
     assert train.main(["--arch", "toy_broken_tiny", "--task", "star_easy"]) == 2  # unknown arch, clearly reported
+
+
+# -- where a declaration may lead, and when its problems are errors ------------------------------------------------
+
+
+def test_a_relative_path_stays_inside_the_declaring_directory_an_absolute_one_is_taken_as_written(tmp_path,
+                                                                                                   monkeypatch):
+    _scaffold("toy_out", tmp_path / "outside")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for where in ("../outside/toy_out", "sub/../../outside/toy_out"):
+        (work / "xlm_models.json").write_text(json.dumps({"toy_out": where}))
+        with pytest.raises(ExternalModelValidationError) as err:
+            load_external_models()
+        assert all(s in str(err.value) for s in (repr(where), f"outside {work}", "absolute path")), err.value
+    (work / "xlm_models.json").write_text(json.dumps({"toy_out": str(tmp_path / "outside" / "toy_out")}))
+    assert load_external_models() == ["toy_out"]
+
+
+def test_a_bad_entry_skips_only_itself_when_not_strict(tmp_path):
+    _scaffold("toy_ok", tmp_path)
+    (tmp_path / "xlm_models.json").write_text(json.dumps({"toy_ok": "./toy_ok/../toy_ok", "toy_far": "../far",
+                                                          "a/b": "toy_ok", "toy_num": 3}))
+    with pytest.warns(ExternalModelWarning) as caught:
+        assert load_external_models(strict=False) == ["toy_ok"]
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 3 and any("'../far'" in m for m in messages) and any("'a/b'" in m for m in messages)
+    assert any("maps to 3" in m for m in messages)
+
+
+def test_importing_a_family_declared_in_the_current_directory_says_so_once(tmp_path, monkeypatch, capsys):
+    _scaffold("toy_here", tmp_path)
+    shelf = tmp_path / "shelf"
+    _scaffold("toy_shelf", shelf)
+    monkeypatch.setenv("XLM_MODELS_PATH", str(shelf))  # chosen by the user's setting: no note
+    assert sorted(load_external_models()) == ["toy_here", "toy_shelf"]
+    xlm.get_family("toy_here"), load_external_models()
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: importing model family 'toy_here': package 'toy_here' from {tmp_path / 'toy_here' / 'toy_here'}, "
+        f"declared in {tmp_path / 'xlm_models.json'}"]
+
+
+def test_a_listing_warns_a_lookup_that_needs_a_plugin_raises_and_a_chdir_scans_again(tmp_path, monkeypatch):
+    (tmp_path / "xlm_models.json").write_text('{"toy_x": ')
+    discovery._scanned = None
+    with pytest.warns(ExternalModelWarning, match="not valid JSON"):
+        assert "arlm_tiny" in xlm.list_archs()
+    with pytest.raises(ExternalModelValidationError, match="not valid JSON"):
+        xlm.get_family("toy_x")
+    (tmp_path / "xlm_models.json").unlink()
+    _scaffold("toy_x", tmp_path)  # fixed: the next lookup that needs it scans again, the last scan having failed
+    assert xlm.get_family("toy_x").name == "toy_x"
+    _scaffold("toy_y", tmp_path / "other")
+    monkeypatch.chdir(tmp_path / "other")
+    assert xlm.list_archs()["toy_y_tiny"] == "toy_y"  # a new directory is scanned by a listing too
+
+
+def test_the_scaffold_declares_a_model_outside_the_files_directory_by_its_absolute_path(tmp_path, monkeypatch):
+    models_file = tmp_path / "work" / "xlm_models.json"
+    scaffold("toy_abs", tmp_path / "models", models_file=models_file)
+    assert json.loads(models_file.read_text()) == {"toy_abs": str(tmp_path / "models" / "toy_abs")}
+    monkeypatch.chdir(tmp_path / "work")
+    assert load_external_models() == ["toy_abs"]
+
+
+def test_models_files_that_are_no_mapping_say_what_they_are(tmp_path):
+    file = tmp_path / "xlm_models.json"
+    for data, says in ((b'{"a": "\xff"}', "is not UTF-8 text (byte 7, line 1)"), (b"[" * 100_000, "RecursionError"),
+                       (b" " * (discovery.MAX_MODELS_FILE_BYTES + 1), "more than a models file holds"),
+                       (b'["toy"]', "it holds a list")):
+        file.write_bytes(data)
+        with pytest.raises(ExternalModelValidationError, match=re.escape(says)):
+            load_external_models()

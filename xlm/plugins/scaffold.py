@@ -2,8 +2,9 @@
 
 Creates NAME/ (the package NAME/NAME/, configs/, pyproject.toml, README.md) holding a small model
 family that trains as it stands, and declares it in the models file (default
-DIR/xlm_models.json) so xlm discovers it. Writes nothing outside NAME/ but that one entry;
-refuses to overwrite files inside NAME/ without --force.
+DIR/xlm_models.json; by its absolute path when NAME/ is not below the file's directory) so xlm
+discovers it. Writes nothing outside NAME/ but that one entry; refuses to overwrite files inside
+NAME/ without --force.
 """
 
 from __future__ import annotations
@@ -54,8 +55,11 @@ def render(name: str) -> dict[Path, str]:
 
 
 def _models_file_update(models_file: Path, name: str, root: Path) -> str:
-    """The models file's new content, with NAME pointing at root."""
+    """The models file's new content, with NAME pointing at root: relative inside the file's directory,
+    else absolute (discovery refuses a relative path that leads out of it)."""
     rel = os.path.relpath(root, models_file.parent.resolve())
+    if rel == ".." or rel.startswith(".." + os.sep):
+        rel = str(root)
     if models_file.name == LEGACY_MODELS_FILE:
         if rel != name:
             raise ScaffoldError(f"{models_file} lists names only, so the model must sit beside it; "

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from xlm.data.task import Task
 from xlm.data.tasks import build_task
 from xlm.errors import XlmUserError, reports_user_errors
-from xlm.plugins import load_external_models
 from xlm.registry import families, get_task, list_tasks
 
 from .config import ComposedConfig, ConfigError, TrainRecipeConfig, build_config, config_to_yaml
@@ -31,9 +30,15 @@ def tasks_help() -> str:
     return "tasks (--task NAME; task.KEY=VALUE sets a field of its config):\n" + "\n".join(lines)
 
 
+class _TrainParser(argparse.ArgumentParser):
+    def format_help(self) -> str:
+        """The task list asks every registry (plugins included) for its names: only when help is shown."""
+        self.epilog = tasks_help()
+        return super().format_help()
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="xlm train", description=__doc__, epilog=tasks_help(),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _TrainParser(prog="xlm train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", required=True, help="an arch name (see `xlm models`), e.g. arlm_star")
     p.add_argument("--task", default="star_easy", help="a registered task (listed below), e.g. star_easy")
     p.add_argument("--output-dir", default=None, help="run dir (default runs/<arch>_<task>)")
@@ -44,8 +49,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def resolve_config(args: argparse.Namespace) -> ComposedConfig:
-    load_external_models()  # at the start of each run: also families and tasks declared since an earlier scan
-    family = families.get_by_arch(args.arch)
+    family = families.get_by_arch(args.arch)  # a plugin's arch is discovered here (again after a chdir)
     get_task(args.task)  # an unknown name is an error naming the close matches, before any YAML is read
     output_dir = args.output_dir or f"runs/{args.arch}_{args.task}"
     return build_config(family=family, arch=args.arch, task=args.task, output_dir=output_dir,
