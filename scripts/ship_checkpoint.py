@@ -1,4 +1,4 @@
-"""Ship a trained run inside the package: its weights, config and a card with sha256, the exact
+"""Ship a trained run inside the package: its weights, config and a card pinning both by sha256, the exact
 training command and its measured test metrics.
 
     python scripts/ship_checkpoint.py runs/ilm_star_star_easy --name ilm_star_easy \\
@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     (target / "config.json").write_text(json.dumps(slim, indent=2) + "\n")
     card = {"name": args.name, "model_family": config["family"], "model_arch": config["arch"],
             "checkpoint": f"checkpoints/{args.name}/model.safetensors", "checkpoint_format": "xlm",
-            "sha256": sha256_of(target / "model.safetensors"), "task": config["task"],
+            "sha256": {name: sha256_of(target / name) for name in ("model.safetensors", "config.json")},
+            "task": config["task"],
             "description": f"{config['arch']} trained on {config['task']} with xlm's own recipe (fp32)",
             "train_command": args.command,
             "metrics": {"test": {k: round(v, 4) for k, v in test.items() if isinstance(v, float)},

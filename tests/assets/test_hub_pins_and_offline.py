@@ -17,6 +17,7 @@ import xlm
 from xlm.assets import CardError, ChecksumError, DownloadError, fetch, resolve_card
 from xlm.assets import cli as cards_cli
 from xlm.assets.download import UnverifiedDownloadWarning
+from xlm.assets.store import BrokenCardWarning
 from xlm.shipped import cards_dir
 
 from .hub_server import FakeHub
@@ -230,8 +231,10 @@ def test_pinning_a_shipped_card_writes_the_users_copy_which_replaces_it(tmp_path
             xlm.load_model("gpt2")
     duplicate = tmp_path / "user_cards" / "again.yaml"
     duplicate.write_text(yaml.safe_dump({"name": "gpt2", "description": "a second user card of that name"}))
-    with pytest.raises(CardError, match="defined twice"):  # only a shipped card can be replaced
-        xlm.list_cards()
+    with pytest.warns(BrokenCardWarning, match="defined twice"):  # only a shipped card can be replaced
+        assert "gpt2" not in xlm.list_cards()
+        with pytest.raises(CardError, match="defined twice"):
+            xlm.load_model("gpt2")
 
 
 # -- offline, or no route to the hub ---------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""xlm cards list | show NAME | add RUN_DIR --name NAME | download NAME | pin NAME [--name NEW] [--force]"""
+"""xlm cards list | show NAME | add RUN_DIR --name NAME [--force] | download NAME | pin NAME [--name NEW] [--force]"""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from xlm.run_dir import read_run_config
 
 from .card import CardError
 from .card_files import card_files, fetch_card_file
+from .manifest import measure_manifest
 from .pin import pin_card
-from .store import all_cards, resolve_card, user_card_dir
+from .store import all_cards, read_store, resolve_card, user_card_file, write_user_card
 
 
 def _list() -> int:
@@ -40,25 +41,19 @@ def _show(name: str) -> int:
 
 
 def card_for_run(run_dir: Path, name: str, description: str | None = None) -> dict:
-    """The card of a run or export dir: its checkpoint is the dir itself, read in xlm's format."""
+    """The card of a run or export dir: its checkpoint is the dir itself, read in xlm's format, and pinned by the
+    manifest of the files loading reads from it."""
     config = read_run_config(run_dir)
     card = {"name": name, "model_family": config["family"], "model_arch": config["arch"],
             "checkpoint": str(run_dir.resolve()), "checkpoint_format": "xlm", "task": config.get("task"),
-            "description": description or f"{config['arch']} trained on {config.get('task')} ({run_dir})"}
+            "description": description or f"{config['arch']} trained on {config.get('task')} ({run_dir})",
+            "manifest": measure_manifest(run_dir)}
     return {k: v for k, v in card.items() if v is not None}
 
 
 def _add(run_dir: Path, name: str, description: str | None, force: bool) -> int:
-    cards = all_cards()
-    if name in cards and not force:
-        raise CardError(f"a card named {name!r} already exists ({cards[name].source_file}); choose another "
-                        f"--name or pass --force to replace a card in your user dir")
-    target = user_card_dir() / f"{name}.yaml"
-    if name in cards and cards[name].source_file != target:
-        raise CardError(f"card {name!r} is defined in {cards[name].source_file}, outside your user dir; "
-                        f"--force only replaces cards in {user_card_dir()}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(yaml.safe_dump(card_for_run(run_dir, name, description), sort_keys=False))
+    target = user_card_file(name, read_store(), force=force)
+    write_user_card(target, card_for_run(run_dir, name, description))
     print(f"wrote {target}; load it with xlm.load_model({name!r})")
     return 0
 
@@ -87,11 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("list", help="every card on the search path")
     show = sub.add_parser("show", help="one card, its base chain merged")
     show.add_argument("name")
-    add = sub.add_parser("add", help="register a run or export dir as a card in your user dir")
+    add = sub.add_parser("add", help="register a run or export dir as a card in your user dir, its files pinned by "
+                                     "a manifest")
     add.add_argument("run_dir", type=Path)
     add.add_argument("--name", required=True)
     add.add_argument("--description", default=None)
-    add.add_argument("--force", action="store_true")
+    add.add_argument("--force", action="store_true", help="replace your card file of that name")
     download = sub.add_parser("download", help="fetch every file a card loads into the cache (for offline use)")
     download.add_argument("name")
     pin = sub.add_parser("pin", help="copy a card to your user dir with every file it loads pinned by sha256, "

@@ -232,8 +232,10 @@ def _usable_cache_entry(path: Path, sha256: str | None, *, uri: str, card: str |
     return True
 
 
-def fetch(uri: str, *, sha256: str | None = None, base_dir: Path | None = None, card: str | None = None) -> Path:
-    """A local path holding the file `uri` names, downloaded into the cache when remote."""
+def fetch(uri: str, *, sha256: str | None = None, base_dir: Path | None = None, card: str | None = None,
+          unpinned_note: str = "") -> Path:
+    """A local path holding the file `uri` names, downloaded into the cache when remote; a remote file without a
+    sha256 is fetched with a warning (`unpinned_note` says what it decides)."""
     scheme = _scheme(uri, card)
     if scheme in ("file", ""):
         path = _local_path(uri, scheme, base_dir, card)
@@ -242,6 +244,10 @@ def fetch(uri: str, *, sha256: str | None = None, base_dir: Path | None = None, 
                                     f"not found (looked at {path})")
         if path.is_file():
             verify_sha256(path, sha256, uri=uri, card=card, delete=False)
+        elif sha256:
+            how = f" (`xlm cards pin {card} --force` writes the manifest of the files there now)" if card else ""
+            raise ChecksumError(f"{'card ' + repr(card) + ': ' if card else ''}{uri} is a directory ({path}), which "
+                                f"one sha256 cannot pin: pin each file in it under the card's `manifest:`{how}")
         return path
     if scheme == "hf":
         path = _fetch_hf(parse_hf_uri(uri), card=card)
@@ -252,8 +258,8 @@ def fetch(uri: str, *, sha256: str | None = None, base_dir: Path | None = None, 
             _fetch_https(uri, path)
             verify_sha256(path, sha256, uri=uri, card=card, delete=True)
     if not sha256:
-        pin = f" (`xlm cards pin {card}` writes the hashes of the files it fetched)" if card else ""
+        how = (f"pin it in the card's `sha256:` mapping ({path.name}: <its sha256>; `xlm cards pin {card}` writes the "
+               f"hashes of the files it fetched)" if card else "pass its sha256 to verify it")
         warnings.warn(f"{'card ' + repr(card) + ': ' if card else ''}{uri} was downloaded without a sha256 to check "
-                      f"it against; add `sha256:` to the card to make it verifiable{pin}", UnverifiedDownloadWarning,
-                      stacklevel=2)
+                      f"it against{unpinned_note}; {how}", UnverifiedDownloadWarning, stacklevel=2)
     return path

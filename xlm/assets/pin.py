@@ -14,14 +14,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from xlm.errors import PathExistsError
-
 from .card import AssetCard, CardError
 from .card_files import CardFile, card_files, file_name
 from .download import ChecksumError, cache_dir, cached_path, parse_hf_uri, sha256_of, sibling_uri
-from .store import all_cards, is_shipped, resolve_card, user_card_dir
+from .manifest import measure_manifest, verify_manifest
+from .store import read_store, resolve_card, user_card_file, write_user_card
 
 __all__ = ["pin_card", "pinned_card"]
 
@@ -46,15 +43,18 @@ def _absolute(uri: str, card: AssetCard) -> str:
     return str((card.base_dir / uri).resolve())
 
 
-def _measured(card: AssetCard, file: CardFile, force: bool) -> tuple[Path, str]:
+def _measured(card: AssetCard, file: CardFile, force: bool) -> tuple[Path, str | None]:
+    """The file's path and sha256; None for a directory checkpoint, which its manifest pins."""
     path = cached_path(file.uri, base_dir=card.base_dir, card=card.name)
     if path is None:
         raise CardError(f"card {card.name!r}: its {file.role} {file.uri} is not in the download cache {cache_dir()}; "
                         f"pin measures the files already fetched: run `xlm cards download {card.name}` (or load the "
                         f"card once) first")
     if path.is_dir():
-        raise CardError(f"card {card.name!r}: its {file.role} {file.uri} is a directory ({path}); pin hashes files: "
-                        f"name the weights file inside it as the card's checkpoint")
+        if file.role != "checkpoint":
+            raise CardError(f"card {card.name!r}: its {file.role} {file.uri} is a directory ({path}); name the file "
+                            f"inside it")
+        return path, None
     actual = sha256_of(path)
     if file.sha256 is not None and file.sha256 != actual and not force:
         raise ChecksumError(f"card {card.name!r}: {file.uri} ({path}) has sha256 {actual}, but the card pins "
@@ -62,47 +62,49 @@ def _measured(card: AssetCard, file: CardFile, force: bool) -> tuple[Path, str]:
     return path, actual
 
 
+def _measured_manifest(card: AssetCard, directory: Path, force: bool) -> dict[str, str]:
+    if card.manifest is not None and not force:
+        try:
+            verify_manifest(directory, card.manifest, card=card.name)
+        except ChecksumError as err:
+            raise ChecksumError(f"{err}; pass --force to pin the files as they are") from None
+    return measure_manifest(directory)
+
+
 def pinned_card(card: AssetCard, *, name: str | None = None, force: bool = False) -> dict[str, Any]:
     """The card's fields (base chain merged) with every file it loads pinned, as a YAML mapping named `name`."""
     files = card_files(card)
     if not files:
         raise CardError(f"card {card.name!r} ({card.source_file}) loads no files: nothing to pin")
-    uris, hashes = {}, {}
+    uris, hashes, manifest = {}, {}, None
     for role, file in files.items():
         path, sha = _measured(card, file, force)
         uris[role] = _absolute(_at_commit(file.uri, path), card)
-        hashes[role] = sha
+        if sha is None:
+            manifest = _measured_manifest(card, path, force)
+        else:
+            hashes[role] = sha
     if "config" in uris and uris["config"] != sibling_uri(uris["checkpoint"], "config.json"):
         raise CardError(f"card {card.name!r}: the cached {uris['checkpoint']} and {uris['config']} come from "
                         f"different commits; fetch both again (`xlm cards download {card.name}`), then pin")
-    names = [file_name(u) for u in uris.values()]
+    names = [file_name(uris[role]) for role in hashes]
     keyed_by_name = len(set(names)) == len(names)
-    fields = {k: v for k, v in asdict(card).items() if v not in (None, {}) and k not in ("source_file", "base")}
+    fields = {k: v for k, v in asdict(card).items()
+              if v not in (None, {}) and k not in ("source_file", "base", "sha256", "manifest")}
     fields |= {"name": name or card.name, **{role: uris[role] for role in ("checkpoint", "tokenizer") if role in uris}}
-    fields["sha256"] = {file_name(uris[role]) if keyed_by_name else uris[role]: hashes[role] for role in uris}
+    if hashes:
+        fields["sha256"] = {file_name(uris[role]) if keyed_by_name else uris[role]: hashes[role] for role in hashes}
+    if manifest is not None:
+        fields["manifest"] = manifest
     return fields
 
 
 def pin_card(name: str, *, as_name: str | None = None, force: bool = False) -> Path:
     """Writes the pinned copy of card `name` to the user's card dir, as `as_name` (default: `name`); returns its
     file. An existing file is replaced only with `force`, and only when it holds that one card."""
-    cards = all_cards()
-    card = resolve_card(name, cards)
-    new_name = as_name or name
-    target = user_card_dir() / f"{new_name}.yaml"
-    existing = cards.get(new_name)
-    replaces_shipped = existing is not None and is_shipped(existing) and new_name == name
-    if existing is not None and existing.source_file != target and not replaces_shipped:
-        raise CardError(f"card {new_name!r} is defined in {existing.source_file}; a pinned copy written to "
-                        f"{target} would define it twice: pass --name to pin it under another name")
-    if target.exists():
-        others = [c for c in yaml.safe_load_all(target.read_text(encoding="utf-8"))
-                  if isinstance(c, dict) and c.get("name") != new_name]
-        if others:
-            raise PathExistsError(f"{target} holds other cards too; pass --name to write the pinned copy elsewhere")
-        if not force:
-            raise PathExistsError(f"{target} exists; pass --force to replace it with the pinned copy of {name!r}")
-    data = pinned_card(card, name=new_name, force=force)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    new_name = name if as_name is None else as_name
+    store = read_store()
+    target = user_card_file(new_name, store, force=force, replaces_shipped=new_name == name)
+    data = pinned_card(resolve_card(name, store), name=new_name, force=force)
+    write_user_card(target, data)
     return target
