@@ -64,6 +64,9 @@ def test_resuming_a_streaming_checkpoint_without_streaming_is_one_error_line_and
     assert train.main([*run, "task.streaming=true"]) == 0
     capsys.readouterr()
     assert train.main([*run, "trainer.max_steps=4", "task.streaming=false"]) == 2
+    assert "task.streaming: True -> False" in _only_error_line(capsys.readouterr().err)  # a change of the result
+    allowed = ["trainer.resume_changes=task.streaming"]  # then the data position cannot continue
+    assert train.main([*run, "trainer.max_steps=4", "task.streaming=false", *allowed]) == 2
     line = _only_error_line(capsys.readouterr().err)
     assert "holds a streaming data position but this run reads a map-style training set" in line
     assert "resume with the same task.streaming" in line

@@ -65,6 +65,8 @@ class TrainerConfig:
     autocast_dtype: str | None = None  # "bf16" | "fp16"; None = full precision
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     resume: bool = True  # continue from output_dir's last checkpoint when there is one
+    resume_changes: str = "refuse"  # settings a resume may change from the checkpoint's (recorded in history.jsonl):
+    #                                 "refuse" | "allow" | config keys separated by commas, e.g. "optim.lr,seed"
     progress_bar: bool = True
     tensorboard: bool = True  # when the tensorboard package is installed
     on_nonfinite: str = "stop"  # a NaN/Inf loss or gradient: "stop" (raise, nothing saved) | "skip" (no update)
@@ -104,6 +106,8 @@ class TrainRecipeConfig:
             (self.trainer.fsdp_param_dtype in (None, "bf16", "fp16", "fp32"), "trainer.fsdp_param_dtype",
              "null, 'bf16', 'fp16' or 'fp32'", self.trainer.fsdp_param_dtype),
             (self.data.num_workers >= 0, "data.num_workers", "a non-negative integer", self.data.num_workers),
+            (bool(self.trainer.resume_changes.strip()), "trainer.resume_changes",
+             "'refuse', 'allow' or config keys separated by commas", self.trainer.resume_changes),
         ]
         for ok, key, expected, got in checks:
             if not ok:

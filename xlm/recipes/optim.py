@@ -45,3 +45,21 @@ def lr_schedule(optim: OptimConfig, total_steps: int) -> Callable[[int], float]:
         return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def group_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """Each parameter group's settings from this run's config (all but its parameters and the
+    scheduled lr), to put back after a checkpoint's optimizer state replaced them."""
+    return [{k: v for k, v in group.items() if k not in ("params", "lr")} for group in optimizer.param_groups]
+
+
+def apply_group_settings(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                         settings: list[dict[str, Any]]) -> None:
+    """After a resume: the checkpoint continues the state (moments, step counts, schedule position),
+    the config decides the settings, so that a change allowed on resume (optim.lr, betas, weight
+    decay, the schedule) is what trains; unchanged settings give back the very same values."""
+    for group, own in zip(optimizer.param_groups, settings, strict=True):
+        group.update(own)
+    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * factor(scheduler.last_epoch)

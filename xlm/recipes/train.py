@@ -1,7 +1,9 @@
 """python -m xlm.recipes.train --arch ARCH --task TASK [--output-dir DIR] [key=value ...]
 
 Trains one model and leaves a run dir that `xlm.load_model(DIR)` reads. Rerunning the same
-command continues from the last checkpoint. Under torchrun it trains data-parallel.
+command continues from the last checkpoint; settings that change the result must match the
+checkpoint's (trainer.resume_changes allows a change, recorded in DIR/history.jsonl). One run
+at a time writes a run dir: a second one is refused. Under torchrun it trains data-parallel.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import sys
 from dataclasses import replace
 from collections.abc import Sequence
+from pathlib import Path
 
 from xlm.data.task import Task
 from xlm.data.tasks import build_task
@@ -19,6 +22,7 @@ from xlm.registry import families, get_task, list_tasks
 
 from .config import ComposedConfig, ConfigError, TrainRecipeConfig, build_config, config_to_yaml
 from .distributed import DistEnv, exit_worker, init_distributed, shutdown
+from .run_lock import run_dir_lock
 from .trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
 
@@ -82,7 +86,8 @@ def fit_model_to_task(composed: ComposedConfig, task: Task) -> TrainRecipeConfig
 
 @reports_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    command = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(command)
     composed = resolve_config(args)
     task = build_task(composed.config.task)
     config = fit_model_to_task(composed, task)
@@ -90,15 +95,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(config_to_yaml(config), end="")
         return 0
     env = init_distributed(config.trainer.device)
-    code = _train(config, task, env)
+    code = _train(config, task, env, command)
     if env.enabled:
         exit_worker(code)
     return code
 
 
-def _train(config: TrainRecipeConfig, task: Task, env: DistEnv) -> int:
+def _train(config: TrainRecipeConfig, task: Task, env: DistEnv, command: Sequence[str]) -> int:
     try:
-        summary = Trainer(config, families.get_by_arch(config.arch), task, env).run()
+        with run_dir_lock(Path(config.output_dir), env):  # before the run dir is read or written
+            summary = Trainer(config, families.get_by_arch(config.arch), task, env, command=command).run()
     except TrainingInterrupted as stop:
         if env.is_main:
             print(stop, file=sys.stderr)

@@ -23,6 +23,7 @@ import signal
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,8 +49,10 @@ from .distributed import (DistEnv, all_gather_object, all_reduce_sum, apply_fsdp
 from .ema import ModelEma
 from .evaluation import evaluate_loss, evaluate_predictions
 from .metrics_log import MetricsLog
-from .optim import build_adamw, lr_schedule, param_groups
+from .optim import apply_group_settings, build_adamw, group_settings, lr_schedule, param_groups
+from .resume_changes import ConfigChange, check_checkpoint_fits, check_resume_config, recorded_config
 from .rng import rng_state, set_rng_state
+from .run_history import HISTORY_FILE, append_segment, new_segment
 
 if TYPE_CHECKING:
     import datasets
@@ -72,10 +75,13 @@ class NonFiniteLossError(XlmError, FloatingPointError):
 
 class Trainer:
     """One training run: `Trainer(...)` builds the model, optimizer and data; `run()` trains,
-    checkpoints, resumes and leaves the run dir."""
+    checkpoints, resumes and leaves the run dir. `command` (the arguments that started it) goes
+    into the run's history."""
 
-    def __init__(self, config: TrainRecipeConfig, family: Family, task: Task, env: DistEnv) -> None:
+    def __init__(self, config: TrainRecipeConfig, family: Family, task: Task, env: DistEnv, *,
+                 command: Sequence[str] = ()) -> None:
         self.config, self.family, self.task, self.env = config, family, task, env
+        self.command = list(command)
         if config.data.batch_size % env.world_size:
             fitting = max(env.world_size, config.data.batch_size // env.world_size * env.world_size)
             raise ConfigError(f"data.batch_size={config.data.batch_size} must be divisible by the number of "
@@ -90,6 +96,8 @@ class Trainer:
         self.step, self.tokens_seen, self.train_seconds = 0, 0, 0.0
         self.skipped_in_a_row = 0
         self._stop_signal: int | None = None
+        self.resumed_from: Path | None = None  # the checkpoint this segment continues
+        self.config_changes: list[ConfigChange] = []  # from that checkpoint's config to this run's
 
     # ----------------------------------------------------------------- setup
 
@@ -161,6 +169,10 @@ class Trainer:
             if env.is_main and any(self.checkpoint_dir.glob("step_*")):
                 raise PathExistsError(f"{self.checkpoint_dir} already has checkpoints and trainer.resume=false; "
                                       f"choose another --output-dir or remove them")
+        if env.is_main:
+            append_segment(self.output_dir, new_segment(
+                command=self.command, resumed_from=self.resumed_from, step=self.step, world_size=env.world_size,
+                resume_changes=tc.resume_changes, changes=self.config_changes))
         log = MetricsLog(self.output_dir, enabled=env.is_main, tensorboard=tc.tensorboard, resume_step=self.step)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         bar = tqdm(total=tc.max_steps, initial=self.step, disable=not (tc.progress_bar and env.is_main),
@@ -340,6 +352,7 @@ class Trainer:
                  "scheduler": self.scheduler.state_dict(),
                  "data_position": data_position(self.batches, streaming=self.streaming, env=self.env),
                  "rng": rng_states, "world_size": self.env.world_size}
+        state["config"] = recorded_config(self.config)  # what a resume compares its own config with
         if self.fsdp:  # the optimizer state is sharded like the parameters: saved with them
             state["sharded"], state["has_ema"] = True, self.ema is not None
         else:
@@ -358,8 +371,9 @@ class Trainer:
 
     def _resume(self) -> None:
         """Continues from the newest checkpoint every rank can read; unreadable newer ones are
-        reported and skipped."""
+        reported and skipped. The config's optimizer settings win over the checkpoint's."""
         self._touched = False
+        settings = group_settings(self.optimizer)
         for step, path in reversed(checkpoint_dirs(self.checkpoint_dir)):
             try:
                 state = self._load(path)
@@ -371,6 +385,7 @@ class Trainer:
             if broadcast_flag(failed, self.env):  # any rank failed: all fall back together
                 continue
             self.scheduler.load_state_dict(state["scheduler"])
+            apply_group_settings(self.optimizer, self.scheduler, settings)
             restore_data_position(self.batches, state["data_position"], streaming=self.streaming, env=self.env,
                                   checkpoint=path)
             self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
@@ -378,6 +393,7 @@ class Trainer:
             rng_states = state["rng"]
             if len(rng_states) == self.env.world_size:
                 set_rng_state(rng_states[self.env.rank])
+            self.resumed_from = path
             if self.env.is_main:
                 print(f"resumed from {path} (step {self.step})", flush=True)
             return
@@ -388,11 +404,13 @@ class Trainer:
 
     def _load(self, path: Path) -> dict[str, Any]:
         """Loads one checkpoint into the model, optimizer and EMA; returns its trainer state.
-        CheckpointError when a file is unreadable (nothing is changed for the plain layout)."""
+        CheckpointError when a file is unreadable (nothing is changed for the plain layout); a
+        ConfigError when this run's config differs from the checkpoint's in what it may not change."""
         if is_sharded_checkpoint(path):
             from torch.distributed.checkpoint.state_dict import set_state_dict
 
             state = load_trainer_state(path)
+            self._check_config(state, path)
             live = self._sharded_state()
             if self.ema is None or not state.get("has_ema", True):
                 live.pop("ema", None)
@@ -405,11 +423,20 @@ class Trainer:
             raise ConfigError(f"checkpoint {path} was written without FSDP (model.safetensors); resume it with "
                               f"trainer.parallelism=ddp, or start a new --output-dir")
         model_state, ema_state, state = load_checkpoint(path)
+        self._check_config(state, path)
+        check_checkpoint_fits(self.model, model_state, checkpoint=path)
         self.model.load_state_dict(model_state, strict=True)
         if self.ema is not None and ema_state is not None:
             self.ema.shadow = {k: v.to(self.env.device) for k, v in ema_state.items()}
         self.optimizer.load_state_dict(state["optimizer"])
         return state
+
+    def _check_config(self, state: dict[str, Any], path: Path) -> None:
+        if "config" not in state and self.env.is_main:
+            print(f"note: checkpoint {path} keeps no config (an earlier xlm wrote it); this run's settings are not "
+                  f"compared with the ones it was trained with", file=sys.stderr, flush=True)
+        self.config_changes = check_resume_config(state.get("config"), self.config, checkpoint=path,
+                                                  history=self.output_dir / HISTORY_FILE)
 
     # ----------------------------------------------------------------- finishing
 

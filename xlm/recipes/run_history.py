@@ -1,0 +1,56 @@
+"""The run's history, `<run dir>/history.jsonl`: one line per segment of training (the first start
+and each resume), written before the segment trains, so that a run whose settings were changed on
+purpose says which, when, by which command, and from which checkpoint on."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypedDict
+
+from .resume_changes import ConfigChange
+
+HISTORY_FILE = "history.jsonl"
+
+
+class ChangeRecord(TypedDict):
+    key: str
+    before: Any
+    after: Any
+    changes_result: bool
+
+
+class Segment(TypedDict):
+    started: str
+    host: str
+    pid: int
+    command: list[str]  # the command-line arguments that started this segment
+    resumed_from: str | None  # the checkpoint dir it continued, None for a fresh start
+    step: int
+    world_size: int
+    resume_changes: str  # trainer.resume_changes, which allowed the changes below that change the result
+    changes: list[ChangeRecord]  # settings that differ from the checkpoint's
+
+
+def new_segment(*, command: Sequence[str], resumed_from: Path | None, step: int, world_size: int,
+                resume_changes: str, changes: Sequence[ConfigChange]) -> Segment:
+    return Segment(started=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                   host=socket.gethostname(), pid=os.getpid(), command=list(command),
+                   resumed_from=None if resumed_from is None else str(resumed_from), step=step, world_size=world_size,
+                   resume_changes=resume_changes,
+                   changes=[ChangeRecord(key=c.key, before=c.before, after=c.after, changes_result=c.changes_result)
+                            for c in changes])
+
+
+def append_segment(output_dir: Path, segment: Segment) -> None:
+    """Appends one line and syncs it: the run dir's lock makes this process its only writer."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / HISTORY_FILE, "a") as f:
+        f.write(json.dumps(segment, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
