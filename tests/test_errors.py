@@ -20,6 +20,7 @@ from xlm.data.tokenizers import WordTokenizer
 from xlm.errors import (CheckpointReadError, ConversionError, InvalidValueError, PathExistsError, PathNotFoundError,
                         UnknownFormatError, XlmError, XlmUserError, reports_user_errors, user_values)
 from xlm.interop.export import ExportError
+from xlm.io import DiskFullError
 from xlm.models.arlm.predictor import ArlmSamplerConfig
 from xlm.plugins.discovery import (ExternalModelConflictError, ExternalModelError, ExternalModelImportError,
                                    ExternalModelNotFoundError, ExternalModelValidationError)
@@ -27,7 +28,7 @@ from xlm.plugins.scaffold import ScaffoldError
 from xlm.recipes import generate
 from xlm.recipes.checkpoint import CheckpointError
 from xlm.recipes.config import ConfigError
-from xlm.recipes.trainer import NonFiniteLossError, TrainingInterrupted
+from xlm.recipes.trainer import NonFiniteLossError, TrainingDivergedError, TrainingInterrupted, UnstableTrainingError
 from xlm.registry import DuplicateNameError, UnknownNameError
 from xlm.run_dir import RunDirError, write_run_dir
 
@@ -35,7 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: The errors that are not the user's to fix: a run stopped by a signal, a diverged loss, a checkpoint
 #: that turned unreadable mid-run. Each command handles or reports them itself.
-INTERNAL = {XlmError, TrainingInterrupted, NonFiniteLossError, CheckpointError}
+INTERNAL = {XlmError, TrainingInterrupted, UnstableTrainingError, NonFiniteLossError, TrainingDivergedError,
+            CheckpointError}
 
 #: Each user-fixable error and the builtin bases it keeps, so `except ValueError` etc. still catch it.
 USER_ERRORS = {
@@ -46,7 +48,7 @@ USER_ERRORS = {
     DuplicateNameError: (ValueError,), StarNameError: (KeyError, ValueError), UnknownTokenError: (ValueError,),
     ConfigError: (ValueError,), ExportError: (ValueError,), ScaffoldError: (ValueError,),
     ExternalModelError: (), ExternalModelConflictError: (), ExternalModelNotFoundError: (),
-    ExternalModelValidationError: (), ExternalModelImportError: (),
+    ExternalModelValidationError: (), ExternalModelImportError: (), DiskFullError: (OSError,),
 }
 
 
@@ -87,6 +89,7 @@ def test_user_errors_keep_their_builtin_bases(cls, builtins):
 
 def test_internal_errors_keep_their_builtin_bases():
     assert issubclass(NonFiniteLossError, FloatingPointError) and issubclass(CheckpointError, RuntimeError)
+    assert issubclass(TrainingDivergedError, ArithmeticError)
     assert not issubclass(TrainingInterrupted, XlmUserError)
 
 

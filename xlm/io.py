@@ -1,20 +1,75 @@
 """Atomic file and directory writes, and safetensors-ready state dicts.
 
 A directory written with `write_atomically` either is complete or does not exist under its
-final name: it is filled as a hidden sibling, fsynced, and renamed into place.
+final name: it is filled as a hidden sibling, fsynced, and renamed into place. A write that runs
+out of space is a `DiskFullError` naming the file, whichever library was writing it (torch and
+safetensors wrap the OSError in errors of their own).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
+from safetensors.torch import save as safetensors_bytes
 
-__all__ = ["commit_dir", "new_temp_dir", "state_dict_for_safetensors", "write_atomically"]
+from xlm.errors import XlmUserError
+
+__all__ = ["DiskFullError", "commit_dir", "new_temp_dir", "replace_file", "save_safetensors",
+           "state_dict_for_safetensors", "write_atomically", "write_file"]
+
+# no space left, over quota, over the file size limit (RLIMIT_FSIZE): the same remedy for the user
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+class DiskFullError(XlmUserError, OSError):
+    """A write that ran out of space (or over a quota or the file size limit); names the file."""
+
+    def __str__(self) -> str:  # the message alone, not OSError's "[Errno N] ...: 'file'"
+        return str(self.args[0]) if self.args else ""
+
+
+def _disk_full(file: Path, code: int, left: str) -> DiskFullError:
+    err = DiskFullError(f"disk full while writing {file} ({os.strerror(code)}); {left}")
+    err.errno, err.filename = code, str(file)
+    return err
+
+
+def disk_full_errno(err: BaseException) -> int | None:
+    """The errno of the out-of-space OSError behind `err` (itself, or what it was raised from)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS:
+            return current.errno
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def write_file(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """`write(f)` fills `path` through a Python file object, so that an out-of-space write
+    surfaces as an OSError (torch.save given a path reports only `enforce fail`). A failed write
+    leaves no file."""
+    try:
+        with open(path, "wb") as f:
+            write(f)
+    except Exception as err:
+        path.unlink(missing_ok=True)
+        code = disk_full_errno(err)
+        if code is None or isinstance(err, DiskFullError):
+            raise
+        raise _disk_full(path, code, "the partial file was removed") from err
+
+
+def save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    write_file(path, lambda f: f.write(safetensors_bytes(state, metadata=metadata)))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -60,11 +115,34 @@ def commit_dir(tmp: Path, final: Path) -> None:
 
 
 def write_atomically(final: Path, write: Any) -> None:
-    """`write(tmp_dir)` fills a fresh dir that then replaces `final` in one rename."""
-    tmp = new_temp_dir(final)
+    """`write(tmp_dir)` fills a fresh dir that then replaces `final` in one rename; out of space,
+    the partial dir is removed and `final` is left as it was."""
+    tmp, existed = None, final.exists()
     try:
+        tmp = new_temp_dir(final)
         write(tmp)
         commit_dir(tmp, final)
+    except Exception as err:
+        code = disk_full_errno(err)
+        if code is None:
+            raise
+        file = Path(err.filename) if isinstance(err, DiskFullError) and err.filename else final
+        if tmp is not None and file.is_relative_to(tmp):
+            file = final / file.relative_to(tmp)
+        left = f"{final} is as it was" if existed else f"{final} was not created"
+        raise _disk_full(file, code, f"the partial write was removed and {left}") from err
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Writes `text` to `path` in one rename: a reader sees the old file or the new one, whole."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write_file(tmp, lambda f: (f.write(text.encode()), f.flush(), os.fsync(f.fileno())))
+        os.replace(tmp, path)
+    except DiskFullError as err:
+        raise _disk_full(path, err.errno, f"{path} is as it was") from err
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from xlm.data.tokenizers import Tokenizer, tokenizer_from_spec
 from xlm.errors import XlmUserError, user_values
-from xlm.io import state_dict_for_safetensors, write_atomically
+from xlm.io import save_safetensors, state_dict_for_safetensors, write_atomically
 from xlm.registry import get_family
 
 FORMAT_VERSION = 1
@@ -43,7 +43,7 @@ def write_run_dir(path: Path, *, model: torch.nn.Module, family: str, arch: str,
         state.pop(key, None)
 
     def write(tmp: Path) -> None:
-        save_file(state, tmp / "model.safetensors", metadata={"format": "pt", "xlm_tied": json.dumps(tied)})
+        save_safetensors(state, tmp / "model.safetensors", metadata={"format": "pt", "xlm_tied": json.dumps(tied)})
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
         (tmp / "metrics.json").write_text(json.dumps(dict(metrics), indent=2) + "\n")
 

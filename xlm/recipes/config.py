@@ -56,7 +56,10 @@ class TrainerConfig:
     grad_accum_steps: int = 1
     eval_every_steps: int = 250  # 0 = only at the end
     checkpoint_every_steps: int = 250
-    keep_last_checkpoints: int = 2
+    keep_last_checkpoints: int = 2  # the newest readable ones at or before the current step; 0 = keep all
+    keep_best: bool = False  # also keep the checkpoint with the best best_metric (checkpoints/best.json)
+    best_metric: str = "val_loss"  # a metric of the periodic evaluation, e.g. val_loss, val_exact_match
+    best_mode: str | None = None  # "min" | "max"; None = "min" for a loss or nll, "max" for anything else
     log_every_steps: int = 10
     max_minutes: float | None = None  # wall-clock budget: stop, checkpoint and finish early
     ema_decay: float | None = None  # when set, evaluation and the exported model use the EMA
@@ -71,6 +74,13 @@ class TrainerConfig:
     tensorboard: bool = True  # when the tensorboard package is installed
     on_nonfinite: str = "stop"  # a NaN/Inf loss or gradient: "stop" (raise, nothing saved) | "skip" (no update)
     max_skipped_steps: int = 10  # with "skip": stop after this many consecutive skipped steps
+    # divergence guard (xlm.recipes.divergence): stop, nothing saved, when the median of the last
+    # divergence_patience losses exceeds divergence_factor x the lowest median of divergence_window
+    # consecutive losses (at least divergence_min_loss); pruning keeps the newest checkpoint from before the rise
+    divergence_window: int = 50  # 0 turns the guard off
+    divergence_factor: float = 3.0
+    divergence_min_loss: float = 0.5  # nats per token: noise around a loss near zero is no divergence
+    divergence_patience: int = 5
     activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
     parallelism: str = "ddp"  # under torchrun: "ddp" (replicated weights) | "fsdp" (FSDP2: sharded weights,
     #                           gradients and optimizer state; sharded torch.distributed.checkpoint checkpoints)
@@ -108,6 +118,21 @@ class TrainRecipeConfig:
             (self.data.num_workers >= 0, "data.num_workers", "a non-negative integer", self.data.num_workers),
             (bool(self.trainer.resume_changes.strip()), "trainer.resume_changes",
              "'refuse', 'allow' or config keys separated by commas", self.trainer.resume_changes),
+            (self.trainer.keep_last_checkpoints >= 0, "trainer.keep_last_checkpoints",
+             "a non-negative integer (0 keeps every checkpoint)", self.trainer.keep_last_checkpoints),
+            (self.trainer.best_mode in (None, "min", "max"), "trainer.best_mode", "null, 'min' or 'max'",
+             self.trainer.best_mode),
+            (not self.trainer.keep_best or self.trainer.eval_every_steps > 0, "trainer.eval_every_steps",
+             "positive with trainer.keep_best=true (the best checkpoint is chosen at each evaluation)",
+             self.trainer.eval_every_steps),
+            (self.trainer.divergence_window >= 0, "trainer.divergence_window",
+             "a non-negative integer (0 turns the divergence guard off)", self.trainer.divergence_window),
+            (self.trainer.divergence_factor > 1, "trainer.divergence_factor", "greater than 1",
+             self.trainer.divergence_factor),
+            (self.trainer.divergence_min_loss >= 0, "trainer.divergence_min_loss", "non-negative",
+             self.trainer.divergence_min_loss),
+            (self.trainer.divergence_patience >= 1, "trainer.divergence_patience", "a positive integer",
+             self.trainer.divergence_patience),
         ]
         for ok, key, expected, got in checks:
             if not ok:

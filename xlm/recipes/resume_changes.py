@@ -28,6 +28,9 @@ FREE_KEYS = frozenset({
     "trainer.log_every_steps", "trainer.eval_every_steps", "trainer.checkpoint_every_steps",
     "trainer.keep_last_checkpoints", "trainer.max_minutes", "trainer.progress_bar", "trainer.tensorboard",
     "trainer.device", "trainer.parallelism", "trainer.resume", "trainer.resume_changes",
+    # which checkpoints are kept, and when a run that goes wrong is stopped, change no weights it trains
+    "trainer.keep_best", "trainer.best_metric", "trainer.best_mode", "trainer.divergence_window",
+    "trainer.divergence_factor", "trainer.divergence_min_loss", "trainer.divergence_patience",
 })
 REFUSE, ALLOW_ALL = "refuse", "allow"
 

@@ -23,7 +23,7 @@ from xlm.registry import families, get_task, list_tasks
 from .config import ComposedConfig, ConfigError, TrainRecipeConfig, build_config, config_to_yaml
 from .distributed import DistEnv, exit_worker, init_distributed, shutdown
 from .run_lock import run_dir_lock
-from .trainer import NonFiniteLossError, Trainer, TrainingInterrupted
+from .trainer import Trainer, TrainingInterrupted, UnstableTrainingError
 
 
 def tasks_help() -> str:
@@ -112,7 +112,7 @@ def _train(config: TrainRecipeConfig, task: Task, env: DistEnv, command: Sequenc
     except XlmUserError as err:  # found once the model, data or a checkpoint is at hand; returned, so that
         print(f"error: {err}", file=sys.stderr)  # a torchrun worker still leaves through exit_worker
         return 2
-    except NonFiniteLossError as err:
+    except UnstableTrainingError as err:  # a NaN/Inf or diverged loss; the checkpoints are as they were
         print(f"error: {err}", file=sys.stderr)
         return 3
     finally:

@@ -34,16 +34,19 @@ from tqdm.auto import tqdm
 
 from xlm.data.task import Task
 from xlm.errors import PathExistsError, XlmError
-from xlm.io import commit_dir, new_temp_dir
+from xlm.io import commit_dir, new_temp_dir, write_file
 from xlm.nn.cpu import accelerate_training
 from xlm.registry import Family
 from xlm.run_dir import write_run_dir
 
 from .activation_checkpointing import checkpoint_activations
-from .checkpoint import (CheckpointError, checkpoint_dirs, is_sharded_checkpoint, load_checkpoint, load_sharded,
-                         load_trainer_state, prune_checkpoints, save_checkpoint, save_sharded)
+from .best_checkpoint import BestCheckpointTracker, best_mode
+from .checkpoint import (CheckpointError, checkpoint_dirs, checkpoint_name, clear_interrupted_writes,
+                         is_sharded_checkpoint, load_checkpoint, load_sharded, load_trainer_state, prune_checkpoints,
+                         save_checkpoint, save_sharded)
 from .config import ConfigError, TrainRecipeConfig
 from .data_order import EpochBatches, data_position, restore_data_position
+from .divergence import DivergenceGuard
 from .distributed import (DistEnv, all_gather_object, all_reduce_sum, apply_fsdp, barrier, broadcast_flag,
                           broadcast_object)
 from .ema import ModelEma
@@ -69,8 +72,16 @@ class TrainingInterrupted(XlmError):
                          f"{checkpoint}; run the same command again to resume")
 
 
-class NonFiniteLossError(XlmError, FloatingPointError):
-    """A NaN/Inf loss or gradient; raised before anything is saved."""
+class UnstableTrainingError(XlmError, ArithmeticError):
+    """A training loss gone wrong; raised before anything is saved, so the checkpoints are as they were."""
+
+
+class NonFiniteLossError(UnstableTrainingError, FloatingPointError):
+    """A NaN/Inf loss or gradient."""
+
+
+class TrainingDivergedError(UnstableTrainingError):
+    """A finite loss far above the run's own range (the divergence guard, xlm.recipes.divergence)."""
 
 
 class Trainer:
@@ -98,6 +109,11 @@ class Trainer:
         self._stop_signal: int | None = None
         self.resumed_from: Path | None = None  # the checkpoint this segment continues
         self.config_changes: list[ConfigChange] = []  # from that checkpoint's config to this run's
+        tc = config.trainer
+        self.guard = DivergenceGuard(window=tc.divergence_window, factor=tc.divergence_factor,
+                                     min_loss=tc.divergence_min_loss, patience=tc.divergence_patience)
+        self.best = BestCheckpointTracker(root=self.checkpoint_dir, metric=tc.best_metric,
+                                          mode=best_mode(tc.best_metric, tc.best_mode)) if tc.keep_best else None
 
     # ----------------------------------------------------------------- setup
 
@@ -163,12 +179,12 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         tc, env = self.config.trainer, self.env
+        if not tc.resume and env.is_main and any(self.checkpoint_dir.glob("step_*")):
+            raise PathExistsError(f"{self.checkpoint_dir} already has checkpoints and trainer.resume=false; "
+                                  f"choose another --output-dir or remove them")
+        self._clear_interrupted_writes()
         if tc.resume:
             self._resume()
-        else:
-            if env.is_main and any(self.checkpoint_dir.glob("step_*")):
-                raise PathExistsError(f"{self.checkpoint_dir} already has checkpoints and trainer.resume=false; "
-                                      f"choose another --output-dir or remove them")
         if env.is_main:
             append_segment(self.output_dir, new_segment(
                 command=self.command, resumed_from=self.resumed_from, step=self.step, world_size=env.world_size,
@@ -189,17 +205,23 @@ class Trainer:
                 bar.set_postfix(loss=f"{stats['loss']:.4f}", tok_s=f"{tps:,.0f}")
                 if self.step % tc.log_every_steps == 0 or self.step == 1:
                     log.log(self.step, "train", {**stats, "tokens_per_s": tps, "tokens_seen": self.tokens_seen})
+                new_best = False
                 if tc.eval_every_steps and self.step % tc.eval_every_steps == 0 and self.step < tc.max_steps:
                     if env.is_main or self.fsdp:  # under FSDP every forward pass is collective
                         metrics = self.evaluate()
                         log.log(self.step, "val", {**metrics, "train_seconds": self.train_seconds})
+                        new_best = self.best is not None and self.best.offer(self.step, metrics)
                     barrier(env)
+                    new_best = self.best is not None and broadcast_flag(new_best, env)
                 out_of_time = budget_s is not None and self.train_seconds >= budget_s
                 stop = broadcast_flag(self._stop_signal is not None or out_of_time, env)
-                if self.step % tc.checkpoint_every_steps == 0 or stop:
+                if self.step % tc.checkpoint_every_steps == 0 or stop or new_best:
                     self._save()
+                if new_best and self.best is not None and env.is_main:
+                    self.best.publish()
                 if stop and self._stop_signal is not None:
-                    raise TrainingInterrupted(self._stop_signal, self.step, self.checkpoint_dir)
+                    raise TrainingInterrupted(self._stop_signal, self.step,
+                                              self.checkpoint_dir / checkpoint_name(self.step))
                 if stop:
                     break
             if not any(self.checkpoint_dir.glob(f"step_{self.step:09d}")):
@@ -261,7 +283,7 @@ class Trainer:
             if self.config.trainer.on_nonfinite == "stop" or \
                     self.skipped_in_a_row > self.config.trainer.max_skipped_steps:
                 raise NonFiniteLossError(f"non-finite training loss {loss} / gradient norm {float(grad_norm)} {where}; "
-                                         f"the last checkpoint in {self.checkpoint_dir} is untouched "
+                                         f"nothing was saved: {self._checkpoints_note()} "
                                          f"(trainer.on_nonfinite=skip skips such steps)")
             print(f"warning: skipped the update {where}: loss {loss}, gradient norm {float(grad_norm)}",
                   file=sys.stderr, flush=True)
@@ -269,6 +291,9 @@ class Trainer:
             self.scheduler.step()
             return {"loss": loss, "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
                     "tokens": 0, "skipped": 1.0}
+        if (limit := self.guard.check(self.step + 1, loss)) is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise self._diverged(limit)
         self.skipped_in_a_row = 0
         self.optimizer.step()
         self.scheduler.step()
@@ -280,6 +305,37 @@ class Trainer:
         self.tokens_seen += tokens
         return {"loss": loss, "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
                 "tokens": tokens}
+
+    def _diverged(self, limit: float) -> TrainingDivergedError:
+        tc, guard = self.config.trainer, self.guard
+        good = self._last_good_checkpoint()
+        kept = (f"{self.checkpoint_dir / checkpoint_name(good)} is the newest checkpoint from before the loss "
+                f"rose (kept)" if good is not None else
+                f"no checkpoint in {self.checkpoint_dir} is from before the loss rose")
+        return TrainingDivergedError(
+            f"training diverged at step {self.step + 1}: the median of the last {tc.divergence_patience} losses, "
+            f"{guard.recent_median():.4g}, is above {limit:.4g} (trainer.divergence_factor={tc.divergence_factor:g} "
+            f"x the run's lowest median of trainer.divergence_window={tc.divergence_window} losses, at least "
+            f"trainer.divergence_min_loss={tc.divergence_min_loss:g}); nothing was saved, {kept}; lower optim.lr, "
+            f"or raise trainer.divergence_factor (trainer.divergence_window=0 turns the guard off)")
+
+    def _last_good_checkpoint(self) -> int | None:
+        """The step of the newest checkpoint whose weights the divergence guard judged good (pruning keeps it)."""
+        if self.config.trainer.divergence_window <= 0:
+            return None
+        return max((step for step, _ in checkpoint_dirs(self.checkpoint_dir) if step <= self.guard.good_step),
+                   default=None)
+
+    def _checkpoints_note(self) -> str:
+        """What the checkpoints dir holds, as seen from a step whose loss went wrong: whether a checkpoint
+        holds the weights that gave the loss, and the newest one before them."""
+        own = self.checkpoint_dir / checkpoint_name(self.step)
+        earlier = [path.name for step, path in checkpoint_dirs(self.checkpoint_dir) if step < self.step]
+        if not own.is_dir() and not earlier:
+            return f"no checkpoint in {self.checkpoint_dir} predates this step"
+        holds = f"{own} holds the weights that gave this loss" if own.is_dir() else \
+            f"no checkpoint in {self.checkpoint_dir} holds the weights that gave this loss"
+        return holds + (f", {earlier[-1]} predates them" if earlier else ", no checkpoint predates them")
 
     def _micro_batches(self) -> tuple[list[list[dict[str, Any]]], str]:
         """This rank's examples for one optimizer step, split into grad_accum_steps micro-batches,
@@ -329,29 +385,41 @@ class Trainer:
 
     def _save(self) -> Path:
         state = self._trainer_state()  # collective: every rank takes part
-        path = self.checkpoint_dir / f"step_{self.step:09d}"
-        keep = self.config.trainer.keep_last_checkpoints
+        path = self.checkpoint_dir / checkpoint_name(self.step)
+        keep_last = self.config.trainer.keep_last_checkpoints
+        keep = self.best.protected() if self.best is not None else set()
+        if self.guard.good_step < self.step - 1:  # the guard doubts the latest weights: keep the newest good ones
+            keep |= {step for step in [self._last_good_checkpoint()] if step is not None}
         if self.fsdp:
             # every rank writes its shards into one temp dir; rank 0 completes it and renames it into place
             tmp = broadcast_object(new_temp_dir(path) if self.env.is_main else None, self.env)
             save_sharded(tmp, self._sharded_state())
             barrier(self.env)
             if self.env.is_main:
-                torch.save(state, tmp / "trainer_state.pt")
+                write_file(tmp / "trainer_state.pt", lambda f: torch.save(state, f))
                 commit_dir(tmp, path)
-                prune_checkpoints(self.checkpoint_dir, keep)
+                prune_checkpoints(self.checkpoint_dir, keep_last, current_step=self.step, keep=keep)
         elif self.env.is_main:
             save_checkpoint(self.checkpoint_dir, self.step, model_state=self.model.state_dict(),
-                            ema_state=self.ema.shadow if self.ema else None, trainer_state=state, keep_last=keep)
+                            ema_state=self.ema.shadow if self.ema else None, trainer_state=state,
+                            keep_last=keep_last, keep=keep)
         barrier(self.env)
         return path
+
+    def _clear_interrupted_writes(self) -> None:
+        """Rank 0 cleans up after checkpoint writes that a crash cut short (the run holds its dir)."""
+        if self.env.is_main and (done := clear_interrupted_writes(self.checkpoint_dir)):
+            print(f"note: {'; '.join(done)} in {self.checkpoint_dir} (left by an interrupted checkpoint write)",
+                  file=sys.stderr, flush=True)
+        barrier(self.env)
 
     def _trainer_state(self) -> dict[str, Any]:
         rng_states = all_gather_object(rng_state(), self.env)  # every rank's RNG: each resumes its own stream
         state = {"step": self.step, "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
                  "scheduler": self.scheduler.state_dict(),
                  "data_position": data_position(self.batches, streaming=self.streaming, env=self.env),
-                 "rng": rng_states, "world_size": self.env.world_size}
+                 "rng": rng_states, "world_size": self.env.world_size,
+                 "divergence": self.guard.state_dict(), "best": self.best.best if self.best else None}
         state["config"] = recorded_config(self.config)  # what a resume compares its own config with
         if self.fsdp:  # the optimizer state is sharded like the parameters: saved with them
             state["sharded"], state["has_ema"] = True, self.ema is not None
@@ -390,6 +458,10 @@ class Trainer:
                                   checkpoint=path)
             self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
             self.train_seconds = float(state["train_seconds"])
+            if "divergence" in state:  # checkpoints written before the guard have none
+                self.guard.load_state_dict(state["divergence"])
+            if self.best is not None and self.best.restore(state.get("best")) and self.env.is_main:
+                self.best.publish()  # best.json may name a checkpoint of the steps after this one
             rng_states = state["rng"]
             if len(rng_states) == self.env.world_size:
                 set_rng_state(rng_states[self.env.rank])
@@ -450,6 +522,8 @@ class Trainer:
             final = self.evaluate(progress=self.config.trainer.progress_bar)
             log.log(self.step, "val", {**final, "train_seconds": self.train_seconds})
             summary.update(final)
+            if self.best is not None and self.best.offer(self.step, final):  # the last checkpoint is this step's
+                self.best.publish()
             ema = self.ema.swapped_into(self.model) if self.ema else contextlib.nullcontext()
             with ema:
                 self._write_run_dir(self.model, summary)
@@ -464,6 +538,8 @@ class Trainer:
         final = self.evaluate(progress=self.config.trainer.progress_bar and self.env.is_main)
         log.log(self.step, "val", {**final, "train_seconds": self.train_seconds})
         summary.update(final)
+        if self.best is not None and self.best.offer(self.step, final) and self.env.is_main:
+            self.best.publish()  # the last checkpoint is this step's
         with self.ema.swapped_into(self.model) if self.ema else contextlib.nullcontext():
             full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.env.is_main:
