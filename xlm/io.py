@@ -1,4 +1,5 @@
-"""Atomic file and directory writes, and safetensors-ready state dicts.
+"""Atomic file and directory writes, safetensors-ready state dicts, and reading JSON files that came
+from elsewhere.
 
 A directory written with `write_atomically` either is complete or does not exist under its
 final name: it is filled as a hidden sibling, fsynced, and renamed into place. A write that runs
@@ -9,6 +10,7 @@ safetensors wrap the OSError in errors of their own).
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import tempfile
@@ -21,8 +23,9 @@ from safetensors.torch import save as safetensors_bytes
 
 from xlm.errors import XlmUserError
 
-__all__ = ["DiskFullError", "commit_dir", "new_temp_dir", "replace_file", "save_safetensors",
+__all__ = ["DiskFullError", "commit_dir", "new_temp_dir", "read_json_object", "replace_file", "save_safetensors",
            "state_dict_for_safetensors", "write_atomically", "write_file"]
+
 
 # no space left, over quota, over the file size limit (RLIMIT_FSIZE): the same remedy for the user
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -146,3 +149,19 @@ def replace_file(path: Path, text: str) -> None:
         raise _disk_full(path, err.errno, f"{path} is as it was") from err
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_json_object(path: Path, error: type[XlmUserError]) -> dict[str, Any]:
+    """The JSON object in `path`; a file that is not UTF-8, not JSON or not an object raises `error`,
+    naming the file and the line: config files come with downloaded checkpoints."""
+    data = path.read_bytes()
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise error(f"{path}, line {line}: not UTF-8 (byte 0x{data[err.start]:02x}); JSON is UTF-8 text") from None
+    except json.JSONDecodeError as err:
+        raise error(f"{path}, line {err.lineno}: not valid JSON ({err.msg})") from None
+    if not isinstance(value, dict):
+        raise error(f"{path} holds a JSON {type(value).__name__}, not an object of keys and values")
+    return value

@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 
 from xlm.data.tokenizers import Tokenizer, tokenizer_from_spec
 from xlm.errors import XlmUserError, user_values
-from xlm.io import save_safetensors, state_dict_for_safetensors, write_atomically
+from xlm.io import read_json_object, save_safetensors, state_dict_for_safetensors, write_atomically
+from xlm.model_bounds import check_extra_elements, meta_model, tied_aliases
 from xlm.registry import get_family
 
 FORMAT_VERSION = 1
@@ -74,8 +75,8 @@ def is_run_dir(path: Path) -> bool:
     if not (path.is_dir() and file.is_file()):
         return False
     try:
-        config = json.loads(file.read_text())
-    except json.JSONDecodeError:
+        config = json.loads(file.read_bytes())
+    except ValueError:  # not JSON, or not UTF-8
         return False
     return isinstance(config, dict) and "format_version" in config
 
@@ -84,13 +85,13 @@ def read_run_config(path: Path) -> dict[str, Any]:
     file = path / "config.json"
     if not file.exists():
         raise RunDirError(f"{path} is not a run or export dir: it has no config.json")
-    try:
-        config = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise RunDirError(f"{file} is not valid JSON: {err}") from None
+    config = read_json_object(file, RunDirError)
     version = config.get("format_version")
     if version != FORMAT_VERSION:
         raise RunDirError(f"{file} has format_version {version!r}; this xlm reads version {FORMAT_VERSION}")
+    if not isinstance(config.get("family"), str) or not isinstance(config.get("model_config"), dict):
+        raise RunDirError(f"{file} names no family (a string) and model_config (an object); it was not written "
+                          f"by xlm or has been edited")
     return config
 
 
@@ -114,19 +115,24 @@ def load_run_model(path: str | Path, *, device: torch.device | str | None = None
     if not weights.exists():
         raise RunDirError(f"{path} has no model.safetensors: the run has not finished (its checkpoints are "
                           f"in {path / 'checkpoints'}; rerun the train command to resume it)")
-    model = family.factory(model_config, device=device, dtype=dtype)
     try:
         state = load_file(weights, device=str(device) if device is not None else "cpu")
     except Exception as err:
         raise RunDirError(f"{weights} is unreadable ({type(err).__name__}: {err}); it may be truncated") from None
+    with user_values():  # the config's sizes are checked against the weights before any memory is allocated
+        meta = meta_model(family.factory, model_config, tensors=len(state), where=str(path / "config.json"))
+    check_state_fits(meta, state, where=str(weights))
+    check_extra_elements(meta, state, where=str(path / "config.json"))
+    model = family.factory(model_config, device=device, dtype=dtype)
     load_state_strict(model, state, where=str(weights))
     return model.eval()
 
 
-def load_state_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, where: str) -> None:
-    """Missing, unexpected and wrong-shape keys, reported together (tied aliases may be absent)."""
+def check_state_fits(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, where: str) -> None:
+    """Missing, unexpected and wrong-shape keys, reported together (tied aliases may be absent); `model`
+    may be on the meta device."""
     expected = model.state_dict()
-    tied = set(_tied_keys(model))
+    tied = set(tied_aliases(model))
     missing = sorted(k for k in expected if k not in state and k not in tied)
     unexpected = sorted(k for k in state if k not in expected)
     shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
@@ -135,6 +141,11 @@ def load_state_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor],
         parts = [f"missing keys {missing}" if missing else "", f"unexpected keys {unexpected}" if unexpected else "",
                  f"wrong shapes [{'; '.join(shapes)}]" if shapes else ""]
         raise RunDirError(f"{where} does not fit the model: " + "; ".join(p for p in parts if p))
+
+
+def load_state_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, where: str) -> None:
+    """`state` into `model`, once `check_state_fits` says it fits."""
+    check_state_fits(model, state, where=where)
     model.load_state_dict(dict(state), strict=False)
 
 

@@ -10,11 +10,10 @@ run's training checkpoints) need not be listed, so `xlm eval` can still write it
 from __future__ import annotations
 
 import fnmatch
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from xlm.errors import PathNotFoundError
+from xlm.errors import CheckpointReadError, PathNotFoundError
 
 from .download import ChecksumError, sha256_of, verify_sha256
 
@@ -35,14 +34,16 @@ def _read_when_loading(directory: Path) -> list[str]:
 
 
 def _shards(index: Path) -> list[str]:
-    """The files inside the dir that a sharded index names (an index naming others is refused when it is read)."""
+    """The files inside the dir that a sharded index names (one naming others is refused when it is read)."""
+    from xlm.interop.readers import index_weight_map  # torch comes with it: only for a dir that has an index
+
     try:
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
-        names = {str(v) for v in weight_map.values()}
-    except (ValueError, AttributeError):
+        names = set(index_weight_map(index).values())
+    except CheckpointReadError:
         return []
-    root = index.parent.resolve()
-    return sorted(n for n in names if (root / n).resolve().is_relative_to(root) and (root / n).is_file())
+    home = index.parent.resolve()
+    shards = ((index.parent / name).resolve() for name in names)
+    return sorted(s.relative_to(home).as_posix() for s in shards if s.is_relative_to(home) and s.is_file())
 
 
 def measure_manifest(directory: Path) -> dict[str, str]:

@@ -18,7 +18,6 @@ The whole tokenizer travels in `spec()`, so a run dir needs no file beside it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,8 @@ from typing import Any
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizerModel
 
-from xlm.errors import PathNotFoundError, XlmUserError
+from xlm.errors import InvalidValueError, PathNotFoundError, XlmUserError
+from xlm.io import read_json_object
 
 #: For each xlm role, the tokens that fill it in common HF tokenizers, first match wins;
 #: a role with no match gets its xlm name added as a new special token (for a new model).
@@ -148,7 +148,7 @@ def declared_roles(directory: Path) -> dict[str, str]:
         file = directory / name
         if not file.is_file():
             continue
-        declared = json.loads(file.read_text(encoding="utf-8"))
+        declared = read_json_object(file, InvalidValueError)
         for role in ROLE_CANDIDATES:
             value = declared.get(f"{role}_token")
             token = value.get("content") if isinstance(value, Mapping) else value

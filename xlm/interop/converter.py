@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from torch import Tensor
 
-from xlm.errors import ConversionError, listing
+from xlm.errors import ConversionError, XlmError, listing
 
 from .probe import CheckpointProbe
 from .readers import read_hf_dir
@@ -104,4 +104,10 @@ class Converter:
     def __call__(self, path: str | Path) -> Converted:
         path = Path(path)
         source_config, state = (self.read or read_hf_dir)(path)
-        return self.to_xlm(state, source_config, source=str(path))
+        try:
+            return self.to_xlm(state, source_config, source=str(path))
+        except XlmError:
+            raise
+        except (TypeError, ValueError, KeyError) as err:  # a config value of the wrong type or out of range
+            raise ConversionError(f"its config does not describe a {self.name} checkpoint ({type(err).__name__}: "
+                                  f"{err})", source=path) from err

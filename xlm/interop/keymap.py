@@ -30,9 +30,10 @@ import torch
 from torch import Tensor
 
 from xlm.errors import ConversionError
+from xlm.model_bounds import tied_aliases
 
 __all__ = ["Chain", "Concat", "KeyMap", "KeyMapResult", "Rule", "Split", "TensorTransform", "Transpose",
-           "check_mapped", "check_state_dict", "tied_aliases"]
+           "check_mapped", "check_state_dict"]
 
 
 # -- tensor transforms -----------------------------------------------------------------------
@@ -291,15 +292,3 @@ def check_mapped(result: KeyMapResult, expected: Mapping[str, Tensor] | torch.nn
     if missing or unexpected or shapes:
         raise ConversionError(f"the checkpoint does not fit {target}", missing=missing, unexpected=unexpected,
                               wrong_shapes=shapes, source=source, target=target)
-
-
-def tied_aliases(model: torch.nn.Module) -> list[str]:
-    """State-dict keys whose parameter is the same object as an earlier key's (tied heads)."""
-    seen: dict[int, str] = {}
-    tied = []
-    for key, tensor in model.state_dict(keep_vars=True).items():
-        if id(tensor) in seen:
-            tied.append(key)
-        else:
-            seen[id(tensor)] = key
-    return tied

@@ -8,7 +8,6 @@ memory-mapped (not loaded), a sharded index gives the names in its weight map.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -18,8 +17,9 @@ from typing import Any
 from torch import Tensor
 
 from xlm.errors import ConversionError
+from xlm.io import read_json_object
 
-from .readers import hf_weights_file, is_safetensors, read_checkpoint, safetensors_names, to_plain
+from .readers import hf_weights_file, index_weight_map, is_safetensors, read_checkpoint, safetensors_names, to_plain
 
 __all__ = ["CheckpointProbe"]
 
@@ -37,11 +37,7 @@ class CheckpointProbe:
         file = self.path / "config.json"
         if not (self.path.is_dir() and file.is_file()):
             return None
-        try:
-            config = json.loads(file.read_text())
-        except json.JSONDecodeError as err:
-            raise ConversionError(f"{file} is not valid JSON ({err})") from None
-        return config if isinstance(config, Mapping) else None
+        return read_json_object(file, ConversionError)
 
     @property
     def model_type(self) -> str | None:
@@ -69,7 +65,7 @@ class CheckpointProbe:
         if file is None or not file.is_file():
             return frozenset()
         if file.name.endswith(".index.json"):
-            return frozenset(json.loads(file.read_text()).get("weight_map", {}))
+            return frozenset(index_weight_map(file))
         if is_safetensors(file):
             return frozenset(safetensors_names(file))
         content = self._pickled

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from xlm.errors import CheckpointReadError, ConversionError, PathNotFoundError
+from xlm.io import read_json_object
 
 __all__ = ["hf_weights_file", "is_safetensors", "read_checkpoint", "read_hf_dir", "read_state_dict",
            "safetensors_names", "to_plain"]
@@ -207,12 +208,38 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     `state_dict`; a sharded HF index (`*.index.json`) gives all its shards."""
     path = Path(path)
     if path.name.endswith(".index.json"):
-        index = json.loads(path.read_text())
         state: dict[str, Tensor] = {}
-        for shard in sorted(set(index.get("weight_map", {}).values())):
-            state.update(read_state_dict(path.parent / shard))
+        for shard in index_shards(path):
+            state.update(_tensors_only(read_checkpoint(shard), shard))
         return state
     return _tensors_only(read_checkpoint(path), path)
+
+
+def index_weight_map(index: Path) -> dict[str, str]:
+    """A sharded HF index's `weight_map`: tensor name -> shard file name."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+    except (ValueError, AttributeError) as err:  # not JSON, not UTF-8, not an object
+        raise CheckpointReadError(f"{index} is not a sharded checkpoint index ({type(err).__name__}: {err})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointReadError(f"{index} has no weight_map of tensor names to shard file names")
+    return weight_map
+
+
+def index_shards(index: Path) -> list[Path]:
+    """The shard files a sharded HF index (`*.index.json`) names in its `weight_map`: each a weights file
+    inside the index's own directory or below it (symbolic links resolved), never another index."""
+    home = index.parent.resolve()
+    shards = []
+    for name in sorted(set(index_weight_map(index).values())):
+        shard = (index.parent / name).resolve()
+        if not shard.is_relative_to(home):  # '../x', 'sub/../../x', an absolute path or a link out of the dir
+            raise CheckpointReadError(f"{index} names the shard {name!r}, which is outside {index.parent}; shards "
+                                      f"must sit in their index's dir")
+        if shard.name.endswith(".index.json"):
+            raise CheckpointReadError(f"{index} names another index, {name!r}, as a shard; shards hold weights")
+        shards.append(shard)
+    return shards
 
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -232,10 +259,7 @@ def read_hf_dir(path: str | Path, *, model_type: str | None = None) -> tuple[dic
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise ConversionError(f"no config.json in {directory}: converters read the model's sizes from it", source=path)
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise ConversionError(f"{config_file} is not valid JSON ({err})") from None
+    config = read_json_object(config_file, ConversionError)
     if model_type is not None and config.get("model_type") not in (None, model_type):
         raise ConversionError(f"config.json has model_type {config.get('model_type')!r}, not {model_type!r}",
                               source=directory)

@@ -27,7 +27,6 @@ rotary buffer, and the key map of `xlm.modules.rotary_transformer.RotaryTransfor
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,11 +37,13 @@ import torch
 from torch import Tensor, nn
 
 from xlm.errors import ConversionError
+from xlm.io import read_json_object
 from xlm.interop.converter import config_dict, Converted
 from xlm.interop.keymap import check_mapped, check_state_dict, KeyMap, Rule, Split
 from xlm.interop.probe import CheckpointProbe
 from xlm.interop.readers import read_checkpoint, read_hf_dir, to_plain
 from xlm.nn import attention_bias
+from xlm.model_bounds import meta_model
 
 __all__ = ["ACTIVATIONS", "CLASS_MARKS", "ENCODER_DROP", "ENCODER_RULES", "ROPE_BASE", "XLM_CORE_DEFAULTS",
            "XlmCoreConfig", "check_rotary_buffers", "common_export_problems", "constructor_args",
@@ -293,10 +294,7 @@ def _sibling_config(path: Path, what: str) -> dict[str, Any]:
     if not sibling.is_file():
         raise ConversionError(f"{what}, and there is no config.json beside it to give the model's sizes (xlm-core's "
                               f"hub export puts one next to model.safetensors)", source=path)
-    try:
-        return json.loads(sibling.read_text())
-    except json.JSONDecodeError as err:
-        raise ConversionError(f"{sibling} is not valid JSON ({err})") from None
+    return read_json_object(sibling, ConversionError)
 
 
 def _apply_ema(ckpt: Mapping[str, Any], state: dict[str, Tensor], notes: list[str], path: Path,
@@ -456,7 +454,7 @@ def convert_from_xlm_core(state: Mapping[str, Tensor], source_config: Any, *, so
     config = build(xc, notes)
     check_rotary_buffers(state, xc.rotary_emb_dim, source=source)
     result = key_map.apply(state, source=source)
-    check_mapped(result, factory(config, device="meta"), source=source)
+    check_mapped(result, meta_model(factory, config, tensors=len(state), where=source), source=source)
     return Converted(config, result.state, dropped=dropped + result.dropped, notes=notes, source=source)
 
 

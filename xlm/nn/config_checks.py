@@ -6,6 +6,10 @@ plain dataclass and adds the checks of its own fields after these.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,8 +27,40 @@ def check_choices(config: Any, choices: Mapping[str, Sequence[str]]) -> None:
             raise ValueError(f"{name} must be one of {tuple(allowed)}, got {getattr(config, name)!r}")
 
 
+@functools.cache
+def _field_types(cls: type) -> dict[str, tuple[type, ...]]:
+    """Each field's accepted types, from its annotation: `int`, `float`, `bool`, `str`, or one of them `| None`."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        members = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        out[f.name] = tuple(type(None) if m is type(None) else m for m in members)
+    return out
+
+
+def _fits(value: Any, accepted: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # a bool is an int to Python, never to a config
+        return bool in accepted
+    if isinstance(value, int) and float in accepted:
+        return True
+    return any(isinstance(value, t) for t in accepted if t is not bool)
+
+
+def check_field_types(config: Any) -> None:
+    """Every field holds its annotated type (a float where a size goes, a string where a number goes):
+    configs come from JSON files and checkpoints, and a wrong type would surface deep inside torch."""
+    for name, accepted in _field_types(type(config)).items():
+        value = getattr(config, name)
+        if not _fits(value, accepted):
+            wanted = " or ".join("None" if t is type(None) else t.__name__ for t in accepted)
+            raise TypeError(f"{name} must be {wanted}, got {value!r} ({type(value).__name__})")
+
+
 def check_transformer(config: Any) -> None:
-    """The fields all families share: sizes, heads dividing the width, RoPE base, norm eps, dropout."""
+    """The field types, and the fields all families share: sizes, heads dividing the width, RoPE base,
+    norm eps, dropout."""
+    check_field_types(config)
     check_at_least_one(config, "vocab_size", "model_dim", "num_layers", "num_heads", "max_seq_len")
     if config.model_dim % config.num_heads:
         raise ValueError(f"num_heads={config.num_heads} does not divide model_dim={config.model_dim}")

@@ -18,6 +18,10 @@ def rotate_half(x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
     return torch.cat((-x2, x1), dim=-1)
 
 
+#: Positions the first table covers at most; it doubles past them, as far as the positions asked for.
+_FIRST_TABLE = 4096
+
+
 class RotaryEmbedding(nn.Module):
     """Rotates the first `rotary_dim` dims of each head; the rest pass through (partial rotary)."""
 
@@ -51,7 +55,7 @@ class RotaryEmbedding(nn.Module):
             return last[2], last[3]
         needed = int(positions.max()) + 1 if positions.numel() else 0
         if self._cos is None or self._cos.device != positions.device or needed > self._cos.size(0):
-            length = max(self.max_len, needed)
+            length = max(min(self.max_len, _FIRST_TABLE), needed)  # max_len may come from an untrusted config
             if self._cos is not None and needed > self._cos.size(0):
                 length = max(length, 2 * self._cos.size(0))
             self._build(length, positions.device)

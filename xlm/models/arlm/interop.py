@@ -48,6 +48,7 @@ from xlm.interop.xlm_core import (ENCODER_DROP, ENCODER_RULES, ROPE_BASE, XlmCor
                                       constructor_args, convert_from_xlm_core, convert_to_xlm_core, pad_token_id,
                                       read_xlm_core, recognises_xlm_core, xlm_core_config)
 from xlm.nn import attention_bias
+from xlm.model_bounds import meta_model
 
 from .config import ArlmConfig
 from .factory import create_arlm_model
@@ -254,7 +255,7 @@ def _to_xlm(key_map: KeyMap, state: Mapping[str, Tensor], config: ArlmConfig, *,
             notes: list[str]) -> Converted:
     result = key_map.apply(state, source=source)
     _tie(result.state, config, source)
-    check_mapped(result, create_arlm_model(config, device="meta"), source=source)
+    check_mapped(result, meta_model(create_arlm_model, config, tensors=len(state), where=source), source=source)
     return Converted(config, result.state, dropped=result.dropped, notes=notes, source=source)
 
 

@@ -44,7 +44,6 @@ export's config.json and keys, buffers included; a config it cannot hold is refu
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -54,12 +53,14 @@ import torch
 from torch import Tensor
 
 from xlm.errors import ConversionError
+from xlm.io import read_json_object
 from xlm.interop.converter import config_dict, Converted, Converter, require
 from xlm.interop.keymap import check_mapped, check_state_dict, KeyMap, Rule
 from xlm.interop.probe import CheckpointProbe
 from xlm.interop.readers import read_checkpoint, read_hf_dir, to_plain
 from xlm.interop.xlm_core import (ROPE_BASE, XlmCoreConfig, check_rotary_buffers, insert_rotary_buffer,
                                   pop_read_record, read_xlm_core, recognises_xlm_core, xlm_core_config)
+from xlm.model_bounds import meta_model
 
 from .config import MdlmConfig
 from .factory import create_mdlm_model
@@ -184,13 +185,14 @@ def convert_mdlm_reference(state: Mapping[str, Tensor], ref_config: Any, *,
     config = mdlm_config_from_reference(ref, state)
     inv_freq = state.get(_INV_FREQ)
     if inv_freq is not None:
-        expected = reference_inv_freq(config.head_dim, config.rope_base)
-        if inv_freq.shape != expected.shape or not torch.allclose(inv_freq.float(), expected, rtol=1e-4):
+        expected = len(range(0, config.head_dim, 2))  # compared before the table is built: head_dim may be absurd
+        if inv_freq.shape != (expected,) or not torch.allclose(
+                inv_freq.float(), reference_inv_freq(config.head_dim, config.rope_base), rtol=1e-4):
             raise ConversionError(f"{_INV_FREQ} does not match rotary embeddings over head_dim={config.head_dim} with "
                                   f"base {config.rope_base}; the checkpoint's n_heads or rotary base differ",
                                   source=source)
     result = REFERENCE_KEY_MAP.apply(state, source=source)
-    check_mapped(result, create_mdlm_model(config, device="meta"), source=source)
+    check_mapped(result, meta_model(create_mdlm_model, config, tensors=len(state), where=source), source=source)
     return Converted(config, result.state, dropped=result.dropped, notes=notes, source=source)
 
 
@@ -264,7 +266,7 @@ def read_mdlm_reference(path: str | Path, *, use_ema: bool = True) -> tuple[dict
         if not sibling.is_file():
             raise ConversionError("the Lightning checkpoint carries no readable hyper_parameters.config and there is "
                                   "no config.json beside it to give the model's sizes", source=path)
-        ref_config = json.loads(sibling.read_text())
+        ref_config = read_json_object(sibling, ConversionError)
     config = mdlm_config_from_reference(ref_config, state)
     if use_ema and ckpt.get("ema") is not None:
         state = _apply_ema(ckpt, state, config, notes, path)
@@ -309,8 +311,8 @@ def xlm_core_sigma_freqs(features: int, max_period: float = 10000.0) -> Tensor:
 
 def _check_sigma_freqs(state: Mapping[str, Tensor], features: int, source: str | None) -> None:
     freqs = state.get(_SIGMA_FREQS)
-    expected = xlm_core_sigma_freqs(features)
-    if freqs is not None and (freqs.shape != expected.shape or not torch.allclose(freqs.float(), expected, rtol=1e-5)):
+    if freqs is not None and (freqs.shape != (features // 2,)  # before the table is built: features may be absurd
+                              or not torch.allclose(freqs.float(), xlm_core_sigma_freqs(features), rtol=1e-5)):
         raise ConversionError(f"{_SIGMA_FREQS} is not the table of {features} sinusoidal features with period 10000 "
                               f"that MDLMModel builds; the checkpoint's TimestepEmbedder is not xlm-core's",
                               source=source)
@@ -339,7 +341,7 @@ def convert_mdlm_xlm_core(state: Mapping[str, Tensor], source_config: Any, *, so
     config = _mdlm_from_xlm_core(xc, state)
     _check_sigma_freqs(state, config.sigma_embed_dim, source)
     result = XLM_CORE_KEY_MAP.apply(state, source=source)
-    check_mapped(result, create_mdlm_model(config, device="meta"), source=source)
+    check_mapped(result, meta_model(create_mdlm_model, config, tensors=len(state), where=source), source=source)
     return Converted(config, result.state, dropped=dropped + result.dropped, notes=notes, source=source)
 
 

@@ -47,6 +47,7 @@ from xlm.interop.xlm_core import (ENCODER_DROP, ENCODER_RULES, ROPE_BASE, XlmCor
                                       constructor_args, convert_from_xlm_core, convert_to_xlm_core, pad_token_id,
                                       read_xlm_core, recognises_xlm_core, xlm_core_config)
 from xlm.nn import attention_bias
+from xlm.model_bounds import meta_model
 
 from .config import MlmConfig
 from .factory import create_mlm_model
@@ -176,7 +177,7 @@ def convert_hf_bert(state: Mapping[str, Tensor], hf_config: Any, *, source: str 
                                   "checkpoint's decoder differs; set tie_word_embeddings to false in config.json",
                                   source=source)
         mapped["head.proj.weight"] = table
-    check_mapped(result, create_mlm_model(config, device="meta"), source=source)
+    check_mapped(result, meta_model(create_mlm_model, config, tensors=len(state), where=source), source=source)
     return Converted(config, mapped, dropped=dropped + result.dropped, notes=notes, source=source)
 
 
