@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import sentencepiece as spm
 
-from xlm.errors import InvalidValueError, PathNotFoundError, UnknownFormatError
+from xlm.errors import InvalidValueError, PathNotFoundError, UnknownFormatError, XlmUserError
 
 from .tokenizers import SPECIAL_TOKENS
 
@@ -28,13 +28,24 @@ def train_sentencepiece(lines: Iterable[str], *, vocab_size: int, model_type: st
     if model_type not in ("unigram", "bpe", "char", "word"):
         raise InvalidValueError(f"model_type must be unigram, bpe, char or word, got {model_type!r}")
     out = io.BytesIO()
+    failed: list[XlmUserError] = []  # the trainer reports the iterator's errors as its own RuntimeError
+
+    def sentences() -> Iterator[str]:
+        try:
+            yield from lines
+        except XlmUserError as err:
+            failed.append(err)
+            raise
+
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines), model_writer=out, vocab_size=vocab_size, model_type=model_type,
+            sentence_iterator=sentences(), model_writer=out, vocab_size=vocab_size, model_type=model_type,
             character_coverage=character_coverage, pad_id=_PAD, unk_id=_UNK, bos_id=_BOS, eos_id=_EOS,
             pad_piece="[PAD]", unk_piece="[UNK]", bos_piece="[BOS]", eos_piece="[EOS]",
             control_symbols=["[CLS]", "[MASK]", "[SEP]"], minloglevel=2)
     except RuntimeError as err:  # e.g. "Vocabulary size too high (60). Please set it to a value <= 45."
+        if failed:
+            raise failed[0] from None
         raise InvalidValueError(f"cannot train a SentencePiece model with vocab_size={vocab_size}: {err}") from None
     return out.getvalue()
 

@@ -24,6 +24,7 @@ first ``task.streaming_eval_documents`` documents of their split, packed into bl
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -102,12 +103,52 @@ def _load_named(source: TextSource, **kwargs: Any) -> Any:
         raise PathNotFoundError(str(err)) from err
 
 
+def first_bad_utf8(files: Sequence[str]) -> InvalidValueError | None:
+    """The first byte of `files` that is not UTF-8, as the error naming its file and line (None: all are)."""
+    for path in files:
+        decoder, line = codecs.getincrementaldecoder("utf-8")(), 1
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                pending = decoder.getstate()[0]  # a character begun in the last chunk (no newline in it)
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as err:  # err.start counts from the pending bytes
+                    data = pending + chunk
+                    line += data[: err.start].count(b"\n")
+                    return InvalidValueError(f"{path}, line {line}: not UTF-8 (byte 0x{data[err.start]:02x}); "
+                                             f"corpus files must be UTF-8 text (convert it, e.g. with iconv -t utf-8)")
+                line += chunk.count(b"\n")
+        if decoder.getstate()[0]:
+            return InvalidValueError(f"{path}, line {line}: ends inside a character; corpus files must be UTF-8 "
+                                     f"text (convert it, e.g. with iconv -t utf-8)")
+    return None
+
+
+def _load_files(files: list[str], **kwargs: Any) -> Any:
+    """`datasets.load_dataset` of local files; one that is not UTF-8 is named with its line."""
+    try:
+        return datasets.load_dataset(_BUILDER_BY_SUFFIX[Path(files[0]).suffix], data_files=files, split="train",
+                                     **kwargs)
+    except Exception as err:  # datasets wraps a decoding error in DatasetGenerationError, without the file
+        raise first_bad_utf8(files) or err from None
+
+
+def check_text_column(ds: datasets.Dataset, column: str, where: str) -> None:
+    """Every row's `column` is a string (or empty): a JSON corpus may hold numbers or lists there."""
+    feature = ds.features[column]
+    if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+        return
+    for row, value in enumerate(ds[column], start=1):
+        if value is not None and not isinstance(value, str):
+            raise InvalidValueError(f"{where}, row {row}, column {column!r}: {type(value).__name__} {value!r} "
+                                    f"where a document's text goes; every row's {column!r} must be a string")
+    raise InvalidValueError(f"{where}: column {column!r} holds {feature}, not text; set task.text_column")
+
+
 def _load_raw(source: TextSource) -> datasets.DatasetDict:
     if source.data_files is not None:
         files = source.files()
-        builder = _BUILDER_BY_SUFFIX[Path(files[0]).suffix]
-        loaded = datasets.load_dataset(builder, data_files=files, split="train")
-        raw = datasets.DatasetDict({"train": loaded})
+        raw = datasets.DatasetDict({"train": _load_files(files)})
     else:
         path = Path(source.dataset or "")
         raw = (datasets.load_from_disk(str(path)) if (path / "dataset_dict.json").exists()
@@ -119,6 +160,9 @@ def _load_raw(source: TextSource) -> datasets.DatasetDict:
     if source.text_column not in raw["train"].column_names:
         raise InvalidValueError(f"the text source has no column {source.text_column!r} (columns: "
                                 f"{raw['train'].column_names}); set task.text_column")
+    where = ", ".join(source.files()) if source.data_files is not None else str(source.dataset)
+    for name, split in raw.items():
+        check_text_column(split, source.text_column, where if len(raw) == 1 else f"{where} [{name}]")
     return raw
 
 
@@ -256,9 +300,7 @@ def held_out_bucket(text: str, *, seed: int, fraction: float) -> str:
 def _streaming_splits(source: TextSource) -> dict[str, datasets.IterableDataset]:
     with quiet_datasets():
         if source.data_files is not None:
-            files = source.files()
-            builder = _BUILDER_BY_SUFFIX[Path(files[0]).suffix]
-            return {"train": datasets.load_dataset(builder, data_files=files, split="train", streaming=True)}
+            return {"train": _load_files(source.files(), streaming=True)}
         path = Path(source.dataset or "").expanduser()
         if (path / "dataset_dict.json").exists() or (path / "state.json").exists():  # save_to_disk: memory-mapped
             saved = datasets.load_from_disk(str(path))
@@ -303,16 +345,29 @@ class StreamedSplit:
         if start:
             part = part.skip(start)
         # .iter(batch_size), not iter(): inside a dataloader worker, iter() would shard again by worker
-        for batch in part.iter(batch_size=256):
+        for batch in self._batches(part):
             if column not in batch:
                 raise InvalidValueError(f"the text source has no column {column!r} (columns: {sorted(batch)}); "
                                         f"set task.text_column")
-            for text in batch[column]:
+            for row, text in enumerate(batch[column], start=start + 1):
+                if text is not None and not isinstance(text, str):
+                    raise InvalidValueError(f"{self.source.data_files or self.source.dataset} (shard {shard}), row "
+                                            f"{row}, column {column!r}: {type(text).__name__} {text!r} where a "
+                                            f"document's text goes; every row's {column!r} must be a string")
                 if not (text and text.strip()) or (not own and held_out_bucket(text, seed=seed, fraction=fraction)
                                                     != self.split):
                     yield None
                 else:
                     yield text
+            start += len(batch[column])
+
+    def _batches(self, part: datasets.IterableDataset) -> Iterator[dict[str, list[Any]]]:
+        """The stream in batches; a file that is not UTF-8 is named with its line (the stream decodes lazily)."""
+        try:
+            yield from part.iter(batch_size=256)
+        except Exception as err:
+            files = self.source.files() if self.source.data_files is not None else []
+            raise first_bad_utf8(files) or err from None
 
 
 def stream_texts(source: TextSource, split: str, limit: int) -> Iterator[str]:
