@@ -65,7 +65,7 @@ class TextSource:
             raise InvalidValueError(f"task.held_out_fraction must be in (0, 0.5), got {self.held_out_fraction}")
 
     def files(self) -> list[str]:
-        """The data files, globs expanded, each checked to exist."""
+        """The data files, globs expanded, each checked to exist (and not all of them empty)."""
         import glob
 
         out: list[str] = []
@@ -74,6 +74,9 @@ class TextSource:
             if not matches:
                 raise PathNotFoundError(f"task.data_files: no file matches {pattern!r}")
             out += matches
+        if all(os.path.getsize(f) == 0 for f in out):
+            raise InvalidValueError(f"task.data_files: {', '.join(out)} {'is' if len(out) == 1 else 'are'} empty; "
+                                    f"give a corpus with text in it")
         suffixes = {Path(f).suffix for f in out}
         unknown = suffixes - set(_BUILDER_BY_SUFFIX)
         if unknown or len({_BUILDER_BY_SUFFIX[s] for s in suffixes - unknown}) > 1:
@@ -106,7 +109,12 @@ def _load_raw(source: TextSource) -> datasets.DatasetDict:
     if source.data_files is not None:
         files = source.files()
         builder = _BUILDER_BY_SUFFIX[Path(files[0]).suffix]
-        loaded = datasets.load_dataset(builder, data_files=files, split="train")
+        try:
+            loaded = datasets.load_dataset(builder, data_files=files, split="train")
+        except datasets.exceptions.DatasetGenerationError as err:  # a file its builder cannot parse
+            cause = err.__cause__ or err
+            raise UnknownFormatError(f"task.data_files: cannot read {', '.join(files)} as {builder} "
+                                     f"({type(cause).__name__}: {str(cause).splitlines()[0]})") from err
         raw = datasets.DatasetDict({"train": loaded})
     else:
         path = Path(source.dataset or "")
