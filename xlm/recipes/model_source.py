@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,7 +179,9 @@ def _weights(path: Path, model: torch.nn.Module, *, ema: bool) -> dict[str, torc
 
         key = "ema" if ema else "model"
         state = {key: {k: v.detach().clone() for k, v in model.state_dict().items()}}
-        dcp.load(state, checkpoint_id=str(path / SHARDED_SUBDIR))
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(state, checkpoint_id=str(path / SHARDED_SUBDIR))
         return state[key]
     except Exception as err:
         raise RunDirError(f"checkpoint {path} is unreadable ({type(err).__name__}: {str(err).splitlines()[0]}); it "
