@@ -209,18 +209,23 @@ def test_prompt_problems_flag_only_prompts_unlike_the_tasks():
     assert prompt_problem("text", "anything") is None
 
 
-def test_ctrl_c_stops_generate_with_one_line_and_130(tmp_path):
+@pytest.mark.parametrize("command", ["generate", "eval"])
+def test_ctrl_c_stops_a_command_with_one_line_and_130(command, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text((STAR_PROMPT + "\n") * 2000)
+    args = (["--prompts-file", str(prompts)] if command == "generate"
+            else ["--batch-size", "1", "--output", str(tmp_path / "eval.json")])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "xlm.cli", "generate", "--model", "arlm_star_easy",
-                             "--prompts-file", str(prompts)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "xlm.cli", command, "--model", "arlm_star_easy", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     try:
-        assert "->" in proc.stdout.readline() + proc.stdout.readline()  # generating now
+        if command == "generate":
+            assert "->" in proc.stdout.readline() + proc.stdout.readline()  # generating now
+        else:
+            assert "eval loss" in proc.stderr.read(100)  # scoring now: its progress bar is running
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130
-    assert err.strip() == "interrupted"
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].split("\r")[-1] == "interrupted", err
