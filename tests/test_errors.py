@@ -145,7 +145,7 @@ def _command(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "train": ([*cli, "train", "--arch", "arlm_tiny", "--task", "star_easy", "--experiment", "debug",
                    "task.train_size=4", "trainer.progress_bar=false", "trainer.tensorboard=false",
                    "--output-dir", str(tmp_path / "run")], "data.batch_size=8 is larger than the training set"),
-        "eval": ([*cli, "eval", "--model", str(tmp_path / "nowhere")], "is not a run or export dir"),
+        "eval": ([*cli, "eval", "--model", str(tmp_path / "nowhere")], "nowhere' does not exist"),
         "generate": ([*cli, "generate", "--model", str(tmp_path / "no" / "run"), "--prompt", "1 2"],
                      "does not exist (nor is it a card name)"),
         "convert": ([*cli, "convert", "--from", str(tmp_path / "gone.safetensors"), "--out", str(tmp_path / "out")],

@@ -55,10 +55,15 @@ def user_values() -> Iterator[None]:
         raise InvalidValueError(str(err)) from err
 
 
+#: The exit status of a command stopped by Ctrl-C, as a shell reports a process that SIGINT ended.
+INTERRUPTED_EXIT = 130
+
+
 def reports_user_errors(main: Callable[P, int]) -> Callable[P, int]:
     """A command's `main` that prints a user error as `error: <message>` on stderr and returns 2:
-    the message already says what to fix, so a traceback would only bury it. Other errors
-    (bugs, internal state) keep their traceback."""
+    the message already says what to fix, so a traceback would only bury it. Ctrl-C is the user's
+    own doing too: one line, `interrupted`, and 130. Other errors (bugs, internal state) keep their
+    traceback."""
 
     @functools.wraps(main)
     def run(*args: P.args, **kwargs: P.kwargs) -> int:
@@ -67,6 +72,9 @@ def reports_user_errors(main: Callable[P, int]) -> Callable[P, int]:
         except XlmUserError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return INTERRUPTED_EXIT
 
     return run
 

@@ -21,7 +21,7 @@ from xlm.data.tokenizers import Tokenizer, tokenizer_from_spec
 from xlm.errors import XlmUserError, user_values
 from xlm.io import read_json_object, save_safetensors, state_dict_for_safetensors, write_atomically
 from xlm.model_bounds import check_extra_elements, meta_model, tied_aliases
-from xlm.registry import get_family
+from xlm.registry import get_family, unknown_name_message
 
 FORMAT_VERSION = 1
 
@@ -95,11 +95,11 @@ def read_run_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _build_dataclass(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise RunDirError(f"{where} has keys {unknown} that {cls.__name__} does not know")
+def build_dataclass(cls: type, values: Mapping[str, Any], where: str, *, kind: str = "key") -> Any:
+    """`cls(**values)`; a key it lacks is one error naming the close matches among its fields."""
+    known = [f.name for f in fields(cls)]
+    if unknown := sorted(set(values) - set(known)):
+        raise RunDirError(f"{where}: " + "; ".join(unknown_name_message(kind, key, known) for key in unknown))
     with user_values():
         return cls(**values)
 
@@ -110,7 +110,7 @@ def load_run_model(path: str | Path, *, device: torch.device | str | None = None
     config = read_run_config(path)
     family = get_family(config["family"])
     values = {**config["model_config"], **(config_overrides or {})}
-    model_config = _build_dataclass(family.config_class, values, f"{path / 'config.json'} model_config")
+    model_config = build_dataclass(family.config_class, values, f"{path / 'config.json'} model_config")
     weights = path / "model.safetensors"
     if not weights.exists():
         raise RunDirError(f"{path} has no model.safetensors: the run has not finished (its checkpoints are "
@@ -161,4 +161,5 @@ def load_run_sampler_config(path: str | Path, **overrides: Any) -> Any:
     config = read_run_config(Path(path))
     family = get_family(config["family"])
     values = {**config.get("sampler_config", {}), **overrides}
-    return _build_dataclass(family.sampler_config_class, values, "sampler settings")
+    return build_dataclass(family.sampler_config_class, values, f"{family.name} sampler settings",
+                           kind="sampler key")

@@ -52,7 +52,8 @@ def test_recipe_prints_traces_and_writes_a_self_contained_page(tmp_path, capsys)
     assert generate.main(["--model", str(run), "--prompt", "1 2", "--prompt", "3", "--num-samples", "2", "--trace",
                           "--trace-html", str(page), "sampler.num_steps=8"]) == 0
     out = capsys.readouterr().out
-    assert out.count("->") == 4 and re.search(r"step\s+\d+: .*\[", out)
+    assert out.count("->") == 4 and re.search(r"step 1 of \d+: .*\{\d+\}", out) and "step 0 of" in out
+    assert "[[" not in out  # written tokens are marked in braces, never [[MASK]]-like
     text = page.read_text()
     assert "<script src" not in text and "http" not in text
     samples = json.loads(re.search(r"const samples = (\[.*\]);", text).group(1))

@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from xlm.data.tokenizers import Tokenizer
-from xlm.errors import PathNotFoundError, user_values
+from xlm.errors import PathNotFoundError
 from xlm.interop.convert import convert_checkpoint
 from xlm.interop.detect import XLM_FORMAT, detect_format
 from xlm.registry import Family, get_family
-from xlm.run_dir import RunDirError, is_run_dir, load_run_model, load_run_sampler_config, load_run_tokenizer
+from xlm.run_dir import (RunDirError, build_dataclass, is_run_dir, load_run_model, load_run_sampler_config,
+                         load_run_tokenizer)
 
 from .card import AssetCard, CardError
 from .card_files import card_files, fetch_card_file
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from .generator import Generator
 
 __all__ = ["ResolvedSource", "card_or_path", "checkpoint_path", "load_generator", "load_model", "load_tokenizer",
-           "resolve_source", "sampler_config_for"]
+           "resolve_source", "sampler_config_for", "source_model", "source_tokenizer"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,8 +92,9 @@ def resolve_source(name_or_path: str | Path, *, family: str | None = None,
     return ResolvedSource(path=path, family=family, fmt=fmt, card=card)
 
 
-def _model(source: ResolvedSource, *, device: torch.device | str | None, dtype: torch.dtype | None,
-           config_overrides: Mapping[str, Any] | None) -> torch.nn.Module:
+def source_model(source: ResolvedSource, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 config_overrides: Mapping[str, Any] | None = None) -> torch.nn.Module:
+    """The model `source` holds, in eval mode (the card's model settings under `config_overrides`)."""
     overrides = {**(source.card.model_config if source.card else {}), **(config_overrides or {})} or None
     if source.is_run_dir:
         return load_run_model(source.path, device=device, dtype=dtype, config_overrides=overrides)
@@ -104,7 +106,7 @@ def load_model(name_or_path: str | Path, *, family: str | None = None, device: t
                checkpoint_format: str | None = None) -> torch.nn.Module:
     """The model in eval mode."""
     source = resolve_source(name_or_path, family=family, checkpoint_format=checkpoint_format)
-    return _model(source, device=device, dtype=dtype, config_overrides=config_overrides)
+    return source_model(source, device=device, dtype=dtype, config_overrides=config_overrides)
 
 
 def _tokenizer(card: AssetCard | None, path: Path | None) -> Tokenizer:
@@ -129,6 +131,11 @@ def _tokenizer(card: AssetCard | None, path: Path | None) -> Tokenizer:
     raise RunDirError(f"{path} carries no tokenizer (a run dir's config.json or an HF tokenizer.json)")
 
 
+def source_tokenizer(source: ResolvedSource) -> Tokenizer:
+    """The tokenizer that comes with `source` (as `load_tokenizer` finds it)."""
+    return _tokenizer(source.card, source.path)
+
+
 def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
     """The tokenizer a card names, or the one a run dir or an HF model dir carries."""
     return _tokenizer(*card_or_path(name_or_path))
@@ -148,8 +155,8 @@ def sampler_config_for(source: ResolvedSource, family: Family, sampling: Mapping
         return load_run_sampler_config(source.path, **sampling)
     known = {f.name for f in fields(family.sampler_config_class)}
     sampling = {**{k: v for k, v in FOREIGN_SAMPLING.items() if k in known}, **sampling}
-    with user_values():
-        return family.sampler_config_class(**sampling)
+    return build_dataclass(family.sampler_config_class, sampling, f"{family.name} sampler settings",
+                           kind="sampler key")
 
 
 def load_generator(name_or_path: str | Path, *, family: str | None = None, device: torch.device | str | None = None,
@@ -160,5 +167,5 @@ def load_generator(name_or_path: str | Path, *, family: str | None = None, devic
 
     source = resolve_source(name_or_path, family=family)
     fam = get_family(source.family)
-    model = _model(source, device=device, dtype=None, config_overrides=None)
-    return Generator(model, _tokenizer(source.card, source.path), fam, sampler_config_for(source, fam, sampling))
+    return Generator(source_model(source, device=device), source_tokenizer(source), fam,
+                     sampler_config_for(source, fam, sampling))

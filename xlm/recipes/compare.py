@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from xlm.errors import InvalidValueError, reports_user_errors
+from xlm.registry import families, get_task
 
 from . import evaluate, train
+from .train import refuse_file
 
 TABLE_METRICS = ("exact_match", "token_accuracy", "path_valid", "branch_correct", "loss")
 RUN_SETTINGS = "compare_run.json"  # in each run directory: what it was trained and scored with
@@ -230,6 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.output_dir or Path("reports") / args.task
     budget = f"{args.budget_minutes:g} min" if args.budget_minutes is not None else f"{args.budget_steps} steps"
     seeds = seeds_per_arch(args.seeds, archs)
+    get_task(args.task)  # unknown names are one error each, before any run dir is made
+    for arch in archs:
+        families.get_by_arch(arch)
+    refuse_file("--output-dir", out)
     settings = {"task": args.task, "budget": budget, "overrides": list(args.overrides), "test_limit": args.test_limit}
     out.mkdir(parents=True, exist_ok=True)
     try:

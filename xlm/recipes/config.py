@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from xlm.data.task import TaskConfig
 from xlm.data.tasks import task_config
 from xlm.errors import XlmUserError
-from xlm.registry import Family, get_task, list_tasks
+from xlm.registry import Family, get_task, list_tasks, unknown_name_message
 from xlm.shipped import configs_dir
 
 
@@ -178,6 +178,10 @@ def compose_yaml(task: str, arch: str, experiment: str | None, search_path: Sequ
 
     config_dir = configs_dir()
     dirs = [config_dir, *search_path]
+    known = sorted({p.stem for d in dirs for p in (d / "experiment").glob("*.yaml")})
+    if experiment and experiment not in known:
+        raise ConfigError(unknown_name_message("experiment", experiment, known)
+                          + f" (presets in {', '.join(str(d / 'experiment') for d in dirs)})")
     overrides = [f"+{group}={name}" for group, name in (("task", task), ("arch", arch))
                  if any((d / group / f"{name}.yaml").exists() for d in dirs)]
     if experiment:
@@ -186,10 +190,9 @@ def compose_yaml(task: str, arch: str, experiment: str | None, search_path: Sequ
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
         try:
             cfg = compose(config_name="train", overrides=overrides + ([f"hydra.searchpath={extra}"] if extra else []))
-        except Exception as err:  # Hydra's MissingConfigException etc.: say which preset is missing
-            known = sorted(p.stem for d in dirs for p in (d / "experiment").glob("*.yaml"))
-            raise ConfigError(f"cannot compose the config for task={task!r}, arch={arch!r}, "
-                              f"experiment={experiment!r}: {err}. Known experiments: {', '.join(known)}") from None
+        except Exception as err:  # Hydra's errors in a preset: the first line names it
+            raise ConfigError(f"cannot compose the config for task={task!r}, arch={arch!r}, experiment={experiment!r}: "
+                              f"{str(err).splitlines()[0]}") from None
     return cfg
 
 

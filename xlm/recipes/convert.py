@@ -1,10 +1,12 @@
-"""python -m xlm.recipes.convert --from SOURCE [--family F] [--format FMT] --to xlm|hf|LAYOUT --out DIR
+"""python -m xlm.recipes.convert --from SOURCE [--family F] [--format FMT] [--checkpoint step_N|last]
+--to xlm|hf|LAYOUT --out DIR
 
-SOURCE is a card name, a run/export dir, an HF model dir, a checkpoint file (its layout recognised,
-or told with --family and --format), or a hub repo `hf://org/repo[@revision]` (its config.json and
-model.safetensors). Prints what was mapped and what was dropped, then writes DIR in the target
-layout (`xlm`: model.safetensors + config.json that xlm.load_model reads; `hf`: the HF
-transformers layout of the family; or a converter's name such as `hf_llama` or `mdlm_reference`).
+SOURCE is a card name, a run/export dir (with --checkpoint, one of a run's checkpoints), an HF model
+dir, a checkpoint file (its layout recognised, or told with --family and --format), or a hub repo
+`hf://org/repo[@revision]` (its config.json and model.safetensors). Prints what was mapped and what
+was dropped, then writes DIR in the target layout (`xlm`: model.safetensors + config.json that
+xlm.load_model reads; `hf`: the HF transformers layout of the family; or a converter's name such as
+`hf_llama` or `mdlm_reference`).
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from pathlib import Path
 from collections.abc import Sequence
 
 from xlm.assets.download import fetch, parse_hf_uri
-from xlm.assets.loading import load_tokenizer, resolve_source, sampler_config_for
+from xlm.assets.loading import resolve_source, sampler_config_for, source_model, source_tokenizer
 from xlm.errors import reports_user_errors
 from xlm.interop.convert import convert_checkpoint
 from xlm.interop.export import export
 from xlm.registry import get_family
-from xlm.run_dir import RunDirError, load_run_model
+from xlm.run_dir import RunDirError
+
+from .model_source import load_for_command, refuse_unfinished_run
 
 
 def _hub_dir(uri: str) -> Path:
@@ -39,18 +43,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--format", default=None, help="the source layout when it cannot be told, e.g. xlm_core")
     p.add_argument("--to", default="xlm", help="xlm | hf | a converter name")
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--checkpoint", default=None,
+                   help="step_N or last: convert that checkpoint of a run (finished or not), not its final model")
     args = p.parse_args(argv)
+    if args.checkpoint is not None:
+        loaded = load_for_command(args.source, checkpoint=args.checkpoint)
+        print(f"read {loaded.label}")
+        arch = loaded.run_config["arch"] if loaded.run_config else None
+        out = export(loaded.model, args.out, format=args.to, tokenizer=loaded.tokenizer, arch=arch,
+                     sampler_config=loaded.sampler_config)
+        print(f"wrote {out} ({args.to})")
+        return 0
+    refuse_unfinished_run(args.source)
     source = resolve_source(_hub_dir(args.source) if args.source.startswith("hf://") else args.source,
                             family=args.family, checkpoint_format=args.format)
     family = get_family(source.family)
     if source.is_run_dir:
-        model = load_run_model(source.path)
+        model = source_model(source)
         print(f"read {source.path} (xlm run dir)")
     else:
         model, converted = convert_checkpoint(family, source.fmt, source.path)
         print(f"read {source.path} as {source.family}/{source.fmt}: {converted.summary()}")
     try:  # the run's tokenizer, or an HF dir's own: the written dir generates as the source does
-        tokenizer = load_tokenizer(source.card.name if source.card else source.path)
+        tokenizer = source_tokenizer(source)
     except RunDirError:
         tokenizer = None
     out = export(model, args.out, format=args.to, tokenizer=tokenizer,

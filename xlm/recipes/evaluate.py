@@ -1,5 +1,5 @@
-"""python -m xlm.recipes.evaluate --model RUN_DIR --task TASK [--split test] [--output F.json]
-[sampler.key=value ...]
+"""python -m xlm.recipes.evaluate --model NAME_OR_DIR [--checkpoint step_N|last] [--task TASK] [--split test]
+[--output F.json] [sampler.key=value ...]
 
 Scores a trained model on a whole split: loss (for ILM also `nll_bound`, nats per token), on text
 a perplexity (a bound for MDLM and ILM, said so), and for seq2seq tasks every prediction metric
@@ -13,28 +13,31 @@ import json
 import math
 import sys
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
-import xlm
 from xlm.data.task import TaskConfig
 from xlm.data.tasks import build_task, saved_task_config, task_config
 from xlm.errors import InvalidValueError, reports_user_errors
 from xlm.recipes.distributed import resolve_device
 from xlm.recipes.evaluation import evaluate_loss, evaluate_predictions
-from xlm.registry import get_family
-from xlm.run_dir import load_run_sampler_config, read_run_config
+
+from .model_source import CommandModel, load_for_command
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="xlm eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="a run or export dir")
+    p.add_argument("--model", required=True, help="a card name, run dir or export dir of a model trained by xlm")
+    p.add_argument("--checkpoint", default=None,
+                   help="step_N or last: that checkpoint of the run (finished or not) instead of its final model")
     p.add_argument("--task", default=None, help="default: the task the model was trained on")
     p.add_argument("--split", default="test", help="train | validation | test")
     p.add_argument("--output", default=None,
-                   help="JSON file for the metrics (default <model>/eval_<task>_<split>.json)")
+                   help="JSON file for the metrics (default <run dir>/eval_<task>_<split>[_step_N].json, for a "
+                        "card eval_<card>_<task>_<split>.json here)")
     p.add_argument("--predictions", default=None, help="JSONL file for one record per example")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--limit", type=int, default=None, help="only the first N examples")
@@ -69,29 +72,49 @@ LOSS_MEANING = {
 }
 
 
-def _task_config(run: dict, name: str | None, where: Path) -> TaskConfig:
+def _task_config(run: Mapping[str, Any], name: str | None, where: str) -> TaskConfig:
     """The run's own task settings (data files, tokenizer, block size) when evaluating on its task."""
     saved = dict((run.get("train_config") or {}).get("task") or {})
     if name is None or name == saved.get("name", run["task"]):
-        return (saved_task_config(saved, f"{where / 'config.json'} train_config.task") if saved
-                else task_config(run["task"]))
+        if run["task"] is None:
+            raise InvalidValueError(f"{where} records no task it was trained on; name one with --task")
+        return saved_task_config(saved, f"{where}: train_config.task") if saved else task_config(run["task"])
     return task_config(name)
+
+
+def _output_file(args: argparse.Namespace, loaded: CommandModel, task: str) -> Path:
+    if args.output:
+        return Path(args.output)
+    suffix = f"_{loaded.checkpoint}" if loaded.checkpoint else ""
+    if loaded.run_dir is not None:
+        return loaded.run_dir / f"eval_{task}_{args.split}{suffix}.json"
+    return Path(f"eval_{Path(args.model).name}_{task}_{args.split}.json")
+
+
+def _check_writable(option: str, value: str | None) -> None:
+    if value is not None and Path(value).is_dir():
+        raise InvalidValueError(f"{option} {value} is a directory; give a file name, e.g. {Path(value) / 'eval.json'}")
 
 
 @reports_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    run = read_run_config(Path(args.model))
-    task = build_task(_task_config(run, args.task, Path(args.model)))
+    if args.loss_samples < 1:
+        raise InvalidValueError(f"--loss-samples must be >= 1, got {args.loss_samples}")
+    _check_writable("--output", args.output)
+    _check_writable("--predictions", args.predictions)
     device = resolve_device(args.device)
-    model = xlm.load_model(args.model, device=device)
-    sampler = load_run_sampler_config(args.model, **_parse_sampler_overrides(args.sampler))
+    loaded = load_for_command(args.model, checkpoint=args.checkpoint, device=device,
+                              sampling=_parse_sampler_overrides(args.sampler))
+    run = loaded.run_config
+    if run is None:
+        raise InvalidValueError(f"xlm eval scores models trained by xlm on a task (a run dir, export dir or card of "
+                                f"one); {args.model} is a checkpoint of another layout, with no task to score it on")
+    task = build_task(_task_config(run, args.task, loaded.label))
     if task.tokenizer.spec() != run["tokenizer"]:
         raise InvalidValueError(f"task {task.name!r} uses a different vocabulary from the model's "
                                 f"(trained on {run['task']!r}); evaluate on a task with the same tokenizer")
-    if args.loss_samples < 1:
-        raise InvalidValueError(f"--loss-samples must be >= 1, got {args.loss_samples}")
-    unit = get_family(run["family"]).unit_factory(model, task.tokenizer, sampler)
+    unit = loaded.family.unit_factory(loaded.model, task.tokenizer, loaded.sampler_config)
     ds = task.dataset(args.split)
     if args.limit is not None:
         ds = ds.select(range(min(args.limit, len(ds))))
@@ -107,15 +130,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         means, records = evaluate_predictions(unit, task, ds, batch_size=args.batch_size, device=device,
                                               progress=True)
         metrics.update(means)
-    result = {"model": args.model, "task": task.name, "split": args.split, "num_examples": len(ds), **metrics,
-              "loss_samples": args.loss_samples, "loss_meaning": note}
-    output = Path(args.output or Path(args.model) / f"eval_{task.name}_{args.split}.json")
+    checkpoint = {"checkpoint": loaded.checkpoint} if loaded.checkpoint else {}
+    result = {"model": args.model, **checkpoint, "task": task.name, "split": args.split, "num_examples": len(ds),
+              **metrics, "loss_samples": args.loss_samples, "loss_meaning": note}
+    output = _output_file(args, loaded, task.name)
+    output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     if args.predictions:
         with open(args.predictions, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
     width = max(len(k) for k in metrics)
-    print(f"{task.name} / {args.split} ({len(ds)} examples), {args.model}")
+    print(f"{task.name} / {args.split} ({len(ds)} examples), {loaded.label}")
     for k, v in metrics.items():
         print(f"  {k:<{width}}  {v:.4f}")
     print(f"  ({note})")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from xlm.data.task import Task
 from xlm.data.tasks import build_task
-from xlm.errors import XlmUserError, reports_user_errors
+from xlm.errors import InvalidValueError, XlmUserError, reports_user_errors
 from xlm.registry import families, get_task, list_tasks
 
 from .config import ComposedConfig, ConfigError, TrainRecipeConfig, build_config, config_to_yaml
@@ -60,6 +60,12 @@ def resolve_config(args: argparse.Namespace) -> ComposedConfig:
                         experiment=args.experiment, overrides=args.overrides)
 
 
+def refuse_file(option: str, path: Path) -> None:
+    """A directory option that names a file is one error, not a traceback from mkdir."""
+    if path.exists() and not path.is_dir():
+        raise InvalidValueError(f"{option} {path} is a file, not a directory; give a directory")
+
+
 def fit_model_to_task(composed: ComposedConfig, task: Task) -> TrainRecipeConfig:
     """The task's tokenizer fixes the vocabulary, its longest target the generation budget
     (block-filling samplers train on that block size too), and its kind the prompt format of a
@@ -89,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(command)
     composed = resolve_config(args)
+    refuse_file("--output-dir", Path(composed.config.output_dir))
     task = build_task(composed.config.task)
     config = fit_model_to_task(composed, task)
     if args.dump_config:

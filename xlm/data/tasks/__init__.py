@@ -57,6 +57,16 @@ def build_task(config: TaskConfig) -> Task:
     return registered.builder(config)
 
 
+def prompt_problem(task: str, prompt: str) -> str | None:
+    """Why `prompt` does not look like the prompts of `task` (a star or sort task), in one phrase, or None
+    (also for a task without such a check): a model answers such a prompt all the same, and meaninglessly."""
+    if task in star.STAR_TASKS:
+        return star.prompt_problem(task, prompt)
+    if task in sort.SORT_TASKS:
+        return sort.prompt_problem(task, prompt)
+    return None
+
+
 #: Before tasks had their own config classes, every run recorded the text task's fields in its task section.
 _FLAT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TextTaskConfig)}
 

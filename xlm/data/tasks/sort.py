@@ -31,8 +31,8 @@ from xlm.registry import UnknownNameError, unknown_name_message
 from .generated import SPLITS, cache_entry_name, checked_seed, split_rng
 
 __all__ = ["CACHE_FORMAT_VERSION", "SORT_TASKS", "SPLITS", "SortCacheWarning", "SortTaskSpec", "generate_sort_examples",
-           "load_sort", "max_prompt_tokens", "max_target_tokens", "score_sort_prediction", "sort_cache_path",
-           "sort_tokenizer"]
+           "load_sort", "max_prompt_tokens", "max_target_tokens", "prompt_problem", "score_sort_prediction",
+           "sort_cache_path", "sort_tokenizer"]
 
 #: Bumped whenever the generated data or its on-disk layout changes; part of the cache key.
 CACHE_FORMAT_VERSION = 1
@@ -93,6 +93,19 @@ def max_prompt_tokens(task: str | SortTaskSpec) -> int:
 
 def max_target_tokens(task: str | SortTaskSpec) -> int:
     return _spec(task).num_items
+
+
+def prompt_problem(task: str | SortTaskSpec, prompt: str) -> str | None:
+    """What makes `prompt` unlike the task's prompts (`num_items` distinct numbers below `num_values`), in one
+    phrase, or None."""
+    spec = _spec(task)
+    words = prompt.split()
+    shape = f"{spec.name} prompts are {spec.num_items} distinct numbers from 0 to {spec.num_values - 1}"
+    if len(words) != spec.num_items:
+        return f"it has {len(words)} words, but {shape}"
+    if not all(w.isascii() and w.isdigit() and int(w) < spec.num_values for w in words) or len(set(words)) < len(words):
+        return f"its words are not distinct numbers from 0 to {spec.num_values - 1}; {shape}"
+    return None
 
 
 def generate_sort_examples(task: str | SortTaskSpec, num_examples: int, rng: np.random.Generator) -> dict[str, list]:

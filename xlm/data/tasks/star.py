@@ -57,6 +57,7 @@ __all__ = [
     "max_prompt_tokens",
     "max_target_tokens",
     "path_valid",
+    "prompt_problem",
     "score_star_prediction",
     "star_cache_path",
     "star_tokenizer",
@@ -194,6 +195,30 @@ def max_prompt_tokens(task: str | StarTaskSpec) -> int:
 def max_target_tokens(task: str | StarTaskSpec) -> int:
     """Most words a target can have: 2 per path edge (no special tokens)."""
     return 2 * (_spec(task).max_path_nodes - 1)
+
+
+def prompt_problem(task: str | StarTaskSpec, prompt: str) -> str | None:
+    """What makes `prompt` unlike the task's prompts (``u1 v1 ... uE vE SOURCE GOAL``), in one phrase, or None:
+    a word count the task never has, a word that is no node id, a source no edge starts at or a goal no edge
+    ends at."""
+    spec = _spec(task)
+    words = prompt.split()
+    low, high = 2 * spec.degree * ((spec.path_nodes or spec.min_arm_nodes or 2) - 1) + 2, 2 * spec.max_edges + 2
+    count = f"{low} words ({(low - 2) // 2}" if low == high else f"an even number of words from {low} to {high} (the"
+    shape = f"{spec.name} prompts have {count} edges as node pairs, then the source and the goal)"
+    if not low <= len(words) <= high or len(words) % 2:
+        return f"it has {len(words)} words, but {shape}"
+    ids = _parse_ints(prompt)
+    if ids is None or max(ids) >= spec.num_node_ids:
+        bad = [w for w in words if not (w.isascii() and w.isdigit() and int(w) < spec.num_node_ids)]
+        return f"{', '.join(bad[:5])} {'is no node id' if len(bad) == 1 else 'are no node ids'} of {spec.name} " \
+               f"(0 to {spec.num_node_ids - 1})"
+    starts, ends, source, goal = ids[:-2:2], ids[1:-2:2], ids[-2], ids[-1]
+    if source not in starts:
+        return f"its source {source} (the second-last word) starts none of its edges; {shape}"
+    if goal not in ends:
+        return f"its goal {goal} (the last word) ends none of its edges; {shape}"
+    return None
 
 
 # -- generation ----------------------------------------------------------------------------------

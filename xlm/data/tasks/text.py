@@ -66,7 +66,7 @@ class TextSource:
             raise InvalidValueError(f"task.held_out_fraction must be in (0, 0.5), got {self.held_out_fraction}")
 
     def files(self) -> list[str]:
-        """The data files, globs expanded, each checked to exist."""
+        """The data files, globs expanded, each checked to exist (and not all of them empty)."""
         import glob
 
         out: list[str] = []
@@ -75,6 +75,9 @@ class TextSource:
             if not matches:
                 raise PathNotFoundError(f"task.data_files: no file matches {pattern!r}")
             out += matches
+        if all(os.path.getsize(f) == 0 for f in out):
+            raise InvalidValueError(f"task.data_files: {', '.join(out)} {'is' if len(out) == 1 else 'are'} empty; "
+                                    f"give a corpus with text in it")
         suffixes = {Path(f).suffix for f in out}
         unknown = suffixes - set(_BUILDER_BY_SUFFIX)
         if unknown or len({_BUILDER_BY_SUFFIX[s] for s in suffixes - unknown}) > 1:
@@ -125,12 +128,19 @@ def first_bad_utf8(files: Sequence[str]) -> InvalidValueError | None:
 
 
 def _load_files(files: list[str], **kwargs: Any) -> Any:
-    """`datasets.load_dataset` of local files; one that is not UTF-8 is named with its line."""
+    """`datasets.load_dataset` of local files; one that is not UTF-8 is named with its line, one its builder
+    cannot parse with the parser's reason."""
+    builder = _BUILDER_BY_SUFFIX[Path(files[0]).suffix]
     try:
-        return datasets.load_dataset(_BUILDER_BY_SUFFIX[Path(files[0]).suffix], data_files=files, split="train",
-                                     **kwargs)
+        return datasets.load_dataset(builder, data_files=files, split="train", **kwargs)
     except Exception as err:  # datasets wraps a decoding error in DatasetGenerationError, without the file
-        raise first_bad_utf8(files) or err from None
+        if bad := first_bad_utf8(files):
+            raise bad from None
+        if isinstance(err, datasets.exceptions.DatasetGenerationError):  # a file its builder cannot parse
+            cause = err.__cause__ or err
+            raise UnknownFormatError(f"task.data_files: cannot read {', '.join(files)} as {builder} "
+                                     f"({type(cause).__name__}: {str(cause).splitlines()[0]})") from err
+        raise
 
 
 def check_text_column(ds: datasets.Dataset, column: str, where: str) -> None:

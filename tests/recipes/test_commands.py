@@ -1,0 +1,231 @@
+"""What a researcher sees from the commands: one loading rule (card names, run dirs, `--checkpoint step_N`
+of a run finished or not), and each listed mistake as one line naming the fix, exit code 2 (Ctrl-C: 130)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from xlm.data.tasks import prompt_problem
+from xlm.data.tasks.sort import load_sort
+from xlm.data.tasks.star import load_star
+from xlm.recipes import compare, convert, evaluate, generate, train
+from xlm.recipes.model_source import load_for_command
+
+ROOT = Path(__file__).resolve().parents[2]
+STAR_PROMPT = load_star("star_easy", "test")[0]["prompt"]
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A finished arlm_tiny star_easy run that kept an EMA, with checkpoints at steps 2 and 4."""
+    run = tmp_path_factory.mktemp("cmds") / "run"
+    assert train.main(["--arch", "arlm_tiny", "--task", "star_easy", "--experiment", "debug", "--output-dir", str(run),
+                       "trainer.progress_bar=false", "trainer.ema_decay=0.5", "trainer.keep_last_checkpoints=0"]) == 0
+    return run
+
+
+@pytest.fixture
+def unfinished(trained, tmp_path) -> Path:
+    """The run as it stood before its end: checkpoints and history, no final model."""
+    run = tmp_path / "unfinished"
+    shutil.copytree(trained, run)
+    for name in ("model.safetensors", "config.json", "metrics.json"):
+        (run / name).unlink()
+    return run
+
+
+def test_an_unfinished_run_says_how_to_resume_it_or_which_checkpoints_to_use(unfinished, capsys):
+    for command in (evaluate, generate):
+        extra = ["--prompt", STAR_PROMPT] if command is generate else []
+        assert command.main(["--model", str(unfinished), *extra]) == 2
+        err = _error_line(capsys)
+        assert f"{unfinished} is a run that has not finished: resume it with `xlm train --arch arlm_tiny" in err
+        assert "--checkpoint step_N (available: step_2, step_4, last)" in err
+    assert convert.main(["--from", str(unfinished), "--out", str(unfinished.parent / "out")]) == 2
+    assert "has not finished" in _error_line(capsys)
+
+
+def test_eval_and_generate_load_a_checkpoint_of_an_unfinished_run_with_its_ema_weights(unfinished, capsys):
+    assert evaluate.main(["--model", str(unfinished), "--checkpoint", "step_2", "--limit", "4"]) == 0
+    out = capsys.readouterr().out
+    assert f"{unfinished}, checkpoint step_2 (EMA weights)" in out
+    result = json.loads((unfinished / "eval_star_easy_test_step_2.json").read_text())
+    assert result["checkpoint"] == "step_2" and result["num_examples"] == 4
+
+    loaded = load_for_command(str(unfinished), checkpoint="last")
+    ema = load_file(unfinished / "checkpoints" / "step_000000004" / "ema.safetensors")
+    raw = load_file(unfinished / "checkpoints" / "step_000000004" / "model.safetensors")
+    state = loaded.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in ema.items())
+    assert any(not torch.equal(state[k], raw[k]) for k in raw)  # the EMA's weights, not the raw ones
+    assert loaded.checkpoint == "step_4" and loaded.run_config["task"] == "star_easy"
+
+    assert generate.main(["--model", str(unfinished), "--checkpoint", "last", "--prompt", STAR_PROMPT]) == 0
+    captured = capsys.readouterr()
+    assert "->" in captured.out and "checkpoint step_4 (EMA weights)" in captured.err
+
+
+def test_a_checkpoint_without_ema_says_so(unfinished):
+    (unfinished / "checkpoints" / "step_000000002" / "ema.safetensors").unlink()
+    assert load_for_command(str(unfinished), checkpoint="step_2").label.endswith("(weights, no EMA kept)")
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_a_sharded_checkpoint_is_read_without_a_process_group(unfinished):
+    import torch.distributed.checkpoint as dcp
+
+    step = unfinished / "checkpoints" / "step_000000004"
+    weights = {"model": load_file(step / "model.safetensors"), "ema": load_file(step / "ema.safetensors")}
+    dcp.save(weights, checkpoint_id=str(step / "dcp"))
+    state = torch.load(step / "trainer_state.pt", weights_only=True)
+    torch.save({**state, "sharded": True, "has_ema": True}, step / "trainer_state.pt")
+    (step / "model.safetensors").unlink()
+    (step / "ema.safetensors").unlink()
+    loaded = load_for_command(str(unfinished), checkpoint="step_4")
+    assert "EMA weights" in loaded.label
+    model = loaded.model.state_dict()
+    assert all(torch.equal(model[k], v) for k, v in weights["ema"].items())
+
+
+def test_checkpoint_names_and_sources_it_cannot_take(unfinished, trained, capsys):
+    assert evaluate.main(["--model", str(unfinished), "--checkpoint", "step_3"]) == 2
+    assert _error_line(capsys).endswith("has no such checkpoint; available: step_2, step_4, last")
+    assert evaluate.main(["--model", str(unfinished), "--checkpoint", "latest"]) == 2
+    assert "--checkpoint takes step_N or last, got 'latest'" in _error_line(capsys)
+    assert generate.main(["--model", "arlm_star_easy", "--checkpoint", "last", "--prompt", STAR_PROMPT]) == 2
+    assert "is a card" in _error_line(capsys)
+    no_checkpoints = unfinished.parent / "plain"
+    shutil.copytree(trained, no_checkpoints, ignore=shutil.ignore_patterns("checkpoints"))
+    assert evaluate.main(["--model", str(no_checkpoints), "--checkpoint", "last"]) == 2
+    assert "has no checkpoints" in _error_line(capsys)
+
+
+def test_convert_writes_a_checkpoint_as_a_model_dir(unfinished, tmp_path, capsys):
+    out = tmp_path / "step2"
+    assert convert.main(["--from", str(unfinished), "--checkpoint", "step_2", "--out", str(out)]) == 0
+    assert "checkpoint step_2" in capsys.readouterr().out
+    assert generate.main(["--model", str(out), "--prompt", STAR_PROMPT]) == 0
+
+
+def test_eval_takes_card_names_as_generate_does(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert evaluate.main(["--model", "arlm_star_easy", "--limit", "3"]) == 0
+    assert "card arlm_star_easy" in capsys.readouterr().out
+    assert json.loads((tmp_path / "eval_arlm_star_easy_star_easy_test.json").read_text())["num_examples"] == 3
+    assert evaluate.main(["--model", "arlm_star_esy"]) == 2
+    assert "did you mean arlm_star_easy" in _error_line(capsys)
+
+
+def test_a_missing_path_does_not_exist(tmp_path, capsys):
+    for command, extra in ((evaluate, []), (generate, ["--prompt", "1"]), (convert, None)):
+        argv = (["--from", str(tmp_path / "nope"), "--out", str(tmp_path / "o")] if extra is None
+                else ["--model", str(tmp_path / "nope"), *extra])
+        assert command.main(argv) == 2
+        assert f"{tmp_path / 'nope'}' does not exist" in _error_line(capsys)
+
+
+def test_typos_get_close_matches_from_the_right_list(capsys):
+    assert train.main(["--arch", "arlm_tiny", "--experiment", "debgu", "--dump-config"]) == 2
+    err = _error_line(capsys)
+    assert "unknown experiment 'debgu'; did you mean 'debug'? Known experiments: debug" in err
+    assert "star_easy" not in err  # experiments, not tasks
+    assert train.main(["--arch", "arlm_tiny", "--task", "star_esy", "--dump-config"]) == 2
+    assert "did you mean 'star_easy'" in _error_line(capsys)
+    assert train.main(["--arch", "arlm_tni", "--dump-config"]) == 2
+    assert "did you mean 'arlm_tiny'" in _error_line(capsys)
+    assert evaluate.main(["--model", "arlm_star_easy", "--task", "star_esy"]) == 2
+    assert "did you mean 'star_easy'" in _error_line(capsys)
+    assert generate.main(["--model", "arlm_star_easy", "--prompt", STAR_PROMPT, "sampler.strateg=greedy"]) == 2
+    assert "unknown sampler key 'strateg'; did you mean 'strategy'" in _error_line(capsys)
+    assert evaluate.main(["--model", "arlm_star_easy", "--split", "tst"]) == 2
+    assert "did you mean 'test'" in _error_line(capsys)
+
+
+def test_compare_checks_task_and_arch_names_before_making_anything(tmp_path, capsys):
+    for task, archs in (("star_esy", "arlm_tiny"), ("star_easy", "arlm_tiny,ilm_tni")):
+        assert compare.main(["--task", task, "--archs", archs, "--budget-steps", "2",
+                             "--output-dir", str(tmp_path / "report")]) == 2
+        assert "did you mean" in _error_line(capsys)
+    assert not (tmp_path / "report").exists()
+
+
+def test_the_listed_mistakes_are_one_line_each(tmp_path, capsys):
+    assert generate.main(["--model", "arlm_star_easy", "--prompt", STAR_PROMPT, "--num-samples", "0"]) == 2
+    assert "--num-samples must be at least 1, got 0" in _error_line(capsys)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert train.main(["--arch", "arlm_tiny", "--experiment", "debug", "--output-dir", str(a_file)]) == 2
+    assert f"--output-dir {a_file} is a file" in _error_line(capsys)
+    assert compare.main(["--task", "star_easy", "--archs", "arlm_tiny", "--budget-steps", "2",
+                         "--output-dir", str(a_file)]) == 2
+    assert "is a file" in _error_line(capsys)
+    assert train.main(["--arch", "arlm_tiny", "--task", "text", f"task.data_files={a_file}", "--experiment", "debug",
+                       "--output-dir", str(tmp_path / "r")]) == 2
+    assert f"task.data_files: {a_file} is empty" in _error_line(capsys)
+    assert train.main(["--arch", "arlm_tiny", "--task", "text", f"task.data_files={tmp_path / 'no.txt'}",
+                       "--output-dir", str(tmp_path / "r")]) == 2
+    assert "no file matches" in _error_line(capsys)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "a"\n{oops')
+    assert train.main(["--arch", "arlm_tiny", "--task", "text", f"task.data_files={broken}", "--experiment", "debug",
+                       "--output-dir", str(tmp_path / "r")]) == 2
+    assert f"cannot read {broken} as json" in _error_line(capsys)
+    assert evaluate.main(["--model", "arlm_star_easy", "--output", str(tmp_path)]) == 2
+    assert "is a directory" in _error_line(capsys)
+
+
+def test_generate_warns_once_about_a_prompt_unlike_the_tasks(capsys):
+    assert generate.main(["--model", "arlm_star_easy", "--prompt", "3 8 8 14 14 5 3 5", "--prompt", STAR_PROMPT]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["warning: prompt 1: it has 8 words, but star_easy prompts have 26 words (12 edges as node pairs, "
+                   "then the source and the goal)"]
+
+
+def test_prompt_problems_flag_only_prompts_unlike_the_tasks():
+    for task in ("star_easy", "star_medium", "star_hard"):
+        assert not [p for p in load_star(task, "test")["prompt"][:300] if prompt_problem(task, p)]
+    assert not [p for p in load_sort("sort", "test")["prompt"][:300] if prompt_problem("sort", p)]
+    words = STAR_PROMPT.split()
+    assert "source" in prompt_problem("star_easy", " ".join(words[:-2] + [words[-1], words[-1]]))  # a leaf
+    assert "goal" in prompt_problem("star_easy", " ".join(words[:-1] + [words[-2]]))
+    assert "25 is no node id" in prompt_problem("star_easy", " ".join(words[:-1] + ["25"]))
+    assert "an even number of words from 14 to 32" in prompt_problem("star_medium", "1 2 3")
+    assert "40 distinct numbers" in prompt_problem("sort", "1 2 3")
+    assert prompt_problem("sort", " ".join(["7"] * 40)).startswith("its words are not distinct")
+    assert prompt_problem("text", "anything") is None
+
+
+@pytest.mark.parametrize("command", ["generate", "eval"])
+def test_ctrl_c_stops_a_command_with_one_line_and_130(command, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text((STAR_PROMPT + "\n") * 2000)
+    args = (["--prompts-file", str(prompts)] if command == "generate"
+            else ["--batch-size", "1", "--output", str(tmp_path / "eval.json")])
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "xlm.cli", command, "--model", "arlm_star_easy", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        if command == "generate":
+            assert "->" in proc.stdout.readline() + proc.stdout.readline()  # generating now
+        else:
+            assert "eval loss" in proc.stderr.read(100)  # scoring now: its progress bar is running
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].split("\r")[-1] == "interrupted", err
