@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from xlm.data.tokenizers import Tokenizer, tokenizer_from_spec
-from xlm.errors import XlmUserError, user_values
+from xlm.errors import InvalidValueError, XlmUserError, listing, user_values
 from xlm.io import read_json_object, save_safetensors, state_dict_for_safetensors, write_atomically
 from xlm.model_bounds import check_extra_elements, meta_model, tied_aliases
 from xlm.registry import get_family, unknown_name_message
@@ -110,7 +110,11 @@ def load_run_model(path: str | Path, *, device: torch.device | str | None = None
     config = read_run_config(path)
     family = get_family(config["family"])
     values = {**config["model_config"], **(config_overrides or {})}
-    model_config = build_dataclass(family.config_class, values, f"{path / 'config.json'} model_config")
+    where = f"{path / 'config.json'} model_config"
+    try:
+        model_config = build_dataclass(family.config_class, values, where)
+    except InvalidValueError as err:  # the file is named: it may have come with a download
+        raise RunDirError(f"{where}: {err}") from None
     weights = path / "model.safetensors"
     if not weights.exists():
         raise RunDirError(f"{path} has no model.safetensors: the run has not finished (its checkpoints are "
@@ -138,8 +142,9 @@ def check_state_fits(model: torch.nn.Module, state: Mapping[str, torch.Tensor], 
     shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
                     for k in state if k in expected and state[k].shape != expected[k].shape)
     if missing or unexpected or shapes:
-        parts = [f"missing keys {missing}" if missing else "", f"unexpected keys {unexpected}" if unexpected else "",
-                 f"wrong shapes [{'; '.join(shapes)}]" if shapes else ""]
+        parts = [f"missing keys [{listing(missing, 10)}]" if missing else "",
+                 f"unexpected keys [{listing(unexpected, 10)}]" if unexpected else "",
+                 f"wrong shapes [{listing(shapes, 5)}]" if shapes else ""]
         raise RunDirError(f"{where} does not fit the model: " + "; ".join(p for p in parts if p))
 
 
