@@ -33,7 +33,7 @@ from .checkpoint import checkpoint_dirs
 from .config import ComposedConfig, ConfigError, TrainRecipeConfig, build_config, config_to_yaml
 from .distributed import DistEnv, exit_worker, init_distributed, shutdown
 from .host import HostLoad, oversubscription_warning, torch_threads
-from .interrupts import signal_name
+from .interrupts import StopNow, signal_name
 from .run_lock import run_dir_lock
 from .trainer import Trainer, TrainingInterrupted, UnstableTrainingError
 
@@ -138,12 +138,15 @@ def _warn_if_oversubscribed(config: TrainRecipeConfig, env: DistEnv) -> None:
         print(warning + (f" ({local_ranks} processes)" if local_ranks > 1 else ""), file=sys.stderr, flush=True)
 
 
-def _stopped_at_once(output_dir: Path, signum: int) -> str:
-    """A second stop signal: what is left to resume from."""
+def _stopped_at_once(output_dir: Path, stop: KeyboardInterrupt) -> tuple[str, int]:
+    """The message and exit code for a second stop signal (or a Ctrl-C before the trainer listened):
+    what is left to resume from."""
     saved = checkpoint_dirs(output_dir / "checkpoints")
     left = (f"the newest checkpoint, {saved[-1][1]}, is where the same command resumes" if saved else
             "no checkpoint was saved yet: the same command starts over")
-    return f"stopped at once by a second {signal_name(signum)}; {left}"
+    if isinstance(stop, StopNow):
+        return f"stopped at once by a second {signal_name(stop.signum)}; {left}", 128 + stop.signum
+    return f"stopped by Ctrl-C before training started; {left}", 128 + signal.SIGINT
 
 
 def _train(config: TrainRecipeConfig, task: Task, env: DistEnv, command: Sequence[str]) -> int:
@@ -157,10 +160,10 @@ def _train(config: TrainRecipeConfig, task: Task, env: DistEnv, command: Sequenc
             print(stop, file=sys.stderr)
         return 128 + stop.signum
     except KeyboardInterrupt as stop:  # a second signal (StopNow), or a Ctrl-C before the trainer listens
-        signum = getattr(stop, "signum", signal.SIGINT)
+        message, code = _stopped_at_once(Path(config.output_dir), stop)
         if env.is_main:
-            print(_stopped_at_once(Path(config.output_dir), signum), file=sys.stderr)
-        return 128 + signum
+            print(message, file=sys.stderr)
+        return code
     except XlmUserError as err:  # found once the model, data or a checkpoint is at hand; returned, so that
         print(f"error: {err}", file=sys.stderr)  # a torchrun worker still leaves through exit_worker
         return 2
