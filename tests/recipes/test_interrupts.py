@@ -64,7 +64,8 @@ def _no_traceback(err: str) -> None:
 
 
 def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_resumes_bitwise(tmp_path):
-    steps = ["trainer.max_steps=60", "trainer.checkpoint_every_steps=1000", "task.train_size=1024"]
+    steps = ["trainer.max_steps=120", "trainer.checkpoint_every_steps=1000", "task.train_size=2048",
+             "data.batch_size=16"]
     _finish(_start(tmp_path / "straight", *steps))
     run = tmp_path / "stopped"
     proc = _start(run, *steps)
@@ -74,12 +75,12 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_resumes_bitwise(tmp_p
     _no_traceback(err)
     assert "Ctrl-C: stopping after this step (Ctrl-C again to stop now)" in err
     stopped = _train_steps(run)[-1]
-    assert 3 <= stopped < 60 and f"stopped by SIGINT at step {stopped}; checkpoint saved in" in err
+    assert 3 <= stopped < 120 and f"stopped by SIGINT at step {stopped}; checkpoint saved in" in err
     assert not (run / "model.safetensors").exists()
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
     _finish(_start(run, *steps))
     _same_weights(tmp_path / "straight", run)
-    assert _train_steps(run) == list(range(1, 61))
+    assert _train_steps(run) == list(range(1, 121))
     assert [s["status"] for s in json.loads((run / "run.json").read_text())["segments"]] == ["interrupted", "finished"]
 
 
@@ -187,7 +188,8 @@ def test_ctrl_c_in_the_final_evaluation_exits_130_and_the_rerun_finishes(tmp_pat
 def test_ctrl_c_stops_a_comparison_with_exit_130_and_the_same_command_continues(tmp_path):
     out = tmp_path / "report"
     argv = ["--task", "star_easy", "--archs", "arlm_tiny", "--budget-steps", "200", "--eval-every-steps", "1000",
-            "--test-limit", "4", "task.train_size=256", "task.eval_size=8", "trainer.progress_every_seconds=0",
+            "--test-limit", "4", "task.train_size=256", "task.eval_size=8", "data.batch_size=16",
+            "trainer.progress_every_seconds=0",
             "trainer.tensorboard=false"]
     run = out / "runs" / "arlm_tiny_seed0"
     proc = _start(out, *argv, module="xlm.recipes.compare", base=[])

@@ -195,3 +195,12 @@ def test_the_default_run_dir_writes_a_shared_word_once(arch, task, expected):
 
 def test_the_default_run_dir_is_used_when_none_is_given():
     assert train.resolve_config(train.parse_args(["--arch", "arlm_star"])).config.output_dir == "runs/arlm_star_easy"
+
+
+def test_a_run_without_task_says_which_task_it_trains(tmp_path, capsys):
+    assert train.main(["--arch", "arlm_tiny", "--experiment", "debug", "--output-dir", str(tmp_path / "run"),
+                       "trainer.tensorboard=false"]) == 0
+    err = capsys.readouterr().err
+    assert "note: no --task given: training on star_easy, the default" in err and "task star_easy: " in err
+    assert train.main([*DEBUG, "--output-dir", str(tmp_path / "run2")]) == 0
+    assert "no --task given" not in capsys.readouterr().err

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from xlm.errors import InvalidValueError, reports_user_errors
+from xlm.errors import InvalidValueError, XlmError, reports_user_errors
 
 from . import evaluate, train
 from .progress import Progress, duration
@@ -40,7 +40,7 @@ TABLE_METRICS = ("exact_match", "token_accuracy", "path_valid", "branch_correct"
 RUN_SETTINGS = "compare_run.json"  # in each run directory: what it was trained and scored with
 
 
-class ComparisonStopped(Exception):
+class ComparisonStopped(XlmError):
     """A run's training or scoring was stopped by a signal (its exit code, 128 + the signal)."""
 
     def __init__(self, code: int, what: str) -> None:

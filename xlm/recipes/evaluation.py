@@ -1,5 +1,6 @@
 """Loss and prediction metrics over a whole split (no example dropped), shared by the
-trainer's periodic evaluation and the evaluate recipe."""
+trainer's periodic evaluation and the evaluate recipe. `progress` bars are drawn on a terminal
+only (tqdm's disable=None): in a log file they would be `\r`-overwritten lines."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import torch
 from tqdm.auto import tqdm
 
 from xlm.data.task import Task
+from xlm.errors import XlmError
 from xlm.protocols import Unit
 
 
-class EvaluationStopped(Exception):
+class EvaluationStopped(XlmError):
     """`stop()` said yes between two batches (a stop signal): the split was not scored to the end."""
 
 
@@ -43,7 +45,7 @@ def evaluate_loss(unit: Unit, ds: datasets.Dataset, *, batch_size: int, device: 
     total, count, bound, bound_tokens = 0.0, 0.0, 0.0, 0.0
     try:
         for examples in tqdm(_batches(ds, batch_size, stop), total=-(-len(ds) // batch_size), desc="eval loss",
-                             disable=not progress, leave=False):
+                             disable=None if progress else True, leave=False):
             out = unit.loss(unit.model, _to_device(unit.collate_train(examples), device))
             n = float(out["num_tokens"])
             total += float(out["loss"]) * n
@@ -72,7 +74,7 @@ def evaluate_predictions(unit: Unit, task: Task, ds: datasets.Dataset, *, batch_
     records: list[dict[str, Any]] = []
     try:
         for examples in tqdm(_batches(ds, batch_size, stop), total=-(-len(ds) // batch_size), desc="predict",
-                             disable=not progress, leave=False):
+                             disable=None if progress else True, leave=False):
             out = unit.predict(_to_device(unit.collate_predict(examples), device), generator=generator)
             row_calls = out.get("row_calls")  # samplers whose rows stop on their own report each row's forwards
             for i, (example, text) in enumerate(zip(examples, out["text"])):

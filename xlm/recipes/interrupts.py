@@ -1,6 +1,6 @@
 """Ctrl-C and SIGTERM while a run trains: the first asks it to stop at its next safe point (after
 the step, between gradient-accumulation micro-batches, between evaluation batches) and save a
-checkpoint; a second stops it at once (`StopNow`, exit 130 for Ctrl-C), which loses only the work
+checkpoint; a second stops it at once (`stop_now`, exit 130 for Ctrl-C), which loses only the work
 since the last checkpoint, because every checkpoint is written into a temp dir and renamed.
 """
 
@@ -20,12 +20,12 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 TORCHRUN_ECHO_S = 1.0
 
 
-class StopNow(KeyboardInterrupt):
-    """A second stop signal: leave at once (a KeyboardInterrupt, so that no `except Exception` keeps it)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+def stop_now(signum: int) -> KeyboardInterrupt:
+    """What a second stop signal raises: a KeyboardInterrupt (which no `except Exception` keeps) that
+    says which signal it was (`signum`), unlike the one a Ctrl-C raises before the handlers are in place."""
+    stop = KeyboardInterrupt(signal.Signals(signum).name)
+    stop.signum = signum  # type: ignore[attr-defined]
+    return stop
 
 
 def signal_name(signum: int) -> str:
@@ -71,7 +71,7 @@ class StopRequests:
         finally:
             self._deferred -= 1
         if self._deferred == 0 and self._pending is not None:
-            raise StopNow(self._pending)
+            raise stop_now(self._pending)
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self.signum is None:
@@ -84,7 +84,7 @@ class StopRequests:
         if self._deferred:
             self._pending = signum
             return
-        raise StopNow(signum)
+        raise stop_now(signum)
 
     def _say(self, line: str) -> None:
         """One line on stderr, written with os.write: a handler may run while print is writing."""

@@ -33,9 +33,12 @@ from .checkpoint import checkpoint_dirs
 from .config import ComposedConfig, ConfigError, TrainRecipeConfig, build_config, config_to_yaml
 from .distributed import DistEnv, exit_worker, init_distributed, shutdown
 from .host import HostLoad, oversubscription_warning, torch_threads
-from .interrupts import StopNow, signal_name
+from .interrupts import signal_name
 from .run_lock import run_dir_lock
 from .trainer import Trainer, TrainingInterrupted, UnstableTrainingError
+
+
+DEFAULT_TASK = "star_easy"
 
 
 def tasks_help() -> str:
@@ -56,13 +59,16 @@ class _TrainParser(argparse.ArgumentParser):
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = _TrainParser(prog="xlm train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", required=True, help="an arch name (see `xlm models`), e.g. arlm_star")
-    p.add_argument("--task", default="star_easy", help="a registered task (listed below), e.g. star_easy")
+    p.add_argument("--task", default=None, help=f"a registered task (listed below); default {DEFAULT_TASK}")
     p.add_argument("--output-dir", default=None,
                    help="run dir (default runs/<arch>_<task>, a word they share written once: runs/arlm_star_easy)")
     p.add_argument("--experiment", default=None, help="a preset from configs/experiment/, e.g. debug")
     p.add_argument("--dump-config", action="store_true", help="print the composed config and exit")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=3e-4 trainer.max_steps=200")
-    return p.parse_intermixed_args(argv)
+    args = p.parse_intermixed_args(argv)
+    args.task_given = args.task is not None
+    args.task = args.task or DEFAULT_TASK
+    return args
 
 
 def default_output_dir(arch: str, task: str) -> str:
@@ -114,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parse_args(command)
         composed = resolve_config(args)
+        if not args.task_given and not args.dump_config and os.environ.get("RANK", "0") == "0":
+            print(f"note: no --task given: training on {DEFAULT_TASK}, the default", file=sys.stderr, flush=True)
         task = build_task(composed.config.task)
         config = fit_model_to_task(composed, task)
     except KeyboardInterrupt:
@@ -144,8 +152,8 @@ def _stopped_at_once(output_dir: Path, stop: KeyboardInterrupt) -> tuple[str, in
     saved = checkpoint_dirs(output_dir / "checkpoints")
     left = (f"the newest checkpoint, {saved[-1][1]}, is where the same command resumes" if saved else
             "no checkpoint was saved yet: the same command starts over")
-    if isinstance(stop, StopNow):
-        return f"stopped at once by a second {signal_name(stop.signum)}; {left}", 128 + stop.signum
+    if (signum := getattr(stop, "signum", None)) is not None:  # interrupts.stop_now
+        return f"stopped at once by a second {signal_name(signum)}; {left}", 128 + signum
     return f"stopped by Ctrl-C before training started; {left}", 128 + signal.SIGINT
 
 
@@ -159,7 +167,7 @@ def _train(config: TrainRecipeConfig, task: Task, env: DistEnv, command: Sequenc
         if env.is_main:
             print(stop, file=sys.stderr)
         return 128 + stop.signum
-    except KeyboardInterrupt as stop:  # a second signal (StopNow), or a Ctrl-C before the trainer listens
+    except KeyboardInterrupt as stop:  # a second signal (stop_now), or a Ctrl-C before the trainer listens
         message, code = _stopped_at_once(Path(config.output_dir), stop)
         if env.is_main:
             print(message, file=sys.stderr)

@@ -82,7 +82,7 @@ class TrainingInterrupted(XlmError):
                          f"{checkpoint}; run the same command again to resume")
 
 
-class StepAbandoned(Exception):
+class StepAbandoned(XlmError):
     """A stop signal between two micro-batches of a step: the step was undone (gradients dropped, data
     position and RNG rewound), to be redone by the resumed run."""
 
@@ -294,7 +294,7 @@ class Trainer:
         finally:
             progress.close()
         self.stops.where = "the final evaluation"
-        if self.stops.requested:  # during the last checkpoint: stop before evaluating
+        if broadcast_flag(self.stops.requested, env):  # during the last checkpoint: stop before evaluating
             raise TrainingInterrupted(self.stops.signum or signal.SIGINT, self.step, checkpoint,
                                       detail=" (before the final evaluation)")
         if env.is_main and not progress.terminal and tc.progress_bar:
@@ -304,7 +304,7 @@ class Trainer:
         except EvaluationStopped:
             raise TrainingInterrupted(self.stops.signum or signal.SIGINT, self.step, checkpoint,
                                       detail=" (the final evaluation was cut short)") from None
-        if self.stops.requested:  # after the evaluation: the run dir was written whole
+        if broadcast_flag(self.stops.requested, env):  # after the evaluation: the run dir was written whole
             raise TrainingInterrupted(self.stops.signum or signal.SIGINT, self.step, None,
                                       output_dir=self.output_dir)
         return summary
