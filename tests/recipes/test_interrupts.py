@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from xlm.recipes.checkpoint import checkpoint_dirs, load_checkpoint
+from xlm.recipes.progress import Eta
 from xlm.recipes.trainer import TrainingInterrupted
 
 from .test_faults import _trainer
@@ -202,3 +203,12 @@ def test_ctrl_c_stops_a_comparison_with_exit_130_and_the_same_command_continues(
     _, err = _finish(_start(out, *argv, module="xlm.recipes.compare", base=[]))
     assert f"resumed from {run / 'checkpoints'}" in err
     assert (out / "table.md").exists()
+
+
+def test_the_first_ctrl_c_says_how_long_a_long_step_takes(tmp_path):
+    eta = Eta()
+    for seconds in (240.0, 50.0, 30.0, 30.0):
+        eta.add_step(seconds)
+    assert _trainer(tmp_path / "a")._stop_point(eta) == "after this step (steps take about 0:30)"
+    assert _trainer(tmp_path / "a")._stop_point(Eta()) == "after this step"
+    assert _trainer(tmp_path / "b", "trainer.grad_accum_steps=2")._stop_point(eta) == "after this micro-batch"

@@ -250,7 +250,7 @@ class Trainer:
         self.progress_terminal = progress.terminal
         eta = Eta()
         budget_s = tc.max_minutes * 60 if tc.max_minutes else None
-        self.stops.where = "after this micro-batch" if self._can_abandon_steps() else "after this step"
+        self.stops.where = self._stop_point(eta)
         self.model.train()
         try:
             if self.pending_eval:  # the evaluation a stop signal cut short, before training goes on
@@ -271,6 +271,7 @@ class Trainer:
                 seconds = time.perf_counter() - started
                 self.train_seconds += seconds
                 eta.add_step(seconds)
+                self.stops.where = self._stop_point(eta)
                 tps = stats["tokens"] / max(seconds, 1e-9)
                 progress.update(self.step, {"loss": f"{stats['loss']:.4f}", "tok/s": f"{tps:,.0f}",
                                             "eta": self._eta(eta, budget_s)})
@@ -309,6 +310,15 @@ class Trainer:
                                       output_dir=self.output_dir)
         return summary
 
+    def _stop_point(self, eta: Eta) -> str:
+        """Where a first stop signal stops the training loop, as its message says it: with how long a
+        step takes when that is long enough to wonder (a large model on a CPU: minutes)."""
+        if self._can_abandon_steps():
+            return "after this micro-batch"
+        per_step = eta.seconds_per_step()
+        return f"after this step (steps take about {duration(per_step)})" if per_step and per_step >= 10 else \
+            "after this step"
+
     def _eta(self, eta: Eta, budget_s: float | None) -> str:
         """The time left: the steps and evaluations to come at the steady-state pace, within the budget."""
         tc = self.config.trainer
@@ -332,7 +342,7 @@ class Trainer:
                 metrics = self.evaluate()
             except EvaluationStopped:
                 metrics = None
-            self.stops.where = "after this micro-batch" if self._can_abandon_steps() else "after this step"
+            self.stops.where = self._stop_point(eta)
             self.pending_eval = metrics is None
             if metrics is not None:
                 eta.eval_seconds = time.perf_counter() - started
