@@ -1,7 +1,7 @@
 """Ship a trained run inside the package: its weights, config and a card pinning both by sha256, the exact
 training command and its measured test metrics.
 
-    python scripts/ship_checkpoint.py runs/ilm_star_star_easy --name ilm_star_easy \\
+    python scripts/ship_checkpoint.py runs/ilm_star_easy --name ilm_star_easy \\
         --command "python -m xlm.recipes.train --arch ilm_star --task star_easy"
 
 Writes assets/cards/checkpoints/NAME/{model.safetensors,config.json} and

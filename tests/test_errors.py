@@ -27,17 +27,21 @@ from xlm.plugins.discovery import (ExternalModelConflictError, ExternalModelErro
 from xlm.plugins.scaffold import ScaffoldError
 from xlm.recipes import generate
 from xlm.recipes.checkpoint import CheckpointError
+from xlm.recipes.compare import ComparisonStopped
+from xlm.recipes.evaluation import EvaluationStopped
 from xlm.recipes.config import ConfigError
-from xlm.recipes.trainer import NonFiniteLossError, TrainingDivergedError, TrainingInterrupted, UnstableTrainingError
+from xlm.recipes.trainer import (NonFiniteLossError, StepAbandoned, TrainingDivergedError, TrainingInterrupted,
+                                 UnstableTrainingError)
 from xlm.registry import DuplicateNameError, UnknownNameError
 from xlm.run_dir import RunDirError, write_run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: The errors that are not the user's to fix: a run stopped by a signal, a diverged loss, a checkpoint
-#: that turned unreadable mid-run. Each command handles or reports them itself.
+#: The errors that are not the user's to fix: a run stopped by a signal (a step, an evaluation or a
+#: comparison cut short with it), a diverged loss, a checkpoint that turned unreadable mid-run. Each
+#: command handles or reports them itself.
 INTERNAL = {XlmError, TrainingInterrupted, UnstableTrainingError, NonFiniteLossError, TrainingDivergedError,
-            CheckpointError}
+            CheckpointError, StepAbandoned, EvaluationStopped, ComparisonStopped}
 
 #: Each user-fixable error and the builtin bases it keeps, so `except ValueError` etc. still catch it.
 USER_ERRORS = {

@@ -14,6 +14,10 @@ time (in parallel, into the same directory) is tabulated by one last call naming
 is not what a report keeps) is taken from the `results.json` already there when that file was
 written with the same task, budget, overrides and test limit, so seeds can be added to a published
 report without retraining the ones it has.
+
+Progress: one bar for the comparison (runs done, time left from the runs trained so far) and one
+for the run training (plain lines in a log). Ctrl-C stops the run training after its step, saving a
+checkpoint (a second one stops at once), and exits 130; the same command continues from there.
 """
 
 from __future__ import annotations
@@ -22,18 +26,28 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from xlm.errors import InvalidValueError, reports_user_errors
+from xlm.errors import InvalidValueError, XlmError, reports_user_errors
 from xlm.registry import families, get_task
 
 from . import evaluate, train
+from .progress import Progress, duration
 from .train import refuse_file
 
 TABLE_METRICS = ("exact_match", "token_accuracy", "path_valid", "branch_correct", "loss")
 RUN_SETTINGS = "compare_run.json"  # in each run directory: what it was trained and scored with
+
+
+class ComparisonStopped(XlmError):
+    """A run's training or scoring was stopped by a signal (its exit code, 128 + the signal)."""
+
+    def __init__(self, code: int, what: str) -> None:
+        super().__init__(what)
+        self.code = code
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -147,14 +161,17 @@ def run_one(arch: str, seed: int, args: argparse.Namespace, out: Path,
         settings = {"training": training}
         settings_file.write_text(json.dumps(settings, indent=2))
         code = train.main(["--arch", arch, "--task", args.task, "--output-dir", str(run), f"seed={seed}",
-                           f"trainer.eval_every_steps={args.eval_every_steps}", "trainer.progress_bar=false",
-                           *budget, *args.overrides])
+                           f"trainer.eval_every_steps={args.eval_every_steps}", *budget, *args.overrides])
+        if code > 128:
+            raise ComparisonStopped(code, f"training {arch} (seed {seed}) into {run}")
         if code != 0:
             raise RuntimeError(f"training {arch} (seed {seed}) failed with exit code {code}; see {run}")
     result_file = run / "eval_test.json"
     if not result_file.exists() or settings.get("test_limit", args.test_limit) != args.test_limit:
         limit = ["--limit", str(args.test_limit)] if args.test_limit else []
         code = evaluate.main(["--model", str(run), "--split", "test", "--output", str(result_file), *limit])
+        if code > 128:
+            raise ComparisonStopped(code, f"scoring {run} on the test split")
         if code != 0:
             raise RuntimeError(f"evaluating {run} failed with exit code {code}")
         settings_file.write_text(json.dumps({"training": training, "test_limit": args.test_limit}, indent=2))
@@ -225,6 +242,30 @@ def plot(results: list[dict[str, Any]], archs: Sequence[str], path: Path, title:
     plt.close(fig)
 
 
+def _run_all(jobs: list[tuple[str, int]], args: argparse.Namespace, out: Path,
+             recorded: dict[tuple[str, int], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every (arch, seed), with a bar over them whose time left follows the runs trained so far."""
+    to_train = {job for job in jobs if not (run_dir(out, *job) / "model.safetensors").exists()
+                and not (job in recorded and not run_dir(out, *job).exists())}
+    overall = Progress(desc="compare", total=len(jobs), enabled=True, every_s=0.0, unit="run")
+    took: list[float] = []
+    results = []
+    try:
+        for done, (arch, seed) in enumerate(jobs):
+            overall.note(f"compare: run {done + 1}/{len(jobs)}: {arch} seed {seed}"
+                         + ("" if (arch, seed) in to_train else " (finished before: reused)"))
+            started = time.monotonic()
+            results.append(run_one(arch, seed, args, out, recorded.get((arch, seed))))
+            if (arch, seed) in to_train:
+                took.append(time.monotonic() - started)
+            left = len(to_train) - len(took)
+            eta = duration(left * sum(took) / len(took)) if took else "after the first run" if left else "0:00"
+            overall.update(done + 1, {"last": f"{arch} seed {seed}", "eta": eta})
+    finally:
+        overall.close()
+    return results
+
+
 @reports_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
@@ -238,13 +279,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     refuse_file("--output-dir", out)
     settings = {"task": args.task, "budget": budget, "overrides": list(args.overrides), "test_limit": args.test_limit}
     out.mkdir(parents=True, exist_ok=True)
+    jobs = [(arch, seed) for arch in archs for seed in range(seeds[arch])]
     try:
         recorded = recorded_results(out / "results.json", settings)
-        results = [run_one(arch, seed, args, out, recorded.get((arch, seed)))
-                   for arch in archs for seed in range(seeds[arch])]
+        results = _run_all(jobs, args, out, recorded)
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except ComparisonStopped as stop:
+        print(f"compare: stopped while {stop}; the same command continues (finished runs are reused)",
+              file=sys.stderr)
+        return stop.code
+    except KeyboardInterrupt:  # a second Ctrl-C, or one between runs
+        print("compare: stopped by Ctrl-C; the same command continues (finished runs are reused)", file=sys.stderr)
+        return 130
     (out / "results.json").write_text(json.dumps({**settings, "results": results}, indent=2))
     text = table(results, archs, budget)
     (out / "table.md").write_text(f"# {args.task}\n\n{text}")

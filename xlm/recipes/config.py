@@ -70,8 +70,11 @@ class TrainerConfig:
     resume: bool = True  # continue from output_dir's last checkpoint when there is one
     resume_changes: str = "refuse"  # settings a resume may change from the checkpoint's (recorded in history.jsonl):
     #                                 "refuse" | "allow" | config keys separated by commas, e.g. "optim.lr,seed"
-    progress_bar: bool = True
-    tensorboard: bool = True  # when the tensorboard package is installed
+    progress_bar: bool = True  # a bar on a terminal; plain lines when stderr is a file or a pipe
+    progress_every_seconds: float = 30.0  # the plain lines: one every this many seconds
+    tensorboard: str = "auto"  # "auto": also log to TensorBoard when it is installed (pip install 'xlm[tb]');
+    #                            "true": the same, with a warning when it is not; "false": metrics.jsonl only
+    num_threads: int | None = None  # torch's CPU threads; None = torch's choice (see the warning on a busy host)
     on_nonfinite: str = "stop"  # a NaN/Inf loss or gradient: "stop" (raise, nothing saved) | "skip" (no update)
     max_skipped_steps: int = 10  # with "skip": stop after this many consecutive skipped steps
     # divergence guard (xlm.recipes.divergence): stop, nothing saved, when the median of the last
@@ -87,6 +90,9 @@ class TrainerConfig:
     fsdp_param_dtype: str | None = None  # fsdp: "bf16" | "fp16" compute dtype (MixedPrecisionPolicy); None = fp32
 
 
+TENSORBOARD_MODES = ("auto", "true", "false")
+
+
 @dataclass(kw_only=True)
 class TrainRecipeConfig:
     arch: str
@@ -100,7 +106,14 @@ class TrainRecipeConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def __post_init__(self) -> None:
+        self.trainer.tensorboard = str(self.trainer.tensorboard).lower()  # YAML's false arrives as "False"
         checks = [
+            (self.trainer.tensorboard in TENSORBOARD_MODES, "trainer.tensorboard", "'auto', 'true' or 'false'",
+             self.trainer.tensorboard),
+            (self.trainer.num_threads is None or self.trainer.num_threads >= 1, "trainer.num_threads",
+             "null (torch's choice) or a positive integer", self.trainer.num_threads),
+            (self.trainer.progress_every_seconds >= 0, "trainer.progress_every_seconds", "non-negative",
+             self.trainer.progress_every_seconds),
             (self.optim.schedule in ("cosine", "constant"), "optim.schedule", "'cosine' or 'constant'",
              self.optim.schedule),
             (self.trainer.autocast_dtype in (None, "bf16", "fp16"), "trainer.autocast_dtype",

@@ -1,9 +1,10 @@
 """Loss and prediction metrics over a whole split (no example dropped), shared by the
-trainer's periodic evaluation and the evaluate recipe."""
+trainer's periodic evaluation and the evaluate recipe. `progress` bars are drawn on a terminal
+only (tqdm's disable=None): in a log file they would be `\r`-overwritten lines."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import datasets
@@ -11,11 +12,19 @@ import torch
 from tqdm.auto import tqdm
 
 from xlm.data.task import Task
+from xlm.errors import XlmError
 from xlm.protocols import Unit
 
 
-def _batches(ds: datasets.Dataset, batch_size: int) -> Iterator[list[dict[str, Any]]]:
+class EvaluationStopped(XlmError):
+    """`stop()` said yes between two batches (a stop signal): the split was not scored to the end."""
+
+
+def _batches(ds: datasets.Dataset, batch_size: int, stop: Callable[[], bool] | None = None
+             ) -> Iterator[list[dict[str, Any]]]:
     for start in range(0, len(ds), batch_size):
+        if stop is not None and stop():
+            raise EvaluationStopped(f"stopped after {start} of {len(ds)} rows")
         chunk = ds[start : start + batch_size]
         keys = list(chunk)
         yield [{k: chunk[k][i] for k in keys} for i in range(len(chunk[keys[0]]))]
@@ -27,22 +36,25 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 @torch.no_grad()
 def evaluate_loss(unit: Unit, ds: datasets.Dataset, *, batch_size: int, device: torch.device,
-                  progress: bool = False) -> dict[str, float]:
+                  progress: bool = False, stop: Callable[[], bool] | None = None) -> dict[str, float]:
     """Token-weighted mean loss over the split, and `nll_bound` (nats per token) where the family's
-    loss gives a likelihood bound of its own (`nll_bound_sum` over `bound_tokens`: ILM)."""
+    loss gives a likelihood bound of its own (`nll_bound_sum` over `bound_tokens`: ILM).
+    EvaluationStopped when `stop()` says yes before a batch."""
     was_training = unit.model.training
     unit.model.eval()
     total, count, bound, bound_tokens = 0.0, 0.0, 0.0, 0.0
-    for examples in tqdm(_batches(ds, batch_size), total=-(-len(ds) // batch_size), desc="eval loss",
-                         disable=not progress, leave=False):
-        out = unit.loss(unit.model, _to_device(unit.collate_train(examples), device))
-        n = float(out["num_tokens"])
-        total += float(out["loss"]) * n
-        count += n
-        if "nll_bound_sum" in out:
-            bound += float(out["nll_bound_sum"])
-            bound_tokens += float(out["bound_tokens"])
-    unit.model.train(was_training)
+    try:
+        for examples in tqdm(_batches(ds, batch_size, stop), total=-(-len(ds) // batch_size), desc="eval loss",
+                             disable=None if progress else True, leave=False):
+            out = unit.loss(unit.model, _to_device(unit.collate_train(examples), device))
+            n = float(out["num_tokens"])
+            total += float(out["loss"]) * n
+            count += n
+            if "nll_bound_sum" in out:
+                bound += float(out["nll_bound_sum"])
+                bound_tokens += float(out["bound_tokens"])
+    finally:
+        unit.model.train(was_training)
     result = {"loss": total / max(count, 1.0), "num_tokens": count}
     if bound_tokens:
         result["nll_bound"] = bound / bound_tokens
@@ -52,21 +64,25 @@ def evaluate_loss(unit: Unit, ds: datasets.Dataset, *, batch_size: int, device: 
 @torch.no_grad()
 def evaluate_predictions(unit: Unit, task: Task, ds: datasets.Dataset, *, batch_size: int,
                          device: torch.device, progress: bool = False,
-                         generator: torch.Generator | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
+                         generator: torch.Generator | None = None,
+                         stop: Callable[[], bool] | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Mean of each of the task's metrics (and of `model_calls`, the forward passes a row took, where
-    the sampler reports them), and one record per example."""
+    the sampler reports them), and one record per example. EvaluationStopped when `stop()` says yes
+    before a batch."""
     was_training = unit.model.training
     unit.model.eval()
     records: list[dict[str, Any]] = []
-    for examples in tqdm(_batches(ds, batch_size), total=-(-len(ds) // batch_size), desc="predict",
-                         disable=not progress, leave=False):
-        out = unit.predict(_to_device(unit.collate_predict(examples), device), generator=generator)
-        row_calls = out.get("row_calls")  # samplers whose rows stop on their own report each row's forwards
-        for i, (example, text) in enumerate(zip(examples, out["text"])):
-            records.append({"prompt": example.get("prompt"), "target": example.get("target"),
-                            "prediction": text, **task.score(text, example),
-                            **({"model_calls": float(row_calls[i])} if row_calls is not None else {})})
-    unit.model.train(was_training)
+    try:
+        for examples in tqdm(_batches(ds, batch_size, stop), total=-(-len(ds) // batch_size), desc="predict",
+                             disable=None if progress else True, leave=False):
+            out = unit.predict(_to_device(unit.collate_predict(examples), device), generator=generator)
+            row_calls = out.get("row_calls")  # samplers whose rows stop on their own report each row's forwards
+            for i, (example, text) in enumerate(zip(examples, out["text"])):
+                records.append({"prompt": example.get("prompt"), "target": example.get("target"),
+                                "prediction": text, **task.score(text, example),
+                                **({"model_calls": float(row_calls[i])} if row_calls is not None else {})})
+    finally:
+        unit.model.train(was_training)
     metric_names = [k for k in records[0] if k not in ("prompt", "target", "prediction")] if records else []
     means = {name: sum(r[name] for r in records) / len(records) for name in metric_names}
     return means, records

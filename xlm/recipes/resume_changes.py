@@ -27,6 +27,7 @@ FREE_KEYS = frozenset({
     "output_dir", "data.num_workers", "data.eval_batch_size",
     "trainer.log_every_steps", "trainer.eval_every_steps", "trainer.checkpoint_every_steps",
     "trainer.keep_last_checkpoints", "trainer.max_minutes", "trainer.progress_bar", "trainer.tensorboard",
+    "trainer.progress_every_seconds", "trainer.num_threads",
     "trainer.device", "trainer.parallelism", "trainer.resume", "trainer.resume_changes",
     # which checkpoints are kept, and when a run that goes wrong is stopped, change no weights it trains
     "trainer.keep_best", "trainer.best_metric", "trainer.best_mode", "trainer.divergence_window",

@@ -54,3 +54,15 @@ def append_segment(output_dir: Path, segment: Segment) -> None:
         f.flush()
         os.fsync(f.fileno())
 
+
+
+def read_segments(output_dir: Path) -> list[dict[str, Any]]:
+    """The segments recorded so far, oldest first (a line a crash cut short is left out)."""
+    path = output_dir / HISTORY_FILE
+    segments = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            segments.append(json.loads(line))
+        except ValueError:
+            continue
+    return segments

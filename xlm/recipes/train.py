@@ -4,26 +4,41 @@ Trains one model and leaves a run dir that `xlm.load_model(DIR)` reads. Rerunnin
 command continues from the last checkpoint; settings that change the result must match the
 checkpoint's (trainer.resume_changes allows a change, recorded in DIR/history.jsonl). One run
 at a time writes a run dir: a second one is refused. Under torchrun it trains data-parallel.
+
+Ctrl-C (or SIGTERM) stops after the current step (or micro-batch, or evaluation batch) and saves a
+checkpoint, exit 130 (143); a second one stops at once, keeping the checkpoints already saved.
+DIR/run.json records the command, versions, host, device and each segment's start and end.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from dataclasses import replace
 from collections.abc import Sequence
 from pathlib import Path
+
+import datasets
+import torch
 
 from xlm.data.task import Task
 from xlm.data.tasks import build_task
 from xlm.errors import InvalidValueError, XlmUserError, reports_user_errors
 from xlm.registry import families, get_task, list_tasks
 
+from .checkpoint import checkpoint_dirs
 from .config import ComposedConfig, ConfigError, TrainRecipeConfig, build_config, config_to_yaml
 from .distributed import DistEnv, exit_worker, init_distributed, shutdown
+from .host import HostLoad, oversubscription_warning, torch_threads
+from .interrupts import signal_name
 from .run_lock import run_dir_lock
 from .trainer import Trainer, TrainingInterrupted, UnstableTrainingError
+
+
+DEFAULT_TASK = "star_easy"
 
 
 def tasks_help() -> str:
@@ -44,18 +59,31 @@ class _TrainParser(argparse.ArgumentParser):
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = _TrainParser(prog="xlm train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", required=True, help="an arch name (see `xlm models`), e.g. arlm_star")
-    p.add_argument("--task", default="star_easy", help="a registered task (listed below), e.g. star_easy")
-    p.add_argument("--output-dir", default=None, help="run dir (default runs/<arch>_<task>)")
+    p.add_argument("--task", default=None, help=f"a registered task (listed below); default {DEFAULT_TASK}")
+    p.add_argument("--output-dir", default=None,
+                   help="run dir (default runs/<arch>_<task>, a word they share written once: runs/arlm_star_easy)")
     p.add_argument("--experiment", default=None, help="a preset from configs/experiment/, e.g. debug")
     p.add_argument("--dump-config", action="store_true", help="print the composed config and exit")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=3e-4 trainer.max_steps=200")
-    return p.parse_intermixed_args(argv)
+    args = p.parse_intermixed_args(argv)
+    args.task_given = args.task is not None
+    args.task = args.task or DEFAULT_TASK
+    return args
+
+
+def default_output_dir(arch: str, task: str) -> str:
+    """runs/<arch>_<task>, with the words that end the arch and start the task written once:
+    arlm_star + star_easy -> runs/arlm_star_easy, mdlm_base + star_easy -> runs/mdlm_base_star_easy."""
+    arch_words, task_words = arch.split("_"), task.split("_")
+    shared = max((k for k in range(1, min(len(arch_words), len(task_words)) + 1)
+                  if arch_words[-k:] == task_words[:k]), default=0)
+    return "runs/" + "_".join(arch_words + task_words[shared:])
 
 
 def resolve_config(args: argparse.Namespace) -> ComposedConfig:
     family = families.get_by_arch(args.arch)  # a plugin's arch is discovered here (again after a chdir)
     get_task(args.task)  # an unknown name is an error naming the close matches, before any YAML is read
-    output_dir = args.output_dir or f"runs/{args.arch}_{args.task}"
+    output_dir = args.output_dir or default_output_dir(args.arch, args.task)
     return build_config(family=family, arch=args.arch, task=args.task, output_dir=output_dir,
                         experiment=args.experiment, overrides=args.overrides)
 
@@ -93,11 +121,19 @@ def fit_model_to_task(composed: ComposedConfig, task: Task) -> TrainRecipeConfig
 @reports_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     command = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(command)
-    composed = resolve_config(args)
-    refuse_file("--output-dir", Path(composed.config.output_dir))
-    task = build_task(composed.config.task)
-    config = fit_model_to_task(composed, task)
+    if not sys.stderr.isatty():  # a log file: no progress bars of `datasets` (their \r) while the task is built
+        datasets.disable_progress_bars()
+    try:
+        args = parse_args(command)
+        composed = resolve_config(args)
+        refuse_file("--output-dir", Path(composed.config.output_dir))
+        if not args.task_given and not args.dump_config and os.environ.get("RANK", "0") == "0":
+            print(f"note: no --task given: training on {DEFAULT_TASK}, the default", file=sys.stderr, flush=True)
+        task = build_task(composed.config.task)
+        config = fit_model_to_task(composed, task)
+    except KeyboardInterrupt:
+        print("stopped by Ctrl-C before training started; nothing was written", file=sys.stderr)
+        return 128 + signal.SIGINT
     if args.dump_config:
         print(config_to_yaml(config), end="")
         return 0
@@ -108,14 +144,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def _warn_if_oversubscribed(config: TrainRecipeConfig, env: DistEnv) -> None:
+    """On a CPU, one line when this host's processes of the run have more threads than free cores."""
+    if env.device.type != "cpu" or env.local_rank != 0:
+        return
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if warning := oversubscription_warning(torch.get_num_threads() * local_ranks, HostLoad.here()):
+        print(warning + (f" ({local_ranks} processes)" if local_ranks > 1 else ""), file=sys.stderr, flush=True)
+
+
+def _stopped_at_once(output_dir: Path, stop: KeyboardInterrupt) -> tuple[str, int]:
+    """The message and exit code for a second stop signal (or a Ctrl-C before the trainer listened):
+    what is left to resume from."""
+    saved = checkpoint_dirs(output_dir / "checkpoints")
+    left = (f"the newest checkpoint, {saved[-1][1]}, is where the same command resumes" if saved else
+            "no checkpoint was saved yet: the same command starts over")
+    if (signum := getattr(stop, "signum", None)) is not None:  # interrupts.stop_now
+        return f"stopped at once by a second {signal_name(signum)}; {left}", 128 + signum
+    return f"stopped by Ctrl-C before training started; {left}", 128 + signal.SIGINT
+
+
 def _train(config: TrainRecipeConfig, task: Task, env: DistEnv, command: Sequence[str]) -> int:
     try:
-        with run_dir_lock(Path(config.output_dir), env):  # before the run dir is read or written
+        with torch_threads(config.trainer.num_threads), \
+                run_dir_lock(Path(config.output_dir), env):  # before the run dir is read or written
+            _warn_if_oversubscribed(config, env)
             summary = Trainer(config, families.get_by_arch(config.arch), task, env, command=command).run()
     except TrainingInterrupted as stop:
         if env.is_main:
             print(stop, file=sys.stderr)
         return 128 + stop.signum
+    except KeyboardInterrupt as stop:  # a second signal (stop_now), or a Ctrl-C before the trainer listens
+        message, code = _stopped_at_once(Path(config.output_dir), stop)
+        if env.is_main:
+            print(message, file=sys.stderr)
+        return code
     except XlmUserError as err:  # found once the model, data or a checkpoint is at hand; returned, so that
         print(f"error: {err}", file=sys.stderr)  # a torchrun worker still leaves through exit_worker
         return 2

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import sys
 import time
@@ -30,32 +31,35 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from xlm.data.task import Task
 from xlm.errors import PathExistsError, XlmError
-from xlm.io import commit_dir, new_temp_dir, write_file
+from xlm.io import commit_dir, new_temp_dir, replace_file, write_file
 from xlm.nn.cpu import accelerate_training
 from xlm.registry import Family
 from xlm.run_dir import write_run_dir
 
 from .activation_checkpointing import checkpoint_activations
+from .banner import start_banner
 from .best_checkpoint import BestCheckpointTracker, best_mode
 from .checkpoint import (CheckpointError, checkpoint_dirs, checkpoint_name, clear_interrupted_writes,
                          is_sharded_checkpoint, load_checkpoint, load_sharded, load_trainer_state, prune_checkpoints,
                          save_checkpoint, save_sharded)
-from .config import ConfigError, TrainRecipeConfig
+from .config import ConfigError, TrainRecipeConfig, config_to_yaml
 from .data_order import EpochBatches, data_position, restore_data_position
 from .divergence import DivergenceGuard
 from .distributed import (DistEnv, all_gather_object, all_reduce_sum, apply_fsdp, barrier, broadcast_flag,
                           broadcast_object)
 from .ema import ModelEma
-from .evaluation import evaluate_loss, evaluate_predictions
+from .evaluation import EvaluationStopped, evaluate_loss, evaluate_predictions
+from .interrupts import StopRequests
 from .metrics_log import MetricsLog
 from .optim import apply_group_settings, build_adamw, group_settings, lr_schedule, param_groups
 from .resume_changes import ConfigChange, check_checkpoint_fits, check_resume_config, recorded_config
+from .progress import Eta, Progress, duration
 from .rng import rng_state, set_rng_state
 from .run_history import HISTORY_FILE, append_segment, new_segment
+from .run_record import RunRecord
 
 if TYPE_CHECKING:
     import datasets
@@ -64,12 +68,27 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TrainingInterrupted(XlmError):
-    """Raised after a signal: a checkpoint was saved, the run can be resumed."""
+    """Raised after a signal: a checkpoint was saved, the run can be resumed (`detail` says what was
+    cut short), or the run had finished and its run dir is complete (`checkpoint` None)."""
 
-    def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
+    def __init__(self, signum: int, step: int, checkpoint: Path | None, *, detail: str = "",
+                 output_dir: Path | None = None) -> None:
         self.signum = signum
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved in "
+        if checkpoint is None:
+            super().__init__(f"stopped by {signal.Signals(signum).name} after the run finished at step {step}; "
+                             f"{output_dir} is complete")
+            return
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}{detail}; checkpoint saved in "
                          f"{checkpoint}; run the same command again to resume")
+
+
+class StepAbandoned(XlmError):
+    """A stop signal between two micro-batches of a step: the step was undone (gradients dropped, data
+    position and RNG rewound), to be redone by the resumed run."""
+
+    def __init__(self, done: int, total: int) -> None:
+        super().__init__(f"{done} of {total} micro-batches")
+        self.done, self.total = done, total
 
 
 class UnstableTrainingError(XlmError, ArithmeticError):
@@ -106,7 +125,9 @@ class Trainer:
         self.autocast_dtype = AUTOCAST_DTYPES.get(config.trainer.autocast_dtype or "")
         self.step, self.tokens_seen, self.train_seconds = 0, 0, 0.0
         self.skipped_in_a_row = 0
-        self._stop_signal: int | None = None
+        self.pending_eval = False  # the evaluation of this step was cut short by a stop signal: redone on resume
+        self.stops = StopRequests(announce=False, under_torchrun=False)  # installed by run()
+        self.progress_terminal = False  # whether run() shows a bar (then the evaluations show theirs)
         self.resumed_from: Path | None = None  # the checkpoint this segment continues
         self.config_changes: list[ConfigChange] = []  # from that checkpoint's config to this run's
         tc = config.trainer
@@ -151,6 +172,7 @@ class Trainer:
         streaming = bool(getattr(task, "streaming", False))
         train_ds = None if streaming else task.dataset("train").select_columns(self._train_columns(task))
         val = task.dataset("validation")
+        self.val_total = len(val)
         limit = config.task.eval_size
         val_ds = val if limit is None or limit >= len(val) else val.select(range(limit))
         batches: Any
@@ -185,69 +207,172 @@ class Trainer:
         self._clear_interrupted_writes()
         if tc.resume:
             self._resume()
-        if env.is_main:
-            append_segment(self.output_dir, new_segment(
-                command=self.command, resumed_from=self.resumed_from, step=self.step, world_size=env.world_size,
-                resume_changes=tc.resume_changes, changes=self.config_changes))
+        record = RunRecord(self.output_dir, command=self.command, device=env.device) if env.is_main else None
+        if record is not None:
+            segment = new_segment(command=self.command, resumed_from=self.resumed_from, step=self.step,
+                                  world_size=env.world_size, resume_changes=tc.resume_changes,
+                                  changes=self.config_changes)
+            append_segment(self.output_dir, segment)
+            replace_file(self.output_dir / "config.yaml", config_to_yaml(self.config))
+            record.start(segment)
         log = MetricsLog(self.output_dir, enabled=env.is_main, tensorboard=tc.tensorboard, resume_step=self.step)
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        bar = tqdm(total=tc.max_steps, initial=self.step, disable=not (tc.progress_bar and env.is_main),
-                   desc="train", dynamic_ncols=True)
+        if env.is_main:
+            print("\n".join(start_banner(self)) + ("\n  tensorboard: " + str(self.output_dir / "tensorboard")
+                                                  if log.writer is not None else ""), file=sys.stderr, flush=True)
+        status, error = "failed", None
+        under_torchrun = env.enabled or "TORCHELASTIC_RUN_ID" in os.environ
+        try:
+            with StopRequests(announce=env.is_main, under_torchrun=under_torchrun) as self.stops:
+                summary = self._train(log)
+            status = "finished"
+            return summary
+        except TrainingInterrupted:
+            status = "interrupted"
+            raise
+        except KeyboardInterrupt:
+            status = "stopped at once"
+            raise
+        except BaseException as err:
+            error = f"{type(err).__name__}: {err}"
+            raise
+        finally:
+            log.close()
+            if self.streaming:
+                self.batches.close()  # dataloader workers
+            if record is not None:
+                record.end(status, self.step, error)
+
+    def _train(self, log: MetricsLog) -> dict[str, Any]:
+        """The loop, then the final evaluation and the run dir; stops at the safe point after a signal."""
+        tc, env = self.config.trainer, self.env
+        progress = Progress(desc="train", total=tc.max_steps, initial=self.step,
+                            enabled=tc.progress_bar and env.is_main, every_s=tc.progress_every_seconds)
+        self.progress_terminal = progress.terminal
+        eta = Eta()
         budget_s = tc.max_minutes * 60 if tc.max_minutes else None
+        self.stops.where = self._stop_point(eta)
         self.model.train()
         try:
+            if self.pending_eval:  # the evaluation a stop signal cut short, before training goes on
+                if self._periodic_evaluation(log, progress, eta) and self.best is not None and env.is_main:
+                    self.best.publish()
+                self._save()  # records that it was done (and the best it found)
+                if broadcast_flag(self.stops.requested, env):
+                    raise TrainingInterrupted(self.stops.signum or signal.SIGINT, self.step,
+                                              self.checkpoint_dir / checkpoint_name(self.step))
             while self.step < tc.max_steps:
                 started = time.perf_counter()
-                stats = self._train_step()
-                self.train_seconds += time.perf_counter() - started
-                tps = stats["tokens"] / max(time.perf_counter() - started, 1e-9)
-                bar.update(1)
-                bar.set_postfix(loss=f"{stats['loss']:.4f}", tok_s=f"{tps:,.0f}")
+                try:
+                    stats = self._train_step()
+                except StepAbandoned as cut:
+                    raise TrainingInterrupted(self.stops.signum or signal.SIGINT, self.step, self._save_once(),
+                                              detail=f" (step {self.step + 1} was cut short after {cut} and will be "
+                                                     f"redone)") from None
+                seconds = time.perf_counter() - started
+                self.train_seconds += seconds
+                eta.add_step(seconds)
+                self.stops.where = self._stop_point(eta)
+                tps = stats["tokens"] / max(seconds, 1e-9)
+                progress.update(self.step, {"loss": f"{stats['loss']:.4f}", "tok/s": f"{tps:,.0f}",
+                                            "eta": self._eta(eta, budget_s)})
                 if self.step % tc.log_every_steps == 0 or self.step == 1:
                     log.log(self.step, "train", {**stats, "tokens_per_s": tps, "tokens_seen": self.tokens_seen})
                 new_best = False
                 if tc.eval_every_steps and self.step % tc.eval_every_steps == 0 and self.step < tc.max_steps:
-                    if env.is_main or self.fsdp:  # under FSDP every forward pass is collective
-                        metrics = self.evaluate()
-                        log.log(self.step, "val", {**metrics, "train_seconds": self.train_seconds})
-                        new_best = self.best is not None and self.best.offer(self.step, metrics)
-                    barrier(env)
-                    new_best = self.best is not None and broadcast_flag(new_best, env)
+                    new_best = self._periodic_evaluation(log, progress, eta)
                 out_of_time = budget_s is not None and self.train_seconds >= budget_s
-                stop = broadcast_flag(self._stop_signal is not None or out_of_time, env)
+                stop = broadcast_flag(self.stops.requested or out_of_time, env)
                 if self.step % tc.checkpoint_every_steps == 0 or stop or new_best:
                     self._save()
                 if new_best and self.best is not None and env.is_main:
                     self.best.publish()
-                if stop and self._stop_signal is not None:
-                    raise TrainingInterrupted(self._stop_signal, self.step,
+                if stop and self.stops.signum is not None:
+                    raise TrainingInterrupted(self.stops.signum, self.step,
                                               self.checkpoint_dir / checkpoint_name(self.step))
                 if stop:
                     break
-            if not any(self.checkpoint_dir.glob(f"step_{self.step:09d}")):
-                self._save()
-            return self._finish(log)
+            checkpoint = self._save_once()
         finally:
-            bar.close()
-            log.close()
-            if self.streaming:
-                self.batches.close()  # dataloader workers
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+            progress.close()
+        self.stops.where = "the final evaluation"
+        if broadcast_flag(self.stops.requested, env):  # during the last checkpoint: stop before evaluating
+            raise TrainingInterrupted(self.stops.signum or signal.SIGINT, self.step, checkpoint,
+                                      detail=" (before the final evaluation)")
+        if env.is_main and not progress.terminal and tc.progress_bar:
+            print(f"final evaluation on {len(self.val_ds):,} validation rows", file=sys.stderr, flush=True)
+        try:
+            summary = self._finish(log)
+        except EvaluationStopped:
+            raise TrainingInterrupted(self.stops.signum or signal.SIGINT, self.step, checkpoint,
+                                      detail=" (the final evaluation was cut short)") from None
+        if broadcast_flag(self.stops.requested, env):  # after the evaluation: the run dir was written whole
+            raise TrainingInterrupted(self.stops.signum or signal.SIGINT, self.step, None,
+                                      output_dir=self.output_dir)
+        return summary
 
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        self._stop_signal = signum
+    def _stop_point(self, eta: Eta) -> str:
+        """Where a first stop signal stops the training loop, as its message says it: with how long a
+        step takes when that is long enough to wonder (a large model on a CPU: minutes)."""
+        if self._can_abandon_steps():
+            return "after this micro-batch"
+        per_step = eta.seconds_per_step()
+        return f"after this step (steps take about {duration(per_step)})" if per_step and per_step >= 10 else \
+            "after this step"
+
+    def _eta(self, eta: Eta, budget_s: float | None) -> str:
+        """The time left: the steps and evaluations to come at the steady-state pace, within the budget."""
+        tc = self.config.trainer
+        every = tc.eval_every_steps
+        evals = (tc.max_steps - 1) // every - self.step // every if every else 0  # periodic ones still to come
+        left = eta.seconds_left(tc.max_steps - self.step, max(evals, 0) + 1)
+        if left is None:
+            return "after warm-up"
+        if budget_s is not None:
+            left = min(left, max(budget_s - self.train_seconds, 0.0) + (eta.eval_seconds or 0.0))
+        return duration(left)
+
+    def _periodic_evaluation(self, log: MetricsLog, progress: Progress, eta: Eta) -> bool:
+        """Evaluates (rank 0, or every rank under FSDP, where each forward pass is collective) unless a
+        stop signal cuts it short; whether the step is the best so far."""
+        env, new_best = self.env, False
+        if env.is_main or self.fsdp:
+            self.stops.where = "after this evaluation batch"
+            started = time.perf_counter()
+            try:
+                metrics = self.evaluate()
+            except EvaluationStopped:
+                metrics = None
+            self.stops.where = self._stop_point(eta)
+            self.pending_eval = metrics is None
+            if metrics is not None:
+                eta.eval_seconds = time.perf_counter() - started
+                log.log(self.step, "val", {**metrics, "train_seconds": self.train_seconds})
+                progress.note(f"step {self.step}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+                new_best = self.best is not None and self.best.offer(self.step, metrics)
+        barrier(env)
+        return self.best is not None and broadcast_flag(new_best, env)
+
+    def _save_once(self) -> Path:
+        """This step's checkpoint, written unless it is there already."""
+        path = self.checkpoint_dir / checkpoint_name(self.step)
+        return path if path.is_dir() else self._save()
 
     # ----------------------------------------------------------------- steps
 
     def _train_step(self) -> dict[str, float]:
         """One optimizer step over grad_accum_steps micro-batches; per-token mean over all ranks."""
         accum = self.config.trainer.grad_accum_steps
+        rewind = (self.batches.state(), rng_state()) if self._can_abandon_steps() else None
         micro_batches, data_where = self._micro_batches()
         nll_sum = torch.zeros((), device=self.env.device)
         num_tokens = torch.zeros((), device=self.env.device)
         input_tokens = 0
         for i, examples in enumerate(micro_batches):
+            if rewind is not None and i and broadcast_flag(self.stops.requested, self.env):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.batches.load_state(rewind[0])
+                set_rng_state(rewind[1])
+                raise StepAbandoned(i, accum)
             batch = self._to_device(self.unit.collate_train(examples))
             input_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
             last = i == accum - 1
@@ -337,6 +462,11 @@ class Trainer:
             f"no checkpoint in {self.checkpoint_dir} holds the weights that gave this loss"
         return holds + (f", {earlier[-1]} predates them" if earlier else ", no checkpoint predates them")
 
+    def _can_abandon_steps(self) -> bool:
+        """Whether a stop signal may cut a step short between its micro-batches: the step is then undone,
+        which needs a data position to rewind (not a stream) and unsharded gradients (not FSDP)."""
+        return self.config.trainer.grad_accum_steps > 1 and not self.streaming and not self.fsdp
+
     def _micro_batches(self) -> tuple[list[list[dict[str, Any]]], str]:
         """This rank's examples for one optimizer step, split into grad_accum_steps micro-batches,
         and where they came from (for error messages)."""
@@ -367,17 +497,20 @@ class Trainer:
         return torch.autocast(self.env.device.type, dtype=self.autocast_dtype)
 
     def evaluate(self, *, progress: bool = False) -> dict[str, float]:
-        """Validation loss and prediction metrics (rank 0), without touching the training RNG."""
+        """Validation loss and prediction metrics (rank 0), without touching the training RNG.
+        EvaluationStopped when a stop signal came (checked before each batch; together under FSDP)."""
         ema = self.ema.swapped_into(self.model) if self.ema else contextlib.nullcontext()
         devices = [self.env.device] if self.env.device.type == "cuda" else []
+        stop = (lambda: broadcast_flag(self.stops.requested, self.env)) if self.fsdp else \
+            (lambda: self.stops.requested)
         with torch.random.fork_rng(devices=devices), ema:
             torch.manual_seed(self.config.seed)
             bs = self.config.data.eval_batch_size
             metrics = {f"val_{k}": v for k, v in evaluate_loss(
-                self.unit, self.val_ds, batch_size=bs, device=self.env.device, progress=progress).items()}
+                self.unit, self.val_ds, batch_size=bs, device=self.env.device, progress=progress, stop=stop).items()}
             if self.task.is_seq2seq:
                 means, _ = evaluate_predictions(self.unit, self.task, self.val_ds, batch_size=bs,
-                                                device=self.env.device, progress=progress)
+                                                device=self.env.device, progress=progress, stop=stop)
                 metrics.update({f"val_{k}": v for k, v in means.items()})
         return metrics
 
@@ -419,7 +552,8 @@ class Trainer:
                  "scheduler": self.scheduler.state_dict(),
                  "data_position": data_position(self.batches, streaming=self.streaming, env=self.env),
                  "rng": rng_states, "world_size": self.env.world_size,
-                 "divergence": self.guard.state_dict(), "best": self.best.best if self.best else None}
+                 "divergence": self.guard.state_dict(), "best": self.best.best if self.best else None,
+                 "pending_eval": self.pending_eval}
         state["config"] = recorded_config(self.config)  # what a resume compares its own config with
         if self.fsdp:  # the optimizer state is sharded like the parameters: saved with them
             state["sharded"], state["has_ema"] = True, self.ema is not None
@@ -458,6 +592,7 @@ class Trainer:
                                   checkpoint=path)
             self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
             self.train_seconds = float(state["train_seconds"])
+            self.pending_eval = bool(state.get("pending_eval", False))
             if "divergence" in state:  # checkpoints written before the guard have none
                 self.guard.load_state_dict(state["divergence"])
             if self.best is not None and self.best.restore(state.get("best")) and self.env.is_main:
@@ -518,16 +653,22 @@ class Trainer:
                                    "train_tokens_per_s": self.tokens_seen / max(self.train_seconds, 1e-9)}
         if self.fsdp:
             return self._finish_sharded(log, summary)
+        stopped = False
         if self.env.is_main:
-            final = self.evaluate(progress=self.config.trainer.progress_bar)
-            log.log(self.step, "val", {**final, "train_seconds": self.train_seconds})
-            summary.update(final)
-            if self.best is not None and self.best.offer(self.step, final):  # the last checkpoint is this step's
-                self.best.publish()
-            ema = self.ema.swapped_into(self.model) if self.ema else contextlib.nullcontext()
-            with ema:
-                self._write_run_dir(self.model, summary)
-        barrier(self.env)
+            try:
+                final = self.evaluate(progress=self.progress_terminal)
+            except EvaluationStopped:
+                stopped = True
+            else:
+                log.log(self.step, "val", {**final, "train_seconds": self.train_seconds})
+                summary.update(final)
+                if self.best is not None and self.best.offer(self.step, final):  # the last checkpoint is this step's
+                    self.best.publish()
+                ema = self.ema.swapped_into(self.model) if self.ema else contextlib.nullcontext()
+                with ema:
+                    self._write_run_dir(self.model, summary)
+        if broadcast_flag(stopped, self.env):  # collective: the other ranks wait here for rank 0
+            raise EvaluationStopped("the final evaluation was cut short")
         return summary
 
     def _finish_sharded(self, log: MetricsLog, summary: dict[str, Any]) -> dict[str, Any]:
@@ -535,7 +676,7 @@ class Trainer:
         gathered to rank 0's CPU memory and exported as one model.safetensors."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        final = self.evaluate(progress=self.config.trainer.progress_bar and self.env.is_main)
+        final = self.evaluate(progress=self.progress_terminal)
         log.log(self.step, "val", {**final, "train_seconds": self.train_seconds})
         summary.update(final)
         if self.best is not None and self.best.offer(self.step, final) and self.env.is_main:
@@ -551,7 +692,9 @@ class Trainer:
         return summary
 
     def _write_run_dir(self, model: torch.nn.Module, summary: dict[str, Any]) -> None:
-        write_run_dir(self.output_dir, model=model, family=self.family.name, arch=self.config.arch,
-                      model_config=self.config.model, sampler_config=self.config.sampler,
-                      tokenizer=self.task.tokenizer, task=self.task.name,
-                      train_config=asdict(self.config), metrics=summary)
+        """The weights, config.json and metrics.json, which land together: a second stop signal waits."""
+        with self.stops.deferred():
+            write_run_dir(self.output_dir, model=model, family=self.family.name, arch=self.config.arch,
+                          model_config=self.config.model, sampler_config=self.config.sampler,
+                          tokenizer=self.task.tokenizer, task=self.task.name,
+                          train_config=asdict(self.config), metrics=summary)
