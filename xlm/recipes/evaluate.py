@@ -118,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ds = task.dataset(args.split)
     if args.limit is not None:
         ds = ds.select(range(min(args.limit, len(ds))))
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # a log gets this line where a terminal gets progress bars
+    print(f"scoring {loaded.label} on {task.name} / {args.split} ({len(ds)} examples)", file=sys.stderr, flush=True)
     draws = [evaluate_loss(unit, ds, batch_size=args.batch_size, device=device, progress=True)
              for _ in range(args.loss_samples)]  # each pass draws fresh noise levels / drop patterns
     metrics = {k: sum(d[k] for d in draws) / len(draws) for k in ("loss", "nll_bound") if k in draws[0]}
