@@ -84,3 +84,13 @@ def test_a_star_cache_changed_with_its_shape_kept_is_rebuilt_not_used(tmp_path):
     with pytest.warns(StarCacheWarning, match="content differs from what was built"):
         assert load_star("star_easy", "validation", cache_dir=cache).to_dict() == original
     assert load_star("star_easy", "validation", cache_dir=cache).to_dict() == original
+
+
+@pytest.mark.parametrize("streaming", ["false", "true"])
+def test_a_corpus_of_blank_lines_says_it_has_no_text(tmp_path, capsys, streaming):
+    corpus = tmp_path / "blank.txt"
+    corpus.write_text("   \n\n \t \n" * 10)
+    code, err = _train(tmp_path, corpus, f"task.streaming={streaming}", capsys=capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [f"error: the training split of {corpus} has no text (every document is empty "
+                                        f"or whitespace): there is nothing to train a tokenizer on"]

@@ -13,11 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import xlm
 from xlm.data.tasks import prompt_problem
 from xlm.data.tasks.sort import load_sort
 from xlm.data.tasks.star import load_star
 from xlm.recipes import compare, convert, evaluate, generate, train
 from xlm.recipes.model_source import load_for_command
+from xlm.run_dir import RunDirError
 
 ROOT = Path(__file__).resolve().parents[2]
 STAR_PROMPT = load_star("star_easy", "test")[0]["prompt"]
@@ -57,6 +59,8 @@ def test_an_unfinished_run_says_how_to_resume_it_or_which_checkpoints_to_use(unf
         assert "--checkpoint step_N (available: step_2, step_4, last)" in err
     assert convert.main(["--from", str(unfinished), "--out", str(unfinished.parent / "out")]) == 2
     assert "has not finished" in _error_line(capsys)
+    with pytest.raises(RunDirError, match=f"{unfinished} is a run that has not finished: rerun its train command"):
+        xlm.load_model(unfinished)  # from Python too
 
 
 def test_eval_and_generate_load_a_checkpoint_of_an_unfinished_run_with_its_ema_weights(unfinished, capsys):

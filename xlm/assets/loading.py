@@ -88,6 +88,10 @@ def resolve_source(name_or_path: str | Path, *, family: str | None = None,
         family = family or card.model_family
         checkpoint_format = checkpoint_format or card.checkpoint_format or XLM_FORMAT
     assert path is not None
+    if path.is_dir() and (path / "checkpoints").is_dir() and not is_run_dir(path):
+        raise RunDirError(f"{path} is a run that has not finished: rerun its train command to resume it, or load "
+                          f"one of its checkpoints with `xlm eval` or `xlm generate --model {path} --checkpoint "
+                          f"step_N` (or `last`)")
     family, fmt = detect_format(path, family, checkpoint_format)
     return ResolvedSource(path=path, family=family, fmt=fmt, card=card)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -232,6 +233,11 @@ def corpus_tokenizer(source: TextSource, *, vocab_size: int, cache_dir: Path | N
         with quiet_datasets():
             train = raw_split(source, "train")
         texts = iter_texts(train, source.text_column, 1_000_000)
+    first = next(texts, None)
+    if first is None:
+        raise InvalidValueError(f"the training split of {source.data_files or source.dataset} has no text (every "
+                                f"document is empty or whitespace): there is nothing to train a tokenizer on")
+    texts = itertools.chain([first], texts)
     tokenizer = SentencePieceTokenizer(train_sentencepiece(texts, vocab_size=vocab_size))
     root.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=root, prefix=".tmp-")
