@@ -12,7 +12,6 @@ function of its position wherever it is collated, and leaves the training proces
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -59,7 +58,7 @@ def _identity(item: Any) -> Any:
 
 class CollatedBatches:
     """This rank's collated micro-batches, step after step; `state()`/`load_state()` are the data
-    position (`EpochBatches`'), `waited_s` the time the trainer spent blocked in `next()`."""
+    position (`EpochBatches`')."""
 
     def __init__(self, order: EpochBatches, dataset: datasets.Dataset, collate: Collate, *, accum: int,
                  num_workers: int, pin_memory: bool = False) -> None:
@@ -67,7 +66,6 @@ class CollatedBatches:
         self._reader = _StepReader(order, dataset, collate, accum)
         self._iter: Iterator[Step] | None = None
         self._last: tuple[int, int, list[int]] | None = None
-        self.waited_s = 0.0
 
     def _open(self) -> Iterator[Step]:
         positions = self.order.positions()
@@ -78,11 +76,9 @@ class CollatedBatches:
                                                 pin_memory=self.pin_memory))
 
     def next(self) -> list[dict[str, Any]]:
-        started = time.perf_counter()
         if self._iter is None:
             self._iter = self._open()
         epoch, index, indices, batches = next(self._iter)
-        self.waited_s += time.perf_counter() - started
         self.order.take(epoch, index)
         self._last = (epoch, index, indices)
         return batches
