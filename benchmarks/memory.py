@@ -70,9 +70,11 @@ def _build_step(case: MemoryCase):
 
         config = transformers.GPT2Config(vocab_size=case.vocab, n_positions=case.seq, n_embd=case.dim,
                                          n_layer=case.layers, n_head=heads, resid_pdrop=0.0, embd_pdrop=0.0,
-                                         attn_pdrop=0.0, attn_implementation="sdpa")
+                                         attn_pdrop=0.0, attn_implementation="sdpa", bos_token_id=0, eos_token_id=0)
         model = transformers.GPT2LMHeadModel(config).to(device)
-        if case.checkpointing:
+        if case.checkpointing and hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif case.checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
         ids = ids.to(device)
@@ -159,17 +161,19 @@ def _measure_in_fresh_process(case: MemoryCase) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
-def bench_memory(quick: bool, device: str = "cpu", families: Sequence[str] = FAMILIES) -> list[dict[str, Any]]:
+def bench_memory(quick: bool, device: str = "cpu", families: Sequence[str] = FAMILIES, *,
+                 in_process: bool = False) -> list[dict[str, Any]]:
     """One row per family: peak MiB without and with activation checkpointing, what checkpointing
-    saves, and each against HF GPT-2 under the same setting."""
+    saves, and each against HF GPT-2 under the same setting. On CPU each case runs in a fresh
+    process unless `in_process` (a smoke run: this process's earlier peaks hide later ones)."""
     batch, seq = (2, 64) if quick else (16, 1024) if device.startswith("cuda") else (4, 256)
     vocab = 4096 if quick else VOCAB
     peaks: dict[tuple[str, bool], int] = {}
     for family in families:
         for checkpointing in (False, True):
             case = MemoryCase(family, checkpointing, device, batch, seq, vocab=vocab)
-            peaks[family, checkpointing] = measure(case) if device.startswith("cuda") else \
-                _measure_in_fresh_process(case)
+            fresh = not in_process and not device.startswith("cuda")
+            peaks[family, checkpointing] = _measure_in_fresh_process(case) if fresh else measure(case)
     rows = []
     for family in families:
         plain, ckpt = peaks[family, False], peaks[family, True]
