@@ -8,7 +8,7 @@ What is measured: two training steps (AdamW, so the second step's peak holds the
 optimizer state, the gradients and the activations), as the trainer runs them on that device
 (CPU: its CPU kernels, fp32; CUDA: bf16 autocast). On CUDA, `torch.cuda.max_memory_allocated`
 over the steps, minus what was allocated before the model was built. On CPU, where no allocator
-counts for us, each configuration runs in a fresh process: its peak resident set (ru_maxrss)
+counts for us, each configuration runs in a fresh process: its peak resident set (VmHWM)
 minus its resident set before the model was built, so libraries and the interpreter are left
 out; allocator caching counts, as it does for any CPU training process.
 """
@@ -48,7 +48,10 @@ def _rss_bytes() -> int:
 
 
 def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """This process's peak resident set (VmHWM). Not getrusage's ru_maxrss: Linux carries the parent's
+    peak through fork and exec into it, so a child of a large process would report the parent's."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def _build_step(case: MemoryCase):
