@@ -12,6 +12,13 @@ ratios hold on any machine (absolute numbers are this machine's). Sections:
   mdlm_cache   MDLM cached vs uncached ancestral sampler (T steps over a masked block)
   ilm_multi    ILM several insertions per step vs one: model calls and the accuracy cost (the shipped
                ilm_star_easy and ilm_sort, or --ilm-model on --ilm-task)
+  data_wait    the fraction of the trainer's step time spent waiting on data, with 0 and 2 dataloader
+               workers collating (benchmarks/data_wait.py)
+  memory       peak training memory per family and of HF GPT-2 at 6 layers x 512, with and without
+               activation checkpointing, each in a fresh process (benchmarks/memory.py)
+
+The GPU counterparts (bf16, torch.compile, MFU against the card's peak) are benchmarks/gpu.py,
+run with the GPU tests by benchmarks/gpu_check.sh.
 
 Prints a table per section and writes everything as JSON with --output.
 """
@@ -233,14 +240,14 @@ def _step_floor(step: Callable[[], None], *, batch: int, seq: int, heads: int, h
 
 
 def bench_mdlm_cache(quick: bool, *, steps: int | None = None, length: int | None = None,
-                     batches: Sequence[int] = (1, 16)) -> list[Row]:
+                     batches: Sequence[int] = (1, 16), device: str = "cpu") -> list[Row]:
     from xlm.models.mdlm import MdlmPredictor, MdlmSamplerConfig, build_noise_schedule
 
     steps = steps or (200 if quick else 1000)
     length = length or (64 if quick else 128)
     rows = []
     torch.manual_seed(0)
-    model = xlm.create_model("mdlm_star", vocab_size=128, time_conditioning=False).eval()
+    model = xlm.create_model("mdlm_star", vocab_size=128, time_conditioning=False).to(device).eval()
     with torch.no_grad():  # a fresh DiT predicts uniformly (zero-initialised output): give it an opinion
         for p in model.parameters():
             p.normal_(std=0.02)
@@ -260,15 +267,23 @@ def bench_mdlm_cache(quick: bool, *, steps: int | None = None, length: int | Non
                                                                           use_cache=use_cache), schedule=schedule)
             calls.update(forwards=0, rows=0)
             start = time.perf_counter()
-            outputs[use_cache] = predictor.unconditional(batch, length, generator=torch.Generator().manual_seed(0))
+            outputs[use_cache] = predictor.unconditional(batch, length,
+                                                         generator=torch.Generator(device).manual_seed(0))
             name = "cached" if use_cache else "uncached"
-            row[f"{name}_s"] = round(time.perf_counter() - start, 3)
+            row[f"{name}_s"] = round(_synchronized(device, start), 3)
             row[f"{name}_forwards"] = calls["forwards"]
             row[f"{name}_row_forwards"] = calls["rows"]
         row["speedup"] = round(row["uncached_s"] / row["cached_s"], 2)
         row["same_tokens"] = bool(torch.equal(outputs[False], outputs[True]))
         rows.append(row)
     return rows
+
+
+def _synchronized(device: str, start: float) -> float:
+    """Seconds since `start`, once the device has finished what it was given."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 class _NoStopTokenizer:
@@ -371,30 +386,40 @@ def ilm_pairs(model: str | None, task: str | None) -> Sequence[tuple[str, str]]:
 #: "At equal exact match": a saving of ILM model calls counts only if exact match drops by at most this.
 EXACT_MATCH_TOLERANCE = 0.01
 
-SECTIONS = ("peak", "train", "hf_gpt2", "generate", "mdlm_cache", "ilm_multi")
+SECTIONS = ("peak", "train", "hf_gpt2", "generate", "mdlm_cache", "ilm_multi", "data_wait", "memory")
 
 
 def targets(results: dict[str, Any]) -> list[Row]:
     """The project's performance goals against this run's figures (sections not run are skipped)."""
     most_k = max((r.get("insertions_per_step", 0) for r in results.get("ilm_multi", [])), default=0)
-    goals: list[tuple[str, str, str, float, Callable[[Row], bool]]] = [
+    goals: list[tuple[str, str, str, float, Callable[[Row], bool]]] = [  # measured >= target, or <= for a negative one
         ("hf_gpt2", "training step, HF GPT-2 time / xlm time", "hf_over_xlm", 1.2, lambda r: True),
         ("train", "MFU at width 512 (size L)", "mfu", 0.6, lambda r: r.get("size") == "L"),
         ("generate", "KV-cache greedy generation, HF generate time / xlm time", "hf_over_xlm", 1.5, lambda r: True),
         ("mdlm_cache", "MDLM cached sampler speedup", "speedup", 4.0, lambda r: True),
         ("ilm_multi", "ILM fewer model calls per row with several insertions per step", "fewer_row_calls", 3.0,
          lambda r: r.get("insertions_per_step") == most_k),
+        ("data_wait", "fraction of step time waiting on data, with dataloader workers", "data_wait_steady", -0.05,
+         lambda r: r.get("num_workers", 0) > 0),
     ]
     rows = []
     for section, what, key, goal, keep in goals:
         for r in results.get(section, []):
             if keep(r) and key in r:
                 where = ", ".join(f"{k}={r[k]}" for k in ("shape", "batch", "arch", "task", "insertions_per_step",
-                                                          "exact_match_change") if k in r)
+                                                          "exact_match_change", "num_workers") if k in r)
                 equal_accuracy = r.get("exact_match_change", 0.0) >= -EXACT_MATCH_TOLERANCE
-                rows.append({"goal": what, "where": where, "measured": r[key], "target": goal,
-                             "met": r[key] >= goal and equal_accuracy})
+                met = r[key] >= goal if goal >= 0 else r[key] <= -goal
+                rows.append({"goal": what, "where": where, "measured": r[key], "target": abs(goal),
+                             "met": met and equal_accuracy})
     return rows
+
+
+def _section(name: str, quick: bool) -> list[Row]:
+    """A section kept in its own module (benchmarks/<name>.py, imported when run), on CPU."""
+    import importlib
+
+    return getattr(importlib.import_module(f"benchmarks.{name}"), f"bench_{name}")(quick)
 
 
 def print_table(name: str, rows: list[Row]) -> None:
@@ -430,6 +455,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mdlm_cache": lambda: bench_mdlm_cache(args.quick),
         "ilm_multi": lambda: [row for model, task in ilm_pairs(args.ilm_model, args.ilm_task)
                               for row in bench_ilm_multi(args.quick, model, task)],
+        "data_wait": lambda: _section("data_wait", args.quick),
+        "memory": lambda: _section("memory", args.quick),
     }
     print_table("peak", peak)
     for section in args.sections:

@@ -96,3 +96,27 @@ def test_hf_gpt2_rows_carry_the_floor_that_bounds_their_ratio():
     for row in bench.bench_hf_gpt2(True):
         assert row["sdpa_s"] > 0 and row["matmul_floor_s"] > 0
         assert row["hf_over_floor"] == pytest.approx(row["hf_s"] / (row["sdpa_s"] + row["matmul_floor_s"]), abs=0.02)
+
+
+def test_data_wait_section_times_the_trainers_wait_with_and_without_workers():
+    from benchmarks.data_wait import bench_data_wait
+
+    rows = bench_data_wait(True, archs=("mlm_star",))
+    assert [r["num_workers"] for r in rows] == [0, 2]
+    for r in rows:
+        assert 0 < r["data_wait_steady"] < 1 and 0 < r["data_wait"] < 1
+        assert r["data_wait_ms"] < r["step_ms"] and r["first_wait_ms"] > 0
+
+
+def test_memory_of_a_training_step_in_a_fresh_process_holds_weights_gradients_and_adam():
+    import xlm
+    from benchmarks.memory import MemoryCase, _measure_in_fresh_process
+
+    case = MemoryCase("arlm", False, "cpu", batch=2, seq=64, layers=2, dim=256, vocab=4096)
+    params = sum(p.numel() for p in xlm.create_model("arlm_star", vocab_size=4096, model_dim=256, num_layers=2,
+                                                     num_heads=4, ffn_dim=1024, max_seq_len=66).parameters())
+    parent = bytearray(600 * 2**20)  # a large parent (Linux's ru_maxrss would carry its peak into the child)
+    parent[:: 4096] = b"\1" * len(parent[:: 4096])
+    peak = _measure_in_fresh_process(case)
+    del parent
+    assert 4 * 4 * params < peak < 4 * 4 * params + 300 * 2**20  # weights, gradients, AdamW's two moments

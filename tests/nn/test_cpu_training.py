@@ -94,3 +94,24 @@ def test_it_is_idempotent_leaves_subclasses_alone_and_does_nothing_when_disabled
     assert accelerate_training(model) == []
     assert [type(m) for m in model.values()] == [FusedQkvAttention, OwnAttention, CompiledGeluFeedForward,
                                                  FeedForward]
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="the compiled GELU needs a C++ compiler")
+def test_activation_checkpointing_on_an_accelerated_model_gives_the_same_gradients():
+    """The compiled GELU is built when swapped in, not by the first forward: built inside a
+    checkpointed block, the recomputation saved other tensors than the forward and backward failed."""
+    from xlm.nn.cpu.gelu_tanh import compiled_gelu_tanh
+    from xlm.recipes.activation_checkpointing import checkpoint_activations
+
+    compiled_gelu_tanh.cache_clear()  # as in a fresh process
+    plain, unit = _model_and_unit("arlm_star")
+    checkpointed = copy.deepcopy(plain)
+    accelerate_training(plain)
+    accelerate_training(checkpointed)
+    checkpoint_activations(checkpointed)
+    batch = unit.collate_train(_examples())
+    loss_ckpt, grads_ckpt, _ = _loss_and_grads(unit, checkpointed, batch)  # the first forward of the process
+    loss, grads, _ = _loss_and_grads(unit, plain, batch)
+    torch.testing.assert_close(loss_ckpt, loss)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_ckpt[name], grad, rtol=1e-5, atol=1e-6, msg=name)

@@ -34,7 +34,8 @@ class ConfigError(XlmUserError, ValueError):
 class DataConfig:
     batch_size: int = 64  # global examples per micro-step, split evenly across ranks
     eval_batch_size: int = 256
-    num_workers: int = 0  # task.streaming: dataloader worker processes reading and tokenizing per rank
+    num_workers: int = 0  # dataloader worker processes per rank: collating map-style batches ahead of the step
+    #                       (the same batches and data position as 0), or with task.streaming reading and tokenizing
 
 
 @dataclass(kw_only=True)

@@ -2,13 +2,15 @@
 resumed run reads exactly what the interrupted one would have read next.
 
 A map-style dataset is read through `EpochBatches`: global batches whose order is a pure function
-of (seed, epoch), so the position is one (epoch, index) pair, the same on every rank. With a
+of (seed, epoch), so the position is one (epoch, index) pair, the same on every rank, whoever
+collates the batches (`xlm.recipes.collated_batches`, in this process or in dataloader workers). With a
 streaming task (`task.streaming=true`) every rank reads its own row stream
 (`xlm.data.streaming.RowStream`), so the position is every rank's stream position, gathered.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +38,29 @@ class EpochBatches:
         self.epoch, self.index = 0, 0
         self._order: tuple[int, list[int]] | None = None
 
-    def _permutation(self) -> list[int]:
-        if self._order is None or self._order[0] != self.epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            self._order = (self.epoch, torch.randperm(self.num_examples, generator=g).tolist())
-        return self._order[1]
+    def positions(self) -> Iterator[tuple[int, int]]:
+        """The (epoch, index) of every batch from the current position on; `self` does not move
+        (a reader may run ahead of the batches taken, `take` moves it)."""
+        epoch, index = self.epoch, self.index
+        while True:
+            if index >= self.per_epoch:
+                epoch, index = epoch + 1, 0
+            yield epoch, index
+            index += 1
 
-    def next_indices(self) -> list[int]:
-        if self.index >= self.per_epoch:
-            self.epoch, self.index = self.epoch + 1, 0
-        start = self.index * self.global_batch
-        batch = self._permutation()[start : start + self.global_batch]
-        self.index += 1
+    def indices_at(self, epoch: int, index: int) -> list[int]:
+        """This rank's slice of global batch `index` of `epoch`."""
+        if self._order is None or self._order[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._order = (epoch, torch.randperm(self.num_examples, generator=g).tolist())
+        start = index * self.global_batch
+        batch = self._order[1][start : start + self.global_batch]
         local = self.global_batch // self.env.world_size
         return batch[self.env.rank * local : (self.env.rank + 1) * local]
+
+    def take(self, epoch: int, index: int) -> None:
+        """Batch (epoch, index) was trained on: the saved position is the one after it."""
+        self.epoch, self.index = epoch, index + 1
 
     def state(self) -> dict[str, int]:
         return {"epoch": self.epoch, "index": self.index}

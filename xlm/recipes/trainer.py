@@ -5,7 +5,8 @@ Exact resume rests on three things: a data order that is a pure function of (see
 a saved data position, and saved RNG states; evaluation never touches the training RNG.
 
 Data: a map-style dataset indexed by `EpochBatches` (global batches, the same whatever the
-number of ranks), or with a streaming task (`task.streaming=true`) each rank's own row stream
+number of ranks) and collated ahead in `data.num_workers` processes (`CollatedBatches`), or with
+a streaming task (`task.streaming=true`) each rank's own row stream
 (`xlm.data.streaming.RowStream`), whose per-rank position is gathered into every checkpoint.
 
 Parallelism under torchrun: DDP (`trainer.parallelism=ddp`), or FSDP2 (`fsdp`: `fully_shard` on
@@ -24,7 +25,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,7 @@ from .best_checkpoint import BestCheckpointTracker, best_mode
 from .checkpoint import (CheckpointError, checkpoint_dirs, checkpoint_name, clear_interrupted_writes,
                          is_sharded_checkpoint, load_checkpoint, load_sharded, load_trainer_state, prune_checkpoints,
                          save_checkpoint, save_sharded)
+from .collated_batches import CollatedBatches
 from .config import ConfigError, TrainRecipeConfig, config_to_yaml
 from .data_order import EpochBatches, data_position, restore_data_position
 from .divergence import DivergenceGuard
@@ -167,7 +169,7 @@ class Trainer:
 
     def _build_data(self) -> tuple[bool, datasets.Dataset | None, datasets.Dataset, Any]:
         """(whether training streams, the training set or None when it streams, the validation set,
-        the training batches: EpochBatches over the training set, or this rank's row stream)."""
+        the training batches: CollatedBatches over the training set, or this rank's row stream)."""
         config, task, env = self.config, self.task, self.env
         streaming = bool(getattr(task, "streaming", False))
         train_ds = None if streaming else task.dataset("train").select_columns(self._train_columns(task))
@@ -180,8 +182,10 @@ class Trainer:
             batches = task.train_stream(rank=env.rank, world_size=env.world_size,  # type: ignore[attr-defined]
                                         num_workers=config.data.num_workers, seed=config.seed)
         else:
-            batches = EpochBatches(len(train_ds), config.data.batch_size * config.trainer.grad_accum_steps,
-                                   config.seed, env)
+            accum = config.trainer.grad_accum_steps
+            order = EpochBatches(len(train_ds), config.data.batch_size * accum, config.seed, env)
+            batches = CollatedBatches(order, train_ds, self.unit.collate_train, accum=accum,
+                                      num_workers=config.data.num_workers, pin_memory=env.device.type == "cuda")
         return streaming, train_ds, val_ds, batches
 
     @staticmethod
@@ -237,8 +241,7 @@ class Trainer:
             raise
         finally:
             log.close()
-            if self.streaming:
-                self.batches.close()  # dataloader workers
+            self.batches.close()  # dataloader workers
             if record is not None:
                 record.end(status, self.step, error)
 
@@ -367,13 +370,13 @@ class Trainer:
         nll_sum = torch.zeros((), device=self.env.device)
         num_tokens = torch.zeros((), device=self.env.device)
         input_tokens = 0
-        for i, examples in enumerate(micro_batches):
+        for i, collated in enumerate(micro_batches):
             if rewind is not None and i and broadcast_flag(self.stops.requested, self.env):
                 self.optimizer.zero_grad(set_to_none=True)
                 self.batches.load_state(rewind[0])
                 set_rng_state(rewind[1])
                 raise StepAbandoned(i, accum)
-            batch = self._to_device(self.unit.collate_train(examples))
+            batch = self._to_device(collated)
             input_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
             last = i == accum - 1
             ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
@@ -467,25 +470,19 @@ class Trainer:
         which needs a data position to rewind (not a stream) and unsharded gradients (not FSDP)."""
         return self.config.trainer.grad_accum_steps > 1 and not self.streaming and not self.fsdp
 
-    def _micro_batches(self) -> tuple[list[list[dict[str, Any]]], str]:
-        """This rank's examples for one optimizer step, split into grad_accum_steps micro-batches,
-        and where they came from (for error messages)."""
+    def _micro_batches(self) -> tuple[Iterable[dict[str, Any]], str]:
+        """This rank's grad_accum_steps collated micro-batches for one optimizer step, and where they
+        came from (for error messages)."""
+        if not self.streaming:
+            return self.batches.next(), self.batches.describe()
         accum = self.config.trainer.grad_accum_steps
-        if self.streaming:
-            local = self.config.data.batch_size * accum // self.env.world_size
-            where = f"before this step: {self.batches.describe()}"
-            rows = self.batches.next_rows(local)
-            micro = local // accum
-            return [[{"input_ids": r} for r in rows[i * micro : (i + 1) * micro]] for i in range(accum)], where
-        indices = self.batches.next_indices()
-        micro = len(indices) // accum
-        out = []
-        for i in range(accum):
-            rows = self.train_ds[indices[i * micro : (i + 1) * micro]]
-            out.append([dict(zip(rows, values)) for values in zip(*rows.values())])
-        where = (f"data epoch {self.batches.epoch}, batch {self.batches.index - 1}, "
-                 f"rows {indices[:8]}{'...' if len(indices) > 8 else ''}")
-        return out, where
+        local = self.config.data.batch_size * accum // self.env.world_size
+        where = f"before this step: {self.batches.describe()}"
+        rows = self.batches.next_rows(local)
+        micro = local // accum
+        # collated as the step reaches each one, as this rank's RNG stream always had it
+        return (self.unit.collate_train([{"input_ids": r} for r in rows[i * micro : (i + 1) * micro]])
+                for i in range(accum)), where
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v.to(self.env.device, non_blocking=True) if isinstance(v, torch.Tensor) else v

@@ -15,7 +15,7 @@ from torch import nn
 from ..attention import MultiheadAttention
 from ..feed_forward import FeedForward
 from .fused_qkv import FusedQkvAttention
-from .gelu_tanh import CompiledGeluFeedForward
+from .gelu_tanh import CompiledGeluFeedForward, compiled_gelu_tanh
 
 
 def _training_class(module: nn.Module) -> type[nn.Module] | None:
@@ -39,4 +39,8 @@ def accelerate_training(model: nn.Module, *, enabled: bool = True) -> list[str]:
         if faster is not None:
             module.__class__ = faster
             swapped.append(name)
+            if faster is CompiledGeluFeedForward:
+                # built here, outside any forward: built inside an activation-checkpointed block, its probe's
+                # backward would run within the checkpoint, whose recomputation then saves other tensors
+                compiled_gelu_tanh()
     return swapped
