@@ -38,7 +38,8 @@ from . import evaluate, train
 from .progress import Progress, duration
 from .train import refuse_file
 
-TABLE_METRICS = ("exact_match", "token_accuracy", "path_valid", "branch_correct", "loss")
+TABLE_METRICS = ("exact_match", "token_accuracy", "path_valid", "branch_correct", "probe_goal_pred", "probe_next",
+                 "loss")
 RUN_SETTINGS = "compare_run.json"  # in each run directory: what it was trained and scored with
 
 
@@ -204,12 +205,14 @@ def table(results: list[dict[str, Any]], archs: Sequence[str], budget: str) -> s
     return "\n".join(lines) + "\n"
 
 
-PLOT_METRICS = ("val_exact_match", "val_token_accuracy", "val_loss")
+PLOT_METRICS = ("val_exact_match", "val_probe_goal_pred", "val_probe_next", "val_probe_branch",
+                "val_token_accuracy", "val_loss")
 
 
 def plot_panels(results: list[dict[str, Any]]) -> list[str]:
-    """The validation metrics the runs logged, in PLOT_METRICS order: token accuracy as well as exact
-    match, because on a hard task every family can sit at exact match 0 while its tokens improve."""
+    """The validation metrics the runs logged, in PLOT_METRICS order: the star probe (the probability put on
+    the node an edge lookup gives) beside exact match, since it rises before exact match does, and token
+    accuracy, because on a hard task every family can sit at exact match 0 while its tokens improve."""
     return [m for m in PLOT_METRICS if any(m in p for r in results for p in r["curve"])]
 
 

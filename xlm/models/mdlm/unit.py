@@ -6,8 +6,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from xlm.data.tokenizers import Tokenizer
+from xlm.nn import token_probs_at
 
 from .collators import MdlmLMCollator, MdlmSeq2SeqCollator, MdlmSeq2SeqPredictCollator
 from .loss import mdlm_loss
@@ -48,3 +51,26 @@ class MdlmUnit:
 
     def predict(self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None) -> MdlmPredictionDict:
         return self.predictor.predict(batch, generator=generator)  # type: ignore[arg-type]
+
+    @torch.no_grad()
+    def target_probs(self, examples: Sequence[Mapping[str, Any]],
+                     reveal: Sequence[int]) -> Float[Tensor, "rows block"]:
+        """Per row, p(the clean block's token at each block slot | the prompt and the block's first `reveal[r]`
+        slots, the rest [MASK]) under SUBS, from one forward and no randomness; NaN at the revealed slots. The
+        time conditioning is the sigma whose masking probability is the row's masked fraction of the block (at
+        most the schedule's at t = 1, where sampling starts). What the star probe reads
+        (`xlm.data.tasks.star.probe_star`)."""
+        batch = self._seq2seq(examples)
+        x0, noise_mask = batch["input_ids"], batch["noise_mask"]
+        block = self._seq2seq.block_size
+        start = x0.size(1) - block
+        hidden = noise_mask & (torch.arange(x0.size(1)) >= start + torch.tensor(list(reveal))[:, None])
+        fraction = hidden.sum(dim=1).float() / block
+        top = self.schedule.move_chance(torch.ones(1))
+        sigma = -torch.log1p(-torch.minimum(fraction, top))
+        device = next(self.model.parameters()).device
+        logits = self.model(x0.masked_fill(hidden, self.tokenizer.mask_token_id).to(device), sigma.to(device),
+                            attention_mask=batch["attention_mask"].to(device), output_positions=hidden.to(device))
+        logits = logits.float()
+        logits[:, self.tokenizer.mask_token_id] = float("-inf")
+        return token_probs_at(logits, x0[hidden], hidden)[:, start:]

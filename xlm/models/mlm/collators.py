@@ -79,6 +79,11 @@ class MlmSeq2SeqCollator:
 
     def __call__(self, examples: Sequence[Mapping[str, Any]], *,
                  generator: torch.Generator | None = None) -> MlmTrainBatch:
+        target_ids, attention_mask, maskable = self.clean_rows(examples)
+        return _masked_batch(target_ids, attention_mask, maskable, self.tokenizer.mask_token_id, generator)
+
+    def clean_rows(self, examples: Sequence[Mapping[str, Any]]) -> tuple[Tensor, Tensor, Tensor]:
+        """The unmasked rows, their attention mask and the maskable block (drawing no randomness)."""
         prompt_ids, prompt_mask = _prompt_columns(examples, self.tokenizer)
         check_fits(prompt_ids.size(1) + self.block_size, self.max_len, "a prompt + [BOS] + block row",
                    also=OR_MAX_NEW_TOKENS)
@@ -87,7 +92,7 @@ class MlmSeq2SeqCollator:
         attention_mask = torch.cat([prompt_mask, torch.ones_like(blocks, dtype=torch.bool)], dim=1)
         maskable = torch.zeros_like(attention_mask)
         maskable[:, prompt_ids.size(1):] = True
-        return _masked_batch(target_ids, attention_mask, maskable, self.tokenizer.mask_token_id, generator)
+        return target_ids, attention_mask, maskable
 
 
 class MlmLMCollator:

@@ -6,8 +6,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from xlm.data.tokenizers import Tokenizer
+from xlm.nn import token_probs_at
 
 from .collators import MlmLMCollator, MlmPredictCollator, MlmSeq2SeqCollator
 from .loss import mlm_loss
@@ -42,3 +45,17 @@ class MlmUnit:
 
     def predict(self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None) -> MlmPredictionDict:
         return self.predictor.predict(batch, generator=generator)  # type: ignore[arg-type]
+
+    @torch.no_grad()
+    def target_probs(self, examples: Sequence[Mapping[str, Any]],
+                     reveal: Sequence[int]) -> Float[Tensor, "rows block"]:
+        """Per row, P(the clean block's token at each block slot | the prompt and the block's first `reveal[r]`
+        slots, the rest [MASK]), from one forward and no randomness; NaN at the revealed slots. What the star
+        probe reads (`xlm.data.tasks.star.probe_star`)."""
+        target_ids, attention_mask, maskable = self._seq2seq.clean_rows(examples)
+        start = target_ids.size(1) - self._seq2seq.block_size
+        hidden = maskable & (torch.arange(target_ids.size(1)) >= start + torch.tensor(list(reveal))[:, None])
+        device = next(self.model.parameters()).device
+        logits = self.model(target_ids.masked_fill(hidden, self.tokenizer.mask_token_id).to(device),
+                            attention_mask=attention_mask.to(device), output_positions=hidden.to(device))
+        return token_probs_at(logits, target_ids[hidden], hidden)[:, start:]
