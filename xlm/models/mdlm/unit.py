@@ -11,6 +11,7 @@ from torch import Tensor
 
 from xlm.data.tokenizers import Tokenizer
 from xlm.nn import token_probs_at
+from xlm.nn.loss_shaping import whole_mask_probability
 
 from .collators import MdlmLMCollator, MdlmSeq2SeqCollator, MdlmSeq2SeqPredictCollator
 from .loss import mdlm_loss
@@ -36,6 +37,10 @@ class MdlmUnit:
         self._seq2seq = MdlmSeq2SeqCollator(tokenizer, max_len, block)
         self._predict = MdlmSeq2SeqPredictCollator(tokenizer, max_len, block)
         self.predictor = MdlmPredictor(model, tokenizer, sampler, schedule=self.schedule)
+        self.training_step = 0  # the trainer's step (set_training_step), for the whole-mask curriculum
+
+    def set_training_step(self, step: int) -> None:
+        self.training_step = step
 
     def collate_train(self, examples: Sequence[Mapping[str, Any]]) -> MdlmTrainBatch:
         """Seq2seq rows carry `prompt_ids`/`target_ids`; LM rows carry `input_ids`."""
@@ -45,9 +50,12 @@ class MdlmUnit:
         return dict(self._predict(examples))
 
     def loss(self, model: torch.nn.Module, batch: MdlmTrainBatch) -> MdlmLossDict:
-        config = self.model.config
+        config, training = self.model.config, self.model.training  # evaluation: the plain NELBO
+        whole_prob = whole_mask_probability(self.training_step, start=config.whole_mask_prob,
+                                            steps=config.whole_mask_steps) if training else 0.0
         return mdlm_loss(model, batch, schedule=self.schedule, mask_token_id=self.tokenizer.mask_token_id,
-                         sampling_eps=config.sampling_eps, antithetic=config.antithetic_sampling)
+                         sampling_eps=config.sampling_eps, antithetic=config.antithetic_sampling,
+                         whole_prob=whole_prob, focal_gamma=config.focal_gamma if training else 0.0)
 
     def predict(self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None) -> MdlmPredictionDict:
         return self.predictor.predict(batch, generator=generator)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from xlm.data.tokenizers import Tokenizer
 from xlm.nn import token_probs_at
+from xlm.nn.loss_shaping import whole_mask_probability
 
 from .collators import MlmLMCollator, MlmPredictCollator, MlmSeq2SeqCollator
 from .loss import mlm_loss
@@ -30,18 +31,31 @@ class MlmUnit:
         self._lm = MlmLMCollator(tokenizer, max_len=max_len)
         self._predict = MlmPredictCollator(tokenizer, block_size=sampler.max_new_tokens, max_len=max_len)
         self.predictor = MlmPredictor(model, tokenizer, sampler)
+        self.training_step = 0  # the trainer's step (set_training_step), for the whole-mask curriculum
+
+    def set_training_step(self, step: int) -> None:
+        self.training_step = step
+
+    def _whole_prob(self) -> float:
+        """The curriculum's chance of a row masked whole now; 0 outside training (evaluation's plain objective)."""
+        config = self.model.config
+        if not self.model.training:
+            return 0.0
+        return whole_mask_probability(self.training_step, start=config.whole_mask_prob, steps=config.whole_mask_steps)
 
     def collate_train(self, examples: Sequence[Mapping[str, Any]], *,
                       generator: torch.Generator | None = None) -> MlmTrainBatch:
         """Seq2seq rows carry `prompt_ids`/`target_ids`; LM rows carry `input_ids`."""
         collate = self._seq2seq if "prompt_ids" in examples[0] else self._lm
-        return collate(examples, generator=generator)
+        return collate(examples, generator=generator, whole_prob=self._whole_prob())
 
     def collate_predict(self, examples: Sequence[Mapping[str, Any]]) -> MlmPredictBatch:
         return self._predict(examples)
 
     def loss(self, model: torch.nn.Module, batch: MlmTrainBatch) -> MlmLossDict:
-        return mlm_loss(model, batch, weighting=self.model.config.loss_weighting)
+        config = self.model.config
+        return mlm_loss(model, batch, weighting=config.loss_weighting,
+                        focal_gamma=config.focal_gamma if self.model.training else 0.0)
 
     def predict(self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None) -> MlmPredictionDict:
         return self.predictor.predict(batch, generator=generator)  # type: ignore[arg-type]
