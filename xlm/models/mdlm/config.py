@@ -105,6 +105,14 @@ def mdlm_star() -> MdlmConfig:
                       sigma_embed_dim=128)
 
 
+@mdlm_arch("mdlm_star_xlmcore")
+def mdlm_star_xlmcore() -> MdlmConfig:
+    """xlm-core's star size (768 wide, 12 layers, 12 heads) as a DiT; xlm-core has no MDLM star recipe, so
+    configs/arch/mdlm_star_xlmcore.yaml uses its MLM one."""
+    return MdlmConfig(vocab_size=128, max_seq_len=256, model_dim=768, num_layers=12, num_heads=12, cond_dim=128,
+                      sigma_embed_dim=256)
+
+
 @mdlm_arch("mdlm_base")
 def mdlm_base() -> MdlmConfig:
     """The paper's OpenWebText model (kuleshov-group/mdlm-owt): 12 blocks, 768 wide, 12 heads,

@@ -101,6 +101,13 @@ def mlm_star() -> MlmConfig:
     return MlmConfig(vocab_size=128, model_dim=128, num_layers=4, num_heads=4, ffn_dim=512, max_seq_len=256)
 
 
+@mlm_arch("mlm_star_xlmcore")
+def mlm_star_xlmcore() -> MlmConfig:
+    """xlm-core's star size (about 85M parameters: 768 wide, 12 layers, 12 heads), for the paper-scale comparison on
+    a GPU; the recipe settings are configs/arch/mlm_star_xlmcore.yaml."""
+    return MlmConfig(vocab_size=128, model_dim=768, num_layers=12, num_heads=12, ffn_dim=3072, max_seq_len=256)
+
+
 @mlm_arch("mlm_base")
 def mlm_base() -> MlmConfig:
     """BERT-base (bert-base-uncased shapes and layout), so BERT checkpoints convert one-to-one."""
