@@ -24,3 +24,21 @@ def test_xlmcore_preset_composes_to_its_size_optimizer_and_budget(arch, capsys):
 def test_xlmcore_size_is_about_85m_parameters():
     model = xlm.create_model("mlm_star_xlmcore", vocab_size=27)
     assert 80e6 < sum(p.numel() for p in model.parameters()) < 90e6
+
+
+def test_compare_with_the_preset_budget_sets_no_steps_of_its_own(tmp_path, monkeypatch):
+    """--budget-preset passes no trainer.max_steps: each run keeps its arch preset's (or, as here, the one
+    the command line gives every run), where --budget-steps sets one for all."""
+    from xlm.recipes import compare
+
+    real, calls = compare.train.main, []
+    monkeypatch.setattr(compare.train, "main", lambda argv: calls.append(argv) or real(argv))  # a spy: it trains
+    tiny = ["--archs", "arlm_tiny", "--test-limit", "4", "--eval-every-steps", "3", "task.train_size=16",
+            "task.eval_size=4", "data.batch_size=4"]
+    assert compare.main(["--task", "star_easy", "--budget-preset", "--output-dir", str(tmp_path / "r"), *tiny,
+                         "trainer.max_steps=3"]) == 0
+    assert [a for a in calls[0] if a.startswith("trainer.max_steps=")] == ["trainer.max_steps=3"]
+    assert "each arch's preset steps" in (tmp_path / "r" / "table.md").read_text()
+    assert compare.main(["--task", "star_easy", "--budget-steps", "2", "--output-dir", str(tmp_path / "s"),
+                         *tiny]) == 0
+    assert [a for a in calls[1] if a.startswith("trainer.max_steps=")] == ["trainer.max_steps=2"]
