@@ -116,3 +116,29 @@ def test_units_shape_training_only_and_follow_the_step(arch):
     unit.set_training_step(0)
     model.eval()
     assert not whole_rows()  # evaluation scores the plain objective
+
+
+def test_the_trainer_tells_the_unit_each_step(tmp_path):
+    """A run of 4 steps with the chance falling from 1 to 0 over 3: each step's collation sees 1, 2/3, 1/3, 0."""
+    from xlm.data.tasks import build_task
+    from xlm.recipes import train
+    from xlm.recipes.distributed import init_distributed
+    from xlm.recipes.trainer import Trainer
+
+    args = train.parse_args(["--arch", "mlm_tiny", "--task", "star_easy", "--experiment", "debug",
+                             "--output-dir", str(tmp_path / "run"), "trainer.max_steps=4", "trainer.eval_every_steps=0",
+                             "trainer.progress_bar=false", "trainer.tensorboard=false", "model.whole_mask_prob=1.0",
+                             "model.whole_mask_steps=3"])
+    composed = train.resolve_config(args)
+    task = build_task(composed.config.task)
+    trainer = Trainer(train.fit_model_to_task(composed, task), get_family("mlm"), task, init_distributed("cpu"))
+    seen, collate = [], trainer.unit.collate_train
+
+    def spy(examples, **kwargs):  # the real collation, its chance noted when the model trains
+        if trainer.unit.model.training:
+            seen.append(trainer.unit._whole_prob())
+        return collate(examples, **kwargs)
+
+    trainer.unit.collate_train = spy
+    trainer.run()
+    assert seen == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0])
