@@ -44,3 +44,7 @@ class Unit(Protocol):
         ...
 
     def predict(self, batch: Mapping[str, Any]) -> PredictionDict: ...
+
+    # Optional, looked up with getattr:
+    #   set_training_step(step): the trainer's step before each training step (an objective's curriculum)
+    #   target_probs(examples, reveal): what a task's probe reads (`xlm.data.tasks.star.probe_star`)

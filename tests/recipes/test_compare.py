@@ -26,7 +26,9 @@ def test_compare_two_families_two_seeds(tmp_path, capsys):
     table = (out / "table.md").read_text()
     assert "| arlm_tiny |" in table and "±" in table and "12 steps" in table
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert compare.plot_panels(results) == ["val_exact_match", "val_token_accuracy", "val_loss"]
+    assert compare.plot_panels(results) == ["val_exact_match", "val_probe_goal_pred", "val_probe_next",
+                                            "val_probe_branch", "val_token_accuracy", "val_loss"]
+    assert "probe_next" in table and "probe_goal_pred" in table
     mtime = (out / "runs" / "arlm_tiny_seed0" / "model.safetensors").stat().st_mtime
     assert compare.main(argv) == 0  # a rerun reuses the finished runs
     assert (out / "runs" / "arlm_tiny_seed0" / "model.safetensors").stat().st_mtime == mtime

@@ -5,7 +5,7 @@ from .feed_forward import ACTIVATIONS, FeedForward
 from .init import init_transformer_weights
 from .kv_cache import KVCache
 from .norm import NORMS, RMSNorm, make_norm
-from .output_head import LMHead, select_positions
+from .output_head import LMHead, select_positions, token_probs_at
 from .rope import RotaryEmbedding, rotate_half
 from .transformer_block import TransformerBlock
 
@@ -26,4 +26,5 @@ __all__ = [
     "make_norm",
     "select_positions",
     "rotate_half",
+    "token_probs_at",
 ]

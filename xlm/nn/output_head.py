@@ -7,7 +7,8 @@ both keys over one storage. `safetensors.torch.save_file` refuses shared tensors
 
 from __future__ import annotations
 
-from jaxtyping import Bool, Float
+import torch
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 
@@ -22,6 +23,17 @@ def select_positions(hidden: Float[Tensor, "batch seq dim"],
                          f"got {tuple(output_positions.shape)}")
     # index_select's backward is a scatter-add; boolean indexing's (index_put with accumulate) is slower
     return hidden.flatten(0, 1).index_select(0, output_positions.flatten().nonzero().squeeze(1))
+
+
+def token_probs_at(logits: Float[Tensor, "selected vocab"], tokens: Int[Tensor, " selected"],
+                   positions: Bool[Tensor, "batch seq"]) -> Float[Tensor, "batch seq"]:
+    """The softmax probability of each `tokens` entry under its row of `logits` (read at `positions`,
+    row-major, as `select_positions` reads them), laid back onto the batch grid; NaN wherever nothing was
+    read. Probes read what a model puts on the right token this way (`xlm.data.tasks.star.probe_star`)."""
+    probs = logits.float().softmax(-1).gather(-1, tokens.to(logits.device)[:, None]).squeeze(-1)
+    grid = torch.full(positions.shape, float("nan"), device=probs.device)
+    grid[positions.to(probs.device)] = probs
+    return grid.cpu()
 
 
 class LMHead(nn.Module):

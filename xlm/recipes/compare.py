@@ -1,5 +1,5 @@
 """python -m xlm.recipes.compare --task star_easy --archs arlm_star,mlm_star,mdlm_star,ilm_star
-(--budget-minutes M | --budget-steps N) [--seeds 3 | --seeds arlm_star=3,mlm_star=1,...]
+(--budget-minutes M | --budget-steps N | --budget-preset) [--seeds 3 | --seeds arlm_star=3,mlm_star=1,...]
 [--output-dir reports/star_easy] [key=value ...]
 
 Trains every arch with the same budget (wall-clock minutes of training steps, evaluation
@@ -38,7 +38,8 @@ from . import evaluate, train
 from .progress import Progress, duration
 from .train import refuse_file
 
-TABLE_METRICS = ("exact_match", "token_accuracy", "path_valid", "branch_correct", "loss")
+TABLE_METRICS = ("exact_match", "token_accuracy", "path_valid", "branch_correct", "probe_goal_pred", "probe_next",
+                 "loss")
 RUN_SETTINGS = "compare_run.json"  # in each run directory: what it was trained and scored with
 
 
@@ -58,6 +59,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget-minutes", type=float, help="training time per run (evaluation excluded)")
     budget.add_argument("--budget-steps", type=int, help="optimizer steps per run")
+    budget.add_argument("--budget-preset", action="store_true",
+                        help="each arch's own trainer.max_steps (its configs/arch preset, e.g. *_star_xlmcore's)")
     p.add_argument("--seeds", default="1", help="seeds per arch: N for every arch, or ARCH=N,... for each")
     p.add_argument("--output-dir", type=Path, default=None, help="default reports/<task>")
     p.add_argument("--eval-every-steps", type=int, default=250)
@@ -151,11 +154,13 @@ def run_one(arch: str, seed: int, args: argparse.Namespace, out: Path,
         print(f"{arch} seed {seed}: {run} is gone; using its results from {out / 'results.json'}")
         return recorded
     training = {"task": args.task, "budget_minutes": args.budget_minutes, "budget_steps": args.budget_steps,
-                "eval_every_steps": args.eval_every_steps, "overrides": list(args.overrides)}
+                "eval_every_steps": args.eval_every_steps, "overrides": list(args.overrides),
+                **({"budget_preset": True} if args.budget_preset else {})}  # runs recorded before it still match
     settings = _run_settings(run, training)
     settings_file = run / RUN_SETTINGS
     budget = ([f"trainer.max_minutes={args.budget_minutes}", "trainer.max_steps=1000000000"]
-              if args.budget_minutes is not None else [f"trainer.max_steps={args.budget_steps}"])
+              if args.budget_minutes is not None else [] if args.budget_preset
+              else [f"trainer.max_steps={args.budget_steps}"])
     if not (run / "model.safetensors").exists():
         run.mkdir(parents=True, exist_ok=True)
         settings = {"training": training}
@@ -204,12 +209,14 @@ def table(results: list[dict[str, Any]], archs: Sequence[str], budget: str) -> s
     return "\n".join(lines) + "\n"
 
 
-PLOT_METRICS = ("val_exact_match", "val_token_accuracy", "val_loss")
+PLOT_METRICS = ("val_exact_match", "val_probe_goal_pred", "val_probe_next", "val_probe_branch",
+                "val_token_accuracy", "val_loss")
 
 
 def plot_panels(results: list[dict[str, Any]]) -> list[str]:
-    """The validation metrics the runs logged, in PLOT_METRICS order: token accuracy as well as exact
-    match, because on a hard task every family can sit at exact match 0 while its tokens improve."""
+    """The validation metrics the runs logged, in PLOT_METRICS order: the star probe (the probability put on
+    the node an edge lookup gives) beside exact match, since it rises before exact match does, and token
+    accuracy, because on a hard task every family can sit at exact match 0 while its tokens improve."""
     return [m for m in PLOT_METRICS if any(m in p for r in results for p in r["curve"])]
 
 
@@ -271,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     out = args.output_dir or Path("reports") / args.task
-    budget = f"{args.budget_minutes:g} min" if args.budget_minutes is not None else f"{args.budget_steps} steps"
+    budget = (f"{args.budget_minutes:g} min" if args.budget_minutes is not None
+              else "each arch's preset steps" if args.budget_preset else f"{args.budget_steps} steps")
     seeds = seeds_per_arch(args.seeds, archs)
     get_task(args.task)  # unknown names are one error each, before any run dir is made
     for arch in archs:

@@ -4,6 +4,7 @@ only (tqdm's disable=None): in a log file they would be `\r`-overwritten lines."
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -67,7 +68,8 @@ def evaluate_predictions(unit: Unit, task: Task, ds: datasets.Dataset, *, batch_
                          generator: torch.Generator | None = None,
                          stop: Callable[[], bool] | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Mean of each of the task's metrics (and of `model_calls`, the forward passes a row took, where
-    the sampler reports them), and one record per example. EvaluationStopped when `stop()` says yes
+    the sampler reports them; and the task's probe of the model, e.g. star's `probe_*`, where the task and
+    the family have one), and one record per example. EvaluationStopped when `stop()` says yes
     before a batch."""
     was_training = unit.model.training
     unit.model.eval()
@@ -77,12 +79,25 @@ def evaluate_predictions(unit: Unit, task: Task, ds: datasets.Dataset, *, batch_
                              disable=None if progress else True, leave=False):
             out = unit.predict(_to_device(unit.collate_predict(examples), device), generator=generator)
             row_calls = out.get("row_calls")  # samplers whose rows stop on their own report each row's forwards
+            probe = getattr(task, "probe", None)
+            probes = (probe(unit, examples) if probe is not None else None) or [{}] * len(examples)
             for i, (example, text) in enumerate(zip(examples, out["text"])):
                 records.append({"prompt": example.get("prompt"), "target": example.get("target"),
-                                "prediction": text, **task.score(text, example),
+                                "prediction": text, **task.score(text, example), **probes[i],
                                 **({"model_calls": float(row_calls[i])} if row_calls is not None else {})})
     finally:
         unit.model.train(was_training)
-    metric_names = [k for k in records[0] if k not in ("prompt", "target", "prediction")] if records else []
-    means = {name: sum(r[name] for r in records) / len(records) for name in metric_names}
-    return means, records
+    return _means(records), records
+
+
+def _means(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Each metric's mean over the records where it is a number (a probe the family cannot read is NaN);
+    a metric that is NaN everywhere is left out."""
+    means = {}
+    for name in records[0] if records else []:
+        if name in ("prompt", "target", "prediction"):
+            continue
+        values = [r[name] for r in records if not math.isnan(r[name])]
+        if values:
+            means[name] = sum(values) / len(values)
+    return means

@@ -367,6 +367,8 @@ class Trainer:
         accum = self.config.trainer.grad_accum_steps
         rewind = (self.batches.state(), rng_state()) if self._can_abandon_steps() else None
         micro_batches, data_where = self._micro_batches()
+        if hasattr(self.unit, "set_training_step"):  # a unit whose objective follows a curriculum
+            self.unit.set_training_step(self.step)
         nll_sum = torch.zeros((), device=self.env.device)
         num_tokens = torch.zeros((), device=self.env.device)
         input_tokens = 0

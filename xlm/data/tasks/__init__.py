@@ -21,7 +21,8 @@ from .generated import GeneratedSource, GeneratedTask
 from .text import TextTask, TextTaskConfig
 
 STAR = GeneratedSource(tokenizer=star.star_tokenizer, load=star.load_star, score=star.score_star_prediction,
-                       max_prompt_tokens=star.max_prompt_tokens, max_target_tokens=star.max_target_tokens)
+                       max_prompt_tokens=star.max_prompt_tokens, max_target_tokens=star.max_target_tokens,
+                       probe=star.probe_star)
 SORT = GeneratedSource(tokenizer=sort.sort_tokenizer, load=sort.load_sort, score=sort.score_sort_prediction,
                        max_prompt_tokens=sort.max_prompt_tokens, max_target_tokens=sort.max_target_tokens)
 

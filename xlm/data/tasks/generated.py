@@ -8,7 +8,7 @@ import dataclasses
 import hashlib
 import json
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,6 +51,8 @@ class GeneratedSource:
     score: Callable[[str, Mapping[str, Any]], dict[str, float]]  # (prediction, example) -> metrics
     max_prompt_tokens: Callable[[str], int]
     max_target_tokens: Callable[[str], int]
+    # (a unit's target_probs, examples) -> per-example probe metrics; None: the task has no probe
+    probe: Callable[[Callable[..., Any], Sequence[Mapping[str, Any]]], list[dict[str, float]]] | None = None
 
 
 class GeneratedTask:
@@ -78,3 +80,10 @@ class GeneratedTask:
 
     def score(self, pred_text: str, example: Mapping[str, Any]) -> dict[str, float]:
         return self.source.score(pred_text, example)
+
+    def probe(self, unit: Any, examples: Sequence[Mapping[str, Any]]) -> list[dict[str, float]] | None:
+        """Per-example probe metrics read from `unit.target_probs`; None when the task or the family has none."""
+        target_probs = getattr(unit, "target_probs", None)
+        if self.source.probe is None or target_probs is None:
+            return None
+        return self.source.probe(target_probs, examples)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -57,6 +57,7 @@ __all__ = [
     "max_prompt_tokens",
     "max_target_tokens",
     "path_valid",
+    "probe_star",
     "prompt_problem",
     "score_star_prediction",
     "star_cache_path",
@@ -459,3 +460,54 @@ def score_star_prediction(pred_text: str, example: Mapping[str, Any]) -> dict[st
         "path_valid": path_valid(pred_text, example["edge_list"], example["source"], example["goal"]),
         "branch_correct": branch_correct(pred_words, target_words, example["path"], example["edge_list"]),
     }
+
+
+# -- probe ---------------------------------------------------------------------------------------
+
+#: (examples, reveal) -> (rows, slots): P(the target's token at each slot | the prompt and the first reveal[r]
+#: target slots, the rest hidden), NaN where the model cannot be read that way (a unit's `target_probs`).
+TargetProbs = Callable[[Sequence[Mapping[str, Any]], Sequence[int]], Any]
+
+
+def _first_slot(k: int) -> int:
+    """Target slot where path node k first appears ("p0 p1 p1 p2 p2 ... pN"): 0, then 2k - 1."""
+    return 0 if k == 0 else 2 * k - 1
+
+
+def probe_star(target_probs: TargetProbs, examples: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
+    """Per example, the probability the model puts on the right node where a star path needs an edge lookup,
+    read from one batched forward (Bachmann & Nagarajan 2024; xlm issue #30):
+
+    * ``probe_goal_pred``: the goal's predecessor y (the one edge into the goal gives it) with the whole
+      target hidden, mean over y's slots: the first decision of a masked model. A model that learnt the slot
+      layout and copies but no lookup spreads it over the non-source nodes (~1/9 on star_easy).
+    * ``probe_next``: node k+1 at its first slot with the target up to node k revealed, at the nodes k with
+      one outgoing edge (a forward lookup), mean over them.
+    * ``probe_branch``: the same at the nodes with several outgoing edges (the centre): the plan, ~1/degree
+      for a model that guesses.
+
+    A value the family cannot read (``target_probs`` gives NaN, e.g. ``probe_goal_pred`` of a left-to-right
+    model) is NaN. Rows: one with nothing revealed and one per path edge, each example's in one call."""
+    rows, reveal = [], []
+    for example in examples:
+        n = len(example["path"])
+        rows += [example] * n
+        reveal += [0] + [_first_slot(k + 1) for k in range(n - 1)]  # up to node k's last slot, _first_slot(k + 1) - 1
+    probs = target_probs(rows, reveal)
+    out, row = [], 0
+    for example in examples:
+        path = [int(x) for x in example["path"]]
+        edges = example["edge_list"].tolist() if hasattr(example["edge_list"], "tolist") else example["edge_list"]
+        out_degree = Counter(int(u) for u, _ in edges)
+        n = len(path)
+        y = n - 2
+        y_slots = [0] if y == 0 else [_first_slot(y), _first_slot(y) + 1]
+        goal_pred = float(probs[row, y_slots].mean())
+        steps = {True: [], False: []}  # branch node? -> P(next node)
+        for k in range(n - 1):
+            steps[out_degree[path[k]] > 1].append(float(probs[row + 1 + k, _first_slot(k + 1)]))
+        out.append({"probe_goal_pred": goal_pred,
+                    "probe_next": float(np.mean(steps[False])) if steps[False] else float("nan"),
+                    "probe_branch": float(np.mean(steps[True])) if steps[True] else float("nan")})
+        row += n
+    return out

@@ -91,6 +91,14 @@ def arlm_star() -> ArlmConfig:
                       pos_encoding="rope")
 
 
+@arlm_arch("arlm_star_xlmcore")
+def arlm_star_xlmcore() -> ArlmConfig:
+    """xlm-core's star size (about 85M parameters: 768 wide, 12 layers, 12 heads), for the paper-scale comparison on
+    a GPU; the recipe settings are configs/arch/arlm_star_xlmcore.yaml."""
+    return ArlmConfig(vocab_size=128, model_dim=768, num_layers=12, num_heads=12, ffn_dim=3072, max_seq_len=256,
+                      pos_encoding="rope")
+
+
 @arlm_arch("arlm_small")
 def arlm_small() -> ArlmConfig:
     """GPT-2 small (124M): same shapes, so GPT-2 checkpoints load one-to-one."""

@@ -6,10 +6,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from xlm.data.tokenizers import Tokenizer
+from xlm.nn import token_probs_at
 
-from .collators import ArlmContinuationPredictCollator, ArlmLMCollator, ArlmSeq2SeqCollator, ArlmSeq2SeqPredictCollator
+from .collators import (
+    IGNORE_INDEX,
+    ArlmContinuationPredictCollator,
+    ArlmLMCollator,
+    ArlmSeq2SeqCollator,
+    ArlmSeq2SeqPredictCollator,
+)
 from .loss import arlm_loss
 from .model import ArlmModel
 from .predictor import ArlmPredictor, ArlmSamplerConfig
@@ -39,3 +48,24 @@ class ArlmUnit:
 
     def predict(self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None) -> ArlmPredictionDict:
         return self.predictor.predict(batch, generator=generator)  # type: ignore[arg-type]
+
+    @torch.no_grad()
+    def target_probs(self, examples: Sequence[Mapping[str, Any]],
+                     reveal: Sequence[int]) -> Float[Tensor, "rows block"]:
+        """Per row, P(target slot `reveal[r]` | the prompt and the target before it), teacher forced; NaN at
+        every other slot, since a left-to-right model reads no slot with a later one hidden and an earlier one
+        missing. Slots count the target then [EOS]. What the star probe reads (`xlm.data.tasks.star.probe_star`)."""
+        batch = self._seq2seq(examples)
+        labels = batch["labels"]
+        read = labels != IGNORE_INDEX
+        device = next(self.model.parameters()).device
+        logits = self.model(batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                            output_positions=read.to(device))
+        grid = token_probs_at(logits, labels[read], read)
+        slots = read.cumsum(dim=1) - 1  # the target slot each read position predicts
+        keep = read & (slots == torch.tensor(list(reveal))[:, None])
+        width = int(read.sum(dim=1).max())
+        out = torch.full((len(examples), width), float("nan"))
+        rows, cols = keep.nonzero(as_tuple=True)
+        out[rows, slots[rows, cols]] = grid[rows, cols]
+        return out

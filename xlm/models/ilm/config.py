@@ -90,6 +90,13 @@ def ilm_star() -> IlmConfig:
     return IlmConfig(vocab_size=128, model_dim=128, num_layers=4, num_heads=4, ffn_dim=512, max_seq_len=256)
 
 
+@ilm_arch("ilm_star_xlmcore")
+def ilm_star_xlmcore() -> IlmConfig:
+    """xlm-core's star size (about 85M parameters: 768 wide, 12 layers, 12 heads), for the paper-scale comparison on
+    a GPU; the recipe settings are configs/arch/ilm_star_xlmcore.yaml."""
+    return IlmConfig(vocab_size=128, model_dim=768, num_layers=12, num_heads=12, ffn_dim=3072, max_seq_len=256)
+
+
 @ilm_arch("ilm_small")
 def ilm_small() -> IlmConfig:
     """GPT-2-small shapes (12 x 768, 12 heads, 1024 context) in xlm-core's ILM layout: ReLU FFN, no

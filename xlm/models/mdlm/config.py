@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from xlm.nn.config_checks import check_at_least_one, check_choices, check_transformer
 from xlm.nn.feed_forward import ACTIVATIONS
+from xlm.nn.loss_shaping import check_loss_shaping
 from xlm.registry import ArchRegistry
 
 NOISE_SCHEDULES = ("loglinear", "cosine")
@@ -48,10 +49,18 @@ class MdlmConfig:
     noise_eps: float = 1e-3  # keeps sigma(1) finite: the schedule never masks with probability 1
     sampling_eps: float = 1e-3  # training draws t in [sampling_eps, 1]
     antithetic_sampling: bool = True  # one t per stratum of [0, 1) across the batch
+    # training only (xlm.nn.loss_shaping; evaluation reports the plain NELBO): each masked token's weighted NLL
+    # times (1 - p_right)^focal_gamma, on top of its ELBO weight sigma'(t)/expm1(sigma(t)), so the training loss
+    # is no longer a bound; and rows masked whole (t = 1, ELBO weight 1 under loglinear) with a chance falling
+    # from whole_mask_prob to 0 at whole_mask_steps (0: no decay)
+    focal_gamma: float = 0.0
+    whole_mask_prob: float = 0.0
+    whole_mask_steps: int = 0
 
     def __post_init__(self) -> None:
         check_transformer(self)
         check_at_least_one(self, "cond_dim", "mlp_ratio", "sigma_embed_dim")
+        check_loss_shaping(self)
         if self.ffn_dim is not None and self.ffn_dim < 1:
             raise ValueError(f"ffn_dim must be >= 1 or None (mlp_ratio * model_dim), got {self.ffn_dim}")
         check_choices(self, {"activation": ACTIVATIONS, "residual": RESIDUALS, "noise_schedule": NOISE_SCHEDULES})
@@ -94,6 +103,14 @@ def mdlm_star() -> MdlmConfig:
     """Learns the star-graph tasks on a 2-core CPU in a few minutes."""
     return MdlmConfig(vocab_size=128, max_seq_len=256, model_dim=128, num_layers=4, num_heads=4, cond_dim=64,
                       sigma_embed_dim=128)
+
+
+@mdlm_arch("mdlm_star_xlmcore")
+def mdlm_star_xlmcore() -> MdlmConfig:
+    """xlm-core's star size (768 wide, 12 layers, 12 heads) as a DiT; xlm-core has no MDLM star recipe, so
+    configs/arch/mdlm_star_xlmcore.yaml uses its MLM one."""
+    return MdlmConfig(vocab_size=128, max_seq_len=256, model_dim=768, num_layers=12, num_heads=12, cond_dim=128,
+                      sigma_embed_dim=256)
 
 
 @mdlm_arch("mdlm_base")

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from xlm.nn.loss_shaping import focal_weights
+
 from .noise import NoiseSchedule, sample_t
 from .types import MdlmLossDict, MdlmTrainBatch
 
@@ -29,10 +31,15 @@ def subs_log_probs(logits: Float[Tensor, "... vocab"], mask_token_id: int) -> Fl
 
 def mdlm_loss(model: torch.nn.Module, batch: MdlmTrainBatch, *, schedule: NoiseSchedule, mask_token_id: int,
               sampling_eps: float, antithetic: bool, t: Float[Tensor, "batch"] | None = None,
-              masked: Bool[Tensor, "batch seq"] | None = None,
-              generator: torch.Generator | None = None) -> MdlmLossDict:
+              masked: Bool[Tensor, "batch seq"] | None = None, whole_prob: float = 0.0,
+              focal_gamma: float = 0.0, generator: torch.Generator | None = None) -> MdlmLossDict:
     """One draw of t per row and of the mask (each `noise_mask` position is masked with
     probability 1 - exp(-sigma(t))); pass `t` and/or `masked` to fix them.
+
+    Loss shaping (`xlm.nn.loss_shaping`, training only): with `whole_prob` > 0 each row is first
+    taken at t = 1 with every `noise_mask` position masked, with that probability; `focal_gamma` > 0
+    multiplies each masked token's ELBO-weighted NLL by (1 - p_right)^focal_gamma, which makes the
+    loss a reweighted objective rather than a bound.
 
     The network's vocabulary projection runs at the masked positions only."""
     x0, noise_mask = batch["input_ids"], batch["noise_mask"]
@@ -41,15 +48,21 @@ def mdlm_loss(model: torch.nn.Module, batch: MdlmTrainBatch, *, schedule: NoiseS
         t = sample_t(batch_size, sampling_eps=sampling_eps, antithetic=antithetic, device=x0.device,
                      generator=generator)
     t = t.to(device=x0.device, dtype=torch.float32)
+    whole = None
+    if whole_prob > 0.0:
+        whole = torch.rand(batch_size, device=x0.device, generator=generator) < whole_prob
+        t = torch.where(whole, 1.0, t)
     sigma = schedule.sigma(t)
     if masked is None:
         draws = torch.rand(x0.shape, device=x0.device, generator=generator)
         masked = draws < schedule.move_chance(t)[:, None]
+    if whole is not None:
+        masked = masked | whole[:, None]
     masked = masked & noise_mask
     xt = torch.where(masked, mask_token_id, x0)
     logits = model(xt, sigma, attention_mask=batch["attention_mask"], output_positions=masked)
     log_p = subs_log_probs(logits, mask_token_id).gather(-1, x0[masked][:, None]).squeeze(-1)
-    weight = schedule.loss_weight(t)[:, None].expand_as(masked)[masked]
+    weight = schedule.loss_weight(t)[:, None].expand_as(masked)[masked] * focal_weights(log_p, focal_gamma)
     nll_sum = -(weight * log_p).sum()
     num_tokens = noise_mask.sum()
     return {"loss": nll_sum / num_tokens.clamp(min=1), "num_tokens": num_tokens, "nll_sum": nll_sum,

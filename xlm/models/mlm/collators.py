@@ -17,7 +17,8 @@ LM rows (`input_ids`) are masked anywhere over their real tokens (unconditional 
 right padding is hidden and never masked.
 
 Masking: each row draws t ~ U(0, 1) and masks each maskable position with probability t; a
-row left with no masked position gets one, chosen uniformly, so no row is wasted.
+row left with no masked position gets one, chosen uniformly, so no row is wasted. The unit may ask
+for rows masked whole (t = 1) with some probability (`whole_prob`, a curriculum).
 """
 
 from __future__ import annotations
@@ -36,11 +37,15 @@ from .types import MlmPredictBatch, MlmTrainBatch
 
 
 def sample_mask(maskable: Bool[Tensor, "batch seq"], *, generator: torch.Generator | None = None,
-                ) -> tuple[Bool[Tensor, "batch seq"], Float[Tensor, " batch"]]:
+                whole_prob: float = 0.0) -> tuple[Bool[Tensor, "batch seq"], Float[Tensor, " batch"]]:
     """Per-row rate t ~ U(0, 1), each maskable position masked with probability t, and at least
-    one masked position in every row that has a maskable one."""
+    one masked position in every row that has a maskable one. With `whole_prob` > 0 each row is
+    first given t = 1 (all maskable positions masked) with that probability (the curriculum of
+    `xlm.nn.loss_shaping`); at 0 no extra number is drawn."""
     batch, seq = maskable.shape
     t = torch.rand(batch, generator=generator)
+    if whole_prob > 0.0:
+        t = torch.where(torch.rand(batch, generator=generator) < whole_prob, 1.0, t)
     masked = (torch.rand(batch, seq, generator=generator) < t[:, None]) & maskable
     pick = torch.rand(batch, seq, generator=generator).masked_fill(~maskable, -1.0).argmax(dim=1)
     empty = ~masked.any(dim=1) & maskable.any(dim=1)
@@ -49,8 +54,8 @@ def sample_mask(maskable: Bool[Tensor, "batch seq"], *, generator: torch.Generat
 
 
 def _masked_batch(target_ids: Tensor, attention_mask: Tensor, maskable: Tensor, mask_id: int,
-                  generator: torch.Generator | None) -> MlmTrainBatch:
-    masked, t = sample_mask(maskable, generator=generator)
+                  generator: torch.Generator | None, whole_prob: float = 0.0) -> MlmTrainBatch:
+    masked, t = sample_mask(maskable, generator=generator, whole_prob=whole_prob)
     return {"input_ids": target_ids.masked_fill(masked, mask_id), "attention_mask": attention_mask,
             "target_ids": target_ids, "maskable": maskable, "masked": masked, "t": t}
 
@@ -78,7 +83,13 @@ class MlmSeq2SeqCollator:
         return (row + [tok.pad_token_id] * self.block_size)[: self.block_size]
 
     def __call__(self, examples: Sequence[Mapping[str, Any]], *,
-                 generator: torch.Generator | None = None) -> MlmTrainBatch:
+                 generator: torch.Generator | None = None, whole_prob: float = 0.0) -> MlmTrainBatch:
+        target_ids, attention_mask, maskable = self.clean_rows(examples)
+        return _masked_batch(target_ids, attention_mask, maskable, self.tokenizer.mask_token_id, generator,
+                             whole_prob)
+
+    def clean_rows(self, examples: Sequence[Mapping[str, Any]]) -> tuple[Tensor, Tensor, Tensor]:
+        """The unmasked rows, their attention mask and the maskable block (drawing no randomness)."""
         prompt_ids, prompt_mask = _prompt_columns(examples, self.tokenizer)
         check_fits(prompt_ids.size(1) + self.block_size, self.max_len, "a prompt + [BOS] + block row",
                    also=OR_MAX_NEW_TOKENS)
@@ -87,7 +98,7 @@ class MlmSeq2SeqCollator:
         attention_mask = torch.cat([prompt_mask, torch.ones_like(blocks, dtype=torch.bool)], dim=1)
         maskable = torch.zeros_like(attention_mask)
         maskable[:, prompt_ids.size(1):] = True
-        return _masked_batch(target_ids, attention_mask, maskable, self.tokenizer.mask_token_id, generator)
+        return target_ids, attention_mask, maskable
 
 
 class MlmLMCollator:
@@ -98,13 +109,13 @@ class MlmLMCollator:
         self.max_len = max_len
 
     def __call__(self, examples: Sequence[Mapping[str, Any]], *,
-                 generator: torch.Generator | None = None) -> MlmTrainBatch:
+                 generator: torch.Generator | None = None, whole_prob: float = 0.0) -> MlmTrainBatch:
         rows = [list(ex["input_ids"]) for ex in examples]
         for row in rows:
             check_fits(len(row), self.max_len, "an input row", also=OR_MAX_NEW_TOKENS)
         target_ids, attention_mask = pad_rows(rows, self.tokenizer.pad_token_id)
         return _masked_batch(target_ids, attention_mask, attention_mask.clone(), self.tokenizer.mask_token_id,
-                             generator)
+                             generator, whole_prob)
 
 
 class MlmPredictCollator:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from xlm.nn.config_checks import check_choices, check_ffn_init_and_padding, check_transformer
 from xlm.nn.feed_forward import ACTIVATIONS
+from xlm.nn.loss_shaping import check_loss_shaping
 from xlm.nn.norm import NORMS
 from xlm.registry import ArchRegistry
 
@@ -52,9 +53,16 @@ class MlmConfig:
     # training objective (loss.py): each masked token weighs 1 ("none"), 1/t ("inverse_t", the masking ELBO) or
     # 1/(masked in its row + 1) ("num_masked_factor", xlm-core's use_num_masked_factor)
     loss_weighting: str = "none"
+    # training only (xlm.nn.loss_shaping; evaluation reports the plain objective): each masked token's NLL times
+    # (1 - p_right)^focal_gamma, and rows masked whole with a chance falling from whole_mask_prob to 0 at
+    # whole_mask_steps (0: no decay)
+    focal_gamma: float = 0.0
+    whole_mask_prob: float = 0.0
+    whole_mask_steps: int = 0
 
     def __post_init__(self) -> None:
         check_transformer(self)
+        check_loss_shaping(self)
         check_ffn_init_and_padding(self)
         check_choices(self, {"norm_position": NORM_POSITIONS, "pos_encoding": POS_ENCODINGS, "norm": NORMS,
                              "activation": ACTIVATIONS, "loss_weighting": LOSS_WEIGHTINGS})
@@ -91,6 +99,13 @@ def mlm_tiny() -> MlmConfig:
 def mlm_star() -> MlmConfig:
     """Learns the star-graph tasks on a 2-core CPU in a few minutes: pre-LN, rotary."""
     return MlmConfig(vocab_size=128, model_dim=128, num_layers=4, num_heads=4, ffn_dim=512, max_seq_len=256)
+
+
+@mlm_arch("mlm_star_xlmcore")
+def mlm_star_xlmcore() -> MlmConfig:
+    """xlm-core's star size (about 85M parameters: 768 wide, 12 layers, 12 heads), for the paper-scale comparison on
+    a GPU; the recipe settings are configs/arch/mlm_star_xlmcore.yaml."""
+    return MlmConfig(vocab_size=128, model_dim=768, num_layers=12, num_heads=12, ffn_dim=3072, max_seq_len=256)
 
 
 @mlm_arch("mlm_base")

@@ -22,13 +22,16 @@ import torch
 
 from xlm.errors import InvalidValueError
 from xlm.nn.cross_entropy import consuming_cross_entropy
+from xlm.nn.loss_shaping import focal_weights
 
 from .config import LOSS_WEIGHTINGS
 from .types import MlmLossDict, MlmTrainBatch
 
 
-def mlm_loss(model: torch.nn.Module, batch: MlmTrainBatch, *, weighting: str = "none") -> MlmLossDict:
-    """The model computes logits at the masked positions only.
+def mlm_loss(model: torch.nn.Module, batch: MlmTrainBatch, *, weighting: str = "none",
+             focal_gamma: float = 0.0) -> MlmLossDict:
+    """The model computes logits at the masked positions only. `focal_gamma` > 0 multiplies each
+    token's NLL by (1 - p_right)^focal_gamma as well (`xlm.nn.loss_shaping.focal_weights`).
 
     With "inverse_t" a row's t is taken as at least 1/L (L = its maskable positions): below
     that rate the row is masked by the at-least-one rule, i.e. as if t were 1/L, and an
@@ -47,6 +50,8 @@ def mlm_loss(model: torch.nn.Module, batch: MlmTrainBatch, *, weighting: str = "
             weight = 1.0 / (masked.sum(dim=1).float() + 1.0)
         rows = masked.nonzero()[:, 0]  # row of each selected position, in the same row-major order
         nll = nll * weight[rows]
+    if focal_gamma:
+        nll = nll * focal_weights(-nll, focal_gamma)
     nll_sum = nll.sum()
     num_tokens = masked.sum()
     return {"loss": nll_sum / num_tokens.clamp(min=1), "num_tokens": num_tokens, "nll_sum": nll_sum}
