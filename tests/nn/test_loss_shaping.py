@@ -132,13 +132,43 @@ def test_the_trainer_tells_the_unit_each_step(tmp_path):
     composed = train.resolve_config(args)
     task = build_task(composed.config.task)
     trainer = Trainer(train.fit_model_to_task(composed, task), get_family("mlm"), task, init_distributed("cpu"))
-    seen, collate = [], trainer.unit.collate_train
+    seen = []
 
-    def spy(examples, **kwargs):  # the real collation, its chance noted when the model trains
-        if trainer.unit.model.training:
-            seen.append(trainer.unit._whole_prob())
-        return collate(examples, **kwargs)
+    class Spy:  # the real collator, the chance it is given noted when the model trains
+        def __init__(self, inner):
+            self.inner = inner
 
-    trainer.unit.collate_train = spy
+        def __call__(self, examples, **kwargs):
+            if trainer.unit.model.training:
+                seen.append(kwargs["whole_prob"])
+            return self.inner(examples, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    trainer.unit._seq2seq = Spy(trainer.unit._seq2seq)
     trainer.run()
     assert seen == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0])
+
+
+def test_collation_in_workers_follows_the_curriculum_by_each_batch_position(tmp_path):
+    """With data.num_workers=2 each batch is collated ahead, in a worker's copy of the unit: the step it is for
+    comes from its position, so step 0's rows are all masked whole (chance 1) and step 3's (chance 0) are not."""
+    from xlm.data.tasks import build_task
+    from xlm.recipes import train
+    from xlm.recipes.distributed import init_distributed
+    from xlm.recipes.trainer import Trainer
+
+    args = train.parse_args(["--arch", "mlm_tiny", "--task", "star_easy", "--experiment", "debug",
+                             "--output-dir", str(tmp_path / "run"), "data.num_workers=2", "model.whole_mask_prob=1.0",
+                             "model.whole_mask_steps=3"])
+    composed = train.resolve_config(args)
+    task = build_task(composed.config.task)
+    trainer = Trainer(train.fit_model_to_task(composed, task), get_family("mlm"), task, init_distributed("cpu"))
+    trainer.model.train()
+    try:
+        rates = [torch.cat([b["t"] for b in trainer.batches.next()]) for _ in range(4)]
+    finally:
+        trainer.batches.close()
+    assert bool((rates[0] == 1.0).all())
+    assert not bool((rates[3] == 1.0).all())

@@ -35,11 +35,14 @@ def collation_seed(seed: int, epoch: int, index: int, rank: int, micro: int) -> 
 class _StepReader(torch.utils.data.Dataset):
     """Item (epoch, index): that step's micro-batches for this rank, read and collated."""
 
-    def __init__(self, order: EpochBatches, dataset: datasets.Dataset, collate: Collate, accum: int) -> None:
-        self.order, self.dataset, self.collate, self.accum = order, dataset, collate, accum
+    def __init__(self, order: EpochBatches, dataset: datasets.Dataset, collate: Collate, accum: int,
+                 set_step: Callable[[int], None] | None) -> None:
+        self.order, self.dataset, self.collate, self.accum, self.set_step = order, dataset, collate, accum, set_step
 
     def __getitem__(self, position: tuple[int, int]) -> Step:
         epoch, index = position
+        if self.set_step is not None:  # a collation that follows a curriculum, told the step this batch is for
+            self.set_step(epoch * self.order.per_epoch + index)
         indices = self.order.indices_at(epoch, index)
         micro = len(indices) // self.accum
         batches = []
@@ -61,9 +64,11 @@ class CollatedBatches:
     position (`EpochBatches`')."""
 
     def __init__(self, order: EpochBatches, dataset: datasets.Dataset, collate: Collate, *, accum: int,
-                 num_workers: int, pin_memory: bool = False) -> None:
+                 num_workers: int, pin_memory: bool = False, set_step: Callable[[int], None] | None = None) -> None:
+        """`set_step(step)`, when given, runs before each step's collation, in whichever process collates it
+        (a worker holds its own copy of the unit): the step a batch is for follows from its position."""
         self.order, self.num_workers, self.pin_memory = order, num_workers, pin_memory
-        self._reader = _StepReader(order, dataset, collate, accum)
+        self._reader = _StepReader(order, dataset, collate, accum, set_step)
         self._iter: Iterator[Step] | None = None
         self._last: tuple[int, int, list[int]] | None = None
 

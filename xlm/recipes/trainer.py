@@ -185,7 +185,8 @@ class Trainer:
             accum = config.trainer.grad_accum_steps
             order = EpochBatches(len(train_ds), config.data.batch_size * accum, config.seed, env)
             batches = CollatedBatches(order, train_ds, self.unit.collate_train, accum=accum,
-                                      num_workers=config.data.num_workers, pin_memory=env.device.type == "cuda")
+                                      num_workers=config.data.num_workers, pin_memory=env.device.type == "cuda",
+                                      set_step=getattr(self.unit, "set_training_step", None))
         return streaming, train_ds, val_ds, batches
 
     @staticmethod
