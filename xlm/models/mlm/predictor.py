@@ -10,7 +10,9 @@ scores how sure the model is there, and commits some of them:
   temperature and filtering;
 * how many: `count` spreads each row's masked positions evenly over `num_steps`; `threshold`
   commits every position whose confidence reaches `confidence_threshold`, and at least the
-  most confident one, and everything left at the last step.
+  most confident one, and everything left at the last step. That is Fast-dLLM's parallel
+  unmasking (for LLaDA) over one block: with greedy tokens `top_prob` is its confidence, the
+  probability of the committed token; a threshold above 1 commits one position per call.
 
 [MASK] is never predicted; [PAD] only inside the generated block (it is the block's fill after
 [EOS]), never at a masked prompt position. Generation stops as soon as nothing is masked.
