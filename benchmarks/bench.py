@@ -16,6 +16,9 @@ ratios hold on any machine (absolute numbers are this machine's). Sections:
                workers collating (benchmarks/data_wait.py)
   memory       peak training memory per family and of HF GPT-2 at 6 layers x 512, with and without
                activation checkpointing, each in a fresh process (benchmarks/memory.py)
+  unmasking    MLM and MDLM parallel unmasking by confidence (Fast-dLLM) vs one position per call: model
+               calls per row, wall time and exact match (the shipped mlm_star_easy and mdlm_star_easy,
+               or each --unmask-model NAME_OR_DIR[@step_N|@last] on the task it was trained on)
 
 The GPU counterparts (bf16, torch.compile, MFU against the card's peak) are benchmarks/gpu.py,
 run with the GPU tests by benchmarks/gpu_check.sh.
@@ -386,7 +389,89 @@ def ilm_pairs(model: str | None, task: str | None) -> Sequence[tuple[str, str]]:
 #: "At equal exact match": a saving of ILM model calls counts only if exact match drops by at most this.
 EXACT_MATCH_TOLERANCE = 0.01
 
-SECTIONS = ("peak", "train", "hf_gpt2", "generate", "mdlm_cache", "ilm_multi", "data_wait", "memory")
+#: Confidence thresholds the unmasking section tries, after one position per call.
+UNMASK_THRESHOLDS = (0.99, 0.95, 0.9, 0.8, 0.7)
+#: The shipped masked-family checkpoints it runs by default (they have not learned star_easy yet).
+SHIPPED_MASKED = ("mlm_star_easy", "mdlm_star_easy")
+#: Parallel unmasking counts only if exact match drops by at most this (half a point).
+UNMASK_EXACT_MATCH_TOLERANCE = 0.005
+
+
+def unmasking_samplers(family: str, base: Any, block: int) -> list[tuple[str, Any]]:
+    """The samplers compared, greedy tokens throughout: one position per call (the surest: MLM's count
+    schedule with one per step, MDLM's threshold above 1), then each threshold; for MDLM also the
+    ancestral sampler with the model's own settings."""
+    if family == "mlm":
+        one = dataclasses.replace(base, unmask_schedule="count", num_steps=None, position_selection="top_prob",
+                                  strategy="greedy")
+        by_threshold = dataclasses.replace(one, unmask_schedule="threshold")
+        extra = []
+    elif family == "mdlm":
+        one = dataclasses.replace(base, unmask_schedule="threshold", confidence_threshold=2.0, num_steps=block,
+                                  strategy="greedy")
+        by_threshold = one
+        ancestral = dataclasses.replace(base, unmask_schedule="ancestral")
+        extra = [(f"ancestral T={base.num_steps} {base.strategy}", ancestral)]
+    else:
+        raise ValueError(f"unmasking compares the masked families (mlm, mdlm), got {family!r}")
+    return [("one per call", one), *extra, *((f"threshold {t}", dataclasses.replace(by_threshold,
+                                                                                confidence_threshold=t))
+                                             for t in UNMASK_THRESHOLDS)]
+
+
+def bench_unmasking(quick: bool, model: str) -> list[Row]:
+    """Each sampler of `unmasking_samplers` on the first N test examples of the task `model` was trained
+    on (a card, a run dir, or `RUN_DIR@step_N|@last` for a checkpoint of a run): model calls (batch
+    forwards, and per row: what one row costs alone), wall time (all samplers timed in this call) and
+    exact match."""
+    from xlm.assets.loading import card_or_path
+    from xlm.data.tasks import build_task, task_config
+    from xlm.recipes.evaluation import evaluate_predictions
+    from xlm.recipes.model_source import load_for_command
+
+    name, _, checkpoint = model.partition("@")
+    loaded = load_for_command(name, checkpoint=checkpoint or None)
+    card, _ = card_or_path(name)
+    task_name = loaded.run_config["task"] if loaded.run_config else card.task  # type: ignore[union-attr]
+    task = build_task(task_config(task_name))
+    ds = task.dataset("test").select(range(64 if quick else 1000))
+    calls = {"n": 0}
+    hook = loaded.model.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    rows = []
+    base = loaded.sampler_config
+    for label, sampler in unmasking_samplers(loaded.family.name, base, base.max_new_tokens):
+        unit = loaded.family.unit_factory(loaded.model, task.tokenizer, sampler)
+        calls["n"] = 0
+        start = time.perf_counter()
+        means, _ = evaluate_predictions(unit, task, ds, batch_size=250, device=torch.device("cpu"),
+                                        generator=torch.Generator().manual_seed(0))
+        seconds = time.perf_counter() - start
+        rows.append({"model": model, "task": task_name, "sampler": label, "examples": len(ds),
+                     "seconds": round(seconds, 3), "forwards": calls["n"], "row_calls": round(means["model_calls"], 3),
+                     "exact_match": round(means["exact_match"], 4),
+                     "token_accuracy": round(means["token_accuracy"], 4)})
+    hook.remove()
+    for r in rows:
+        r["fewer_row_calls"] = round(rows[0]["row_calls"] / r["row_calls"], 2)
+        r["exact_match_change"] = round(r["exact_match"] - rows[0]["exact_match"], 4)
+        r["speedup_vs_one"] = round(rows[0]["seconds"] / r["seconds"], 2)
+    return rows
+
+
+def best_unmasking(rows: Sequence[Row]) -> list[Row]:
+    """Per model, the threshold row with the fewest calls among those within the exact-match tolerance
+    (the one-per-call row when none is)."""
+    best: dict[str, Row] = {}
+    for r in rows:
+        if not r["sampler"].startswith("threshold") or r["exact_match_change"] < -UNMASK_EXACT_MATCH_TOLERANCE:
+            continue
+        if r["model"] not in best or r["fewer_row_calls"] > best[r["model"]]["fewer_row_calls"]:
+            best[r["model"]] = r
+    return [best.get(m, next(r for r in rows if r["model"] == m)) for m in dict.fromkeys(r["model"] for r in rows)]
+
+
+SECTIONS = ("peak", "train", "hf_gpt2", "generate", "mdlm_cache", "ilm_multi", "unmasking", "data_wait",
+            "memory")
 
 
 def targets(results: dict[str, Any]) -> list[Row]:
@@ -412,6 +497,13 @@ def targets(results: dict[str, Any]) -> list[Row]:
                 met = r[key] >= goal if goal >= 0 else r[key] <= -goal
                 rows.append({"goal": what, "where": where, "measured": r[key], "target": abs(goal),
                              "met": met and equal_accuracy})
+    for r in best_unmasking(results.get("unmasking", [])):
+        rows.append({"goal": "MLM/MDLM fewer model calls per row by confidence, <= 0.5 points of exact match lost",
+                     "where": f"model={r['model']}, task={r['task']}, sampler={r['sampler']}, "
+                              f"exact_match_change={r['exact_match_change']}",
+                     "measured": r["fewer_row_calls"], "target": 3.0,
+                     "met": r["fewer_row_calls"] >= 3.0
+                     and r["exact_match_change"] >= -UNMASK_EXACT_MATCH_TOLERANCE})
     return rows
 
 
@@ -440,6 +532,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--output", default=None, help="JSON file for every row")
     p.add_argument("--ilm-model", default=None, help="ilm_multi: card name or run dir (default: the shipped ones)")
     p.add_argument("--ilm-task", default=None, help="ilm_multi: the task to run it on (default star_easy)")
+    p.add_argument("--unmask-model", action="append", default=None,
+                   help="unmasking: a card or run dir, RUN_DIR@step_N or RUN_DIR@last for a checkpoint; repeat for "
+                        f"several (default: {', '.join(SHIPPED_MASKED)})")
     args = p.parse_args(argv)
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:
@@ -457,6 +552,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               for row in bench_ilm_multi(args.quick, model, task)],
         "data_wait": lambda: _section("data_wait", args.quick),
         "memory": lambda: _section("memory", args.quick),
+        "unmasking": lambda: [row for model in args.unmask_model or SHIPPED_MASKED
+                              for row in bench_unmasking(args.quick, model)],
     }
     print_table("peak", peak)
     for section in args.sections:

@@ -120,3 +120,34 @@ def test_memory_of_a_training_step_in_a_fresh_process_holds_weights_gradients_an
     peak = _measure_in_fresh_process(case)
     del parent
     assert 4 * 4 * params < peak < 4 * 4 * params + 300 * 2**20  # weights, gradients, AdamW's two moments
+
+
+@pytest.mark.parametrize("card", bench.SHIPPED_MASKED)
+def test_unmasking_by_confidence_calls_the_shipped_masked_models_less(card):
+    rows = bench.bench_unmasking(True, card)
+    assert rows[0]["sampler"] == "one per call" and rows[0]["fewer_row_calls"] == 1.0
+    thresholds = [r for r in rows if r["sampler"].startswith("threshold")]
+    assert [r["sampler"] for r in thresholds] == [f"threshold {t}" for t in bench.UNMASK_THRESHOLDS]
+    block = bench.xlm.load_generator(card).sampler_config.max_new_tokens
+    assert rows[0]["row_calls"] == block  # the whole block, one position per call
+    # a lower threshold never takes more calls: it commits a superset at each call of the same state
+    calls = [r["row_calls"] for r in thresholds]
+    assert calls == sorted(calls, reverse=True) and calls[-1] < block
+    for r in rows:  # (MDLM's ancestral sampler takes its own number of steps)
+        assert r["fewer_row_calls"] == round(block / r["row_calls"], 2)
+        assert 0 < r["forwards"] <= block or r["sampler"].startswith("ancestral")
+        assert r["exact_match_change"] == round(r["exact_match"] - rows[0]["exact_match"], 4)
+
+
+def test_unmasking_target_takes_the_fewest_calls_within_half_a_point():
+    def row(model, sampler, fewer, change):
+        return {"model": model, "task": "sort", "sampler": sampler, "fewer_row_calls": fewer,
+                "exact_match_change": change}
+
+    results = {"unmasking": [row("a", "one per call", 1.0, 0.0), row("a", "threshold 0.9", 2.0, 0.0),
+                             row("a", "threshold 0.8", 3.5, -0.004), row("a", "threshold 0.7", 5.0, -0.02),
+                             row("b", "one per call", 1.0, 0.0), row("b", "ancestral T=32 sample", 4.0, 0.0),
+                             row("b", "threshold 0.9", 2.5, -0.01)]}
+    targets = bench.targets(results)
+    assert [(t["measured"], t["met"]) for t in targets] == [(3.5, True), (1.0, False)]
+    assert "sampler=threshold 0.8" in targets[0]["where"] and "sampler=one per call" in targets[1]["where"]

@@ -84,11 +84,11 @@ def test_oracle_unconditional_and_infilling_reproduce_the_target(use_cache):
     fill = torch.tensor([[0, 1, 0, 1, 1, 0, 0, 1], [0, 0, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)
     oracle = Oracle({row[0]: row for row in full.tolist()})
     corrupted = full.masked_fill(fill, 0)  # whatever sits at a fill position is replaced by [MASK]
-    infilled = _predictor(oracle, use_cache=use_cache, num_steps=30).generate(
+    infilled, _ = _predictor(oracle, use_cache=use_cache, num_steps=30).generate(
         corrupted, fill, generator=torch.Generator().manual_seed(0))
     assert torch.equal(infilled, full)
     # fill_mask defaults to the [MASK] positions
-    assert torch.equal(_predictor(oracle, use_cache=use_cache).generate(full.masked_fill(fill, MASK)), full)
+    assert torch.equal(_predictor(oracle, use_cache=use_cache).generate(full.masked_fill(fill, MASK))[0], full)
 
 
 @pytest.mark.parametrize("sampling", [{}, {"temperature": 0.7, "top_k": 6, "top_p": 0.9}, {"strategy": "greedy"}],
@@ -107,8 +107,9 @@ def test_cached_sampler_returns_the_uncached_tokens_with_fewer_forwards(sampling
     for use_cache in (False, True):
         calls.update(rows=0, forwards=0)
         predictor = _predictor(model, use_cache=use_cache, num_steps=50, **sampling)
-        seqs = predictor.generate(batch["input_ids"], batch["fill_mask"], batch["attention_mask"],
-                                  generator=torch.Generator().manual_seed(3))
+        seqs, row_calls = predictor.generate(batch["input_ids"], batch["fill_mask"], batch["attention_mask"],
+                                             generator=torch.Generator().manual_seed(3))
+        assert int(row_calls.sum()) == calls["rows"] or not use_cache  # uncached: rows run after their last unmasking
         results[use_cache] = (seqs, dict(calls))
     (plain, plain_calls), (cached, cached_calls) = results[False], results[True]
     assert torch.equal(plain, cached)
@@ -116,7 +117,7 @@ def test_cached_sampler_returns_the_uncached_tokens_with_fewer_forwards(sampling
     assert plain_calls["forwards"] == 50
     assert cached_calls["forwards"] < 50 and cached_calls["rows"] <= 3 * 6  # at most one refresh per unmasking
     # the uncached draws really depend on the network: another seed gives other tokens
-    other = _predictor(model, use_cache=False, num_steps=50, **sampling).generate(
+    other, _ = _predictor(model, use_cache=False, num_steps=50, **sampling).generate(
         batch["input_ids"], batch["fill_mask"], batch["attention_mask"], generator=torch.Generator().manual_seed(4))
     assert not torch.equal(other, plain) or sampling.get("strategy") == "greedy"
 
@@ -198,3 +199,149 @@ def test_sampler_config_errors_say_what_is_allowed():
     with pytest.raises(ValueError, match="padding positions"):
         _predictor(Oracle({}, default=[7, 7])).generate(torch.full((1, 2), MASK),
                                                         attention_mask=torch.tensor([[False, True]]))
+
+
+# ----------------------------------------------------------------- unmasking by confidence
+
+
+class Graded(Oracle):
+    """The true token at each position with logit `certainty` (the rest 0), so p(true) grows with it;
+    rows are found by their first real token, as in Oracle, and otherwise under the key None."""
+
+    def __init__(self, truths: dict[int, list[int]], certainty: dict[int, list[float]], **kwargs) -> None:
+        super().__init__(truths, **kwargs)
+        self.certainty = certainty
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, input_ids, sigma, *, attention_mask=None, output_positions=None):
+        self.inputs.append(input_ids.clone())
+        self.sigmas.extend(sigma.tolist())
+        truth, certainty = [], []
+        for b, row in enumerate(input_ids.tolist()):
+            first = int(attention_mask[b].int().argmax()) if attention_mask is not None else 0
+            key = row[first] if row[first] in self.truths else None
+            truth.append(self.truths[key])
+            certainty.append(self.certainty[key])
+        logits = torch.zeros(*input_ids.shape, V).scatter(-1, torch.tensor(truth)[..., None],
+                                                          torch.tensor(certainty)[..., None])
+        return logits[output_positions]
+
+
+def _threshold(model, threshold, **config) -> MdlmPredictor:
+    return _predictor(model, unmask_schedule="threshold", confidence_threshold=threshold, **config)
+
+
+def _committed_per_call(model: Graded, final: torch.Tensor, row: int = 0) -> list[list[int]]:
+    """For one row present in every call: the columns each call unmasked."""
+    states = [x[row] for x in model.inputs] + [final[row]]
+    return [((a == MASK) & (b != MASK)).nonzero().flatten().tolist() for a, b in zip(states, states[1:])]
+
+
+def _seq2seq(block: int = 5):
+    truth_rows = MdlmSeq2SeqCollator(TOK, 64, block_size=block)(EXAMPLES)["input_ids"]
+    batch = MdlmSeq2SeqPredictCollator(TOK, 64, block_size=block)(EXAMPLES)
+    keys = [ex["prompt_ids"][0] for ex in EXAMPLES]
+    return batch, truth_rows, keys
+
+
+@pytest.mark.parametrize("sampling", [{"strategy": "greedy"}, {}, {"temperature": 0.5, "top_k": 2}],
+                         ids=["greedy", "sample", "filtered"])
+def test_threshold_zero_fills_the_whole_block_in_one_call(sampling):
+    batch, truth_rows, keys = _seq2seq()
+    certainty = [float(c) for c in range(truth_rows.size(1))]
+    model = Graded(dict(zip(keys, truth_rows.tolist())), {k: [30.0] * truth_rows.size(1) for k in keys})
+    out = _threshold(model, 0.0, **sampling).predict(batch, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out["sequences"], truth_rows) and out["row_calls"] == [1, 1, 1] and len(model.inputs) == 1
+    assert out["ids"] == [ex["target_ids"] for ex in EXAMPLES]
+    # however unsure the model is: everything is committed in that one call
+    model = Graded(dict(zip(keys, truth_rows.tolist())), {k: certainty for k in keys})
+    out = _threshold(model, 0.0, **sampling).predict(batch, generator=torch.Generator().manual_seed(0))
+    assert out["row_calls"] == [1, 1, 1] and not bool((out["sequences"] == MASK).any())
+
+
+def test_threshold_above_one_commits_one_position_per_call_surest_first():
+    batch, truth_rows, keys = _seq2seq(block=5)
+    width = truth_rows.size(1)
+    # the block is the last 5 columns; its certainties are a permutation, the prompt's are higher still
+    block_certainty = [3.0, 9.0, 1.0, 7.0, 5.0]
+    certainty = {k: [20.0] * (width - 5) + block_certainty for k in keys}
+    model = Graded(dict(zip(keys, truth_rows.tolist())), certainty)
+    out = _threshold(model, 1.5, strategy="greedy").predict(batch)
+    assert torch.equal(out["sequences"], truth_rows)
+    assert out["row_calls"] == [5, 5, 5] and len(model.inputs) == 5
+    order = [cols[0] - (width - 5) for cols in _committed_per_call(model, out["sequences"])]
+    assert order == [1, 3, 4, 0, 2]  # by certainty: 9, 7, 5, 3, 1
+    assert all(len(cols) == 1 for cols in _committed_per_call(model, out["sequences"]))
+    for x in model.inputs:  # the prompt and [BOS] are never touched
+        assert torch.equal(x[:, : width - 5], batch["input_ids"][:, : width - 5])
+
+
+def test_threshold_commits_every_sure_position_and_at_least_the_surest():
+    truth = [7, 8, 9, 10, 11, 12]
+    # p(true) with 13 zero logits beside it: 20 -> ~1.0, 4 -> ~0.8, 2 -> ~0.36, 1 -> ~0.17
+    certainty = [20.0, 1.0, 20.0, 2.0, 4.0, 1.0]
+    model = Graded({None: truth}, {None: certainty})
+    x = torch.full((1, 6), MASK)
+    out, calls = _threshold(model, 0.9, strategy="greedy").generate(x)
+    assert out.tolist() == [truth]
+    assert _committed_per_call(model, out) == [[0, 2], [4], [3], [1], [5]] and calls.tolist() == [5]
+    # a budget of calls: the last one commits whatever is left
+    model = Graded({None: truth}, {None: certainty})
+    out, calls = _threshold(model, 0.9, strategy="greedy", num_steps=2).generate(x)
+    assert out.tolist() == [truth] and _committed_per_call(model, out) == [[0, 2], [1, 3, 4, 5]]
+
+
+def test_threshold_runs_only_rows_left_to_fill_and_counts_each_rows_calls():
+    full = torch.tensor([[7, 8, 9, 10, 11, 12], [13, 14, 15, 16, 17, 18], [8, 8, 8, 8, 8, 8]])
+    fill = torch.tensor([[0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    model = Graded({row[0]: row for row in full.tolist()}, {row[0]: [1.0] * 6 for row in full.tolist()})
+    out, calls = _threshold(model, 1.5, strategy="greedy").generate(full.masked_fill(fill, MASK), fill)
+    assert torch.equal(out, full) and calls.tolist() == [5, 2, 0]
+    assert [x.size(0) for x in model.inputs] == [2, 2, 1, 1, 1]
+    assert all(bool((x[:, 0] == full[: x.size(0), 0]).all()) for x in model.inputs)  # unfilled columns kept
+
+
+def test_threshold_shows_a_time_conditioned_model_the_sigma_of_its_masked_fraction():
+    """Per row: the fraction f of its block still masked, as sigma = -log(1 - f), capped at sigma(1)."""
+    n = 4
+    model = Graded({None: [7] * n}, {None: [1.0] * n}, time_conditioning=True)
+    _threshold(model, 1.5).unconditional(1, n, generator=torch.Generator().manual_seed(0))
+    expected = [float(SCHEDULE.sigma(torch.tensor(1.0)))] + [-math.log(1 - (n - i) / n) for i in range(1, n)]
+    assert model.sigmas == pytest.approx(expected, rel=1e-5)
+
+
+def test_threshold_sampling_draws_from_the_filtered_distribution():
+    """Tokens come from temperature / top-k as in ancestral sampling; the threshold reads the model's own
+    probability of the drawn token."""
+    logits = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    words = torch.arange(7, 11)
+
+    class Fixed(torch.nn.Module):
+        time_conditioning = False
+
+        def __init__(self):
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, input_ids, sigma, *, attention_mask=None, output_positions=None):
+            out = torch.full((*input_ids.shape, V), -1e4)
+            out[..., words] = logits
+            return out[output_positions]
+
+    rows, calls = _threshold(Fixed(), 0.0, temperature=0.5, top_k=3).generate(
+        torch.full((20000, 1), MASK), generator=torch.Generator().manual_seed(0))
+    expected = torch.softmax(torch.tensor([2.0, 4.0, 6.0]), 0)
+    counts = torch.stack([(rows[:, 0] == w).float().mean() for w in words[1:]])
+    assert int((rows == words[0]).sum()) == 0 and bool((calls == 1).all())
+    torch.testing.assert_close(counts, expected, atol=0.012, rtol=0)
+    # p(10) = 0.64 under the model, the rest less: at 0.6 only a 10 is sure, so two positions take two calls
+    # unless both drew a 10
+    rows, calls = _threshold(Fixed(), 0.6, strategy="greedy").generate(torch.full((1, 2), MASK))
+    assert rows.tolist() == [[10, 10]] and calls.tolist() == [1]
+    rows, calls = _threshold(Fixed(), 0.7, strategy="greedy").generate(torch.full((1, 2), MASK))
+    assert rows.tolist() == [[10, 10]] and calls.tolist() == [2]
+
+
+def test_unmask_schedule_must_be_known():
+    with pytest.raises(ValueError, match="sampler.unmask_schedule must be one of"):
+        MdlmSamplerConfig(unmask_schedule="confidence")

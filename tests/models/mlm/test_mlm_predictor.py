@@ -70,7 +70,7 @@ def test_oracle_is_reproduced_exactly(mode, selection, schedule, num_steps):
             assert out["text"] == [TOK.decode(ex["target_ids"]) for ex in EXAMPLES]
         else:
             assert out["ids"] == [[7, 8, 9], [9, 9, 8, 7, 8]]
-        assert out["num_model_calls"] == len(model.inputs) <= (num_steps or 7)
+        assert out["num_model_calls"] == len(model.inputs) == max(out["row_calls"]) <= (num_steps or 7)
 
 
 def test_count_schedule_spreads_evenly():
@@ -90,14 +90,14 @@ def test_count_per_step_unmasks_exactly_the_scheduled_number(selection):
     cfg = MlmSamplerConfig(max_new_tokens=12, num_steps=4, position_selection=selection)
     model = Oracle(truth)
     out, calls = MlmPredictor(model, TOK, cfg).generate(x, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(out, truth) and calls == 4
+    assert torch.equal(out, truth) and calls.tolist() == [4, 4]
     assert model.unmasked_per_call() == [[2, 1], [2, 1], [2, 1], [3, 1]]
 
     # a budget above the block: steps with nothing scheduled cost no model call
     model = Oracle(truth)
     cfg = MlmSamplerConfig(max_new_tokens=12, num_steps=20, position_selection=selection)
     out, calls = MlmPredictor(model, TOK, cfg).generate(x)
-    assert torch.equal(out, truth) and calls == len(model.inputs)
+    assert torch.equal(out, truth) and int(calls.max()) == len(model.inputs)
     assert all(max(step) == 1 for step in model.unmasked_per_call())
     assert [sum(col) for col in zip(*model.unmasked_per_call())] == [9, 4]
 
@@ -146,17 +146,45 @@ def test_threshold_commits_every_sure_position_and_at_least_one():
     assert torch.equal(out, truth) and model.unmasked_per_call() == [[2], [1], [3]]
 
 
+@pytest.mark.parametrize("tokens", TOKEN_CHOICES[:2], ids=["greedy", "sample"])
+def test_threshold_zero_fills_the_whole_block_in_one_call(tokens):
+    batch, truth = seq2seq_case()
+    cfg = MlmSamplerConfig(max_new_tokens=7, unmask_schedule="threshold", confidence_threshold=0.0, **tokens)
+    model = Oracle(truth, certainty=0.5)  # unsure everywhere: p(true) ~ 0.1
+    out = MlmPredictor(model, TOK, cfg).predict(batch, generator=torch.Generator().manual_seed(0))
+    assert out["num_model_calls"] == 1 and out["row_calls"] == [1, 1, 1]
+    assert not bool((out["sequences"] == MASK).any())
+    assert torch.equal(out["sequences"][:, : batch["block_start"]], batch["input_ids"][:, : batch["block_start"]])
+
+
+def test_threshold_above_one_commits_one_position_per_call_surest_first():
+    batch, truth = seq2seq_case(block=7)
+    start = batch["block_start"]
+    certainty = torch.full(truth.shape, 20.0)
+    certainty[:, start:] = torch.tensor([3.0, 9.0, 1.0, 7.0, 5.0, 2.0, 8.0])
+    cfg = MlmSamplerConfig(max_new_tokens=7, unmask_schedule="threshold", confidence_threshold=1.5)
+    model = Oracle(truth, certainty)
+    out = MlmPredictor(model, TOK, cfg).predict(batch)
+    assert torch.equal(out["sequences"], truth) and out["row_calls"] == [7, 7, 7]
+    assert model.unmasked_per_call() == [[1, 1, 1]] * 7
+    states = [x[0] for x in model.inputs] + [out["sequences"][0]]
+    order = [int(((a == MASK) & (b != MASK)).nonzero()) - start for a, b in zip(states, states[1:])]
+    assert order == [1, 6, 3, 4, 0, 5, 2]  # by certainty: 9, 8, 7, 5, 3, 2, 1
+    for x in model.inputs:  # the prompt is never touched
+        assert torch.equal(x[:, :start], batch["input_ids"][:, :start])
+
+
 def test_stops_when_nothing_is_masked():
     truth = torch.tensor([[7, 8, 9, EOS]])
     model = Oracle(truth)
     cfg = MlmSamplerConfig(max_new_tokens=4, num_steps=10, position_selection="top_prob",
                            unmask_schedule="threshold")
     out, calls = MlmPredictor(model, TOK, cfg).generate(torch.full_like(truth, MASK))
-    assert torch.equal(out, truth) and calls == 1
+    assert torch.equal(out, truth) and calls.tolist() == [1]
     for budget in (None, 10):
         cfg = MlmSamplerConfig(max_new_tokens=4, num_steps=budget)
         out, calls = MlmPredictor(model, TOK, cfg).generate(truth)
-        assert torch.equal(out, truth) and calls == 0
+        assert torch.equal(out, truth) and calls.tolist() == [0]
 
 
 def test_never_predicts_mask_nor_pad_in_the_prompt():

@@ -1,4 +1,4 @@
-"""Ancestral (DDPM) sampling of MDLM, plain and cached.
+"""MDLM samplers: ancestral (DDPM) sampling, plain and cached, and parallel unmasking by confidence.
 
 From time t to s = t - 1/T a still-masked position stays masked with probability
 mc(s)/mc(t) (mc = the schedule's masking probability) and otherwise takes a token from the
@@ -12,6 +12,12 @@ The cached sampler (the paper's ddpm_cache) runs the network only for rows whose
 since its last call and keeps, between calls, the clean-token distribution of the masked
 positions alone. With a time-independent network the output of an unchanged row is the same at
 every t, so both samplers make the same random draws and return the same tokens.
+
+Unmasking by confidence (`unmask_schedule="threshold"`, Fast-dLLM's rule for LLaDA) leaves the
+noise schedule's clock: each call draws a token for every masked position and commits all those
+whose probability under the model reaches `confidence_threshold`, and at least the surest one of
+each row, so a row is done in at most as many calls as it has masked positions, and in far fewer
+where the model is sure of many positions at once.
 """
 
 from __future__ import annotations
@@ -31,23 +37,30 @@ from .noise import NoiseSchedule
 from .types import MdlmPredictBatch, MdlmPredictionDict
 
 STRATEGIES = ("sample", "greedy")
+UNMASK_SCHEDULES = ("ancestral", "threshold")
 
 
 @dataclass(kw_only=True)
 class MdlmSamplerConfig:
     max_new_tokens: int = 64  # size of the generated block (seq2seq) and default unconditional length
-    num_steps: int = 128  # T: denoising steps from t = 1 to t = 0
+    # "ancestral": num_steps denoising steps from t = 1 to t = 0 (DDPM) | "threshold": each call commits every
+    # masked position whose confidence reaches confidence_threshold, and at least the surest (Fast-dLLM)
+    unmask_schedule: str = "ancestral"
+    num_steps: int = 128  # ancestral: T, the denoising steps; threshold: a cap on calls (the last commits all left)
+    confidence_threshold: float = 0.9  # for "threshold": the model's probability of the token drawn (> 1: one per call)
     strategy: str = "sample"  # "sample" (temperature, top_k, top_p apply) | "greedy" (argmax token)
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
-    # reuse the network output while a row is unchanged: valid for time-independent networks only;
+    # ancestral only: reuse the network output while a row is unchanged: valid for time-independent networks only;
     # None = wherever the model allows it (a time-conditioned one, e.g. converted from xlm-core, runs uncached)
     use_cache: bool | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"sampler.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.unmask_schedule not in UNMASK_SCHEDULES:
+            raise ValueError(f"sampler.unmask_schedule must be one of {UNMASK_SCHEDULES}, got {self.unmask_schedule!r}")
         if self.max_new_tokens < 1:
             raise ValueError(f"sampler.max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.num_steps < 1:
@@ -89,16 +102,20 @@ class MdlmPredictor:
     def _greedy(self) -> bool:
         return self.config.strategy == "greedy" or self.config.temperature == 0.0
 
-    def _token_probs(self, x: Int[Tensor, "batch seq"], sigma: Float[Tensor, "batch"],
-                     attention_mask: Bool[Tensor, "batch seq"] | None, masked: Bool[Tensor, "batch seq"],
-                     rows: Bool[Tensor, "batch"] | None) -> Float[Tensor, "n vocab"]:
-        """p(x0 | x_t) at the masked positions of `rows` (all rows when None), row-major; filters
-        and temperature act on the logits, [MASK] gets no mass (SUBS)."""
+    def _logits(self, x: Int[Tensor, "batch seq"], sigma: Float[Tensor, "batch"],
+                attention_mask: Bool[Tensor, "batch seq"] | None, masked: Bool[Tensor, "batch seq"],
+                rows: Bool[Tensor, "batch"] | None) -> Float[Tensor, "n vocab"]:
+        """The network's logits at the masked positions of `rows` (all rows when None), row-major;
+        [MASK] gets no mass (SUBS)."""
         if rows is not None:
             x, sigma, masked = x[rows], sigma[rows], masked[rows]
             attention_mask = None if attention_mask is None else attention_mask[rows]
         logits = self.model(x, sigma, attention_mask=attention_mask, output_positions=masked).float()
         logits[:, self.tokenizer.mask_token_id] = float("-inf")
+        return logits
+
+    def _draw_probs(self, logits: Float[Tensor, "n vocab"]) -> Float[Tensor, "n vocab"]:
+        """The distribution tokens are drawn from: filters and temperature act on the logits."""
         if not self._greedy:
             cfg = self.config
             logits = filter_logits(logits / cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
@@ -120,19 +137,16 @@ class MdlmPredictor:
     @torch.no_grad()
     def generate(self, input_ids: Int[Tensor, "batch seq"], fill_mask: Bool[Tensor, "batch seq"] | None = None,
                  attention_mask: Bool[Tensor, "batch seq"] | None = None, *, num_steps: int | None = None,
-                 use_cache: bool | None = None, generator: torch.Generator | None = None) -> Int[Tensor, "batch seq"]:
+                 use_cache: bool | None = None,
+                 generator: torch.Generator | None = None) -> tuple[Int[Tensor, "batch seq"], Int[Tensor, " batch"]]:
         """Fill the `fill_mask` positions (default: where input_ids is [MASK]); every other
         position is kept. Unconditional, seq2seq (a suffix block) and infilling (any positions)
-        are all this call with a different `fill_mask`."""
+        are all this call with a different `fill_mask`. Returns the rows and each row's model
+        calls: the calls that ran it while it still had a masked position (what it costs alone)."""
         cfg = self.config
         steps = cfg.num_steps if num_steps is None else num_steps
         if steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {steps}")
-        use_cache = cfg.use_cache if use_cache is None else use_cache
-        if use_cache is None:
-            use_cache = not self._time_conditioned
-        elif use_cache:
-            self._check_cache_allowed()
         device = next(self.model.parameters()).device
         mask_id = self.tokenizer.mask_token_id
         x = input_ids.to(device).clone()
@@ -145,7 +159,21 @@ class MdlmPredictor:
                 raise ValueError("fill_mask marks padding positions (attention_mask False); only real positions "
                                  "can be generated")
         x[masked] = mask_id
-        batch = x.size(0)
+        if cfg.unmask_schedule == "threshold":
+            return x, self._unmask_by_confidence(x, masked, attention_mask, steps, generator)
+        use_cache = cfg.use_cache if use_cache is None else use_cache
+        if use_cache is None:
+            use_cache = not self._time_conditioned
+        elif use_cache:
+            self._check_cache_allowed()
+        return x, self._ancestral(x, masked, attention_mask, steps, use_cache, generator)
+
+    def _ancestral(self, x: Int[Tensor, "batch seq"], masked: Bool[Tensor, "batch seq"],
+                   attention_mask: Bool[Tensor, "batch seq"] | None, steps: int, use_cache: bool,
+                   generator: torch.Generator | None) -> Int[Tensor, " batch"]:
+        """`steps` DDPM steps on `x` in place, unmasking `masked`; each row's model calls."""
+        device, batch = x.device, x.size(0)
+        row_calls = torch.zeros(batch, dtype=torch.long, device=device)
         probs = torch.empty(0, device=device)  # cache: p(x0 | x_t) of the masked positions, row-major
         stale = masked.any(-1)  # rows whose cached distribution is out of date
         grid = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
@@ -156,9 +184,11 @@ class MdlmPredictor:
                 break
             sigma = sigmas[i].to(device).expand(batch)
             if not use_cache:
-                probs = self._token_probs(x, sigma, attention_mask, masked, None)
+                probs = self._draw_probs(self._logits(x, sigma, attention_mask, masked, None))
+                row_calls += masked.any(-1)
             elif bool(stale.any()):
-                fresh = self._token_probs(x, sigma, attention_mask, masked, stale)
+                fresh = self._draw_probs(self._logits(x, sigma, attention_mask, masked, stale))
+                row_calls += stale
                 if fresh.size(0) == int(masked.sum()):
                     probs = fresh
                 else:
@@ -177,7 +207,39 @@ class MdlmPredictor:
                     written[rows, cols] = True
                     emit(self.on_step, i, x, written)
                 probs = probs[~unmask]
-        return x
+        return row_calls
+
+    def _unmask_by_confidence(self, x: Int[Tensor, "batch seq"], masked: Bool[Tensor, "batch seq"],
+                              attention_mask: Bool[Tensor, "batch seq"] | None, max_calls: int,
+                              generator: torch.Generator | None) -> Int[Tensor, " batch"]:
+        """Fast-dLLM's parallel unmasking on `x` in place; each row's model calls. Only rows with a
+        masked position are run. A time-conditioned network sees, per row, the sigma at which the
+        schedule masks the fraction of the row's block still masked: that fraction is what a
+        training row at that sigma shows, and the schedule's clock means nothing here."""
+        device, batch = x.device, x.size(0)
+        row_calls = torch.zeros(batch, dtype=torch.long, device=device)
+        block = masked.sum(-1).clamp(min=1)
+        # sigma(1) is finite (noise_eps): a fully masked block is the schedule's t = 1
+        top_fraction = float(self.schedule.move_chance(torch.tensor(1.0, dtype=torch.float64)))
+        threshold = self.config.confidence_threshold
+        for i in range(max_calls):
+            rows = masked.any(-1)
+            if not bool(rows.any()):
+                break
+            fraction = (masked.sum(-1) / block).clamp(max=top_fraction)
+            sigma = -torch.log1p(-fraction.double()).float()
+            logits = self._logits(x, sigma, attention_mask, masked, rows)
+            row_calls += rows
+            probs = logits.softmax(-1)  # the model's own: confidence is read before temperature and filters
+            tokens = self._draw(probs if self._greedy else self._draw_probs(logits), generator)
+            sure = probs.gather(1, tokens[:, None]).squeeze(1)
+            scores = torch.full(x.shape, -1.0, device=device).masked_scatter(masked, sure)
+            surest = torch.zeros_like(masked).scatter_(1, scores.argmax(-1, keepdim=True), True)
+            chosen = masked & ((scores >= threshold) | surest) if i < max_calls - 1 else masked
+            x[chosen] = tokens[chosen[masked]]
+            masked &= ~chosen
+            emit(self.on_step, i, x, chosen)
+        return row_calls
 
     def unconditional(self, batch_size: int, length: int | None = None, *,
                       generator: torch.Generator | None = None) -> Int[Tensor, "batch seq"]:
@@ -185,11 +247,12 @@ class MdlmPredictor:
         length = self.config.max_new_tokens if length is None else length
         device = next(self.model.parameters()).device
         prior = torch.full((batch_size, length), self.tokenizer.mask_token_id, dtype=torch.long, device=device)
-        return self.generate(prior, generator=generator)
+        return self.generate(prior, generator=generator)[0]
 
     def predict(self, batch: MdlmPredictBatch, *, generator: torch.Generator | None = None) -> MdlmPredictionDict:
         fill = batch["fill_mask"]
-        sequences = self.generate(batch["input_ids"], fill, batch["attention_mask"], generator=generator)
+        sequences, row_calls = self.generate(batch["input_ids"], fill, batch["attention_mask"], generator=generator)
         blocks = sequences[fill.to(sequences.device)].view(sequences.size(0), -1)
         ids, text = blocks_to_ids_and_text(blocks.tolist(), self.tokenizer)
-        return {"ids": ids, "text": text, "sequences": sequences, "start": sequences.size(1) - blocks.size(1)}
+        return {"ids": ids, "text": text, "sequences": sequences, "start": sequences.size(1) - blocks.size(1),
+                "row_calls": row_calls.tolist()}

@@ -33,3 +33,4 @@ class MdlmPredictionDict(TypedDict):
     text: list[str]
     sequences: Int[Tensor, "batch seq"]  # the whole rows after sampling (prompt, [BOS], filled block)
     start: int  # column where the generated block starts
+    row_calls: list[int]  # per row, the model calls that ran it while it still had a masked position

@@ -10,7 +10,9 @@ scores how sure the model is there, and commits some of them:
   temperature and filtering;
 * how many: `count` spreads each row's masked positions evenly over `num_steps`; `threshold`
   commits every position whose confidence reaches `confidence_threshold`, and at least the
-  most confident one, and everything left at the last step.
+  most confident one, and everything left at the last step. That is Fast-dLLM's parallel
+  unmasking (for LLaDA) over one block: with greedy tokens `top_prob` is its confidence, the
+  probability of the committed token; a threshold above 1 commits one position per call.
 
 [MASK] is never predicted; [PAD] only inside the generated block (it is the block's fill after
 [EOS]), never at a masked prompt position. Generation stops as soon as nothing is masked.
@@ -109,8 +111,9 @@ class MlmPredictor:
     @torch.no_grad()
     def generate(self, input_ids: Int[Tensor, "batch seq"], attention_mask: Bool[Tensor, "batch seq"] | None = None,
                  *, block_start: int = 0,
-                 generator: torch.Generator | None = None) -> tuple[Int[Tensor, "batch seq"], int]:
-        """`input_ids` with every [MASK] filled, and the number of model calls made. Columns from
+                 generator: torch.Generator | None = None) -> tuple[Int[Tensor, "batch seq"], Int[Tensor, " batch"]]:
+        """`input_ids` with every [MASK] filled, and each row's model calls: the calls made while it
+        still had a [MASK] (what it costs alone; every call runs the whole batch). Columns from
         `block_start` on are the generated block (where [PAD] may be predicted)."""
         cfg, tok = self.config, self.tokenizer
         device = next(self.model.parameters()).device
@@ -121,7 +124,7 @@ class MlmPredictor:
         num_masked = (x == tok.mask_token_id).sum(dim=1)
         num_steps = cfg.num_steps or max(int(num_masked.max()), 1)
         quotas = count_schedule(num_masked, num_steps) if cfg.unmask_schedule == "count" else None
-        calls = 0
+        row_calls = torch.zeros(x.size(0), dtype=torch.long, device=device)
         for step in range(num_steps):
             masked = x == tok.mask_token_id
             if not bool(masked.any()):
@@ -129,7 +132,7 @@ class MlmPredictor:
             if quotas is not None and not bool(quotas[:, step].any()):
                 continue
             logits = self.model(x, attention_mask=mask, output_positions=masked).float()
-            calls += 1
+            row_calls += masked.any(dim=1)
             logits[:, tok.mask_token_id] = float("-inf")
             logits[pad_forbidden[masked], tok.pad_token_id] = float("-inf")
             tokens = select_tokens(logits, greedy=cfg.strategy == "greedy", temperature=cfg.temperature,
@@ -149,7 +152,7 @@ class MlmPredictor:
                 chosen = masked & ((scores >= cfg.confidence_threshold) | best)
             x = torch.where(chosen, torch.zeros_like(x).masked_scatter(masked, tokens), x)
             emit(self.on_step, step, x, chosen)
-        return x, calls
+        return x, row_calls
 
     def fill_masks(self, texts: Sequence[str], *, generator: torch.Generator | None = None) -> list[str]:
         """Each text with every [MASK] in it filled by this sampler and decoded without special tokens:
@@ -163,8 +166,10 @@ class MlmPredictor:
         return [tok.decode(ids[: len(row)]) for ids, row in zip(filled.tolist(), rows)]
 
     def predict(self, batch: MlmPredictBatch, *, generator: torch.Generator | None = None) -> MlmPredictionDict:
-        sequences, calls = self.generate(batch["input_ids"], batch["attention_mask"], block_start=batch["block_start"],
-                                         generator=generator)
+        sequences, row_calls = self.generate(batch["input_ids"], batch["attention_mask"],
+                                             block_start=batch["block_start"], generator=generator)
         ids, text = block_predictions(sequences, batch["block_start"], self.tokenizer)
         return {"ids": ids, "text": text, "sequences": sequences, "block_start": batch["block_start"],
-                "num_model_calls": calls}
+                # the row masked longest took part in every call
+                "num_model_calls": int(row_calls.max()) if row_calls.numel() else 0,
+                "row_calls": row_calls.tolist()}

@@ -37,3 +37,4 @@ class MlmPredictionDict(TypedDict):
     sequences: Int[Tensor, "batch seq"]  # the input with every [MASK] filled
     block_start: int
     num_model_calls: int  # forward passes the sampler made
+    row_calls: list[int]  # per row, the forward passes made while it still had a [MASK]
