@@ -444,7 +444,7 @@ def bench_unmasking(quick: bool, model: str) -> list[Row]:
         calls["n"] = 0
         start = time.perf_counter()
         means, _ = evaluate_predictions(unit, task, ds, batch_size=250, device=torch.device("cpu"),
-                                        generator=torch.Generator().manual_seed(0))
+                                        generator=torch.Generator().manual_seed(0), probe=False)
         seconds = time.perf_counter() - start
         rows.append({"model": model, "task": task_name, "sampler": label, "examples": len(ds),
                      "seconds": round(seconds, 3), "forwards": calls["n"], "row_calls": round(means["model_calls"], 3),

@@ -65,12 +65,12 @@ def evaluate_loss(unit: Unit, ds: datasets.Dataset, *, batch_size: int, device: 
 @torch.no_grad()
 def evaluate_predictions(unit: Unit, task: Task, ds: datasets.Dataset, *, batch_size: int,
                          device: torch.device, progress: bool = False,
-                         generator: torch.Generator | None = None,
-                         stop: Callable[[], bool] | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
+                         generator: torch.Generator | None = None, stop: Callable[[], bool] | None = None,
+                         probe: bool = True) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Mean of each of the task's metrics (and of `model_calls`, the forward passes a row took, where
     the sampler reports them; and the task's probe of the model, e.g. star's `probe_*`, where the task and
-    the family have one), and one record per example. EvaluationStopped when `stop()` says yes
-    before a batch."""
+    the family have one, unless `probe` is off: a sampler benchmark times and counts the sampler alone),
+    and one record per example. EvaluationStopped when `stop()` says yes before a batch."""
     was_training = unit.model.training
     unit.model.eval()
     records: list[dict[str, Any]] = []
@@ -79,8 +79,8 @@ def evaluate_predictions(unit: Unit, task: Task, ds: datasets.Dataset, *, batch_
                              disable=None if progress else True, leave=False):
             out = unit.predict(_to_device(unit.collate_predict(examples), device), generator=generator)
             row_calls = out.get("row_calls")  # samplers whose rows stop on their own report each row's forwards
-            probe = getattr(task, "probe", None)
-            probes = (probe(unit, examples) if probe is not None else None) or [{}] * len(examples)
+            read = getattr(task, "probe", None) if probe else None
+            probes = (read(unit, examples) if read is not None else None) or [{}] * len(examples)
             for i, (example, text) in enumerate(zip(examples, out["text"])):
                 records.append({"prompt": example.get("prompt"), "target": example.get("target"),
                                 "prediction": text, **task.score(text, example), **probes[i],
