@@ -14,12 +14,13 @@ from xlm.assets import CardError, ChecksumError, DownloadError, fetch, read_card
 from xlm.assets import cli as cards_cli
 from xlm.assets.download import UnverifiedDownloadWarning
 from xlm.assets.store import BrokenCardWarning
-from xlm.data.tokenizers import UnknownTokenError, WordTokenizer
-from xlm.run_dir import RunDirError, write_run_dir
+from xlm.data.tokenizers import UnknownTokenError
+from xlm.run_dir import RunDirError
 
 from .hub_server import FakeHub
 
-TOK = WordTokenizer([str(i) for i in range(20)])
+from tests.tiny_run_dir import TOK, tiny_run_dir
+
 
 
 @pytest.fixture(autouse=True)
@@ -33,16 +34,6 @@ def card_env(tmp_path, monkeypatch):
 def _write(path: Path, docs: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
-    return path
-
-
-def _run_dir(path: Path, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    model = xlm.create_model("arlm_tiny", vocab_size=TOK.vocab_size)
-    family = xlm.get_family("arlm")
-    write_run_dir(path, model=model, family="arlm", arch="arlm_tiny", model_config=model.config,
-                  sampler_config=family.sampler_config_class(max_new_tokens=5, strategy="greedy"), tokenizer=TOK,
-                  task="star_easy", train_config=None, metrics={})
     return path
 
 
@@ -174,7 +165,7 @@ def test_uri_schemes_and_local_files(tmp_path):
 
 
 def test_load_model_from_run_dir_card_and_hub(tmp_path, monkeypatch, capsys):
-    run = _run_dir(tmp_path / "runs" / "r")
+    run = tiny_run_dir(tmp_path / "runs" / "r")
     model = xlm.load_model(run)
     assert not model.training
     assert cards_cli.main(["add", str(run), "--name", "my_arlm"]) == 0
@@ -201,7 +192,7 @@ def test_load_model_from_run_dir_card_and_hub(tmp_path, monkeypatch, capsys):
 
 
 def test_generator_generates_text_and_ids(tmp_path):
-    run = _run_dir(tmp_path / "r")
+    run = tiny_run_dir(tmp_path / "r")
     generator = xlm.load_generator(run, max_new_tokens=4)
     texts = generator.generate(["1 2 3", "4 5"])
     assert len(texts) == 2 and all(len(t.split()) <= 4 for t in texts)
@@ -217,7 +208,7 @@ def test_generator_generates_text_and_ids(tmp_path):
 def test_strict_loading_reports_every_bad_key_and_corrupt_files(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    run = _run_dir(tmp_path / "r")
+    run = tiny_run_dir(tmp_path / "r")
     state = load_file(run / "model.safetensors")
     first = sorted(state)[0]
     state.pop(first)
@@ -230,7 +221,7 @@ def test_strict_loading_reports_every_bad_key_and_corrupt_files(tmp_path):
     message = str(err.value)
     assert all(s in message for s in (f"missing keys [{first}]", "unexpected keys [extra.weight]", shaped))
 
-    run2 = _run_dir(tmp_path / "r2")
+    run2 = tiny_run_dir(tmp_path / "r2")
     data = (run2 / "model.safetensors").read_bytes()
     (run2 / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(RunDirError, match="model.safetensors is unreadable.*truncated"):

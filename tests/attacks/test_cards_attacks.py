@@ -11,7 +11,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,12 +20,10 @@ from xlm.assets import CardError, ChecksumError, read_card_file, resolve_card
 from xlm.assets import cli as cards_cli
 from xlm.assets.card import MAX_FILE_BYTES
 from xlm.assets.download import UnverifiedDownloadWarning
-from xlm.data.tokenizers import WordTokenizer
-from xlm.run_dir import write_run_dir
 
+from tests.tiny_run_dir import TOK, tiny_run_dir
 from tests.assets.hub_server import FakeHub
 
-TOK = WordTokenizer([str(i) for i in range(20)])
 
 
 @pytest.fixture(autouse=True)
@@ -36,16 +33,6 @@ def card_env(tmp_path, monkeypatch):
     monkeypatch.setenv("XLM_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("XLM_ASSET_PATH", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-def _run_dir(path: Path, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    model = xlm.create_model("arlm_tiny", vocab_size=TOK.vocab_size)
-    family = xlm.get_family("arlm")
-    write_run_dir(path, model=model, family="arlm", arch="arlm_tiny", model_config=model.config,
-                  sampler_config=family.sampler_config_class(max_new_tokens=5, strategy="greedy"), tokenizer=TOK,
-                  task="star_easy", train_config=None, metrics={})
-    return path
 
 
 def _sha(data: bytes) -> str:
@@ -71,7 +58,7 @@ def _tampered_config(config: bytes) -> bytes:
 
 
 def test_a_directory_checkpoint_with_a_wrong_sha256_is_refused(tmp_path):
-    run = _run_dir(tmp_path / "run")
+    run = tiny_run_dir(tmp_path / "run")
     _user_card(tmp_path, "dir_card.yaml", yaml.safe_dump({"name": "dir_card", "model_family": "arlm",
                                                            "checkpoint": str(run), "checkpoint_format": "xlm",
                                                            "sha256": "0" * 64}))
@@ -84,7 +71,7 @@ def test_a_directory_checkpoint_with_a_wrong_sha256_is_refused(tmp_path):
 
 
 def test_cards_add_pins_every_file_loading_reads_and_a_tampered_one_is_refused(tmp_path):
-    run = _run_dir(tmp_path / "run")
+    run = tiny_run_dir(tmp_path / "run")
     assert cards_cli.main(["add", str(run), "--name", "mine"]) == 0
     written = yaml.safe_load((tmp_path / "user_cards" / "mine.yaml").read_text())
     files = {"config.json", "model.safetensors"}
@@ -96,13 +83,14 @@ def test_cards_add_pins_every_file_loading_reads_and_a_tampered_one_is_refused(t
     with pytest.raises(ChecksumError, match=f"config.json has sha256 {_sha(_tampered_config(honest))}.*{run}"):
         xlm.load_generator("mine")
     (run / "config.json").write_bytes(honest)
-    (run / "model.safetensors").write_bytes((_run_dir(tmp_path / "other", seed=1) / "model.safetensors").read_bytes())
+    other = tiny_run_dir(tmp_path / "other", seed=1)
+    (run / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
     with pytest.raises(ChecksumError, match="model.safetensors"):  # other weights of the same shapes
         xlm.load_model("mine")
 
 
 def test_a_file_loading_would_read_cannot_be_slipped_into_a_pinned_dir(tmp_path):
-    run = _run_dir(tmp_path / "run")
+    run = tiny_run_dir(tmp_path / "run")
     assert cards_cli.main(["add", str(run), "--name", "mine"]) == 0
     (run / "eval_star_easy_test.json").write_text("{}")  # what `xlm eval` writes beside: never read when loading
     assert not xlm.load_model("mine").training
@@ -117,7 +105,7 @@ def test_a_file_loading_would_read_cannot_be_slipped_into_a_pinned_dir(tmp_path)
 
 def test_a_remote_config_beside_pinned_weights_is_reported_as_unpinned(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    run = _run_dir(tmp_path / "run")
+    run = tiny_run_dir(tmp_path / "run")
     weights, config = (run / "model.safetensors").read_bytes(), (run / "config.json").read_bytes()
     with FakeHub() as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
@@ -168,7 +156,7 @@ def test_a_yaml_alias_bomb_is_refused_in_one_line_naming_the_file(tmp_path, caps
     ("name: when\ndescription: 2001-13-45\n", "cannot be read"),
 ])
 def test_one_bad_card_file_is_reported_and_skipped_and_every_other_card_works(tmp_path, text, why):
-    run = _run_dir(tmp_path / "run")
+    run = tiny_run_dir(tmp_path / "run")
     _user_card(tmp_path, "good.yaml", yaml.safe_dump({"name": "good", "checkpoint": str(run),
                                                        "checkpoint_format": "xlm", "model_family": "arlm"}))
     broken = _user_card(tmp_path, "broken.yaml", text)
@@ -192,7 +180,7 @@ def test_invalid_utf8_in_a_card_file_names_the_file_and_line(tmp_path):
 
 
 def test_a_name_defined_twice_is_refused_but_breaks_no_other_card(tmp_path, monkeypatch):
-    run = _run_dir(tmp_path / "run")
+    run = tiny_run_dir(tmp_path / "run")
     card = {"checkpoint": str(run), "checkpoint_format": "xlm", "model_family": "arlm"}
     first = _user_card(tmp_path, "one.yaml", yaml.safe_dump({"name": "dup", **card}))
     other = tmp_path / "team_cards" / "two.yaml"
@@ -215,7 +203,7 @@ def test_cards_add_refuses_a_name_that_is_not_a_card_name(tmp_path, capsys, name
     important = tmp_path / "x" / "important.yaml"
     important.parent.mkdir()
     important.write_text("keep: me\n")
-    run = _run_dir(tmp_path / "run")
+    run = tiny_run_dir(tmp_path / "run")
     assert cards_cli.main(["add", str(run), "--name", name]) == 2
     assert "card name" in capsys.readouterr().err
     assert important.read_text() == "keep: me\n" and not (tmp_path / "user_cards").exists()
@@ -224,7 +212,7 @@ def test_cards_add_refuses_a_name_that_is_not_a_card_name(tmp_path, capsys, name
 
 
 def test_cards_add_never_overwrites_a_card_file_without_force(tmp_path, capsys):
-    run = _run_dir(tmp_path / "run")
+    run = tiny_run_dir(tmp_path / "run")
     notes = _user_card(tmp_path, "notes.yaml", yaml.safe_dump({"name": "team_model", "description": "kept by hand"}))
     kept = notes.read_text()
     for force in ([], ["--force"]):  # a file of that name holds another card, which even --force would lose

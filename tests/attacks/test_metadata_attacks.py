@@ -20,23 +20,12 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 import xlm
-from xlm.data.tokenizers import WordTokenizer
 from xlm.errors import XlmUserError
-from xlm.run_dir import write_run_dir
+
+from tests.tiny_run_dir import tiny_run_dir
 
 transformers = pytest.importorskip("transformers")
-TOK = WordTokenizer([str(i) for i in range(20)])
 ADDRESS_SPACE = 3 << 30
-
-
-def _run_dir(path: Path) -> Path:
-    torch.manual_seed(0)
-    model = xlm.create_model("arlm_tiny", vocab_size=TOK.vocab_size)
-    family = xlm.get_family("arlm")
-    write_run_dir(path, model=model, family="arlm", arch="arlm_tiny", model_config=model.config,
-                  sampler_config=family.sampler_config_class(max_new_tokens=5, strategy="greedy"), tokenizer=TOK,
-                  task="star_easy", train_config=None, metrics={})
-    return path
 
 
 def _gpt2_dir(path: Path) -> Path:
@@ -82,7 +71,7 @@ def _refused(result: subprocess.CompletedProcess[str]) -> str:
 @pytest.mark.parametrize("key, value", [("model_dim", 10**9), ("vocab_size", 10**9), ("num_layers", 10**8),
                                         ("ffn_dim", 10**9)])
 def test_a_run_dir_config_beyond_its_weights_is_refused_before_allocation(tmp_path, key, value):
-    run = _run_dir(tmp_path / "run")
+    run = tiny_run_dir(tmp_path / "run")
     _edit_json(run / "config.json", lambda c: c["model_config"].__setitem__(key, value))
     if key == "model_dim":  # keep heads dividing it, so only the size is wrong
         _edit_json(run / "config.json", lambda c: c["model_config"].__setitem__("num_heads", 8))
@@ -92,14 +81,14 @@ def test_a_run_dir_config_beyond_its_weights_is_refused_before_allocation(tmp_pa
 
 def test_a_run_dir_that_fits_still_loads_and_runs_in_the_bounded_process(tmp_path):
     """The limit itself is not what refuses the attacks above."""
-    result = _load_in_a_bounded_process(_run_dir(tmp_path / "run"))
+    result = _load_in_a_bounded_process(tiny_run_dir(tmp_path / "run"))
     assert result.returncode == 0 and "ran" in result.stdout, result.stderr[-2000:]
 
 
 def test_a_context_length_of_a_trillion_allocates_no_table_of_that_length(tmp_path):
     """max_seq_len holds no weights (rotary positions): the model loads, and its rotary table is built for
     the positions a forward asks for, not for max_seq_len."""
-    run = _run_dir(tmp_path / "run")
+    run = tiny_run_dir(tmp_path / "run")
     _edit_json(run / "config.json", lambda c: c["model_config"].__setitem__("max_seq_len", 10**12))
     result = _load_in_a_bounded_process(run)
     assert result.returncode == 0 and "ran" in result.stdout, result.stderr[-2000:]
@@ -115,7 +104,7 @@ def test_an_hf_config_beyond_its_weights_is_refused_before_allocation(tmp_path, 
 
 
 def test_a_float_where_a_size_goes_is_named(tmp_path):
-    run = _run_dir(tmp_path / "run")
+    run = tiny_run_dir(tmp_path / "run")
     _edit_json(run / "config.json", lambda c: c["model_config"].__setitem__("model_dim", 1e9))
     with pytest.raises(XlmUserError, match=r"model_dim must be int, got 1000000000.0 \(float\)"):
         xlm.load_model(run)
@@ -175,7 +164,7 @@ FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChe
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
     base = tmp_path_factory.mktemp("pristine")
-    return {"run": _run_dir(base / "run"), "gpt2": _gpt2_dir(base / "gpt2")}
+    return {"run": tiny_run_dir(base / "run"), "gpt2": _gpt2_dir(base / "gpt2")}
 
 
 def _loads_or_refuses(path: Path) -> None:
