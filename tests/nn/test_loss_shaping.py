@@ -13,7 +13,7 @@ from xlm.models.mdlm.loss import mdlm_loss
 from xlm.models.mdlm.noise import LogLinearSchedule
 from xlm.models.mlm.collators import MlmSeq2SeqCollator, sample_mask
 from xlm.models.mlm.loss import mlm_loss
-from xlm.nn.loss_shaping import focal_weights, whole_mask_probability
+from xlm.nn.loss_shaping import focal_weights, tie_repeats, whole_mask_probability
 from xlm.registry import get_family
 
 TOK = WordTokenizer(["a", "b", "c"])
@@ -172,3 +172,79 @@ def test_collation_in_workers_follows_the_curriculum_by_each_batch_position(tmp_
         trainer.batches.close()
     assert bool((rates[0] == 1.0).all())
     assert not bool((rates[3] == 1.0).all())
+
+
+def test_tie_repeats_gives_each_repeat_its_first_draw_and_leaves_the_rest():
+    ids = torch.tensor([[5, 7, 7, 9, 9, 7, 5]])
+    maskable = torch.tensor([[False, True, True, True, True, True, True]])
+    draws = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]])
+    tied = tie_repeats(draws, ids, maskable)
+    # column 0 is not maskable: it keeps its draw and lends it to no one (column 6's 5 is the first maskable 5)
+    assert tied[0].tolist() == pytest.approx([0.1, 0.2, 0.2, 0.4, 0.4, 0.2, 0.7])
+
+
+def star_rows(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows shaped like a star target behind a 2-token prompt: p0 p1 p1 p2 p2 p3 p3 p4 [EOS]."""
+    gen = torch.Generator().manual_seed(0)
+    nodes = torch.stack([torch.randperm(20, generator=gen)[:5] + 10 for _ in range(n)])
+    block = torch.stack([nodes[:, 0], nodes[:, 1], nodes[:, 1], nodes[:, 2], nodes[:, 2], nodes[:, 3], nodes[:, 3],
+                         nodes[:, 4], torch.full((n,), 3)], dim=1)
+    ids = torch.cat([torch.full((n, 2), 4), block], dim=1)
+    maskable = torch.zeros_like(ids, dtype=torch.bool)
+    maskable[:, 2:] = True
+    return ids, maskable
+
+
+def test_sample_mask_hides_a_token_everywhere_or_nowhere_at_the_same_rate():
+    ids, maskable = star_rows(4000)
+    masked, t = sample_mask(maskable, generator=torch.Generator().manual_seed(0), repeats_of=ids)
+    for a, b in [(3, 4), (5, 6), (7, 8)]:  # the twin slots of p1, p2, p3
+        assert torch.equal(masked[:, a], masked[:, b])
+    assert not (masked & ~maskable).any() and masked.any(dim=1).all()
+    # each position is still masked with chance t: over the rows with t > 1/2 (which the one-position rule for
+    # an empty row hardly touches), E[masked] = E[t | t > 1/2] = 3/4
+    high = t > 0.5
+    assert float(masked[high, 2:].float().mean()) == pytest.approx(0.75, abs=0.02)
+    untied, _ = sample_mask(maskable, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(untied[:, 3], untied[:, 4])  # without it twins are drawn apart
+
+
+def test_mdlm_loss_masks_repeats_together():
+    ids, noise_mask = star_rows(256)
+    batch = {"input_ids": ids, "noise_mask": noise_mask, "attention_mask": torch.ones_like(noise_mask)}
+    seen = []
+
+    class Spy(Table):
+        def forward(self, input_ids, *args, **kwargs):
+            seen.append(input_ids == MASK)
+            return super().forward(input_ids, *args, **kwargs)
+
+    model = Spy(ids.size(1), 64)
+    kwargs = dict(schedule=LogLinearSchedule(1e-3), mask_token_id=MASK, sampling_eps=1e-3, antithetic=False)
+    mdlm_loss(model, batch, generator=torch.Generator().manual_seed(0), mask_repeats=True, **kwargs)
+    mdlm_loss(model, batch, generator=torch.Generator().manual_seed(0), **kwargs)
+    tied, plain = seen
+    assert all(torch.equal(tied[:, a], tied[:, b]) for a, b in [(3, 4), (5, 6), (7, 8)])
+    assert not torch.equal(plain[:, 3], plain[:, 4])
+
+
+@pytest.mark.parametrize("arch", ["mlm_tiny", "mdlm_tiny"])
+def test_mask_repeats_is_a_checked_model_setting(arch):
+    assert xlm.create_model(arch, vocab_size=TOK.vocab_size, mask_repeats=True).config.mask_repeats is True
+    with pytest.raises(TypeError, match="mask_repeats must be bool"):
+        xlm.create_model(arch, vocab_size=TOK.vocab_size, mask_repeats="yes")
+
+
+def test_mlm_unit_ties_repeats_while_training_only():
+    model = xlm.create_model("mlm_tiny", vocab_size=TOK.vocab_size, mask_repeats=True)
+    unit = get_family("mlm").unit_factory(model, TOK, get_family("mlm").sampler_config_class(max_new_tokens=4))
+    examples = [{"prompt_ids": [7], "target_ids": [8, 8, 8]}] * 200  # block: 8 8 8 [EOS]
+
+    def twins_apart() -> bool:
+        masked = unit.collate_train(examples)["masked"]
+        return bool((masked[:, -4] != masked[:, -3]).any() | (masked[:, -3] != masked[:, -2]).any())
+
+    model.train()
+    assert not twins_apart()
+    model.eval()
+    assert twins_apart()  # evaluation scores the plain objective

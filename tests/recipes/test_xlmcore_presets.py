@@ -8,6 +8,10 @@ from xlm.recipes import train
 
 STEPS = {"arlm_star_xlmcore": 80_000, "ilm_star_xlmcore": 80_000, "mlm_star_xlmcore": 300_000,
          "mdlm_star_xlmcore": 300_000}  # MDLM: xlm-core has no star recipe of its own, MLM's is used
+#: xlm-core 0.3.1's star_easy_*.yaml: ARLM and ILM constant after 500 warmup steps; MLM HF's cosine_with_min_lr
+#: (min_lr 1e-6, 2,000 warmup steps, num_cycles 4)
+SCHEDULES = {"arlm_star_xlmcore": ("constant", 500), "ilm_star_xlmcore": ("constant", 500),
+             "mlm_star_xlmcore": ("cosine", 2000, 0.01, 4), "mdlm_star_xlmcore": ("cosine", 2000, 0.01, 4)}
 
 
 @pytest.mark.parametrize("arch", sorted(STEPS))
@@ -17,7 +21,10 @@ def test_xlmcore_preset_composes_to_its_size_optimizer_and_budget(arch, capsys):
     model, optim = config["model"], config["optim"]
     assert (model["model_dim"], model["num_layers"], model["num_heads"]) == (768, 12, 12)
     assert (optim["lr"], optim["beta1"], optim["beta2"], optim["weight_decay"]) == (1e-4, 0.9, 0.999, 0.01)
-    assert (optim["schedule"], optim["warmup_steps"], config["data"]["batch_size"]) == ("constant", 500, 64)
+    schedule = (optim["schedule"], optim["warmup_steps"])
+    if optim["schedule"] == "cosine":
+        schedule += (optim["min_lr_ratio"], optim["cosine_cycles"])
+    assert schedule == SCHEDULES[arch] and config["data"]["batch_size"] == 64
     assert config["trainer"]["max_steps"] == STEPS[arch]
 
 

@@ -1,6 +1,6 @@
-"""What a masked objective (MLM, MDLM) may add so that hard tokens get learnt: focal token weights and a
-whole-target masking curriculum (xlm issue #30: star tasks, where a masked model learns the copies and no
-edge lookup).
+"""What a masked objective (MLM, MDLM) may add so that hard tokens get learnt: focal token weights, a
+whole-target masking curriculum and masking a token's repeats together (xlm issue #30: star tasks, where a
+masked model learns the copies and no edge lookup).
 
 * Focal weights (Lin et al. 2017, "Focal Loss for Dense Object Detection"): a token's NLL is multiplied by
   (1 - p)^gamma, p the probability the model puts on the right token (no gradient through the weight). Tokens
@@ -11,12 +11,17 @@ edge lookup).
 * Whole-target masking: a training row has its whole block masked (t = 1) with a probability that falls
   linearly from `whole_mask_prob` at step 0 to 0 at `whole_mask_steps` (0: it stays at `whole_mask_prob`).
   Early on the model then trains on its first decision more often than uniform t gives it.
+* Repeats masked together: every maskable position holding the same token as an earlier one in its row
+  takes that position's draw, so a token is hidden everywhere or nowhere (each position is still masked with
+  probability t). A hidden token can then never be read off its own repeat: on a star target, where each
+  inner node of the path is written twice, every hidden node must be looked up from the edge list. This is
+  whole-word masking (BERT) with "word" read as "token id".
 """
 
 from __future__ import annotations
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 
@@ -33,6 +38,15 @@ def whole_mask_probability(step: int, *, start: float, steps: int) -> float:
     if steps <= 0:
         return start
     return start * max(0.0, 1.0 - step / steps)
+
+
+def tie_repeats(draws: Float[Tensor, "batch seq"], token_ids: Int[Tensor, "batch seq"],
+                maskable: Bool[Tensor, "batch seq"]) -> Float[Tensor, "batch seq"]:
+    """Each maskable position takes the draw of the first maskable position of its row with the same token, so
+    thresholding the draws masks a token's repeats together; other positions keep their own draw."""
+    same = (token_ids[:, :, None] == token_ids[:, None, :]) & maskable[:, None, :]
+    first = same.to(torch.uint8).argmax(dim=2)  # argmax gives the first of equal maxima
+    return torch.where(maskable, draws.gather(1, first), draws)
 
 
 def check_loss_shaping(config: object) -> None:

@@ -49,6 +49,7 @@ class OptimConfig:
     schedule: str = "cosine"  # "cosine" | "constant" (both after linear warmup)
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+    cosine_cycles: float = 0.5  # cosine periods over the run (HF's num_cycles): 0.5 falls once to the floor
 
 
 @dataclass(kw_only=True)
@@ -117,6 +118,8 @@ class TrainRecipeConfig:
              self.trainer.progress_every_seconds),
             (self.optim.schedule in ("cosine", "constant"), "optim.schedule", "'cosine' or 'constant'",
              self.optim.schedule),
+            (self.optim.cosine_cycles > 0, "optim.cosine_cycles", "positive (0.5: one fall to the floor)",
+             self.optim.cosine_cycles),
             (self.trainer.autocast_dtype in (None, "bf16", "fp16"), "trainer.autocast_dtype",
              "null, 'bf16' or 'fp16'", self.trainer.autocast_dtype),
             (self.data.batch_size >= 1, "data.batch_size", "a positive integer", self.data.batch_size),

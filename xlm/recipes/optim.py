@@ -33,8 +33,9 @@ def build_adamw(params: Any, optim: OptimConfig, *, device: torch.device, sharde
 
 def lr_schedule(optim: OptimConfig, total_steps: int) -> Callable[[int], float]:
     """The factor on `optim.lr` at each step, for `torch.optim.lr_scheduler.LambdaLR`: linear warmup
-    over `optim.warmup_steps`, then constant or a cosine from 1 down to `optim.min_lr_ratio` at
-    `total_steps`."""
+    over `optim.warmup_steps`, then constant or a cosine between 1 and `optim.min_lr_ratio` with
+    `optim.cosine_cycles` periods up to `total_steps` (0.5: from 1 down to the floor once; xlm-core's MLM star
+    recipe uses HF's cosine_with_min_lr with 4)."""
 
     def factor(step: int) -> float:
         if step < optim.warmup_steps:
@@ -42,7 +43,8 @@ def lr_schedule(optim: OptimConfig, total_steps: int) -> Callable[[int], float]:
         if optim.schedule == "constant":
             return 1.0
         progress = min(1.0, (step - optim.warmup_steps) / max(1, total_steps - optim.warmup_steps))
-        return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        wave = 0.5 * (1 + math.cos(2 * math.pi * optim.cosine_cycles * progress))
+        return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * wave
 
     return factor
 

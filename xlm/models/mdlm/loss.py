@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from xlm.nn.loss_shaping import focal_weights
+from xlm.nn.loss_shaping import focal_weights, tie_repeats
 
 from .noise import NoiseSchedule, sample_t
 from .types import MdlmLossDict, MdlmTrainBatch
@@ -32,14 +32,16 @@ def subs_log_probs(logits: Float[Tensor, "... vocab"], mask_token_id: int) -> Fl
 def mdlm_loss(model: torch.nn.Module, batch: MdlmTrainBatch, *, schedule: NoiseSchedule, mask_token_id: int,
               sampling_eps: float, antithetic: bool, t: Float[Tensor, "batch"] | None = None,
               masked: Bool[Tensor, "batch seq"] | None = None, whole_prob: float = 0.0,
-              focal_gamma: float = 0.0, generator: torch.Generator | None = None) -> MdlmLossDict:
+              focal_gamma: float = 0.0, mask_repeats: bool = False,
+              generator: torch.Generator | None = None) -> MdlmLossDict:
     """One draw of t per row and of the mask (each `noise_mask` position is masked with
     probability 1 - exp(-sigma(t))); pass `t` and/or `masked` to fix them.
 
     Loss shaping (`xlm.nn.loss_shaping`, training only): with `whole_prob` > 0 each row is first
     taken at t = 1 with every `noise_mask` position masked, with that probability; `focal_gamma` > 0
     multiplies each masked token's ELBO-weighted NLL by (1 - p_right)^focal_gamma, which makes the
-    loss a reweighted objective rather than a bound.
+    loss a reweighted objective rather than a bound; `mask_repeats` masks a token's repeats in a row
+    together (each position still masked with probability 1 - exp(-sigma(t))).
 
     The network's vocabulary projection runs at the masked positions only."""
     x0, noise_mask = batch["input_ids"], batch["noise_mask"]
@@ -55,6 +57,8 @@ def mdlm_loss(model: torch.nn.Module, batch: MdlmTrainBatch, *, schedule: NoiseS
     sigma = schedule.sigma(t)
     if masked is None:
         draws = torch.rand(x0.shape, device=x0.device, generator=generator)
+        if mask_repeats:
+            draws = tie_repeats(draws, x0, noise_mask)
         masked = draws < schedule.move_chance(t)[:, None]
     if whole is not None:
         masked = masked | whole[:, None]

@@ -55,7 +55,8 @@ class MdlmUnit:
                                             steps=config.whole_mask_steps) if training else 0.0
         return mdlm_loss(model, batch, schedule=self.schedule, mask_token_id=self.tokenizer.mask_token_id,
                          sampling_eps=config.sampling_eps, antithetic=config.antithetic_sampling,
-                         whole_prob=whole_prob, focal_gamma=config.focal_gamma if training else 0.0)
+                         whole_prob=whole_prob, focal_gamma=config.focal_gamma if training else 0.0,
+                         mask_repeats=config.mask_repeats and training)
 
     def predict(self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None) -> MdlmPredictionDict:
         return self.predictor.predict(batch, generator=generator)  # type: ignore[arg-type]

@@ -18,7 +18,8 @@ right padding is hidden and never masked.
 
 Masking: each row draws t ~ U(0, 1) and masks each maskable position with probability t; a
 row left with no masked position gets one, chosen uniformly, so no row is wasted. The unit may ask
-for rows masked whole (t = 1) with some probability (`whole_prob`, a curriculum).
+for rows masked whole (t = 1) with some probability (`whole_prob`, a curriculum), and for a token's repeats
+to be masked together (`mask_repeats`); both are `xlm.nn.loss_shaping`'s.
 """
 
 from __future__ import annotations
@@ -27,35 +28,46 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from xlm.data.collate import OR_MAX_NEW_TOKENS, check_fits, pad_rows
 from xlm.data.tokenizers import Tokenizer
+from xlm.nn.loss_shaping import tie_repeats
 
 from .types import MlmPredictBatch, MlmTrainBatch
 
 
 def sample_mask(maskable: Bool[Tensor, "batch seq"], *, generator: torch.Generator | None = None,
-                whole_prob: float = 0.0) -> tuple[Bool[Tensor, "batch seq"], Float[Tensor, " batch"]]:
+                whole_prob: float = 0.0, repeats_of: Int[Tensor, "batch seq"] | None = None,
+                ) -> tuple[Bool[Tensor, "batch seq"], Float[Tensor, " batch"]]:
     """Per-row rate t ~ U(0, 1), each maskable position masked with probability t, and at least
     one masked position in every row that has a maskable one. With `whole_prob` > 0 each row is
     first given t = 1 (all maskable positions masked) with that probability (the curriculum of
-    `xlm.nn.loss_shaping`); at 0 no extra number is drawn."""
+    `xlm.nn.loss_shaping`); at 0 no extra number is drawn. Given `repeats_of` (the rows' tokens), a token's
+    repeats are masked together, the one position given to an empty row included."""
     batch, seq = maskable.shape
     t = torch.rand(batch, generator=generator)
     if whole_prob > 0.0:
         t = torch.where(torch.rand(batch, generator=generator) < whole_prob, 1.0, t)
-    masked = (torch.rand(batch, seq, generator=generator) < t[:, None]) & maskable
+    draws = torch.rand(batch, seq, generator=generator)
+    if repeats_of is not None:
+        draws = tie_repeats(draws, repeats_of, maskable)
+    masked = (draws < t[:, None]) & maskable
     pick = torch.rand(batch, seq, generator=generator).masked_fill(~maskable, -1.0).argmax(dim=1)
     empty = ~masked.any(dim=1) & maskable.any(dim=1)
     masked[empty, pick[empty]] = True
+    if repeats_of is not None:
+        picked = repeats_of.gather(1, pick[:, None])
+        masked |= empty[:, None] & maskable & (repeats_of == picked)
     return masked, t
 
 
 def _masked_batch(target_ids: Tensor, attention_mask: Tensor, maskable: Tensor, mask_id: int,
-                  generator: torch.Generator | None, whole_prob: float = 0.0) -> MlmTrainBatch:
-    masked, t = sample_mask(maskable, generator=generator, whole_prob=whole_prob)
+                  generator: torch.Generator | None, whole_prob: float = 0.0, mask_repeats: bool = False,
+                  ) -> MlmTrainBatch:
+    masked, t = sample_mask(maskable, generator=generator, whole_prob=whole_prob,
+                            repeats_of=target_ids if mask_repeats else None)
     return {"input_ids": target_ids.masked_fill(masked, mask_id), "attention_mask": attention_mask,
             "target_ids": target_ids, "maskable": maskable, "masked": masked, "t": t}
 
@@ -83,10 +95,11 @@ class MlmSeq2SeqCollator:
         return (row + [tok.pad_token_id] * self.block_size)[: self.block_size]
 
     def __call__(self, examples: Sequence[Mapping[str, Any]], *,
-                 generator: torch.Generator | None = None, whole_prob: float = 0.0) -> MlmTrainBatch:
+                 generator: torch.Generator | None = None, whole_prob: float = 0.0,
+                 mask_repeats: bool = False) -> MlmTrainBatch:
         target_ids, attention_mask, maskable = self.clean_rows(examples)
         return _masked_batch(target_ids, attention_mask, maskable, self.tokenizer.mask_token_id, generator,
-                             whole_prob)
+                             whole_prob, mask_repeats)
 
     def clean_rows(self, examples: Sequence[Mapping[str, Any]]) -> tuple[Tensor, Tensor, Tensor]:
         """The unmasked rows, their attention mask and the maskable block (drawing no randomness)."""
@@ -109,13 +122,14 @@ class MlmLMCollator:
         self.max_len = max_len
 
     def __call__(self, examples: Sequence[Mapping[str, Any]], *,
-                 generator: torch.Generator | None = None, whole_prob: float = 0.0) -> MlmTrainBatch:
+                 generator: torch.Generator | None = None, whole_prob: float = 0.0,
+                 mask_repeats: bool = False) -> MlmTrainBatch:
         rows = [list(ex["input_ids"]) for ex in examples]
         for row in rows:
             check_fits(len(row), self.max_len, "an input row", also=OR_MAX_NEW_TOKENS)
         target_ids, attention_mask = pad_rows(rows, self.tokenizer.pad_token_id)
         return _masked_batch(target_ids, attention_mask, attention_mask.clone(), self.tokenizer.mask_token_id,
-                             generator, whole_prob)
+                             generator, whole_prob, mask_repeats)
 
 
 class MlmPredictCollator:

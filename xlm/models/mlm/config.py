@@ -59,6 +59,7 @@ class MlmConfig:
     focal_gamma: float = 0.0
     whole_mask_prob: float = 0.0
     whole_mask_steps: int = 0
+    mask_repeats: bool = False  # training: a token's repeats in a row masked together (whole-word masking by token)
 
     def __post_init__(self) -> None:
         check_transformer(self)

@@ -47,7 +47,8 @@ class MlmUnit:
                       generator: torch.Generator | None = None) -> MlmTrainBatch:
         """Seq2seq rows carry `prompt_ids`/`target_ids`; LM rows carry `input_ids`."""
         collate = self._seq2seq if "prompt_ids" in examples[0] else self._lm
-        return collate(examples, generator=generator, whole_prob=self._whole_prob())
+        return collate(examples, generator=generator, whole_prob=self._whole_prob(),
+                       mask_repeats=self.model.config.mask_repeats and self.model.training)
 
     def collate_predict(self, examples: Sequence[Mapping[str, Any]]) -> MlmPredictBatch:
         return self._predict(examples)
