@@ -230,6 +230,10 @@ def xlm_core_predictor(family: str, batch: Mapping[str, Any], sampler: Any) -> t
           column); the joint (gap, token) argmax (top-k 1 without a second sampler); [MASK], [PAD] and [CLS]
           never inserted (xlm's rule; xlm-core's default also bars [EOS] and [BOS]); a row stops when the stop
           head's probability reaches the threshold, or (oracle_length) after max_new_tokens insertions
+
+    What stays apart: xlm-core's MLM predictor bars no token (xlm bars [MASK], and [PAD] before the block) and its
+    confidence counts [MASK]'s probability; a trained model puts no mass there, an untrained one can. Its MLM and
+    ILM predictors make one more model call per batch after the last unmasking or insertion.
     """
     ids, mask = batch["input_ids"], batch["attention_mask"].bool()
     width = ids.size(1)
