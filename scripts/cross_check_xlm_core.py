@@ -3,11 +3,11 @@
     python scripts/cross_check_xlm_core.py                    # xlm-core's venv cached at ~/.cache/xlm/xlm-core-venv
     python scripts/cross_check_xlm_core.py --venv DIR --work-dir DIR --tolerance 1e-5
 
-xlm-core's package is also named `xlm`, so it gets a venv of its own, made on first use (torch==2.13.0 first, then
-xlm-core and xlm-models, which holds its model classes, from the package index), and runs in its own process
-(scripts/xlm_core_side.py). There, each family's network (ARLM, MLM, ILM, MDLM) is built with xlm-core's own class,
-trained a few steps in xlm-core's Harness with its EMA callback and saved twice: a Lightning .ckpt with EMA and a
-hub export of the EMA weights; its outputs on fixed inputs are recorded. Here, for each family and format:
+xlm-core's package is also named `xlm`, so it gets a venv of its own, made on first use (scripts/xlm_core_venv.py,
+shared with benchmarks/xlm_core_peer.py), and runs in its own process (scripts/xlm_core_side.py). There, each
+family's network (ARLM, MLM, ILM, MDLM) is built with xlm-core's own class, trained a few steps in xlm-core's
+Harness with its EMA callback and saved twice: a Lightning .ckpt with EMA and a hub export of the EMA weights;
+its outputs on fixed inputs are recorded. Here, for each family and format:
 
     xlm-core -> xlm   xlm.load_model(path) computes xlm-core's outputs (EMA weights for the .ckpt)
     xlm -> xlm-core   xlm.export(that model, dir, format="xlm_core"), loaded by xlm-core (from_pretrained,
@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,10 +43,12 @@ import torch
 
 from xlm.errors import InvalidValueError, XlmUserError, reports_user_errors
 
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:  # started as a file: the repository on the path, for scripts.xlm_core_venv
+    sys.path.insert(0, _ROOT)
+from scripts.xlm_core_venv import DEFAULT_VENV, ensure_venv, run_in_venv  # noqa: E402
+
 SIDE = Path(__file__).resolve().parent / "xlm_core_side.py"
-XLM_CORE = ("xlm-core==0.3.1", "xlm-models==0.3.1")
-TORCH = "torch==2.13.0"  # installed first: a looser requirement would pull a CUDA build
-DEFAULT_VENV = Path.home() / ".cache" / "xlm" / "xlm-core-venv"
 FORMATS = {"ckpt": "Lightning .ckpt + EMA", "hub": "hub export"}
 DIRECTIONS = ("xlm-core -> xlm", "xlm -> xlm-core")
 BATCHES = {"lm": "LM batch", "seq2seq": "seq2seq batch"}  # what the loss rows are computed on
@@ -59,7 +59,7 @@ XLM_CORE_BUFFERS = ("rotary_emb.inv_freq",)
 
 
 class CrossCheckError(XlmUserError, RuntimeError):
-    """xlm-core's side could not be installed or run; the message has the command and the end of its output."""
+    """xlm-core's side and xlm disagree on what both must share (the special token ids)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -423,53 +423,9 @@ def check_losses(work: Path, manifest: Mapping[str, Any]) -> list[Check]:
     return checks
 
 
-def _clean_env() -> dict[str, str]:
-    """The environment for xlm-core's processes: none of our paths, no network for the hub clients."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    return {**env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled"}
-
-
-def _run(command: list[str], *, what: str, cwd: Path | None = None) -> None:
-    proc = subprocess.run(command, cwd=cwd, env=_clean_env(), capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
-        raise CrossCheckError(f"{what} failed (exit {proc.returncode}): {' '.join(command)}\n{tail}")
-
-
-def venv_python(venv: Path) -> Path:
-    return venv / "bin" / "python"
-
-
-def venv_is_ready(venv: Path) -> bool:
-    """The venv holds the pinned xlm-core and xlm-models."""
-    python = venv_python(venv)
-    if not python.is_file():
-        return False
-    names = tuple(requirement.split("==")[0] for requirement in XLM_CORE)
-    probe = f"import importlib.metadata as m; print(*(f'{{n}}=={{m.version(n)}}' for n in {names!r}))"
-    proc = subprocess.run([str(python), "-I", "-c", probe], env=_clean_env(), capture_output=True, text=True)
-    return proc.returncode == 0 and proc.stdout.split() == list(XLM_CORE)
-
-
-def ensure_venv(venv: Path) -> float:
-    """Makes (or completes) the venv unless it is ready; the seconds the install took (0 when reused)."""
-    if venv_is_ready(venv):
-        return 0.0
-    start = time.perf_counter()
-    if not venv_python(venv).is_file():
-        _run([sys.executable, "-m", "venv", str(venv)], what=f"making the venv {venv}")
-    pip = [str(venv_python(venv)), "-m", "pip", "install", "-q"]
-    _run([*pip, TORCH], what=f"installing {TORCH} into {venv}")
-    _run([*pip, *XLM_CORE], what=f"installing {' and '.join(XLM_CORE)} into {venv}")
-    return time.perf_counter() - start
-
-
 def run_side(venv: Path, phase: str, work: Path) -> float:
-    """scripts/xlm_core_side.py PHASE WORK in xlm-core's venv, isolated (-I: neither PYTHONPATH nor the script's
-    directory on its path); the seconds it took."""
-    start = time.perf_counter()
-    _run([str(venv_python(venv)), "-I", str(SIDE), phase, str(work)], what=f"xlm-core's side ({phase})", cwd=work)
-    return time.perf_counter() - start
+    """scripts/xlm_core_side.py PHASE WORK in xlm-core's venv; the seconds it took."""
+    return run_in_venv(venv, SIDE, [phase, str(work)], what=f"xlm-core's side ({phase})", cwd=work)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
