@@ -69,6 +69,12 @@ SAMPLERS: dict[str, dict[str, Any]] = {
     "mlm": {"strategy": "greedy", "position_selection": "top_prob", "unmask_schedule": "count", "num_steps": None},
     "ilm": {"strategy": "greedy", "insertions_per_step": 1, "max_steps": None},
 }
+#: xlm's samplers that commit several positions (MLM: Fast-dLLM's confidence threshold) or insertions (ILM: up to k
+#: in distinct gaps) per call, timed beside the one-per-call rows: xlm-core has no such sampler for these families
+PARALLEL: dict[str, dict[str, Any]] = {
+    "mlm": {**SAMPLERS["mlm"], "unmask_schedule": "threshold", "confidence_threshold": 0.9},
+    "ilm": {**SAMPLERS["ilm"], "insertions_per_step": 4},
+}
 #: xlm-core's seq2seq collators' sizes for star_easy's rows (26 prompt tokens, 8 target tokens): no padding, the
 #: rows xlm's collators make (ARLM: prompt [BOS] target [EOS]; MLM: prompt, target [EOS]; ILM: [CLS] prompt
 #: [BOS] target)
@@ -320,6 +326,16 @@ def sample_section(families: Sequence[str], prompts: int, batch_size: int, threa
             outputs += unit.predict(rows_of(batch, first, first + batch_size))["ids"]
         seconds = time.perf_counter() - start
         ours[family] = {"seconds": seconds, "model_calls": calls[0], "ids": outputs, "unit": unit, "batch": batch}
+        if family in PARALLEL:
+            fast = get_family(family).unit_factory(model, task.tokenizer,
+                                                   load_run_sampler_config(run_dir, **PARALLEL[family]))
+            fast.predict(rows_of(batch, 0, batch_size))
+            calls[0], fast_ids = 0, []
+            start = time.perf_counter()
+            for first in range(0, prompts, batch_size):
+                fast_ids += fast.predict(rows_of(batch, first, first + batch_size))["ids"]
+            ours[family]["parallel"] = {"seconds": time.perf_counter() - start, "model_calls": calls[0],
+                                        "ids": fast_ids, "settings": PARALLEL[family]}
         hub = f"{family}_hub"
         xlm.export(model, work / hub, format="xlm_core")
         inputs, settings = xlm_core_predictor(family, batch, sampler)
@@ -345,6 +361,12 @@ def sample_section(families: Sequence[str], prompts: int, batch_size: int, threa
                     "ratio": other["seconds"] / mine["seconds"],
                     "identical": sum(a == b for a, b in zip(mine["ids"], their_ids)) / prompts,
                     "differing_rows": [i for i, (a, b) in enumerate(zip(mine["ids"], their_ids)) if a != b][:20]})
+        if "parallel" in mine:
+            fast = mine["parallel"]
+            out[-1]["parallel"] = {**summary(fast["ids"], targets, fast["seconds"], fast["model_calls"]),
+                                   "settings": fast["settings"], "ratio": other["seconds"] / fast["seconds"],
+                                   "same_as_one_per_call": sum(a == b for a, b in zip(fast["ids"], mine["ids"]))
+                                   / prompts}
     return out
 
 
@@ -377,6 +399,23 @@ def sample_table(rows: Sequence[Mapping[str, Any]]) -> str:
                      f"{b['seconds']:.3f} | {r['ratio']:.2f}x | {a['model_calls']}, {b['model_calls']} | "
                      f"{a['exact_match']:.3f}, {b['exact_match']:.3f} | {a['full_length']:.3f}, "
                      f"{b['full_length']:.3f} | {r['identical']:.3f} |")
+    return "\n".join(lines)
+
+
+def parallel_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """xlm's several-per-call samplers against xlm-core's one per call (and xlm's own one per call)."""
+    lines = ["| family | xlm sampler | xlm s | xlm-core s (one per call) | xlm-core / xlm | "
+             "model calls (xlm, xlm-core) | exact match (xlm, xlm one per call) | rows as xlm's one per call |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "parallel" not in r:
+            continue
+        f, settings = r["parallel"], r["parallel"]["settings"]
+        how = (f"threshold {settings['confidence_threshold']}" if "confidence_threshold" in settings
+               else f"up to {settings['insertions_per_step']} insertions per call")
+        lines.append(f"| {r['family']} | {how} | {f['seconds']:.3f} | {r['xlm_core']['seconds']:.3f} | "
+                     f"{f['ratio']:.2f}x | {f['model_calls']}, {r['xlm_core']['model_calls']} | "
+                     f"{f['exact_match']:.3f}, {r['xlm']['exact_match']:.3f} | {f['same_as_one_per_call']:.3f} |")
     return "\n".join(lines)
 
 
@@ -430,6 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["sample"] = sample_section(families, args.prompts, args.batch_size, args.threads, args.venv,
                                           args.models_dir, work)
         print(sample_table(result["sample"]) + "\n")
+        print(parallel_table(result["sample"]) + "\n")
     result["xlm_core_versions"] = json.loads(next(work.glob("*_result.json")).read_text())["versions"]
     result["host_load_after"] = os.getloadavg()
     if args.output:

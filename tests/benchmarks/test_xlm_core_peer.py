@@ -116,6 +116,10 @@ def test_tables_and_bad_names():
                "ratio": 3.0, "identical": 0.99}]
     assert peer.sample_table(sample).splitlines()[2] == ("| mlm | 256 (64) | 2.000 | 6.000 | 3.00x | 10, 10 | "
                                                          "0.500, 0.500 | 1.000, 1.000 | 0.990 |")
+    sample[0]["parallel"] = {**side, "seconds": 1.0, "model_calls": 4, "ratio": 6.0, "same_as_one_per_call": 0.75,
+                             "settings": peer.PARALLEL["mlm"]}
+    assert peer.parallel_table(sample).splitlines()[2] == ("| mlm | threshold 0.9 | 1.000 | 6.000 | 6.00x | 4, 10 | "
+                                                           "0.500, 0.500 | 0.750 |")
     assert peer.main(["--families", "arlm,gpt"]) == 2
     assert peer.names("ilm,arlm", peer.FAMILIES, "--families") == ["ilm", "arlm"]
 
@@ -150,6 +154,8 @@ def test_a_tiny_run_against_xlm_core(tmp_path, capsys):
                       "--work-dir", str(tmp_path / "sample"), "--output", str(out)]) == 0
     for row in json.loads(out.read_text())["sample"]:
         assert row["identical"] == 1.0, row
+        if row["family"] in peer.PARALLEL:  # xlm's several-per-call sampler never needs more calls
+            assert 0 < row["parallel"]["model_calls"] <= row["xlm"]["model_calls"], row
     assert "| ilm | 8 (4) |" in capsys.readouterr().out
     assert peer.main(["--sections", "train", "--families", "ilm", "--shapes", "star", "--steps", "1", "--warmup", "1",
                       "--work-dir", str(tmp_path / "train"), "--output", str(out)]) == 0
