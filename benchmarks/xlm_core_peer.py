@@ -21,7 +21,8 @@ GELU), at the star size (4 layers x 128, 4 heads) and a larger one (6 x 512, 8 h
           cache), MLM unmasking one position per call by top probability (count schedule), ILM greedy insertion
           of one (gap, token) pair per call until the stop head says stop. After one untimed batch on each side,
           wall time each, ratio, model calls, exact match and full-length rows each, and the fraction of rows
-          whose outputs are token-identical.
+          whose outputs are token-identical. MLM and ILM also run xlm's samplers that commit several positions
+          or insertions per call (`PARALLEL`), against the same xlm-core rows and xlm's own one per call.
 
 Prints a markdown table per section; --output writes everything as JSON.
 """
