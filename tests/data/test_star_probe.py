@@ -86,16 +86,18 @@ def test_target_probs_are_the_models_own_softmax_at_the_hidden_slots(name):
                 assert probs[row, j].item() == pytest.approx(want, abs=1e-5, nan_ok=True)
 
 
-def test_shipped_mlm_card_has_no_edge_lookup_and_arlm_card_has_it():
-    """The issue's figure: the MLM card's P(goal's predecessor | target hidden) ~ 1/9 (uniform over the nine
-    non-source nodes); ARLM's teacher-forced lookups are near 1, its branch near 1/3."""
+def test_the_probe_tells_the_shipped_cards_apart():
+    """The MDLM card has no lookup: P(goal's predecessor | target hidden) ~ 1/9 (uniform over the nine non-source
+    nodes), the issue's figure; the MLM card (12,000 steps) has it, backward and forward; ARLM's teacher-forced
+    lookups are near 1, its branch near 1/3."""
     task = build_task(task_config("star_easy"))
     ds = task.dataset("test").select(range(200))
     means = {}
-    for name in ("mlm_star_easy", "arlm_star_easy"):
+    for name in ("mdlm_star_easy", "mlm_star_easy", "arlm_star_easy"):
         torch.manual_seed(0)
         means[name], _ = evaluate_predictions(_card_unit(name), task, ds, batch_size=100, device=torch.device("cpu"))
-    assert 0.08 < means["mlm_star_easy"]["probe_goal_pred"] < 0.14
+    assert 0.08 < means["mdlm_star_easy"]["probe_goal_pred"] < 0.14
+    assert means["mlm_star_easy"]["probe_goal_pred"] > 0.95 and means["mlm_star_easy"]["probe_next"] > 0.95
     assert means["arlm_star_easy"]["probe_next"] > 0.95
     assert 0.25 < means["arlm_star_easy"]["probe_branch"] < 0.42
     assert "probe_goal_pred" not in means["arlm_star_easy"]  # a left-to-right model cannot be read that way
