@@ -117,3 +117,12 @@ def test_prompt_format_comes_from_the_task_unless_pinned(capsys, tmp_path):
     corpus = pydoc_corpus(tmp_path / "pydoc.txt")
     text = _dumped(capsys, "--task", "text", f"task.data_files={corpus}", "task.tokenizer_vocab_size=300")
     assert text["sampler"]["prompt_format"] == "continuation"  # text to continue, not seq2seq rows
+
+
+def test_a_flag_that_names_a_setting_is_told_its_override(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(["--arch", "mlm_tiny", "--seed", "1", "--max-steps", "5", "--bogus"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("xlm train: error: unrecognized arguments:")
+    assert "--seed -> seed=..., --max-steps -> trainer.max_steps=..." in err and "--bogus ->" not in err

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import typing
 import os
 import signal
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,6 +55,27 @@ class _TrainParser(argparse.ArgumentParser):
         """The task list asks every registry (plugins included) for its names: only when help is shown."""
         self.epilog = tasks_help()
         return super().format_help()
+
+    def error(self, message: str) -> typing.NoReturn:
+        """An unknown `--flag` that names a config setting (`--seed 1`, `--max-steps 5`) is told its override."""
+        if message.startswith("unrecognized arguments:"):
+            hints = [f"{flag} -> {key}=..." for flag in message.split(":", 1)[1].split()
+                     if flag.startswith("--") and (key := _setting_of_flag(flag))]
+            if hints:
+                message += "; config settings are key=value overrides: " + ", ".join(hints)
+        super().error(message)
+
+
+def _setting_of_flag(flag: str) -> str | None:
+    """The config key a `--flag` spells (`--seed` -> seed, `--max-steps` -> trainer.max_steps), if any."""
+    name = flag.lstrip("-").split("=", 1)[0].replace("-", "_")
+    if name in {f.name for f in fields(TrainRecipeConfig)}:
+        return name
+    for section in ("trainer", "optim", "data"):
+        section_type = TrainRecipeConfig.__dataclass_fields__[section].default_factory  # type: ignore[misc]
+        if name in {f.name for f in fields(section_type)}:
+            return f"{section}.{name}"
+    return None
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
