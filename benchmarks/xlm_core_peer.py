@@ -298,6 +298,18 @@ def counting_calls(model: torch.nn.Module) -> list[int]:
     return calls
 
 
+def timed_predictions(unit: Any, batch: Mapping[str, Any], prompts: int, batch_size: int,
+                      calls: list[int]) -> dict[str, Any]:
+    """One untimed batch (xlm-core's side does the same), then every batch: wall time, the model calls
+    `counting_calls` counted over them, and the generated ids."""
+    unit.predict(rows_of(batch, 0, batch_size))
+    calls[0], ids = 0, []
+    start = time.perf_counter()
+    for first in range(0, prompts, batch_size):
+        ids += unit.predict(rows_of(batch, first, first + batch_size))["ids"]
+    return {"seconds": time.perf_counter() - start, "model_calls": calls[0], "ids": ids}
+
+
 def sample_section(families: Sequence[str], prompts: int, batch_size: int, threads: int, venv: Path,
                    models_dir: Path, work: Path) -> list[dict[str, Any]]:
     """Per family: the trained model, xlm's sampler here, its export under xlm-core's predictor in the venv."""
@@ -319,24 +331,13 @@ def sample_section(families: Sequence[str], prompts: int, batch_size: int, threa
         sampler = load_run_sampler_config(run_dir, **SAMPLERS[family])
         unit = get_family(family).unit_factory(model, task.tokenizer, sampler)
         batch = unit.collate_predict(examples)
-        unit.predict(rows_of(batch, 0, batch_size))  # warm-up, untimed (xlm-core's side does the same)
         calls = counting_calls(model)
-        outputs: list[list[int]] = []
-        start = time.perf_counter()
-        for first in range(0, prompts, batch_size):
-            outputs += unit.predict(rows_of(batch, first, first + batch_size))["ids"]
-        seconds = time.perf_counter() - start
-        ours[family] = {"seconds": seconds, "model_calls": calls[0], "ids": outputs, "unit": unit, "batch": batch}
+        ours[family] = {**timed_predictions(unit, batch, prompts, batch_size, calls), "unit": unit, "batch": batch}
         if family in PARALLEL:
             fast = get_family(family).unit_factory(model, task.tokenizer,
                                                    load_run_sampler_config(run_dir, **PARALLEL[family]))
-            fast.predict(rows_of(batch, 0, batch_size))
-            calls[0], fast_ids = 0, []
-            start = time.perf_counter()
-            for first in range(0, prompts, batch_size):
-                fast_ids += fast.predict(rows_of(batch, first, first + batch_size))["ids"]
-            ours[family]["parallel"] = {"seconds": time.perf_counter() - start, "model_calls": calls[0],
-                                        "ids": fast_ids, "settings": PARALLEL[family]}
+            ours[family]["parallel"] = {**timed_predictions(fast, batch, prompts, batch_size, calls),
+                                        "settings": PARALLEL[family]}
         hub = f"{family}_hub"
         xlm.export(model, work / hub, format="xlm_core")
         inputs, settings = xlm_core_predictor(family, batch, sampler)
