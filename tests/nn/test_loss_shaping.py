@@ -248,3 +248,35 @@ def test_mlm_unit_ties_repeats_while_training_only():
     assert not twins_apart()
     model.eval()
     assert twins_apart()  # evaluation scores the plain objective
+
+
+def test_mdlm_without_elbo_weight_is_the_mean_nll_over_masked_tokens():
+    """loss_weighting "none": no sigma'(t)/expm1(sigma(t)) factor, divided by the masked tokens (MLM's objective),
+    where the NELBO divides the weighted sum by the noised positions."""
+    batch = MdlmSeq2SeqCollator(TOK, 16, 4)(EXAMPLES)
+    model, schedule = Table(7, TOK.vocab_size), LogLinearSchedule(1e-3)
+    masked = torch.zeros(2, 7, dtype=torch.bool)
+    masked[0, 3], masked[1, 4:6] = True, True
+    kwargs = dict(schedule=schedule, mask_token_id=MASK, sampling_eps=1e-3, antithetic=False,
+                  t=torch.tensor([0.2, 0.6]), masked=masked)
+    plain, elbo = mdlm_loss(model, batch, elbo_weight=False, **kwargs), mdlm_loss(model, batch, **kwargs)
+    logits = model.table.detach().clone()
+    logits[:, MASK] = float("-inf")
+    nll = {(r, c): -float(logits.log_softmax(-1)[c, batch["input_ids"][r, c]]) for r, c in [(0, 3), (1, 4), (1, 5)]}
+    assert int(plain["num_tokens"]) == 3 and float(plain["loss"].detach()) == pytest.approx(sum(nll.values()) / 3)
+    weight = [float(schedule.loss_weight(torch.tensor(t))) for t in (0.2, 0.6)]
+    want = (weight[0] * nll[0, 3] + weight[1] * (nll[1, 4] + nll[1, 5])) / int(batch["noise_mask"].sum())
+    assert float(elbo["loss"].detach()) == pytest.approx(want, rel=1e-5)
+
+
+def test_mdlm_unit_drops_the_elbo_weight_while_training_only():
+    model = xlm.create_model("mdlm_tiny", vocab_size=TOK.vocab_size, loss_weighting="none")
+    unit = get_family("mdlm").unit_factory(model, TOK, get_family("mdlm").sampler_config_class(max_new_tokens=4))
+    batch = unit.collate_train(EXAMPLES * 8)
+    model.train()
+    masked_count = unit.loss(unit.model, batch)
+    assert int(masked_count["num_tokens"]) == int(masked_count["num_masked"])
+    model.eval()
+    assert int(unit.loss(unit.model, batch)["num_tokens"]) == int(batch["noise_mask"].sum())  # the plain NELBO
+    with pytest.raises(ValueError, match="loss_weighting must be one of"):
+        xlm.create_model("mdlm_tiny", vocab_size=TOK.vocab_size, loss_weighting="inverse_t")

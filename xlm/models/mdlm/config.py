@@ -21,6 +21,10 @@ NOISE_SCHEDULES = ("loglinear", "cosine")
 #: what a block's attention branch is added to: the block's input x (the reference DiT), or the
 #: adaLN-modulated, normalised input modulate(norm1(x)) that the attention itself reads (xlm-core's DDiT)
 RESIDUALS = ("block_input", "modulated_input")
+#: training only: "elbo" weighs each masked token by sigma'(t)/expm1(sigma(t)) and divides by the noised positions
+#: (the NELBO); "none" gives each masked token weight 1 and divides by the masked ones (MLM's objective), so a
+#: row counts in proportion to how much of it is masked
+LOSS_WEIGHTINGS = ("elbo", "none")
 
 
 @dataclass(kw_only=True)
@@ -53,6 +57,7 @@ class MdlmConfig:
     # times (1 - p_right)^focal_gamma, on top of its ELBO weight sigma'(t)/expm1(sigma(t)), so the training loss
     # is no longer a bound; and rows masked whole (t = 1, ELBO weight 1 under loglinear) with a chance falling
     # from whole_mask_prob to 0 at whole_mask_steps (0: no decay)
+    loss_weighting: str = "elbo"  # training only, see LOSS_WEIGHTINGS
     focal_gamma: float = 0.0
     whole_mask_prob: float = 0.0
     whole_mask_steps: int = 0
@@ -64,7 +69,8 @@ class MdlmConfig:
         check_loss_shaping(self)
         if self.ffn_dim is not None and self.ffn_dim < 1:
             raise ValueError(f"ffn_dim must be >= 1 or None (mlp_ratio * model_dim), got {self.ffn_dim}")
-        check_choices(self, {"activation": ACTIVATIONS, "residual": RESIDUALS, "noise_schedule": NOISE_SCHEDULES})
+        check_choices(self, {"activation": ACTIVATIONS, "residual": RESIDUALS, "noise_schedule": NOISE_SCHEDULES,
+                             "loss_weighting": LOSS_WEIGHTINGS})
         rotary = self.head_dim if self.rotary_dim is None else self.rotary_dim
         if rotary < 2 or rotary % 2 or rotary > self.head_dim:
             raise ValueError(f"rotary_dim must be even and in [2, head_dim={self.head_dim}] (model_dim/num_heads; "

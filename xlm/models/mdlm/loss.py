@@ -32,7 +32,7 @@ def subs_log_probs(logits: Float[Tensor, "... vocab"], mask_token_id: int) -> Fl
 def mdlm_loss(model: torch.nn.Module, batch: MdlmTrainBatch, *, schedule: NoiseSchedule, mask_token_id: int,
               sampling_eps: float, antithetic: bool, t: Float[Tensor, "batch"] | None = None,
               masked: Bool[Tensor, "batch seq"] | None = None, whole_prob: float = 0.0,
-              focal_gamma: float = 0.0, mask_repeats: bool = False,
+              focal_gamma: float = 0.0, mask_repeats: bool = False, elbo_weight: bool = True,
               generator: torch.Generator | None = None) -> MdlmLossDict:
     """One draw of t per row and of the mask (each `noise_mask` position is masked with
     probability 1 - exp(-sigma(t))); pass `t` and/or `masked` to fix them.
@@ -41,7 +41,9 @@ def mdlm_loss(model: torch.nn.Module, batch: MdlmTrainBatch, *, schedule: NoiseS
     taken at t = 1 with every `noise_mask` position masked, with that probability; `focal_gamma` > 0
     multiplies each masked token's ELBO-weighted NLL by (1 - p_right)^focal_gamma, which makes the
     loss a reweighted objective rather than a bound; `mask_repeats` masks a token's repeats in a row
-    together (each position still masked with probability 1 - exp(-sigma(t))).
+    together (each position still masked with probability 1 - exp(-sigma(t))); `elbo_weight` False drops the
+    ELBO weight and averages over the masked tokens instead of the noised positions (MLM's objective: a row
+    counts in proportion to how many tokens it masks, where the ELBO gives every row the same expected weight).
 
     The network's vocabulary projection runs at the masked positions only."""
     x0, noise_mask = batch["input_ids"], batch["noise_mask"]
@@ -66,8 +68,10 @@ def mdlm_loss(model: torch.nn.Module, batch: MdlmTrainBatch, *, schedule: NoiseS
     xt = torch.where(masked, mask_token_id, x0)
     logits = model(xt, sigma, attention_mask=batch["attention_mask"], output_positions=masked)
     log_p = subs_log_probs(logits, mask_token_id).gather(-1, x0[masked][:, None]).squeeze(-1)
-    weight = schedule.loss_weight(t)[:, None].expand_as(masked)[masked] * focal_weights(log_p, focal_gamma)
+    weight = focal_weights(log_p, focal_gamma)
+    if elbo_weight:
+        weight = weight * schedule.loss_weight(t)[:, None].expand_as(masked)[masked]
     nll_sum = -(weight * log_p).sum()
-    num_tokens = noise_mask.sum()
+    num_tokens = noise_mask.sum() if elbo_weight else masked.sum()
     return {"loss": nll_sum / num_tokens.clamp(min=1), "num_tokens": num_tokens, "nll_sum": nll_sum,
             "num_masked": masked.sum()}

@@ -56,7 +56,8 @@ class MdlmUnit:
         return mdlm_loss(model, batch, schedule=self.schedule, mask_token_id=self.tokenizer.mask_token_id,
                          sampling_eps=config.sampling_eps, antithetic=config.antithetic_sampling,
                          whole_prob=whole_prob, focal_gamma=config.focal_gamma if training else 0.0,
-                         mask_repeats=config.mask_repeats and training)
+                         mask_repeats=config.mask_repeats and training,
+                         elbo_weight=config.loss_weighting == "elbo" or not training)
 
     def predict(self, batch: Mapping[str, Any], *, generator: torch.Generator | None = None) -> MdlmPredictionDict:
         return self.predictor.predict(batch, generator=generator)  # type: ignore[arg-type]

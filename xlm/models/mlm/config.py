@@ -102,6 +102,13 @@ def mlm_star() -> MlmConfig:
     return MlmConfig(vocab_size=128, model_dim=128, num_layers=4, num_heads=4, ffn_dim=512, max_seq_len=256)
 
 
+@mlm_arch("mlm_star_long")
+def mlm_star_long() -> MlmConfig:
+    """mlm_star with the budget that learns star_easy's edge lookup on a 2-core CPU (the lookup forms late and at a
+    seed-dependent step); the recipe settings are configs/arch/mlm_star_long.yaml."""
+    return mlm_star()
+
+
 @mlm_arch("mlm_star_xlmcore")
 def mlm_star_xlmcore() -> MlmConfig:
     """xlm-core's star size (about 85M parameters: 768 wide, 12 layers, 12 heads), for the paper-scale comparison on

@@ -1,0 +1,23 @@
+"""The *_star_long presets: the *_star model and recipe with the longer budget that learnt star_easy (issue #30)."""
+
+import pytest
+import yaml
+
+from xlm.recipes import train
+
+LONG = {"mlm_star_long": ("mlm_star", 20_000)}
+
+
+def _dump(arch: str, capsys) -> dict:
+    assert train.main(["--arch", arch, "--task", "star_easy", "--dump-config"]) == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("arch", sorted(LONG))
+def test_long_preset_is_its_star_preset_with_the_longer_budget(arch, capsys):
+    base_arch, steps = LONG[arch]
+    long, base = _dump(arch, capsys), _dump(base_arch, capsys)
+    assert long["trainer"]["max_steps"] == steps != base["trainer"]["max_steps"]
+    assert long["trainer"]["eval_every_steps"] == 1000
+    for section in ("model", "optim", "data", "sampler"):
+        assert long[section] == base[section], section
