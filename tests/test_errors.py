@@ -163,6 +163,8 @@ def _command(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
                          "must match"),
         "scripts/ship_checkpoint.py": ([str(ROOT / "scripts" / "ship_checkpoint.py"), str(tmp_path / "norun"),
                                         "--name", "x", "--command", "y"], "is not a run or export dir"),
+        "scripts/plot_runs.py": ([str(ROOT / "scripts" / "plot_runs.py"), str(tmp_path / "norun"), "--output",
+                                  str(tmp_path / "c.png")], "has no metrics.jsonl"),
     }
 
 

@@ -94,7 +94,7 @@ def seeds_per_arch(spec: str, archs: Sequence[str]) -> dict[str, int]:
     return given
 
 
-def _val_curve(run: Path) -> list[dict[str, float]]:
+def val_curve(run: Path) -> list[dict[str, float]]:
     return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "val"]
 
 
@@ -182,7 +182,7 @@ def run_one(arch: str, seed: int, args: argparse.Namespace, out: Path,
         settings_file.write_text(json.dumps({"training": training, "test_limit": args.test_limit}, indent=2))
     summary = json.loads((run / "metrics.json").read_text())
     return {"arch": arch, "seed": seed, "run": str(run), "test": json.loads(result_file.read_text()),
-            "steps": summary["step"], "train_seconds": summary["train_seconds"], "curve": _val_curve(run)}
+            "steps": summary["step"], "train_seconds": summary["train_seconds"], "curve": val_curve(run)}
 
 
 def _mean_std(values: list[float]) -> str:
