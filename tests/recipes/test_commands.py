@@ -220,8 +220,11 @@ def test_ctrl_c_stops_a_command_with_one_line_and_130(command, tmp_path):
     args = (["--prompts-file", str(prompts)] if command == "generate"
             else ["--batch-size", "1", "--output", str(tmp_path / "eval.json")])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # as from a terminal: a suite run in the background of a script (`bash .ci/run &`) ignores SIGINT, children
+    # inherit that, and Python then installs no KeyboardInterrupt (the shell convention for background jobs)
     proc = subprocess.Popen([sys.executable, "-m", "xlm.cli", command, "--model", "arlm_star_easy", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         if command == "generate":
             assert "->" in proc.stdout.readline() + proc.stdout.readline()  # generating now
