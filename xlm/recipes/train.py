@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import typing
 import os
 import signal
 import sys
 from dataclasses import fields, replace
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import datasets
 import torch
@@ -56,7 +56,7 @@ class _TrainParser(argparse.ArgumentParser):
         self.epilog = tasks_help()
         return super().format_help()
 
-    def error(self, message: str) -> typing.NoReturn:
+    def error(self, message: str) -> NoReturn:
         """An unknown `--flag` that names a config setting (`--seed 1`, `--max-steps 5`) is told its override."""
         if message.startswith("unrecognized arguments:"):
             hints = [f"{flag} -> {key}=..." for flag in message.split(":", 1)[1].split()

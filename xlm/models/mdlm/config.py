@@ -53,11 +53,11 @@ class MdlmConfig:
     noise_eps: float = 1e-3  # keeps sigma(1) finite: the schedule never masks with probability 1
     sampling_eps: float = 1e-3  # training draws t in [sampling_eps, 1]
     antithetic_sampling: bool = True  # one t per stratum of [0, 1) across the batch
+    loss_weighting: str = "elbo"  # training only, see LOSS_WEIGHTINGS
     # training only (xlm.nn.loss_shaping; evaluation reports the plain NELBO): each masked token's weighted NLL
     # times (1 - p_right)^focal_gamma, on top of its ELBO weight sigma'(t)/expm1(sigma(t)), so the training loss
     # is no longer a bound; and rows masked whole (t = 1, ELBO weight 1 under loglinear) with a chance falling
     # from whole_mask_prob to 0 at whole_mask_steps (0: no decay)
-    loss_weighting: str = "elbo"  # training only, see LOSS_WEIGHTINGS
     focal_gamma: float = 0.0
     whole_mask_prob: float = 0.0
     whole_mask_steps: int = 0

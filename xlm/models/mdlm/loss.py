@@ -72,6 +72,7 @@ def mdlm_loss(model: torch.nn.Module, batch: MdlmTrainBatch, *, schedule: NoiseS
     if elbo_weight:
         weight = weight * schedule.loss_weight(t)[:, None].expand_as(masked)[masked]
     nll_sum = -(weight * log_p).sum()
-    num_tokens = noise_mask.sum() if elbo_weight else masked.sum()
+    num_masked = masked.sum()
+    num_tokens = noise_mask.sum() if elbo_weight else num_masked
     return {"loss": nll_sum / num_tokens.clamp(min=1), "num_tokens": num_tokens, "nll_sum": nll_sum,
-            "num_masked": masked.sum()}
+            "num_masked": num_masked}
