@@ -164,3 +164,41 @@ def test_base_arch_is_the_papers_owt_model():
     model = xlm.create_model("mdlm_base", device="meta")
     # two untied 50258 x 768 tables around ~85M of blocks, the size of mdlm-owt
     assert 160e6 < sum(p.numel() for p in model.parameters()) < 175e6
+
+
+def test_normal_init_starts_every_block_as_a_pre_ln_block_for_any_sigma():
+    model = _model(randomise=False, time_conditioning=True, init="normal", init_std=0.05)
+    dim = model.config.model_dim
+    c = torch.randn(3, model.config.cond_dim)
+    for block in model.blocks:
+        shift, scale, gate = block.adaLN_modulation(c).view(3, 2, 3, dim).unbind(2)
+        assert torch.equal(shift, torch.zeros_like(shift)) and torch.equal(scale, torch.zeros_like(scale))
+        assert torch.equal(gate, torch.ones_like(gate))
+        assert block.attn_qkv.weight.std().item() == pytest.approx(0.05, rel=0.15)
+        assert block.attn_out.weight.std().item() == pytest.approx(0.05 / math.sqrt(4), rel=0.15)  # 2 blocks
+    ids = torch.randint(0, V, (2, 7))
+    logits = model(ids, torch.tensor([0.1, 3.0]))
+    assert logits.abs().min() > 0  # not the reference init's uniform start
+    torch.testing.assert_close(logits, model(ids, torch.tensor([2.5, 0.0])))  # the modulation ignores sigma
+    torch.testing.assert_close(logits, _reference_forward(model, ids, torch.tensor([0.1, 3.0])), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("init", "attention_learns"), [("reference", False), ("normal", True)])
+def test_only_the_normal_init_sends_the_first_step_a_gradient_into_attention(init, attention_learns):
+    """Why the option exists: under adaLN-Zero a block's branches are gated by zero and the output projection is
+    zero, so the first step moves the modulation and the output and nothing inside a block."""
+    model = _model(randomise=False, init=init).train()
+    ids = torch.randint(0, V, (4, 9))
+    F.cross_entropy(model(ids, 0.0).flatten(0, 1), torch.randint(0, V, (36,))).backward()
+    grad = model.blocks[0].attn_qkv.weight.grad
+    assert bool(grad.abs().sum() > 0) is attention_learns
+    assert model.output_layer.linear.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"init": "gpt2"}, r"init must be one of \('reference', 'normal'\), got 'gpt2'"),
+    ({"init_std": 0.0}, "init_std must be > 0, got 0.0"),
+])
+def test_init_settings_are_checked(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        xlm.create_model("mdlm_tiny", vocab_size=V, **overrides)

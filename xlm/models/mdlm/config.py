@@ -10,6 +10,7 @@ accept them.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from xlm.nn.config_checks import check_at_least_one, check_choices, check_transformer
@@ -25,6 +26,11 @@ RESIDUALS = ("block_input", "modulated_input")
 #: (the NELBO); "none" gives each masked token weight 1 and divides by the masked ones (MLM's objective), so a
 #: row counts in proportion to how much of it is masked
 LOSS_WEIGHTINGS = ("elbo", "none")
+#: how a fresh network starts: "reference" (the reference DiT's adaLN-Zero: torch's default linears, a uniform token
+#: table, every modulation and the output projection zero, so each block is the identity and the model predicts
+#: uniformly) or "normal" (N(0, init_std) weights, GPT-2's 1/sqrt(2 * num_layers) on the residual projections, the
+#: gates' bias 1 and shift/scale 0, so each block starts as a plain pre-LN block, as MLM's and ARLM's do)
+INITS = ("reference", "normal")
 
 
 @dataclass(kw_only=True)
@@ -54,6 +60,8 @@ class MdlmConfig:
     sampling_eps: float = 1e-3  # training draws t in [sampling_eps, 1]
     antithetic_sampling: bool = True  # one t per stratum of [0, 1) across the batch
     loss_weighting: str = "elbo"  # training only, see LOSS_WEIGHTINGS
+    init: str = "reference"  # a fresh model's weights, see INITS (a loaded checkpoint replaces them)
+    init_std: float = 0.02  # the "normal" init's standard deviation
     # training only (xlm.nn.loss_shaping; evaluation reports the plain NELBO): each masked token's weighted NLL
     # times (1 - p_right)^focal_gamma, on top of its ELBO weight sigma'(t)/expm1(sigma(t)), so the training loss
     # is no longer a bound; and rows masked whole (t = 1, ELBO weight 1 under loglinear) with a chance falling
@@ -70,7 +78,9 @@ class MdlmConfig:
         if self.ffn_dim is not None and self.ffn_dim < 1:
             raise ValueError(f"ffn_dim must be >= 1 or None (mlp_ratio * model_dim), got {self.ffn_dim}")
         check_choices(self, {"activation": ACTIVATIONS, "residual": RESIDUALS, "noise_schedule": NOISE_SCHEDULES,
-                             "loss_weighting": LOSS_WEIGHTINGS})
+                             "loss_weighting": LOSS_WEIGHTINGS, "init": INITS})
+        if self.init_std <= 0:
+            raise ValueError(f"init_std must be > 0, got {self.init_std}")
         rotary = self.head_dim if self.rotary_dim is None else self.rotary_dim
         if rotary < 2 or rotary % 2 or rotary > self.head_dim:
             raise ValueError(f"rotary_dim must be even and in [2, head_dim={self.head_dim}] (model_dim/num_heads; "
@@ -110,6 +120,13 @@ def mdlm_star() -> MdlmConfig:
     """Learns the star-graph tasks on a 2-core CPU in a few minutes."""
     return MdlmConfig(vocab_size=128, max_seq_len=256, model_dim=128, num_layers=4, num_heads=4, cond_dim=64,
                       sigma_embed_dim=128)
+
+
+@mdlm_arch("mdlm_star_long")
+def mdlm_star_long() -> MdlmConfig:
+    """mdlm_star with the "normal" init (gates open from the start) and the budget that learnt star_easy's edge
+    lookup on a 2-core CPU; the recipe settings are configs/arch/mdlm_star_long.yaml."""
+    return dataclasses.replace(mdlm_star(), init="normal")
 
 
 @mdlm_arch("mdlm_star_xlmcore")

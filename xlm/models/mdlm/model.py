@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from xlm.nn import FeedForward, RotaryEmbedding, build_attention_mask, make_norm
+from xlm.nn import FeedForward, RotaryEmbedding, build_attention_mask, init_transformer_weights, make_norm
 
 from .config import MdlmConfig
 
@@ -141,17 +141,40 @@ class MdlmModel(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """The reference's init: torch defaults for the linears, U(+-1/sqrt(dim)) for the token table
-        (its kaiming_uniform(a=sqrt 5)), zeros for every modulation and for the output projection, so
-        a fresh model predicts uniformly (and with residual="block_input" is the identity per block)."""
+        """`init="reference"`, the reference's: torch defaults for the linears, U(+-1/sqrt(dim)) for the token
+        table (its kaiming_uniform(a=sqrt 5)), zeros for every modulation and for the output projection, so
+        a fresh model predicts uniformly (and with residual="block_input" is the identity per block).
+
+        `init="normal"`: every linear and the table N(0, init_std) with zero biases, the blocks' residual
+        projections N(0, init_std / sqrt(2 * num_layers)) (GPT-2), and the modulations' weights zero with
+        each gate's bias 1, so a block starts as a pre-LN block whatever sigma is. On star_easy the zero
+        gates kept the DiT from forming the edge lookup that MLM's network forms (docs/STAR.md)."""
+        modulations = [block.adaLN_modulation for block in self.blocks] + [self.output_layer.adaLN_modulation]
+        if self.config.init == "normal":
+            self._init_normal(modulations)
+            return
         bound = 1.0 / math.sqrt(self.config.model_dim)
         nn.init.uniform_(self.vocab_embed.weight, -bound, bound)
-        zeroed = [block.adaLN_modulation for block in self.blocks]
-        zeroed += [self.output_layer.adaLN_modulation, self.output_layer.linear]
-        for linear in zeroed:
+        for linear in modulations + [self.output_layer.linear]:
             nn.init.zeros_(linear.weight)
             if linear.bias is not None:
                 nn.init.zeros_(linear.bias)
+
+    def _init_normal(self, modulations: list[nn.Linear]) -> None:
+        std = self.config.init_std
+        init_transformer_weights(self, std=std)
+        residual_std = std / math.sqrt(2 * len(self.blocks))
+        for block in self.blocks:
+            nn.init.normal_(block.attn_out.weight, mean=0.0, std=residual_std)
+            nn.init.normal_(block.mlp.down_proj.weight, mean=0.0, std=residual_std)
+        for linear in modulations:
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
+        dim = self.config.model_dim
+        with torch.no_grad():
+            for block in self.blocks:  # the chunks are shift, scale, gate for attention, then for the MLP
+                block.adaLN_modulation.bias[2 * dim:3 * dim] = 1.0
+                block.adaLN_modulation.bias[5 * dim:] = 1.0
 
     @property
     def time_conditioning(self) -> bool:
