@@ -5,8 +5,10 @@ import yaml
 
 from xlm.recipes import train
 
-#: arch -> (its star preset, its steps, the model settings it changes)
-LONG = {"mlm_star_long": ("mlm_star", 20_000, {}), "mdlm_star_long": ("mdlm_star", 20_000, {"init": "normal"})}
+#: arch -> (its star preset, its steps, the settings it changes by section)
+LONG = {"mlm_star_long": ("mlm_star", 20_000, {}),
+        "mdlm_star_long": ("mdlm_star", 20_000, {"model": {"init": "normal"},
+                                                 "sampler": {"unmask_schedule": "threshold", "strategy": "greedy"}})}
 
 
 def _dump(arch: str, capsys) -> dict:
@@ -16,11 +18,11 @@ def _dump(arch: str, capsys) -> dict:
 
 @pytest.mark.parametrize("arch", sorted(LONG))
 def test_long_preset_is_its_star_preset_with_the_longer_budget(arch, capsys):
-    base_arch, steps, model_changes = LONG[arch]
+    base_arch, steps, changes = LONG[arch]
     long, base = _dump(arch, capsys), _dump(base_arch, capsys)
     assert long["trainer"]["max_steps"] == steps != base["trainer"]["max_steps"]
     assert long["trainer"]["eval_every_steps"] == 1000
-    for section in ("optim", "data", "sampler"):
-        assert long[section] == base[section], section
-    assert long["model"] == {**base["model"], **model_changes}
-    assert all(base["model"][key] != value for key, value in model_changes.items())
+    for section in ("model", "optim", "data", "sampler"):
+        changed = changes.get(section, {})
+        assert long[section] == {**base[section], **changed}, section
+        assert all(base[section][key] != value for key, value in changed.items()), section
