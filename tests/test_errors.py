@@ -25,7 +25,7 @@ from xlm.models.arlm.predictor import ArlmSamplerConfig
 from xlm.plugins.discovery import (ExternalModelConflictError, ExternalModelError, ExternalModelImportError,
                                    ExternalModelNotFoundError, ExternalModelValidationError)
 from xlm.plugins.scaffold import ScaffoldError
-from xlm.recipes import generate
+from xlm.recipes import generate, train
 from xlm.recipes.checkpoint import CheckpointError
 from xlm.recipes.compare import ComparisonStopped
 from xlm.recipes.evaluation import EvaluationStopped
@@ -140,6 +140,14 @@ def test_generate_reports_a_sampler_setting_the_run_cannot_take(tmp_path, capsys
     assert generate.main([*argv, "sampler.strategy=beam"]) == 2
     assert capsys.readouterr().err == "error: sampler.strategy must be one of ('greedy', 'sample'), got 'beam'\n"
     assert generate.main([*argv, "sampler.max_new_tokens=2"]) == 0 and "-> " in capsys.readouterr().out
+
+
+def test_a_bad_mdlm_init_is_one_line_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(["--arch", "mdlm_star_long", "--task", "star_easy", "model.init=gpt2",
+                       "--output-dir", str(out)]) == 2
+    assert capsys.readouterr().err == "error: init must be one of ('reference', 'normal'), got 'gpt2'\n"
+    assert not out.exists()
 
 
 def _command(tmp_path: Path) -> dict[str, tuple[list[str], str]]:

@@ -147,8 +147,8 @@ class MdlmModel(nn.Module):
 
         `init="normal"`: every linear and the table N(0, init_std) with zero biases, the blocks' residual
         projections N(0, init_std / sqrt(2 * num_layers)) (GPT-2), and the modulations' weights zero with
-        each gate's bias 1, so a block starts as a pre-LN block whatever sigma is. On star_easy the zero
-        gates kept the DiT from forming the edge lookup that MLM's network forms (docs/STAR.md)."""
+        each gate's bias 1, so a block starts as a pre-LN block whatever sigma is. On star_easy the DiT formed
+        the edge lookup from this start and never from the reference's (docs/STAR.md)."""
         modulations = [block.adaLN_modulation for block in self.blocks] + [self.output_layer.adaLN_modulation]
         if self.config.init == "normal":
             self._init_normal(modulations)
