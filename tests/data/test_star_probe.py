@@ -1,7 +1,8 @@
 """The star probe: which rows it asks a family for and how it reads them (a target_probs whose answers
 the test sets), each family's target_probs against the model's own forward, and the shipped cards' values:
-the MLM card puts ~1/9 on the goal's predecessor (no edge lookup), the ARLM card has the forward lookup."""
+the MLM card has both edge lookups, the MDLM card the backward one, the ARLM card the forward one."""
 
+import functools
 import math
 
 import pytest
@@ -86,16 +87,22 @@ def test_target_probs_are_the_models_own_softmax_at_the_hidden_slots(name):
                 assert probs[row, j].item() == pytest.approx(want, abs=1e-5, nan_ok=True)
 
 
+@functools.cache
+def _card_means(name, **sampling):
+    """The card's mean metrics on the first 200 star_easy test prompts, seeded; computed once per test session."""
+    task = build_task(task_config("star_easy"))
+    prompts = task.dataset("test").select(range(200))
+    torch.manual_seed(0)
+    means, _ = evaluate_predictions(_card_unit(name, **sampling), task, prompts, batch_size=100,
+                                    device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+    return means
+
+
 def test_the_probe_tells_the_shipped_cards_apart():
     """The MLM card (12,000 steps) has the lookup backward and forward; the MDLM card (mdlm_star_long) backward
     only: the goal's predecessor near 1, a next node given the path so far well short of it, the branch below the
     1/3 of a guess among the centre's successors; ARLM's teacher-forced lookups are near 1, its branch near 1/3."""
-    task = build_task(task_config("star_easy"))
-    ds = task.dataset("test").select(range(200))
-    means = {}
-    for name in ("mdlm_star_easy", "mlm_star_easy", "arlm_star_easy"):
-        torch.manual_seed(0)
-        means[name], _ = evaluate_predictions(_card_unit(name), task, ds, batch_size=100, device=torch.device("cpu"))
+    means = {name: _card_means(name) for name in ("mdlm_star_easy", "mlm_star_easy", "arlm_star_easy")}
     assert means["mdlm_star_easy"]["probe_goal_pred"] > 0.95
     assert 0.5 < means["mdlm_star_easy"]["probe_next"] < 0.85 and means["mdlm_star_easy"]["probe_branch"] < 0.25
     assert means["mlm_star_easy"]["probe_goal_pred"] > 0.95 and means["mlm_star_easy"]["probe_next"] > 0.95
@@ -107,15 +114,7 @@ def test_the_probe_tells_the_shipped_cards_apart():
 def test_the_mdlm_card_finds_the_path_only_in_confidence_order():
     """Why mdlm_star_long samples by confidence: its lookups run from the goal back, and the ancestral sampler's
     random order often commits the branch slot first, where the card can only guess (its probe_branch)."""
-    task = build_task(task_config("star_easy"))
-    ds = task.dataset("test").select(range(200))
-    card = _card_unit("mdlm_star_easy")
-    assert card.predictor.config.unmask_schedule == "threshold"
-    ancestral = _card_unit("mdlm_star_easy", unmask_schedule="ancestral", strategy="sample")
-    exact = {}
-    for name, unit in (("confidence", card), ("ancestral", ancestral)):
-        torch.manual_seed(0)
-        means, _ = evaluate_predictions(unit, task, ds, batch_size=100, device=torch.device("cpu"),
-                                        generator=torch.Generator().manual_seed(0))
-        exact[name] = means["exact_match"]
+    assert _card_unit("mdlm_star_easy").predictor.config.unmask_schedule == "threshold"
+    exact = {"confidence": _card_means("mdlm_star_easy")["exact_match"],
+             "ancestral": _card_means("mdlm_star_easy", unmask_schedule="ancestral", strategy="sample")["exact_match"]}
     assert exact["confidence"] > 0.95 and exact["ancestral"] < 0.6, exact
