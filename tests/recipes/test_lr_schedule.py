@@ -36,3 +36,20 @@ def test_cosine_cycles_follow_hf_cosine_with_min_lr_after_warmup(cycles):
 def test_cosine_cycles_must_be_positive(capsys):
     assert train.main(["--arch", "mlm_tiny", "--task", "star_easy", "--dump-config", "optim.cosine_cycles=0"]) == 2
     assert "optim.cosine_cycles must be positive" in capsys.readouterr().err
+
+
+def test_decay_steps_ends_the_cosine_early_and_holds_the_floor():
+    shorter = lr_schedule(OptimConfig(warmup_steps=10, min_lr_ratio=0.1), total_steps=110)
+    held = lr_schedule(OptimConfig(warmup_steps=10, min_lr_ratio=0.1, decay_steps=110), total_steps=300)
+    assert [held(s) for s in range(111)] == [shorter(s) for s in range(111)]  # a shorter run's first steps
+    assert [held(s) for s in range(110, 301)] == pytest.approx([0.1] * 191)
+    assert held(60) == pytest.approx(0.55)
+
+
+def test_decay_steps_must_end_after_warmup(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert train.main(["--arch", "ilm_tiny", "--task", "star_easy", "--output-dir", str(out),
+                       "optim.decay_steps=50", "optim.warmup_steps=100"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "optim.decay_steps must be null (the run's max_steps) or more than" in err[0]
+    assert not out.exists()

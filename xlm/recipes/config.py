@@ -50,6 +50,7 @@ class OptimConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
     cosine_cycles: float = 0.5  # cosine periods over the run (HF's num_cycles): 0.5 falls once to the floor
+    decay_steps: int | None = None  # the step the cosine ends at, holding the floor after it; None = max_steps
 
 
 @dataclass(kw_only=True)
@@ -120,6 +121,9 @@ class TrainRecipeConfig:
              self.optim.schedule),
             (self.optim.cosine_cycles > 0, "optim.cosine_cycles", "positive (0.5: one fall to the floor)",
              self.optim.cosine_cycles),
+            (self.optim.decay_steps is None or self.optim.decay_steps > self.optim.warmup_steps, "optim.decay_steps",
+             f"null (the run's max_steps) or more than optim.warmup_steps={self.optim.warmup_steps}",
+             self.optim.decay_steps),
             (self.trainer.autocast_dtype in (None, "bf16", "fp16"), "trainer.autocast_dtype",
              "null, 'bf16' or 'fp16'", self.trainer.autocast_dtype),
             (self.data.batch_size >= 1, "data.batch_size", "a positive integer", self.data.batch_size),

@@ -34,15 +34,17 @@ def build_adamw(params: Any, optim: OptimConfig, *, device: torch.device, sharde
 def lr_schedule(optim: OptimConfig, total_steps: int) -> Callable[[int], float]:
     """The factor on `optim.lr` at each step, for `torch.optim.lr_scheduler.LambdaLR`: linear warmup
     over `optim.warmup_steps`, then constant or a cosine between 1 and `optim.min_lr_ratio` with
-    `optim.cosine_cycles` periods up to `total_steps` (0.5: from 1 down to the floor once; xlm-core's MLM star
-    recipe uses HF's cosine_with_min_lr with 4)."""
+    `optim.cosine_cycles` periods up to `optim.decay_steps` or else `total_steps` (0.5: from 1 down to the floor
+    once; xlm-core's MLM star recipe uses HF's cosine_with_min_lr with 4), then the floor. A `decay_steps` below
+    the budget gives a run that goes on at the floor, whose first `decay_steps` steps are a shorter run's."""
+    decay_steps = optim.decay_steps if optim.decay_steps is not None else total_steps
 
     def factor(step: int) -> float:
         if step < optim.warmup_steps:
             return (step + 1) / optim.warmup_steps
         if optim.schedule == "constant":
             return 1.0
-        progress = min(1.0, (step - optim.warmup_steps) / max(1, total_steps - optim.warmup_steps))
+        progress = min(1.0, (step - optim.warmup_steps) / max(1, decay_steps - optim.warmup_steps))
         wave = 0.5 * (1 + math.cos(2 * math.pi * optim.cosine_cycles * progress))
         return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * wave
 
