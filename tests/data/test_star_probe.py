@@ -1,6 +1,7 @@
 """The star probe: which rows it asks a family for and how it reads them (a target_probs whose answers
 the test sets), each family's target_probs against the model's own forward, and the shipped cards' values:
-the MLM card has both edge lookups, the MDLM card the backward one, the ARLM card the forward one."""
+the MLM card has both edge lookups, the MDLM card the backward one, the ARLM card the forward one, the ILM card
+most of the mass its objective asks for on both."""
 
 import functools
 import math
@@ -87,6 +88,24 @@ def test_target_probs_are_the_models_own_softmax_at_the_hidden_slots(name):
                 assert probs[row, j].item() == pytest.approx(want, abs=1e-5, nan_ok=True)
 
 
+def test_ilm_target_probs_are_its_joint_insertion_softmax_over_the_targets_share():
+    unit, task = _card_unit("ilm_star_easy"), build_task(task_config("star_easy"))
+    example, tok = task.dataset("test")[0], task.tokenizer
+    target = list(example["target_ids"])
+    probs = unit.target_probs([example, example], [0, 3])
+    for row, kept in ((0, 0), (1, 3)):
+        ids = [tok.cls_token_id] + list(example["prompt_ids"]) + [tok.bos_token_id] + target[:kept]
+        with torch.no_grad():
+            logits = unit.model(torch.tensor([ids]))[0][0].float()
+        bos = len(example["prompt_ids"]) + 1
+        joint = logits[bos:].flatten().softmax(-1).view(len(ids) - bos, -1)  # every (gap, token) pair from [BOS] on
+        missing = target[kept:]
+        for j in range(len(target)):
+            want = (float("nan") if j < kept
+                    else joint[-1, target[j]].item() * len(missing) / missing.count(target[j]))
+            assert probs[row, j].item() == pytest.approx(want, abs=1e-5, nan_ok=True)
+
+
 @functools.cache
 def _card_means(name, **sampling):
     """The card's mean metrics on the first 200 star_easy test prompts, seeded; computed once per test session."""
@@ -109,6 +128,22 @@ def test_the_probe_tells_the_shipped_cards_apart():
     assert means["arlm_star_easy"]["probe_next"] > 0.95
     assert 0.25 < means["arlm_star_easy"]["probe_branch"] < 0.42
     assert "probe_goal_pred" not in means["arlm_star_easy"]  # a left-to-right model cannot be read that way
+
+
+def test_the_probe_reads_the_ilm_cards_lookups_against_a_fresh_models():
+    """ILM's probe is a share of what its objective asks for: the shipped card (10,000 steps, exact match 0.78)
+    puts most of it on the goal's predecessor and on the next node, an untrained model of the same shape a
+    little of it (its spread over the vocabulary), and both less on the branch than on the lookups."""
+    card = _card_means("ilm_star_easy")
+    assert card["probe_goal_pred"] > 0.75 and card["probe_next"] > 0.75
+    assert card["probe_branch"] < card["probe_next"] - 0.2
+    unit = _card_unit("ilm_star_easy")
+    torch.manual_seed(0)
+    fresh = type(unit)(type(unit.model)(unit.model.config).eval(), unit.tokenizer, unit.predictor.config)
+    task = build_task(task_config("star_easy"))
+    examples = [task.dataset("test")[i] for i in range(50)]
+    untrained = probe_star(fresh.target_probs, examples)
+    assert max(sum(o[k] for o in untrained) / 50 for k in card if k.startswith("probe_")) < 0.5
 
 
 def test_the_mdlm_card_finds_the_path_only_in_confidence_order():
