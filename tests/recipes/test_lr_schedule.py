@@ -44,6 +44,8 @@ def test_decay_steps_ends_the_cosine_early_and_holds_the_floor():
     assert [held(s) for s in range(111)] == [shorter(s) for s in range(111)]  # a shorter run's first steps
     assert [held(s) for s in range(110, 301)] == pytest.approx([0.1] * 191)
     assert held(60) == pytest.approx(0.55)
+    periods = lr_schedule(OptimConfig(warmup_steps=10, min_lr_ratio=0.1, cosine_cycles=4, decay_steps=110), 300)
+    assert periods(109) > 0.98 and [periods(s) for s in range(110, 301)] == pytest.approx([0.1] * 191)
 
 
 def test_decay_steps_must_end_after_warmup(capsys, tmp_path):

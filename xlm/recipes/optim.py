@@ -44,6 +44,8 @@ def lr_schedule(optim: OptimConfig, total_steps: int) -> Callable[[int], float]:
             return (step + 1) / optim.warmup_steps
         if optim.schedule == "constant":
             return 1.0
+        if optim.decay_steps is not None and step >= decay_steps:
+            return optim.min_lr_ratio  # a whole number of cosine periods would end at the top
         progress = min(1.0, (step - optim.warmup_steps) / max(1, decay_steps - optim.warmup_steps))
         wave = 0.5 * (1 + math.cos(2 * math.pi * optim.cosine_cycles * progress))
         return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * wave
