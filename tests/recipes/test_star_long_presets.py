@@ -1,4 +1,5 @@
-"""The *_star_long presets: the *_star model and recipe with the longer budget that learnt star_easy (issue #30)."""
+"""The *_star_long presets: the *_star model and recipe with the longer budget (and for ILM the schedule) that
+learnt star_easy (issue #30)."""
 
 import pytest
 import yaml
@@ -7,6 +8,7 @@ from xlm.recipes import train
 
 #: arch -> (its star preset, its steps, the settings it changes by section)
 LONG = {"mlm_star_long": ("mlm_star", 20_000, {}),
+        "ilm_star_long": ("ilm_star", 16_000, {"optim": {"min_lr_ratio": 0.25, "decay_steps": 10_000}}),
         "mdlm_star_long": ("mdlm_star", 20_000, {"model": {"init": "normal"},
                                                  "sampler": {"unmask_schedule": "threshold", "strategy": "greedy"}})}
 

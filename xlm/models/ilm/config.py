@@ -90,6 +90,13 @@ def ilm_star() -> IlmConfig:
     return IlmConfig(vocab_size=128, model_dim=128, num_layers=4, num_heads=4, ffn_dim=512, max_seq_len=256)
 
 
+@ilm_arch("ilm_star_long")
+def ilm_star_long() -> IlmConfig:
+    """ilm_star with the longer schedule that learns star_easy on a 2-core CPU (its climb needs a moderate rate for
+    thousands of steps); the recipe settings are configs/arch/ilm_star_long.yaml."""
+    return ilm_star()
+
+
 @ilm_arch("ilm_star_xlmcore")
 def ilm_star_xlmcore() -> IlmConfig:
     """xlm-core's star size (about 85M parameters: 768 wide, 12 layers, 12 heads), for the paper-scale comparison on
