@@ -1,7 +1,7 @@
 """The star probe: which rows it asks a family for and how it reads them (a target_probs whose answers
 the test sets), each family's target_probs against the model's own forward, and the shipped cards' values:
 the MLM card has both edge lookups, the MDLM card the backward one, the ARLM card the forward one, the ILM card
-most of the mass its objective asks for on both."""
+the backward one and most of the forward one (as shares of what its objective asks for)."""
 
 import functools
 import math
@@ -130,12 +130,12 @@ def test_the_probe_tells_the_shipped_cards_apart():
     assert "probe_goal_pred" not in means["arlm_star_easy"]  # a left-to-right model cannot be read that way
 
 
-def test_the_probe_reads_the_ilm_cards_lookups_against_a_fresh_models():
-    """ILM's probe is a share of what its objective asks for: the shipped card (10,000 steps, exact match 0.78)
-    puts most of it on the goal's predecessor and on the next node, an untrained model of the same shape a
-    little of it (its spread over the vocabulary), and both less on the branch than on the lookups."""
+def test_the_probe_reads_the_ilm_cards_lookups_against_a_fresh_models_spread():
+    """ILM's probe is a share of what its objective asks for: the shipped card (ilm_star_long's recipe, exact match
+    0.96) puts nearly all of it on the goal's predecessor and most on the next node, less on the branch, and an
+    untrained model of the same shape little of it anywhere (its mass is spread over the vocabulary)."""
     card = _card_means("ilm_star_easy")
-    assert card["probe_goal_pred"] > 0.75 and card["probe_next"] > 0.75
+    assert card["probe_goal_pred"] > 0.9 and card["probe_next"] > 0.75
     assert card["probe_branch"] < card["probe_next"] - 0.2
     unit = _card_unit("ilm_star_easy")
     torch.manual_seed(0)
