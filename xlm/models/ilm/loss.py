@@ -68,14 +68,18 @@ def insertion_columns(batch: IlmTrainBatch, insertion_gaps: str) -> Bool[Tensor,
     return columns
 
 
+def insertion_log_normaliser(logits: Tensor, columns: Bool[Tensor, "batch seq"]) -> Tensor:
+    """Z_b: the logsumexp over the row's (gap, token) pairs in `columns`, as a logsumexp of per-gap logsumexps."""
+    return logits.logsumexp(dim=-1).masked_fill(~columns, float("-inf")).logsumexp(dim=-1)
+
+
 def ilm_loss(model: torch.nn.Module, batch: IlmTrainBatch, *, stop_loss_weight: float = 1.0,
              stopping_class_weight: float | None = None, insertion_gaps: str = "target") -> IlmLossDict:
     cls = {"cls_position": batch["cls_position"]} if "cls_position" in batch else {}  # [CLS] not in column 0
     token_logits, stop_logits = model(batch["input_ids"], attention_mask=batch["attention_mask"], **cls)
     logits = token_logits.float()
     columns = insertion_columns(batch, insertion_gaps)
-    per_gap = logits.logsumexp(dim=-1).masked_fill(~columns, float("-inf"))  # (batch, seq)
-    log_z = per_gap.logsumexp(dim=-1)  # (batch,)
+    log_z = insertion_log_normaliser(logits, columns)  # (batch,)
     rows, weights = batch["target_rows"], batch["target_weights"].float()
     picked = logits[rows, batch["target_cols"], batch["target_tokens"]]  # (targets,)
     batch_size = logits.size(0)

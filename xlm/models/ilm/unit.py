@@ -12,7 +12,7 @@ from torch import Tensor
 from xlm.data.tokenizers import Tokenizer
 
 from .collators import IlmLMCollator, IlmPredictCollator, IlmSeq2SeqCollator, build_train_batch
-from .loss import ilm_loss
+from .loss import ilm_loss, insertion_log_normaliser
 from .model import IlmModel
 from .predictor import IlmPredictor, IlmSamplerConfig
 from .types import IlmLossDict, IlmPredictBatch, IlmPredictionDict, IlmTrainBatch
@@ -61,7 +61,7 @@ class IlmUnit:
         device = next(self.model.parameters()).device
         token_logits, _ = self.model(batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
         logits = token_logits.float().cpu()
-        log_z = logits.logsumexp(-1).masked_fill(~batch["gap_mask"], float("-inf")).logsumexp(-1)
+        log_z = insertion_log_normaliser(logits, batch["gap_mask"])
         bos_col = int(batch["gap_mask"].int().argmax(dim=1)[0])
         out = torch.full((len(examples), max(len(c) for c in contents)), float("nan"))
         for r, (content, kept) in enumerate(zip(contents, reveal)):
