@@ -226,6 +226,7 @@ def plot(results: list[dict[str, Any]], archs: Sequence[str], path: Path, title:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     metrics, xs = plot_panels(results), ("train_seconds", "step")
     fig, axes = plt.subplots(len(metrics), len(xs), figsize=(9, 3.0 * len(metrics)), squeeze=False)
@@ -239,12 +240,13 @@ def plot(results: list[dict[str, Any]], archs: Sequence[str], path: Path, title:
                         ax.plot(*zip(*points), color=colours[i % len(colours)], marker="o", markersize=3,
                                 label=arch if j == 0 else None, alpha=0.85)
             ax.set_xlabel("training seconds" if x == "train_seconds" else "step")
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))  # five-digit steps would overlap
             ax.set_ylabel(metric.removeprefix("val_").replace("_", " ") + " (validation)")
             ax.grid(alpha=0.3)
     labelled = {label: handle for ax in axes.flat for handle, label in zip(*ax.get_legend_handles_labels())}
     axes[0][-1].legend(labelled.values(), labelled.keys(), fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.99))  # keeps the title above the top panels
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
