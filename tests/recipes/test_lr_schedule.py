@@ -2,6 +2,8 @@
 periods (`optim.cosine_cycles`) follow HF transformers' cosine_with_min_lr, the schedule xlm-core's MLM star
 recipe names."""
 
+import json
+
 import pytest
 import torch
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
@@ -55,3 +57,28 @@ def test_decay_steps_must_end_after_warmup(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "optim.decay_steps must be null (the run's max_steps) or more than" in err[0]
     assert not out.exists()
+
+
+def _logged_lrs(tmp_path, name, *overrides):
+    """Trains (or resumes) an arlm_tiny run and returns its logged lr per step."""
+    run = tmp_path / name
+    assert train.main(["--arch", "arlm_tiny", "--task", "star_easy", "--experiment", "debug", "--output-dir", str(run),
+                       "task.train_size=256", "trainer.eval_every_steps=0", "trainer.progress_bar=false",
+                       "trainer.tensorboard=false", "trainer.log_every_steps=1", "optim.warmup_steps=2",
+                       "optim.min_lr_ratio=0.1", *overrides]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {r["step"]: r["lr"] for r in records if r["split"] == "train"}
+
+
+def test_extending_max_steps_on_resume_stretches_the_cosine_unless_decay_steps_is_set(tmp_path):
+    straight = _logged_lrs(tmp_path, "straight", "trainer.max_steps=12")
+    _logged_lrs(tmp_path, "extended", "trainer.max_steps=6")
+    extended = _logged_lrs(tmp_path, "extended", "trainer.max_steps=12")
+    assert [extended[s] for s in range(7, 13)] == pytest.approx([straight[s] for s in range(7, 13)])
+    # the first 6 steps ran a 6-step cosine to its floor; the resume goes on where the 12-step cosine is
+    assert extended[6] == pytest.approx(straight[12]) and extended[7] > 2 * extended[6]
+
+    _logged_lrs(tmp_path, "held", "trainer.max_steps=6", "optim.decay_steps=6")
+    held = _logged_lrs(tmp_path, "held", "trainer.max_steps=12", "optim.decay_steps=6")
+    floor = held[12]
+    assert [held[s] for s in range(7, 13)] == pytest.approx([floor] * 6) and held[3] > 5 * floor
