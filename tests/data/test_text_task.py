@@ -4,6 +4,7 @@ and errors for bad sources. The corpus is CPython's own help text (xlm.data.corp
 import json
 
 import pytest
+import torch
 from tokenizers import Tokenizer as RawHFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -114,6 +115,22 @@ def test_hf_tokenizer_maps_roles_and_adds_the_missing_ones(corpus, tmp_path):
     assert rebuilt.mask_token_id == tokenizer.mask_token_id and rebuilt.vocab_size == tokenizer.vocab_size
     task = build_task(TextTaskConfig(data_files=str(corpus), tokenizer=str(file), block_size=32))
     assert task.dataset("test")["input_ids"][0][0] == endoftext
+
+
+def test_sentencepiece_and_hf_decode_refuse_out_of_range_ids_and_take_tensors(corpus, tmp_path):
+    sp_model = tmp_path / "tok.model"
+    assert train_tokenizer.main(["--data-files", str(corpus), "--vocab-size", "300", "--output", str(sp_model)]) == 0
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    _gpt2_like_tokenizer_json(corpus, hf_dir / "tokenizer.json")
+    for tokenizer in (SentencePieceTokenizer.from_file(sp_model), HFTokenizer.from_file(hf_dir)):
+        ids = tokenizer.encode("the for statement")
+        assert tokenizer.decode(torch.tensor(ids)) == "the for statement"
+        assert tokenizer.decode(torch.tensor(ids[0])) == tokenizer.decode(ids[:1])  # a 0-d tensor is one id
+        for bad in (tokenizer.vocab_size, -1):
+            last = tokenizer.vocab_size - 1
+            with pytest.raises(ValueError, match=rf"token ids \[{bad}\] are out of range .*\(0\.\.{last}\)"):
+                tokenizer.decode([*ids, bad])
 
 
 def test_bad_sources_say_what_is_wrong(corpus, tmp_path):

@@ -28,6 +28,8 @@ from tokenizers import Tokenizer as HFTokenizerModel
 from xlm.errors import InvalidValueError, PathNotFoundError, XlmUserError
 from xlm.io import read_json_object
 
+from .tokenizers import checked_ids
+
 #: For each xlm role, the tokens that fill it in common HF tokenizers, first match wins;
 #: a role with no match gets its xlm name added as a new special token (for a new model).
 ROLE_CANDIDATES: dict[str, tuple[str, ...]] = {
@@ -118,10 +120,7 @@ class HFTokenizer:
         return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=self._as_is)]
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
-        ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"token ids {bad[:5]} are out of range for this tokenizer (0..{self.vocab_size - 1})")
+        ids = checked_ids(ids, self.vocab_size)
         if skip_special_tokens:
             ids = [i for i in ids if i not in self._special_ids]
         return self._tok.decode(ids, skip_special_tokens=False)

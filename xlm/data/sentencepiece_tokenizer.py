@@ -17,7 +17,7 @@ import sentencepiece as spm
 
 from xlm.errors import InvalidValueError, PathNotFoundError, UnknownFormatError, XlmUserError
 
-from .tokenizers import SPECIAL_TOKENS
+from .tokenizers import SPECIAL_TOKENS, checked_ids
 
 _PAD, _CLS, _MASK, _EOS, _BOS, _SEP, _UNK = range(7)
 
@@ -85,10 +85,7 @@ class SentencePieceTokenizer:
         return self._sp.encode(list(texts))
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
-        ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"token ids {bad[:5]} are out of range for this tokenizer (0..{self.vocab_size - 1})")
+        ids = checked_ids(ids, self.vocab_size)
         if skip_special_tokens:
             return self._sp.decode([i for i in ids if i not in self._special_ids])
         return "".join(SPECIAL_TOKENS[i] if i in self._special_ids else self._sp.decode([i]) for i in ids)

@@ -91,6 +91,16 @@ def _as_int_list(ids: Any) -> list[int]:
     return [int(i) for i in ids]
 
 
+def checked_ids(ids: Any, vocab_size: int) -> list[int]:
+    """`ids` as python ints, refused with one line when any is outside the vocabulary: a backend would
+    raise its own error, or silently decode garbage."""
+    ids = _as_int_list(ids)
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise ValueError(f"token ids {bad[:5]} are out of range for this tokenizer (0..{vocab_size - 1})")
+    return ids
+
+
 class WordTokenizer:
     """Whitespace word tokenizer over a fixed word list, with xlm-core's special ids.
 
