@@ -92,8 +92,8 @@ def ilm_star() -> IlmConfig:
 
 @ilm_arch("ilm_star_long")
 def ilm_star_long() -> IlmConfig:
-    """ilm_star with the longer schedule that learns star_easy on a 2-core CPU (its climb needs a moderate rate for
-    thousands of steps); the recipe settings are configs/arch/ilm_star_long.yaml."""
+    """ilm_star with the longer schedule that learnt star_easy on two seeds of three on a 2-core CPU (its climb needs a
+    moderate rate for thousands of steps); the recipe settings are configs/arch/ilm_star_long.yaml."""
     return ilm_star()
 
 
