@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         raise PathNotFoundError(f"no test metrics in {args.run} ({' or '.join(f.name for f in results)}); run "
                                 f"`xlm eval --model {args.run} --split test` first")
     test = json.loads(found[0].read_text())
+    split_size = len(build_task(task_config(config["task"])).dataset("test"))
+    if test.get("num_examples") != split_size:
+        raise InvalidValueError(f"{found[0]} scores {test.get('num_examples')} test examples, not the whole split "
+                                f"({split_size}); run `xlm eval --model {args.run} --split test` without --limit")
     target = CARD_DIR / "checkpoints" / args.name
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, target / "model.safetensors")

@@ -3,6 +3,7 @@ still scores what its card says on the first 500 test examples (tolerance 0.02 a
 sampling samplers' run-to-run float differences across machines)."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import xlm
 from xlm.assets.store import all_cards
 from xlm.shipped import cards_dir
 from xlm.data.tasks import build_task, task_config
+
+from tests.tiny_run_dir import tiny_run_dir
 
 SHIPPED = sorted(name for name, card in all_cards().items()
                  if card.source_file and card.source_file.parent == cards_dir() and card.metrics)
@@ -29,6 +32,16 @@ def _ship_script():
 
 def test_some_checkpoints_are_shipped():
     assert SHIPPED, "no shipped checkpoint cards found in assets/cards"
+
+
+def test_a_card_is_not_shipped_with_a_part_of_the_test_split(tmp_path, monkeypatch, capsys):
+    run = tiny_run_dir(tmp_path / "run")
+    (run / "eval_star_easy_test.json").write_text(json.dumps({"num_examples": 40, "exact_match": 1.0}))
+    script = _ship_script()
+    monkeypatch.setattr(script, "CARD_DIR", tmp_path / "cards")  # never the repository's own cards
+    assert script.main([str(run), "--name", "tiny_partial", "--command", "c"]) == 2
+    assert "scores 40 test examples, not the whole split (5000)" in capsys.readouterr().err
+    assert not (tmp_path / "cards").exists()
 
 
 @pytest.mark.parametrize("name", SHIPPED)

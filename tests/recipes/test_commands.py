@@ -67,7 +67,7 @@ def test_eval_and_generate_load_a_checkpoint_of_an_unfinished_run_with_its_ema_w
     assert evaluate.main(["--model", str(unfinished), "--checkpoint", "step_2", "--limit", "4"]) == 0
     out = capsys.readouterr().out
     assert f"{unfinished}, checkpoint step_2 (EMA weights)" in out
-    result = json.loads((unfinished / "eval_star_easy_test_step_2.json").read_text())
+    result = json.loads((unfinished / "eval_star_easy_test_step_2_first4.json").read_text())
     assert result["checkpoint"] == "step_2" and result["num_examples"] == 4
 
     loaded = load_for_command(str(unfinished), checkpoint="last")
@@ -129,7 +129,7 @@ def test_eval_takes_card_names_as_generate_does(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert evaluate.main(["--model", "arlm_star_easy", "--limit", "3"]) == 0
     assert "card arlm_star_easy" in capsys.readouterr().out
-    assert json.loads((tmp_path / "eval_arlm_star_easy_star_easy_test.json").read_text())["num_examples"] == 3
+    assert json.loads((tmp_path / "eval_arlm_star_easy_star_easy_test_first3.json").read_text())["num_examples"] == 3
     assert evaluate.main(["--model", "arlm_star_esy"]) == 2
     assert "did you mean arlm_star_easy" in _error_line(capsys)
 
@@ -190,6 +190,28 @@ def test_the_listed_mistakes_are_one_line_each(tmp_path, capsys):
     assert f"cannot read {broken} as json" in _error_line(capsys)
     assert evaluate.main(["--model", "arlm_star_easy", "--output", str(tmp_path)]) == 2
     assert "is a directory" in _error_line(capsys)
+    for option in ("--limit", "--batch-size", "--loss-samples"):
+        assert evaluate.main(["--model", "arlm_star_easy", option, "0"]) == 2
+        assert f"{option} must be >= 1, got 0" in _error_line(capsys)
+    for family in ("arlm", "mlm", "mdlm", "ilm"):
+        assert generate.main(["--model", f"{family}_star_easy", "--prompt", STAR_PROMPT, "sampler.top_p=abc"]) == 2
+        assert "sampler.top_p must be float or None, got 'abc' (str)" in _error_line(capsys)
+    assert not list(tmp_path.glob("eval_*"))  # nothing written by a refused command
+
+
+def test_a_limited_eval_keeps_the_full_splits_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    full = tmp_path / "eval_arlm_star_easy_star_easy_validation.json"
+    assert evaluate.main(["--model", "arlm_star_easy", "--split", "validation"]) == 0
+    before = full.read_text()
+    assert json.loads(before)["num_examples"] == 100
+    assert evaluate.main(["--model", "arlm_star_easy", "--split", "validation", "--limit", "5"]) == 0
+    assert full.read_text() == before
+    assert json.loads((tmp_path / "eval_arlm_star_easy_star_easy_validation_first5.json").read_text())[
+        "num_examples"] == 5
+    assert evaluate.main(["--model", "arlm_star_easy", "--split", "validation", "--limit", "9999"]) == 0
+    assert not list(tmp_path.glob("*_first9999.json"))  # a limit past the end scores the whole split
+    capsys.readouterr()
 
 
 def test_generate_warns_once_about_a_prompt_unlike_the_tasks(capsys):

@@ -89,6 +89,15 @@ def test_a_text_key_on_a_star_task_is_an_unknown_key():
         _config("task.data_file=corpus.txt", task="text")
 
 
+def test_a_value_of_the_wrong_type_is_one_line_naming_the_key():
+    for override, wanted in (("trainer.max_steps=five", "Integer"), ("optim.lr=abc", "Float")):
+        with pytest.raises(ConfigError) as info:
+            _config(override)
+        message = str(info.value)
+        assert message.startswith(f"bad value for config key {override.split('=')[0]!r}") and wanted in message
+        assert "\n" not in message, message  # OmegaConf's full_key/reference_type lines stay out
+
+
 def test_task_name_is_chosen_by_the_task_argument():
     with pytest.raises(ConfigError, match="task.name='sort' .*command line.* choose the task with --task"):
         _config("task.name=sort")

@@ -47,14 +47,15 @@ def _fits(value: Any, accepted: tuple[type, ...]) -> bool:
     return any(isinstance(value, t) for t in accepted if t is not bool)
 
 
-def check_field_types(config: Any) -> None:
+def check_field_types(config: Any, prefix: str = "") -> None:
     """Every field holds its annotated type (a float where a size goes, a string where a number goes):
-    configs come from JSON files and checkpoints, and a wrong type would surface deep inside torch."""
+    configs come from JSON files, checkpoints and the command line, and a wrong type would surface deep
+    inside torch, or as a comparison between a str and a float. `prefix` ("sampler.") names the section."""
     for name, accepted in _field_types(type(config)).items():
         value = getattr(config, name)
         if not _fits(value, accepted):
             wanted = " or ".join("None" if t is type(None) else t.__name__ for t in accepted)
-            raise TypeError(f"{name} must be {wanted}, got {value!r} ({type(value).__name__})")
+            raise TypeError(f"{prefix}{name} must be {wanted}, got {value!r} ({type(value).__name__})")
 
 
 def check_transformer(config: Any) -> None:

@@ -183,7 +183,7 @@ def _other_tasks_with(key: str, task: str) -> str:
 
 def _explain(err: OmegaConfBaseException, schema: DictConfig, source: str, task: str) -> ConfigError:
     key = getattr(err, "full_key", None) or ""
-    msg = getattr(err, "msg", None) or str(err).splitlines()[0]
+    msg = (getattr(err, "msg", None) or str(err)).splitlines()[0]  # OmegaConf appends full_key/type lines
     if "not in struct" in str(err) or "Key '" in msg and "not in" in msg:
         close = difflib.get_close_matches(key, _all_keys(schema), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else ""

@@ -36,11 +36,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--task", default=None, help="default: the task the model was trained on")
     p.add_argument("--split", default="test", help="train | validation | test")
     p.add_argument("--output", default=None,
-                   help="JSON file for the metrics (default <run dir>/eval_<task>_<split>[_step_N].json, for a "
-                        "card eval_<card>_<task>_<split>.json here)")
+                   help="JSON file for the metrics (default <run dir>/eval_<task>_<split>[_step_N][_firstN].json, "
+                        "for a card eval_<card>_<task>_<split>[_firstN].json here)")
     p.add_argument("--predictions", default=None, help="JSONL file for one record per example")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    p.add_argument("--limit", type=int, default=None,
+                   help="only the first N examples (the default --output then ends _firstN, so a full split's "
+                        "file is not replaced)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0, help="for sampling strategies and the Monte-Carlo losses")
     p.add_argument("--loss-samples", type=int, default=1,
@@ -82,13 +84,16 @@ def _task_config(run: Mapping[str, Any], name: str | None, where: str) -> TaskCo
     return task_config(name)
 
 
-def _output_file(args: argparse.Namespace, loaded: CommandModel, task: str) -> Path:
+def _output_file(args: argparse.Namespace, loaded: CommandModel, task: str, scored: int, split_size: int) -> Path:
+    """A part of a split gets its own name: scripts/ship_checkpoint.py reads eval_<task>_test.json as
+    the full split's numbers."""
     if args.output:
         return Path(args.output)
-    suffix = f"_{loaded.checkpoint}" if loaded.checkpoint else ""
+    part = f"_first{scored}" if scored < split_size else ""
     if loaded.run_dir is not None:
-        return loaded.run_dir / f"eval_{task}_{args.split}{suffix}.json"
-    return Path(f"eval_{Path(args.model).name}_{task}_{args.split}.json")
+        step = f"_{loaded.checkpoint}" if loaded.checkpoint else ""
+        return loaded.run_dir / f"eval_{task}_{args.split}{step}{part}.json"
+    return Path(f"eval_{Path(args.model).name}_{task}_{args.split}{part}.json")
 
 
 def _check_writable(option: str, value: str | None) -> None:
@@ -99,8 +104,10 @@ def _check_writable(option: str, value: str | None) -> None:
 @reports_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.loss_samples < 1:
-        raise InvalidValueError(f"--loss-samples must be >= 1, got {args.loss_samples}")
+    for option, value in (("--loss-samples", args.loss_samples), ("--batch-size", args.batch_size),
+                          ("--limit", 1 if args.limit is None else args.limit)):
+        if value < 1:
+            raise InvalidValueError(f"{option} must be >= 1, got {value}")
     _check_writable("--output", args.output)
     _check_writable("--predictions", args.predictions)
     device = resolve_device(args.device)
@@ -116,8 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 f"(trained on {run['task']!r}); evaluate on a task with the same tokenizer")
     unit = loaded.family.unit_factory(loaded.model, task.tokenizer, loaded.sampler_config)
     ds = task.dataset(args.split)
+    split_size = len(ds)
     if args.limit is not None:
-        ds = ds.select(range(min(args.limit, len(ds))))
+        ds = ds.select(range(min(args.limit, split_size)))
     torch.manual_seed(args.seed)  # a log gets this line where a terminal gets progress bars
     print(f"scoring {loaded.label} on {task.name} / {args.split} ({len(ds)} examples)", file=sys.stderr, flush=True)
     draws = [evaluate_loss(unit, ds, batch_size=args.batch_size, device=device, progress=True)
@@ -134,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     checkpoint = {"checkpoint": loaded.checkpoint} if loaded.checkpoint else {}
     result = {"model": args.model, **checkpoint, "task": task.name, "split": args.split, "num_examples": len(ds),
               **metrics, "loss_samples": args.loss_samples, "loss_meaning": note}
-    output = _output_file(args, loaded, task.name)
+    output = _output_file(args, loaded, task.name, len(ds), split_size)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     if args.predictions:

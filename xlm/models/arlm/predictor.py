@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from xlm.data.tokenizers import Tokenizer
+from xlm.nn.config_checks import check_field_types
 from xlm.nn.cpu import prepacked_linears
 from xlm.nn.sampling import select_tokens
 from xlm.trace import StepHook, emit
@@ -37,6 +38,7 @@ class ArlmSamplerConfig:
     prepack_weights: bool = True
 
     def __post_init__(self) -> None:
+        check_field_types(self, prefix="sampler.")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"sampler.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.prompt_format not in PROMPT_FORMATS:

@@ -43,6 +43,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from xlm.data.tokenizers import Tokenizer
+from xlm.nn.config_checks import check_field_types
 from xlm.nn.sampling import filter_logits, select_tokens
 from xlm.trace import StepHook, emit
 
@@ -66,6 +67,7 @@ class IlmSamplerConfig:
     multi_insertion_min_ratio: float = 0.5  # k > 1: a further pair needs this fraction of the best pair's probability
 
     def __post_init__(self) -> None:
+        check_field_types(self, prefix="sampler.")
         if self.max_new_tokens < 1:
             raise ValueError(f"sampler.max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.strategy not in STRATEGIES:

@@ -29,6 +29,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from xlm.data.tokenizers import Tokenizer
+from xlm.nn.config_checks import check_field_types
 from xlm.nn.sampling import filter_logits
 from xlm.trace import StepHook, emit
 
@@ -57,6 +58,7 @@ class MdlmSamplerConfig:
     use_cache: bool | None = None
 
     def __post_init__(self) -> None:
+        check_field_types(self, prefix="sampler.")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"sampler.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.unmask_schedule not in UNMASK_SCHEDULES:

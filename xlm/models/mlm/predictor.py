@@ -29,6 +29,7 @@ from torch import Tensor
 
 from xlm.data.collate import pad_rows
 from xlm.data.tokenizers import Tokenizer
+from xlm.nn.config_checks import check_field_types
 from xlm.nn.sampling import select_tokens
 from xlm.trace import StepHook, emit
 
@@ -53,6 +54,7 @@ class MlmSamplerConfig:
     top_p: float | None = None
 
     def __post_init__(self) -> None:
+        check_field_types(self, prefix="sampler.")
         if self.max_new_tokens < 1:
             raise ValueError(f"sampler.max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.num_steps is not None and self.num_steps < 1:
