@@ -164,6 +164,14 @@ def test_compare_checks_task_and_arch_names_before_making_anything(tmp_path, cap
         assert compare.main(["--task", task, "--archs", archs, "--budget-steps", "2",
                              "--output-dir", str(tmp_path / "report")]) == 2
         assert "did you mean" in _error_line(capsys)
+    for extra, says in ((["--archs", "arlm_tiny,arlm_tiny", "--budget-steps", "2"], "names arlm_tiny more than once"),
+                        (["--archs", ",", "--budget-steps", "2"], "--archs names no arch"),
+                        (["--archs", "arlm_tiny", "--budget-steps", "-3"], "--budget-steps must be >= 1, got -3"),
+                        (["--archs", "arlm_tiny", "--budget-minutes", "0"], "--budget-minutes must be > 0, got 0"),
+                        (["--archs", "arlm_tiny", "--budget-steps", "2", "--test-limit", "0"],
+                         "--test-limit must be >= 1, got 0")):
+        assert compare.main(["--task", "star_easy", *extra, "--output-dir", str(tmp_path / "report")]) == 2
+        assert says in _error_line(capsys)
     assert not (tmp_path / "report").exists()
 
 

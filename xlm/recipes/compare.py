@@ -275,10 +275,27 @@ def _run_all(jobs: list[tuple[str, int]], args: argparse.Namespace, out: Path,
     return results
 
 
+def check_numbers(args: argparse.Namespace, archs: Sequence[str]) -> None:
+    """The arch list and the numbers, before anything is trained or reused: an arch named twice would be
+    one run counted as two seeds."""
+    if not archs:
+        raise InvalidValueError(f"--archs names no arch, got {args.archs!r}; e.g. --archs arlm_star,mlm_star")
+    if twice := sorted({a for a in archs if archs.count(a) > 1}):
+        raise InvalidValueError(f"--archs names {', '.join(twice)} more than once; name each arch once and give "
+                                f"more seeds with --seeds")
+    for option, value, least in (("--budget-steps", args.budget_steps, 1), ("--test-limit", args.test_limit, 1),
+                                 ("--eval-every-steps", args.eval_every_steps, 0)):
+        if value is not None and value < least:
+            raise InvalidValueError(f"{option} must be >= {least}, got {value}")
+    if args.budget_minutes is not None and not args.budget_minutes > 0:
+        raise InvalidValueError(f"--budget-minutes must be > 0, got {args.budget_minutes:g}")
+
+
 @reports_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    check_numbers(args, archs)
     out = args.output_dir or Path("reports") / args.task
     budget = (f"{args.budget_minutes:g} min" if args.budget_minutes is not None
               else "each arch's preset steps" if args.budget_preset else f"{args.budget_steps} steps")
