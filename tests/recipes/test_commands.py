@@ -204,6 +204,17 @@ def test_the_listed_mistakes_are_one_line_each(tmp_path, capsys):
     for family in ("arlm", "mlm", "mdlm", "ilm"):
         assert generate.main(["--model", f"{family}_star_easy", "--prompt", STAR_PROMPT, "sampler.top_p=abc"]) == 2
         assert "sampler.top_p must be float or None, got 'abc' (str)" in _error_line(capsys)
+    for family in ("mlm", "mdlm", "ilm"):  # ARLM stops at its context instead
+        assert generate.main(["--model", f"{family}_star_easy", "--prompt", STAR_PROMPT, "--max-new-tokens",
+                              "100000"]) == 2
+        err = _error_line(capsys)
+        assert err.startswith("error: prompt 1: a ") and "exceeds the model context of 256" in err, err
+    for command, extra in ((generate, ["--prompt", STAR_PROMPT]), (evaluate, [])):
+        assert command.main(["--model", "arlm_star_easy", "--device", "tpu", *extra]) == 2
+        assert "--device='tpu' is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'" in _error_line(capsys)
+        if not torch.cuda.is_available():
+            assert command.main(["--model", "arlm_star_easy", "--device", "cuda", *extra]) == 2
+            assert "--device='cuda' but CUDA is not available here" in _error_line(capsys)
     assert not list(tmp_path.glob("eval_*"))  # nothing written by a refused command
 
 

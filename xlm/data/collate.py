@@ -8,15 +8,17 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from xlm.errors import InvalidValueError
+
 SIDES = ("left", "right")
 OR_MAX_NEW_TOKENS = " (or sampler.max_new_tokens)"  # for rows that make room for generated tokens
 
 
 def check_fits(length: int, max_len: int, what: str, *, also: str = "") -> None:
     """A row longer than the model context is an error that says which knob to turn; `also` names
-    another one (e.g. `OR_MAX_NEW_TOKENS`)."""
+    another one (e.g. `OR_MAX_NEW_TOKENS`). A user error: the data, a prompt or a setting is too long."""
     if length > max_len:
-        raise ValueError(f"{what} of {length} tokens exceeds the model context of {max_len}; "
+        raise InvalidValueError(f"{what} of {length} tokens exceeds the model context of {max_len}; "
                          f"raise model.max_seq_len or shorten the data{also}")
 
 

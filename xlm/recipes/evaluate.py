@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise InvalidValueError(f"{option} must be >= 1, got {value}")
     _check_writable("--output", args.output)
     _check_writable("--predictions", args.predictions)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, option="--device")
     loaded = load_for_command(args.model, checkpoint=args.checkpoint, device=device,
                               sampling=_parse_sampler_overrides(args.sampler))
     run = loaded.run_config

@@ -19,6 +19,7 @@ from xlm.data.tokenizers import UnknownTokenError
 from xlm.errors import InvalidValueError, PathNotFoundError, reports_user_errors
 from xlm.trace import NEW, TracedSample, TraceStep, text_trace, trace_page
 
+from .distributed import resolve_device
 from .evaluate import _parse_sampler_overrides
 from .model_source import load_for_command
 
@@ -57,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     prompts = args.prompt or [line.rstrip("\n") for line in args.prompts_file.read_text().splitlines() if line.strip()]
     if not prompts:
         raise InvalidValueError(f"--prompts-file {args.prompts_file} holds no prompt (one a line)")
-    loaded = load_for_command(args.model, checkpoint=args.checkpoint, device=args.device,
+    loaded = load_for_command(args.model, checkpoint=args.checkpoint,
+                              device=resolve_device(args.device, option="--device"),
                               sampling=_parse_sampler_overrides(args.sampler))
     if loaded.checkpoint:
         print(f"model: {loaded.label}", file=sys.stderr)
@@ -76,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                              seed=args.seed + sample, on_step=record)
             except UnknownTokenError as err:  # say which prompt
                 raise UnknownTokenError(f"prompt {p_index + 1}: {err}", err.words, err.positions) from None
+            except InvalidValueError as err:  # e.g. prompt + --max-new-tokens longer than the model's context
+                raise InvalidValueError(f"prompt {p_index + 1}: {err}") from None
             print(f"[{p_index + 1}.{sample + 1}] {prompt}\n    -> {text}")
             traced = TracedSample(label=f"prompt {p_index + 1}, sample {sample + 1}: {prompt}",
                                   prompt_ids=tokenizer.encode(prompt), steps=steps)

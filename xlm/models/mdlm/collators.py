@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from xlm.data.collate import check_fits, pad_rows
+from xlm.data.collate import OR_MAX_NEW_TOKENS, check_fits, pad_rows
 from xlm.data.tokenizers import Tokenizer
 
 from .types import MdlmPredictBatch, MdlmTrainBatch
@@ -56,7 +56,7 @@ class MdlmSeq2SeqCollator:
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> MdlmTrainBatch:
         rows = [list(ex["prompt_ids"]) + [self.bos_id] + self.block(ex["target_ids"]) for ex in examples]
         for row in rows:
-            check_fits(len(row), self.max_len, "a prompt + [BOS] + block row")
+            check_fits(len(row), self.max_len, "a prompt + [BOS] + block row", also=OR_MAX_NEW_TOKENS)
         input_ids, mask = pad_rows(rows, self.pad_id, side="left")
         noise_mask = torch.zeros_like(mask)
         noise_mask[:, -self.block_size:] = True
@@ -76,7 +76,7 @@ class MdlmSeq2SeqPredictCollator:
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> MdlmPredictBatch:
         rows = [list(ex["prompt_ids"]) + [self.bos_id] + [self.mask_id] * self.block_size for ex in examples]
         for row in rows:
-            check_fits(len(row), self.max_len, "a prompt + [BOS] + block row")
+            check_fits(len(row), self.max_len, "a prompt + [BOS] + block row", also=OR_MAX_NEW_TOKENS)
         input_ids, mask = pad_rows(rows, self.pad_id, side="left")
         fill_mask = torch.zeros_like(mask)
         fill_mask[:, -self.block_size:] = True
