@@ -45,6 +45,27 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 # -- cards and the store ---------------------------------------------------------------------------
 
 
+def test_user_cards_and_the_cache_follow_xdg_unless_xlm_names_them(tmp_path, monkeypatch, capsys):
+    from xlm.assets.store import user_card_dir
+    from xlm.data.disk_cache import default_cache_root
+
+    for name in ("XLM_USER_ASSET_DIR", "XLM_CACHE_DIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert user_card_dir() == tmp_path / "home" / ".config" / "xlm" / "cards"
+    assert default_cache_root() == tmp_path / "home" / ".cache" / "xlm"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert default_cache_root() == tmp_path / "cache" / "xlm"
+    assert cards_cli.main(["add", str(tiny_run_dir(tmp_path / "run")), "--name", "xdg_tiny"]) == 0
+    assert (tmp_path / "cfg" / "xlm" / "cards" / "xdg_tiny.yaml").is_file()
+    assert not (tmp_path / "home").exists()
+    assert "xdg_tiny" in capsys.readouterr().out
+    monkeypatch.setenv("XLM_USER_ASSET_DIR", str(tmp_path / "mine"))
+    monkeypatch.setenv("XLM_CACHE_DIR", str(tmp_path / "xlm_cache"))
+    assert (user_card_dir(), default_cache_root()) == (tmp_path / "mine", tmp_path / "xlm_cache")
+
+
 def test_several_cards_per_file_and_base_inheritance(tmp_path, monkeypatch):
     file = _write(tmp_path / "cards" / "family.yaml", [
         {"name": "base_card", "model_family": "arlm", "model_arch": "arlm_tiny",

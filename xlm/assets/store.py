@@ -1,11 +1,11 @@
 """The card store: every card on the search path, by name.
 
 Search path, in order: the shipped cards (``assets/cards/``, `xlm.shipped.cards_dir`), the user's directory
-(``$XLM_USER_ASSET_DIR``, else ``~/.config/xlm/cards``), each directory of ``$XLM_ASSET_PATH``
-(colon-separated), and directories contributed by external families. A card in the user's directory
-replaces a shipped card of its name (`xlm cards pin` writes such copies). Read fresh on every lookup,
-so a card added a moment ago is seen. Card names and arch names are separate: a card is a trained
-model, an arch an untrained architecture that `xlm.create_model` and `xlm train --arch` take.
+(`user_card_dir`), each directory of ``$XLM_ASSET_PATH`` (colon-separated), and directories contributed
+by external families. A card in the user's directory replaces a shipped card of its name (`xlm cards
+pin` writes such copies). Read fresh on every lookup, so a card added a moment ago is seen. Card names
+and arch names are separate: a card is a trained model, an arch an untrained architecture that
+`xlm.create_model` and `xlm train --arch` take.
 
 A card file that cannot be read, or a name defined twice, is reported (one BrokenCardWarning) and
 left out, and every other card keeps working: looking up a name it would define says why it cannot be
@@ -47,8 +47,9 @@ class CardStore:
 
 
 def user_card_dir() -> Path:
+    """``$XLM_USER_ASSET_DIR``, else ``$XDG_CONFIG_HOME/xlm/cards`` (``~/.config/xlm/cards``)."""
     root = os.environ.get("XLM_USER_ASSET_DIR")
-    return Path(root) if root else Path.home() / ".config" / "xlm" / "cards"
+    return Path(root) if root else Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "xlm" / "cards"
 
 
 def add_card_dir(path: str | Path) -> None:

@@ -31,9 +31,9 @@ class CacheWarning(UserWarning):
 
 
 def default_cache_root() -> Path:
-    """``$XLM_CACHE_DIR``, else ``~/.cache/xlm``."""
+    """``$XLM_CACHE_DIR``, else ``$XDG_CACHE_HOME/xlm`` (``~/.cache/xlm``), as HF's caches follow XDG."""
     root = os.environ.get("XLM_CACHE_DIR")
-    return Path(root) if root else Path.home() / ".cache" / "xlm"
+    return Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "xlm"
 
 
 @contextlib.contextmanager

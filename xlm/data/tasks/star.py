@@ -337,7 +337,7 @@ def _generate_split(spec: StarTaskSpec, split: str, seed: int):
 
 
 def default_cache_dir() -> Path:
-    """``$XLM_CACHE_DIR/star``, else ``~/.cache/xlm/star``."""
+    """`star` in the cache root (``$XLM_CACHE_DIR``, ``$XDG_CACHE_HOME/xlm`` or ``~/.cache/xlm``)."""
     return default_cache_root() / "star"
 
 
