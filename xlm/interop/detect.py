@@ -27,6 +27,8 @@ __all__ = ["XLM_FORMAT", "FormatDetectionError", "converter_for", "detect_format
 
 #: xlm's own layout: a run or export dir (model.safetensors + config.json with `format_version`).
 XLM_FORMAT = "xlm"
+#: Where a command, not Python, met the checkpoint: the options that are family= and checkpoint_format=.
+ON_THE_COMMAND_LINE = "(xlm convert: --family, --format)"
 
 Layout = tuple[str, str]  # (family, converter name)
 
@@ -92,7 +94,7 @@ def _owner_of(fmt: str, probe: CheckpointProbe) -> Layout:
         return found[0]
     shown = f"it looks like {_named(found)}" if found else "it shows none of them"
     raise FormatDetectionError(f"checkpoint_format {fmt!r} is a layout of {len(owners)} families ({_named(owners)}) "
-                               f"and {probe.path} does not tell which ({shown}); pass family=")
+                               f"and {probe.path} does not tell which ({shown}); pass family= {ON_THE_COMMAND_LINE}")
 
 
 def _reads(family: str) -> str:
@@ -110,9 +112,9 @@ def _nothing_recognised(probe: CheckpointProbe, family: str | None) -> FormatDet
         seen = "no converter recognises it"
     if family is None:
         fix = (f"pass family= (one of {', '.join(families.names())}) and, where the family reads several layouts, "
-               f"checkpoint_format=")
+               f"checkpoint_format= {ON_THE_COMMAND_LINE}")
     else:
-        fix = f"pass checkpoint_format= ({_reads(family)})"
+        fix = f"pass checkpoint_format= ({_reads(family)}) {ON_THE_COMMAND_LINE}"
     return FormatDetectionError(f"cannot tell what {probe.path} holds: {seen} (model types: {'; '.join(model_types)};"
                                 f" signatures of {signatures or 'none'}); {fix}")
 
@@ -144,10 +146,10 @@ def detect_format(path: str | Path, family: str | None = None, fmt: str | None =
     if mine:
         settle = "checkpoint_format=" if family is not None else "family= and checkpoint_format="
         raise FormatDetectionError(f"{path} is recognised by {len(mine)} converters ({_named(mine)}); pass {settle} "
-                                   f"to say which it is")
+                                   f"to say which it is {ON_THE_COMMAND_LINE}")
     if found:
         raise FormatDetectionError(f"{path} looks like {_named(found)}, not a layout of family {family!r} "
-                                   f"({_reads(family)}); check family=")
+                                   f"({_reads(family)}); check family= {ON_THE_COMMAND_LINE}")
     if only is not None:
         return family, only
     raise _nothing_recognised(probe, family)
