@@ -228,6 +228,10 @@ def test_a_limited_eval_keeps_the_full_splits_file(tmp_path, monkeypatch, capsys
     assert full.read_text() == before
     assert json.loads((tmp_path / "eval_arlm_star_easy_star_easy_validation_first5.json").read_text())[
         "num_examples"] == 5
+    predictions = tmp_path / "new" / "dir" / "p.jsonl"  # made, as --output's folder is
+    assert evaluate.main(["--model", "arlm_star_easy", "--split", "validation", "--limit", "5", "--predictions",
+                          str(predictions)]) == 0
+    assert len(predictions.read_text().splitlines()) == 5
     assert evaluate.main(["--model", "arlm_star_easy", "--split", "validation", "--limit", "9999"]) == 0
     assert not list(tmp_path.glob("*_first9999.json"))  # a limit past the end scores the whole split
     capsys.readouterr()

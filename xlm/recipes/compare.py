@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from xlm.errors import InvalidValueError, XlmError, reports_user_errors
+from xlm.io import replace_file
 from xlm.registry import families, get_task
 
 from . import evaluate, train
@@ -164,7 +165,7 @@ def run_one(arch: str, seed: int, args: argparse.Namespace, out: Path,
     if not (run / "model.safetensors").exists():
         run.mkdir(parents=True, exist_ok=True)
         settings = {"training": training}
-        settings_file.write_text(json.dumps(settings, indent=2))
+        replace_file(settings_file, json.dumps(settings, indent=2))
         code = train.main(["--arch", arch, "--task", args.task, "--output-dir", str(run), f"seed={seed}",
                            f"trainer.eval_every_steps={args.eval_every_steps}", *budget, *args.overrides])
         if code > 128:
@@ -179,7 +180,7 @@ def run_one(arch: str, seed: int, args: argparse.Namespace, out: Path,
             raise ComparisonStopped(code, f"scoring {run} on the test split")
         if code != 0:
             raise RuntimeError(f"evaluating {run} failed with exit code {code}")
-        settings_file.write_text(json.dumps({"training": training, "test_limit": args.test_limit}, indent=2))
+        replace_file(settings_file, json.dumps({"training": training, "test_limit": args.test_limit}, indent=2))
     summary = json.loads((run / "metrics.json").read_text())
     return {"arch": arch, "seed": seed, "run": str(run), "test": json.loads(result_file.read_text()),
             "steps": summary["step"], "train_seconds": summary["train_seconds"], "curve": val_curve(run)}
@@ -320,9 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C, or one between runs
         print("compare: stopped by Ctrl-C; the same command continues (finished runs are reused)", file=sys.stderr)
         return 130
-    (out / "results.json").write_text(json.dumps({**settings, "results": results}, indent=2))
+    replace_file(out / "results.json", json.dumps({**settings, "results": results}, indent=2))
     text = table(results, archs, budget)
-    (out / "table.md").write_text(f"# {args.task}\n\n{text}")
+    replace_file(out / "table.md", f"# {args.task}\n\n{text}")
     plot(results, archs, out / "curves.png", f"{args.task}, {budget} per run")
     print(text)
     print(f"wrote {out / 'table.md'}, {out / 'curves.png'}, {out / 'results.json'}")

@@ -21,6 +21,7 @@ import torch
 from xlm.data.task import TaskConfig
 from xlm.data.tasks import build_task, saved_task_config, task_config
 from xlm.errors import InvalidValueError, reports_user_errors
+from xlm.io import replace_file
 from xlm.recipes.distributed import resolve_device
 from xlm.recipes.evaluation import evaluate_loss, evaluate_predictions
 
@@ -144,10 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               **metrics, "loss_samples": args.loss_samples, "loss_meaning": note}
     output = _output_file(args, loaded, task.name, len(ds), split_size)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
+    replace_file(output, json.dumps(result, indent=2) + "\n")  # Ctrl-C or a second eval: never half a file
     if args.predictions:
-        with open(args.predictions, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
+        predictions = Path(args.predictions)
+        predictions.parent.mkdir(parents=True, exist_ok=True)
+        replace_file(predictions, "".join(json.dumps(r) + "\n" for r in records))
     width = max(len(k) for k in metrics)
     print(f"{task.name} / {args.split} ({len(ds)} examples), {loaded.label}")
     for k, v in metrics.items():

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from xlm.data.tasks import prompt_problem
 from xlm.data.tokenizers import UnknownTokenError
 from xlm.errors import InvalidValueError, PathNotFoundError, reports_user_errors
+from xlm.io import replace_file
 from xlm.trace import NEW, TracedSample, TraceStep, text_trace, trace_page
 
 from .distributed import resolve_device
@@ -89,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"    {line}")
             traces.append(traced)
     if args.trace_html:
-        args.trace_html.write_text(trace_page(tokenizer, f"xlm generate: {loaded.label}", traces))
+        replace_file(args.trace_html, trace_page(tokenizer, f"xlm generate: {loaded.label}", traces))
         print(f"wrote {args.trace_html}")
     return 0
 
