@@ -14,6 +14,7 @@ from xlm.data.sentencepiece_tokenizer import SentencePieceTokenizer
 from xlm.data.tasks import build_task
 from xlm.data.tasks.text import TextSource, TextTaskConfig, blocks_from_documents, raw_split
 from xlm.data.tokenizers import SPECIAL_TOKENS, tokenizer_from_spec
+from xlm.errors import InvalidValueError
 from xlm.recipes import train_tokenizer
 
 
@@ -86,7 +87,11 @@ def test_train_tokenizer_recipe_writes_a_model_the_task_loads(corpus, tmp_path, 
     assert task.tokenizer.spec() == tokenizer.spec()
     assert train_tokenizer.main(["--data-files", str(corpus), "--vocab-size", "100000", "--output",
                                  str(tmp_path / "big.model")]) == 2
-    assert "vocab_size=100000" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--vocab-size=100000: Vocabulary size too high (100000). Please set it to a value <=" in err
+    assert "trainer_interface.cc" not in err  # SentencePiece's source location is not the user's business
+    with pytest.raises(InvalidValueError, match=r"task.tokenizer_vocab_size=100000: Vocabulary size too high"):
+        build_task(TextTaskConfig(data_files=str(corpus), tokenizer_vocab_size=100000, block_size=32))
 
 
 def _gpt2_like_tokenizer_json(corpus, path):

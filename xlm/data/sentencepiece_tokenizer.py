@@ -23,8 +23,9 @@ _PAD, _CLS, _MASK, _EOS, _BOS, _SEP, _UNK = range(7)
 
 
 def train_sentencepiece(lines: Iterable[str], *, vocab_size: int, model_type: str = "unigram",
-                        character_coverage: float = 1.0) -> bytes:
-    """A SentencePiece model proto trained on `lines`, with the special ids laid out as xlm-core's."""
+                        character_coverage: float = 1.0, vocab_setting: str = "vocab_size") -> bytes:
+    """A SentencePiece model proto trained on `lines`, with the special ids laid out as xlm-core's;
+    `vocab_setting` names where the user set `vocab_size`, for the error of a corpus too small for it."""
     if model_type not in ("unigram", "bpe", "char", "word"):
         raise InvalidValueError(f"model_type must be unigram, bpe, char or word, got {model_type!r}")
     out = io.BytesIO()
@@ -46,7 +47,9 @@ def train_sentencepiece(lines: Iterable[str], *, vocab_size: int, model_type: st
     except RuntimeError as err:  # e.g. "Vocabulary size too high (60). Please set it to a value <= 45."
         if failed:
             raise failed[0] from None
-        raise InvalidValueError(f"cannot train a SentencePiece model with vocab_size={vocab_size}: {err}") from None
+        reason = str(err).rpartition("] ")[2]  # without "INTERNAL: src/trainer_interface.cc(744) [(...)]"
+        raise InvalidValueError(f"cannot train a SentencePiece model with {vocab_setting}={vocab_size}: {reason}"
+                                ) from None
     return out.getvalue()
 
 

@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         text_column=args.text_column)
     train = raw_split(source, "train")
     proto = train_sentencepiece(iter_texts(train, args.text_column, args.max_documents),
-                                vocab_size=args.vocab_size, model_type=args.model_type)
+                                vocab_size=args.vocab_size, model_type=args.model_type, vocab_setting="--vocab-size")
     output.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = SentencePieceTokenizer(proto)
     tokenizer.save(output)

@@ -238,7 +238,8 @@ def corpus_tokenizer(source: TextSource, *, vocab_size: int, cache_dir: Path | N
         raise InvalidValueError(f"the training split of {source.data_files or source.dataset} has no text (every "
                                 f"document is empty or whitespace): there is nothing to train a tokenizer on")
     texts = itertools.chain([first], texts)
-    tokenizer = SentencePieceTokenizer(train_sentencepiece(texts, vocab_size=vocab_size))
+    tokenizer = SentencePieceTokenizer(train_sentencepiece(texts, vocab_size=vocab_size,
+                                                           vocab_setting="task.tokenizer_vocab_size"))
     root.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=root, prefix=".tmp-")
     os.close(fd)
