@@ -21,6 +21,7 @@ from xlm.data.tokenizers import Tokenizer, tokenizer_from_spec
 from xlm.errors import InvalidValueError, XlmUserError, listing, user_values
 from xlm.io import read_json_object, save_safetensors, state_dict_for_safetensors, write_atomically
 from xlm.model_bounds import check_extra_elements, meta_model, tied_aliases
+from xlm.nn.config_checks import check_value_types
 from xlm.registry import get_family, unknown_name_message
 
 FORMAT_VERSION = 1
@@ -96,10 +97,15 @@ def read_run_config(path: Path) -> dict[str, Any]:
 
 
 def build_dataclass(cls: type, values: Mapping[str, Any], where: str, *, kind: str = "key") -> Any:
-    """`cls(**values)`; a key it lacks is one error naming the close matches among its fields."""
+    """`cls(**values)`; a key it lacks is one error naming the close matches among its fields, a value of the
+    wrong type one naming the field (for any family's config, a plugin's too)."""
     known = [f.name for f in fields(cls)]
     if unknown := sorted(set(values) - set(known)):
         raise RunDirError(f"{where}: " + "; ".join(unknown_name_message(kind, key, known) for key in unknown))
+    try:
+        check_value_types(cls, values)
+    except TypeError as err:
+        raise InvalidValueError(f"{where}: {err}") from None
     with user_values():
         return cls(**values)
 

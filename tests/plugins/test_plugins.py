@@ -11,6 +11,7 @@ import pytest
 
 import xlm
 import xlm.models  # (the core families register now, so the fixture's snapshot holds them)
+from xlm.errors import InvalidValueError
 from xlm.plugins import discovery, load_external_models
 from xlm.plugins.discovery import (ExternalModelConflictError, ExternalModelImportError, ExternalModelNotFoundError,
                                    ExternalModelValidationError, ExternalModelWarning)
@@ -102,6 +103,8 @@ def test_directory_route_trains_and_loads_back(tmp_path):
     model = xlm.load_model(run)
     assert type(model).__module__ == "toy_dir.model"
     assert load_external_models() == []  # idempotent
+    with pytest.raises(InvalidValueError, match=r"toy_dir sampler settings: temperature must be float, got 'hot'"):
+        xlm.load_generator(run, temperature="hot")  # a plugin's sampler config is type-checked as ours are
 
 
 def test_models_path_and_legacy_file_routes(tmp_path, monkeypatch):

@@ -203,7 +203,7 @@ def test_the_listed_mistakes_are_one_line_each(tmp_path, capsys):
         assert f"{option} must be >= 1, got 0" in _error_line(capsys)
     for family in ("arlm", "mlm", "mdlm", "ilm"):
         assert generate.main(["--model", f"{family}_star_easy", "--prompt", STAR_PROMPT, "sampler.top_p=abc"]) == 2
-        assert "sampler.top_p must be float or None, got 'abc' (str)" in _error_line(capsys)
+        assert f"{family} sampler settings: top_p must be float or None, got 'abc' (str)" in _error_line(capsys)
     for family in ("mlm", "mdlm", "ilm"):  # ARLM stops at its context instead
         assert generate.main(["--model", f"{family}_star_easy", "--prompt", STAR_PROMPT, "--max-new-tokens",
                               "100000"]) == 2

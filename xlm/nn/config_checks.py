@@ -47,15 +47,22 @@ def _fits(value: Any, accepted: tuple[type, ...]) -> bool:
     return any(isinstance(value, t) for t in accepted if t is not bool)
 
 
-def check_field_types(config: Any, prefix: str = "") -> None:
-    """Every field holds its annotated type (a float where a size goes, a string where a number goes):
-    configs come from JSON files, checkpoints and the command line, and a wrong type would surface deep
-    inside torch, or as a comparison between a str and a float. `prefix` ("sampler.") names the section."""
-    for name, accepted in _field_types(type(config)).items():
-        value = getattr(config, name)
-        if not _fits(value, accepted):
+def check_value_types(cls: type, values: Mapping[str, Any], prefix: str = "") -> None:
+    """`values` for dataclass `cls` hold their fields' annotated types (a float where a size goes, a string
+    where a number goes): configs come from JSON files, checkpoints and the command line, and a wrong type
+    would surface deep inside torch, or as a comparison between a str and a float. Fields annotated with
+    other types (`list[int]`, a Literal) are left to the class. `prefix` ("sampler.") names the section."""
+    types = _field_types(cls)
+    for name, value in values.items():
+        accepted = types.get(name, ())
+        if accepted and all(isinstance(t, type) for t in accepted) and not _fits(value, accepted):
             wanted = " or ".join("None" if t is type(None) else t.__name__ for t in accepted)
             raise TypeError(f"{prefix}{name} must be {wanted}, got {value!r} ({type(value).__name__})")
+
+
+def check_field_types(config: Any, prefix: str = "") -> None:
+    """`check_value_types` on a dataclass instance's own fields."""
+    check_value_types(type(config), {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}, prefix)
 
 
 def check_transformer(config: Any) -> None:
