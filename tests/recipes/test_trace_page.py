@@ -37,7 +37,7 @@ def test_the_page_opens_on_step_0_plays_and_explains_its_highlight(tmp_path, bro
     from selenium.webdriver.support.ui import WebDriverWait
 
     prompt = load_star("star_easy", "test")[0]["prompt"]
-    page = tmp_path / "trace.html"
+    page = tmp_path / "pages" / "trace.html"  # its folder is made, as --output's is for xlm eval
     assert generate.main(["--model", "mdlm_star_easy", "--prompt", prompt, "--num-samples", "2",
                           "--trace-html", str(page), "sampler.num_steps=4"]) == 0
     browser.get(page.as_uri())

@@ -90,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"    {line}")
             traces.append(traced)
     if args.trace_html:
+        args.trace_html.parent.mkdir(parents=True, exist_ok=True)
         replace_file(args.trace_html, trace_page(tokenizer, f"xlm generate: {loaded.label}", traces))
         print(f"wrote {args.trace_html}")
     return 0
