@@ -257,6 +257,19 @@ def test_a_changed_model_size_is_one_line_and_exit_2_never_a_size_mismatch_trace
     assert _digest(run) == before
 
 
+def test_an_arch_of_another_family_cannot_continue_a_run_even_when_allowed(finished, capsys):
+    """Before: the error suggested trainer.resume_changes=arch, which then failed on the weights."""
+    run, args = finished
+    before = _digest(run)
+    other = [a if a != "arlm_tiny" else "mlm_tiny" for a in args]
+    for allow in ([], ["trainer.resume_changes=arch"], ["trainer.resume_changes=allow"]):
+        assert train.main([*other, *allow]) == 2
+        line = _error_line(capsys.readouterr().err)
+        assert "holds family arlm's arch 'arlm_tiny'; family mlm's 'mlm_tiny' cannot continue it" in line
+        assert "rerun with --arch arlm_tiny" in line and "resume_changes=arch" not in line
+    assert _digest(run) == before
+
+
 def test_extending_max_steps_and_changing_free_settings_resume(finished, capsys):
     run, args = finished
     assert train.main([*args, "trainer.max_steps=6", "trainer.log_every_steps=2", "trainer.device=cpu"]) == 0

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from xlm.errors import ConversionError
+from xlm.registry import families
 
 from .checkpoint import CheckpointError
 from .config import ConfigError, TrainRecipeConfig
@@ -111,6 +112,12 @@ def check_resume_config(recorded: str | None, config: TrainRecipeConfig, *, chec
                               f"object; the checkpoint is damaged")
     current = json.loads(recorded_config(config))
     changes = config_changes(saved, current)
+    before = families.family_of_arch(str(saved.get("arch")))
+    if before is not None and before != families.family_of_arch(config.arch):
+        raise ResumeConfigError(f"checkpoint {checkpoint} holds family {before}'s arch {saved['arch']!r}; family "
+                                f"{families.family_of_arch(config.arch)}'s {config.arch!r} cannot continue it "
+                                f"(trainer.resume_changes does not reach across families). Choose another "
+                                f"--output-dir, or rerun with --arch {saved['arch']}")
     allowed = _allowed(config, set(_flat(current)))
     refused = [c for c in changes if c.changes_result and allowed is not None and c.key not in allowed]
     if refused:
