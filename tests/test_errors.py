@@ -150,6 +150,19 @@ def test_a_bad_mdlm_init_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_an_unreachable_hub_dataset_is_one_line_and_makes_no_run_dir(tmp_path):
+    """Before: datasets' ConnectionError traceback. Offline mode stands in for a machine without network."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "xlm.cli", "train", "--arch", "arlm_tiny", "--task", "text",
+                           "task.dataset=nobody/no_such_corpus", "--output-dir", str(tmp_path / "run")],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith("error: task.dataset='nobody/no_such_corpus': Couldn't reach")
+    assert "task.data_files" in error
+    assert not (tmp_path / "run").exists()
+
+
 def _command(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     """Per command: a user mistake (arguments after `python`) and what its message must say."""
     cli = ["-m", "xlm.cli"]

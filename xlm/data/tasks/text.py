@@ -41,7 +41,7 @@ from xlm.data.disk_cache import cached_dataset, default_cache_root, quiet_datase
 from xlm.data.streaming import PackedRows, RowStream
 from xlm.data.task import TaskConfig, take
 from xlm.data.tokenizers import Tokenizer, tokenizer_from_spec
-from xlm.errors import InvalidValueError, PathNotFoundError, UnknownFormatError
+from xlm.errors import InvalidValueError, PathNotFoundError, UnknownFormatError, XlmUserError
 
 #: Bumped whenever the tokenized layout changes; part of every cache key.
 CACHE_FORMAT_VERSION = 1
@@ -99,12 +99,20 @@ class TextSource:
         return h.hexdigest()[:16]
 
 
+class DatasetUnreachableError(XlmUserError, ConnectionError):
+    """The hub that `task.dataset` names could not be reached (no network, a firewall, an offline cache
+    without the dataset)."""
+
+
 def _load_named(source: TextSource, **kwargs: Any) -> Any:
-    """The HF dataset `source.dataset` names; one that cannot be found is the user's to fix."""
+    """The HF dataset `source.dataset` names; one that cannot be found or reached is the user's to fix."""
     try:
         return datasets.load_dataset(source.dataset, source.dataset_config, **kwargs)
     except FileNotFoundError as err:  # datasets' DatasetNotFoundError, DataFilesNotFoundError
         raise PathNotFoundError(str(err)) from err
+    except ConnectionError as err:
+        raise DatasetUnreachableError(f"task.dataset={source.dataset!r}: {err}; check the network (HF_ENDPOINT, "
+                                      f"HF_HUB_OFFLINE), or train on local files with task.data_files=PATH") from err
 
 
 def first_bad_utf8(files: Sequence[str]) -> InvalidValueError | None:
