@@ -215,6 +215,12 @@ def test_the_listed_mistakes_are_one_line_each(tmp_path, capsys):
         if not torch.cuda.is_available():
             assert command.main(["--model", "arlm_star_easy", "--device", "cuda", *extra]) == 2
             assert "--device='cuda' but CUDA is not available here" in _error_line(capsys)
+    latin1 = tmp_path / "prompts.txt"
+    latin1.write_bytes(STAR_PROMPT.encode() + b"\n\xe9\n")
+    for path, says in ((latin1, f"--prompts-file {latin1}, line 2: not UTF-8 (byte 0xe9); prompt files must be"),
+                       (tmp_path, f"--prompts-file {tmp_path} is a directory")):
+        assert generate.main(["--model", "arlm_star_easy", "--prompts-file", str(path)]) == 2
+        assert says in _error_line(capsys)
     assert not list(tmp_path.glob("eval_*"))  # nothing written by a refused command
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from collections.abc import Sequence
 
 from xlm.data.tasks import prompt_problem
+from xlm.data.tasks.text import first_bad_utf8
 from xlm.data.tokenizers import UnknownTokenError
 from xlm.errors import InvalidValueError, PathNotFoundError, reports_user_errors
 from xlm.io import replace_file
@@ -44,6 +45,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)
 
 
+def read_prompts(path: Path) -> list[str]:
+    """The non-blank lines of a UTF-8 text file."""
+    if path.is_dir():
+        raise InvalidValueError(f"--prompts-file {path} is a directory; give a text file with one prompt a line")
+    if not path.is_file():
+        raise PathNotFoundError(f"--prompts-file {path} does not exist")
+    if bad := first_bad_utf8([str(path)], "prompt files"):
+        raise InvalidValueError(f"--prompts-file {bad}")
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 @reports_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
@@ -54,9 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.trace_html is not None and args.trace_html.is_dir():
         raise InvalidValueError(f"--trace-html {args.trace_html} is a directory; give a file name, e.g. "
                                 f"{args.trace_html / 'trace.html'}")
-    if args.prompts_file is not None and not args.prompts_file.is_file():
-        raise PathNotFoundError(f"--prompts-file {args.prompts_file} does not exist")
-    prompts = args.prompt or [line.rstrip("\n") for line in args.prompts_file.read_text().splitlines() if line.strip()]
+    prompts = args.prompt or read_prompts(args.prompts_file)
     if not prompts:
         raise InvalidValueError(f"--prompts-file {args.prompts_file} holds no prompt (one a line)")
     loaded = load_for_command(args.model, checkpoint=args.checkpoint,

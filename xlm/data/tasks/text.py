@@ -115,8 +115,9 @@ def _load_named(source: TextSource, **kwargs: Any) -> Any:
                                       f"HF_HUB_OFFLINE), or train on local files with task.data_files=PATH") from err
 
 
-def first_bad_utf8(files: Sequence[str]) -> InvalidValueError | None:
-    """The first byte of `files` that is not UTF-8, as the error naming its file and line (None: all are)."""
+def first_bad_utf8(files: Sequence[str], kind: str = "corpus files") -> InvalidValueError | None:
+    """The first byte of `files` that is not UTF-8, as the error naming its file and line (None: all are);
+    `kind` says what the files are for."""
     for path in files:
         decoder, line = codecs.getincrementaldecoder("utf-8")(), 1
         with open(path, "rb") as f:
@@ -128,10 +129,10 @@ def first_bad_utf8(files: Sequence[str]) -> InvalidValueError | None:
                     data = pending + chunk
                     line += data[: err.start].count(b"\n")
                     return InvalidValueError(f"{path}, line {line}: not UTF-8 (byte 0x{data[err.start]:02x}); "
-                                             f"corpus files must be UTF-8 text (convert it, e.g. with iconv -t utf-8)")
+                                             f"{kind} must be UTF-8 text (convert it, e.g. with iconv -t utf-8)")
                 line += chunk.count(b"\n")
         if decoder.getstate()[0]:
-            return InvalidValueError(f"{path}, line {line}: ends inside a character; corpus files must be UTF-8 "
+            return InvalidValueError(f"{path}, line {line}: ends inside a character; {kind} must be UTF-8 "
                                      f"text (convert it, e.g. with iconv -t utf-8)")
     return None
 
