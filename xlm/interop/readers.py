@@ -105,9 +105,11 @@ def _load_pickled(path: Path) -> Any:
         except (RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError) as err:
             last_error = err
             break
+    reason = str(last_error).splitlines()[0] if last_error else ""
+    reason = re.split(r"\s+In PyTorch 2\.6, we changed", reason)[0]  # not torch's advice to turn weights_only off
     raise CheckpointReadError(f"{path} could not be read as a checkpoint: it looks like {_apparent_format(path)} "
                               f"and loading it with torch.load(weights_only=True) failed "
-                              f"({type(last_error).__name__}: {str(last_error).splitlines()[0] if last_error else ''})")
+                              f"({type(last_error).__name__}: {reason})")
 
 
 def is_safetensors(path: Path) -> bool:
