@@ -7,7 +7,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "xlm"
 BELOW_RECIPES = ("xlm.models", "xlm.nn", "xlm.data", "xlm.interop", "xlm.assets", "xlm.registry", "xlm.io",
-                 "xlm.errors", "xlm.run_dir", "xlm.shipped")
+                 "xlm.errors", "xlm.run_dir", "xlm.shipped", "xlm.placement")
 ABOVE = ("xlm.recipes", "xlm.cli")
 
 

@@ -15,6 +15,7 @@ from xlm.assets import cli as cards_cli
 from xlm.assets.download import UnverifiedDownloadWarning
 from xlm.assets.store import BrokenCardWarning
 from xlm.data.tokenizers import UnknownTokenError
+from xlm.errors import InvalidValueError
 from xlm.run_dir import RunDirError
 
 from .hub_server import FakeHub
@@ -64,6 +65,18 @@ def test_user_cards_and_the_cache_follow_xdg_unless_xlm_names_them(tmp_path, mon
     monkeypatch.setenv("XLM_USER_ASSET_DIR", str(tmp_path / "mine"))
     monkeypatch.setenv("XLM_CACHE_DIR", str(tmp_path / "xlm_cache"))
     assert (user_card_dir(), default_cache_root()) == (tmp_path / "mine", tmp_path / "xlm_cache")
+
+
+def test_load_model_takes_dtype_names_and_refuses_devices_this_machine_lacks_before_reading():
+    assert next(xlm.load_model("mlm_star_easy", dtype="bfloat16").parameters()).dtype == torch.bfloat16
+    assert next(xlm.load_model("mlm_star_easy", dtype="fp32", device="cpu").parameters()).dtype == torch.float32
+    with pytest.raises(InvalidValueError, match=r"dtype='int8' is not a floating-point dtype name"):
+        xlm.load_model("mlm_star_easy", dtype="int8")
+    with pytest.raises(InvalidValueError, match=r"device='tpu' is not a device"):
+        xlm.load_generator("mlm_star_easy", device="tpu")
+    if not torch.cuda.is_available():  # before: "model.safetensors is unreadable ... it may be truncated"
+        with pytest.raises(InvalidValueError, match=r"device='cuda' but CUDA is not available here; use 'cpu'"):
+            xlm.load_model("mlm_star_easy", device="cuda")
 
 
 def test_several_cards_per_file_and_base_inheritance(tmp_path, monkeypatch):

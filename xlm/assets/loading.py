@@ -21,6 +21,7 @@ from xlm.data.tokenizers import Tokenizer
 from xlm.errors import PathNotFoundError
 from xlm.interop.convert import convert_checkpoint
 from xlm.interop.detect import XLM_FORMAT, detect_format
+from xlm.placement import as_device, as_dtype
 from xlm.registry import Family, get_family
 from xlm.run_dir import (RunDirError, build_dataclass, is_run_dir, load_run_model, load_run_sampler_config,
                          load_run_tokenizer)
@@ -99,6 +100,8 @@ def resolve_source(name_or_path: str | Path, *, family: str | None = None,
 def source_model(source: ResolvedSource, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  config_overrides: Mapping[str, Any] | None = None) -> torch.nn.Module:
     """The model `source` holds, in eval mode (the card's model settings under `config_overrides`)."""
+    device = None if device is None else as_device(device)
+    dtype = None if dtype is None else as_dtype(dtype)
     overrides = {**(source.card.model_config if source.card else {}), **(config_overrides or {})} or None
     if source.is_run_dir:
         return load_run_model(source.path, device=device, dtype=dtype, config_overrides=overrides)

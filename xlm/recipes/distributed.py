@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 import torch
 import torch.distributed as dist
 
-from xlm.errors import InvalidValueError
+from xlm.placement import as_device
 
 
 @dataclass(frozen=True)
@@ -31,22 +31,10 @@ class DistEnv:
 
 
 def resolve_device(name: str, local_rank: int = 0, *, option: str = "trainer.device") -> torch.device:
-    """'auto', 'cpu', 'cuda' or 'cuda:N' as a device this machine has; `option` names the setting in errors."""
+    """'auto' (this rank's GPU, else the CPU) or a device this machine has; `option` names the setting in errors."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InvalidValueError(f"{option}={name!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidValueError(f"{option}={name!r} but CUDA is not available here; use 'cpu' or 'auto'")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise InvalidValueError(f"{option}={name!r} but this machine has {torch.cuda.device_count()} CUDA "
-                                f"device(s); use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    if device.type not in ("cpu", "cuda"):
-        raise InvalidValueError(f"{option}={name!r}: xlm runs on 'cpu' or 'cuda' devices; use 'auto', 'cpu' or "
-                                f"'cuda'")
-    return device
+    return as_device(name, option=option, auto=True)
 
 
 def init_distributed(device_name: str) -> DistEnv:
