@@ -112,10 +112,10 @@ def check_resume_config(recorded: str | None, config: TrainRecipeConfig, *, chec
                               f"object; the checkpoint is damaged")
     current = json.loads(recorded_config(config))
     changes = config_changes(saved, current)
-    before = families.family_of_arch(str(saved.get("arch")))
-    if before is not None and before != families.family_of_arch(config.arch):
+    before, after = families.family_of_arch(str(saved.get("arch"))), families.family_of_arch(config.arch)
+    if before is not None and before != after:
         raise ResumeConfigError(f"checkpoint {checkpoint} holds family {before}'s arch {saved['arch']!r}; family "
-                                f"{families.family_of_arch(config.arch)}'s {config.arch!r} cannot continue it "
+                                f"{after}'s {config.arch!r} cannot continue it "
                                 f"(trainer.resume_changes does not reach across families). Choose another "
                                 f"--output-dir, or rerun with --arch {saved['arch']}")
     allowed = _allowed(config, set(_flat(current)))
