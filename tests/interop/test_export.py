@@ -189,3 +189,28 @@ def test_a_named_layout_and_an_hf_tokenizer(tmp_path):
         from xlm.data.tokenizers import WordTokenizer
 
         export(model, tmp_path / "x", format="hf", tokenizer=WordTokenizer(["a"]))
+
+
+@pytest.mark.parametrize("format", ["xlm", "hf"])
+def test_a_directory_holding_files_is_refused_unless_overwrite(format, tmp_path):
+    out = tmp_path / "proj"
+    out.mkdir()
+    (out / "config.json").write_text('{"mine": 1}')
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError, match=r"proj already holds config.json, notes.txt; .*overwrite=True"):
+        export(arlm("gpt2"), out, format=format)
+    assert (out / "config.json").read_text() == '{"mine": 1}' and sorted(p.name for p in out.iterdir()) == [
+        "config.json", "notes.txt"]  # nothing written, nothing left beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["proj"]
+    export(arlm("gpt2"), out, format=format, overwrite=True)
+    assert '"mine"' not in (out / "config.json").read_text() and (out / "notes.txt").read_text() == "keep me"
+    with pytest.raises(ExportError, match="notes.txt is a file"):
+        export(arlm("gpt2"), out / "notes.txt", format=format)
+
+
+def test_an_empty_or_new_directory_needs_no_overwrite(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "empty", tmp_path / "new" / "deeper"):
+        export(arlm("gpt2"), out, format="hf")
+        assert (out / "model.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["deeper"]  # no staging dir left

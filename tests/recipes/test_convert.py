@@ -41,3 +41,29 @@ def test_a_layout_its_family_recognises_needs_no_format(tmp_path, capsys):
     assert "as mdlm/mdlm_reference" in capsys.readouterr().out
     ours, expected = xlm.load_model(tmp_path / "ours").state_dict(), model.state_dict()
     assert ours.keys() == expected.keys() and all(torch.equal(ours[k], expected[k]) for k in expected)
+
+
+def test_out_holding_files_is_refused_before_the_source_is_read(tmp_path, capsys):
+    """A typo'd --from is not even looked at: the target is checked first, and nothing in it changes."""
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    assert convert.main(["--from", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "project already holds config.json" in err and "--overwrite" in err
+    assert (out / "config.json").read_text() == "{}"
+
+
+def test_overwrite_replaces_the_written_files_and_names_the_kept_ones(tmp_path, capsys):
+    from xlm.models.arlm import ArlmConfig, create_arlm_model
+
+    torch.manual_seed(0)
+    xlm.export(create_arlm_model(ArlmConfig(vocab_size=40, model_dim=32, num_layers=1, num_heads=4, max_seq_len=16)),
+               tmp_path / "ours")
+    (tmp_path / "ours" / "notes.txt").write_text("mine")
+    before = xlm.load_model(tmp_path / "ours").state_dict()
+    assert convert.main(["--from", str(tmp_path / "ours"), "--out", str(tmp_path / "ours"), "--overwrite"]) == 0
+    out = capsys.readouterr().out
+    assert "kept in" in out and out.strip().endswith("not written by this export: notes.txt")
+    after = xlm.load_model(tmp_path / "ours").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before) and (tmp_path / "ours" / "notes.txt").is_file()

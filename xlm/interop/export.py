@@ -23,10 +23,11 @@ import torch
 from safetensors.torch import save_file
 
 from xlm.errors import ConversionError, XlmUserError
+from xlm.io import new_temp_dir
 from xlm.interop.converter import Converter
 from xlm.registry import Family, families
 
-__all__ = ["ExportError", "export", "family_of_model", "hf_converter_for"]
+__all__ = ["ExportError", "check_export_dir", "export", "family_of_model", "hf_converter_for"]
 
 
 class ExportError(XlmUserError, ValueError):
@@ -71,13 +72,23 @@ def _arch_of(family: Family, config: Any) -> str | None:
     return None
 
 
+def check_export_dir(out_dir: Path, *, overwrite: bool) -> None:
+    """Refuses a target that is a file, or a directory already holding files unless `overwrite`: an export
+    never replaces a model, a config or notes that the user did not name."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir} is a file; export writes a directory, so name a new or empty one")
+    present = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    if present and not overwrite:
+        shown = ", ".join(present[:4]) + (f" and {len(present) - 4} more" if len(present) > 4 else "")
+        raise ExportError(f"{out_dir} already holds {shown}; name a new or empty directory, or pass "
+                          f"overwrite=True (xlm convert: --overwrite) to replace the files the export writes "
+                          f"and keep the rest")
+
+
 def _write_files(out_dir: Path, files: Mapping[str, Any]) -> None:
-    """Writes every file into a staging dir beside `out_dir`, then moves them in together."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.with_name(f".{out_dir.name}.export-staging")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
+    """Writes every file into a fresh staging dir beside `out_dir`, then moves them in together."""
+    staging = new_temp_dir(out_dir)
+    out_dir.mkdir(exist_ok=True)
     try:
         for name, write in files.items():
             write(staging / name)
@@ -116,7 +127,7 @@ def _hf_tokenizer_files(tokenizer: Any) -> dict[str, Any]:
 
 
 def export(model: torch.nn.Module, out_dir: str | Path, *, format: str = "xlm", tokenizer: Any = None,
-           arch: str | None = None, sampler_config: Any = None) -> Path:
+           arch: str | None = None, sampler_config: Any = None, overwrite: bool = False) -> Path:
     """Writes `model` to `out_dir` and returns it.
 
     format="xlm": model.safetensors + config.json (+ metrics.json), the run-dir layout `xlm.load_model` reads;
@@ -125,8 +136,10 @@ def export(model: torch.nn.Module, out_dir: str | Path, *, format: str = "xlm", 
     format="hf": HF transformers config.json + model.safetensors (+ tokenizer.json for an HF tokenizer), for
         `AutoModelForCausalLM` / `AutoModelForMaskedLM.from_pretrained(out_dir)`.
     format=<converter name> (e.g. "hf_llama", "mdlm_reference"): that layout of the model's family.
+    `out_dir` must be new or empty unless `overwrite`, which replaces the files written and keeps the others.
     """
     out_dir = Path(out_dir)
+    check_export_dir(out_dir, overwrite=overwrite)
     family = family_of_model(model)
     config = model.config  # type: ignore[union-attr]
     if format == "xlm":

@@ -20,7 +20,7 @@ from xlm.assets.download import fetch, parse_hf_uri
 from xlm.assets.loading import resolve_source, sampler_config_for, source_model, source_tokenizer
 from xlm.errors import reports_user_errors
 from xlm.interop.convert import convert_checkpoint
-from xlm.interop.export import export
+from xlm.interop.export import check_export_dir, export
 from xlm.registry import get_family
 from xlm.run_dir import RunDirError
 
@@ -42,17 +42,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--family", default=None, help="the source's family, when its layout does not tell")
     p.add_argument("--format", default=None, help="the source layout when it cannot be told, e.g. xlm_core")
     p.add_argument("--to", default="xlm", help="xlm | hf | a converter name")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="a new or empty directory (see --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a directory that already holds files: the written ones are replaced, "
+                        "the others kept")
     p.add_argument("--checkpoint", default=None,
                    help="step_N or last: convert that checkpoint of a run (finished or not), not its final model")
     args = p.parse_args(argv)
+    check_export_dir(args.out, overwrite=args.overwrite)  # before reading or downloading the source
+    before = _inodes(args.out)
     if args.checkpoint is not None:
         loaded = load_for_command(args.source, checkpoint=args.checkpoint)
         print(f"read {loaded.label}")
         arch = loaded.run_config["arch"] if loaded.run_config else None
         out = export(loaded.model, args.out, format=args.to, tokenizer=loaded.tokenizer, arch=arch,
-                     sampler_config=loaded.sampler_config)
-        print(f"wrote {out} ({args.to})")
+                     sampler_config=loaded.sampler_config, overwrite=args.overwrite)
+        _report_written(out, args.to, before)
         return 0
     refuse_unfinished_run(args.source)
     source = resolve_source(_hub_dir(args.source) if args.source.startswith("hf://") else args.source,
@@ -69,9 +74,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunDirError:
         tokenizer = None
     out = export(model, args.out, format=args.to, tokenizer=tokenizer,
-                 sampler_config=sampler_config_for(source, family, {}))
-    print(f"wrote {out} ({args.to})")
+                 sampler_config=sampler_config_for(source, family, {}), overwrite=args.overwrite)
+    _report_written(out, args.to, before)
     return 0
+
+
+def _inodes(directory: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_ino for p in directory.iterdir()} if directory.is_dir() else {}
+
+
+def _report_written(out: Path, layout: str, before: dict[str, int]) -> None:
+    """Names the files that were there and still are (an export replaces files by renaming new ones in)."""
+    print(f"wrote {out} ({layout})")
+    kept = sorted(name for name, inode in _inodes(out).items() if before.get(name) == inode)
+    if kept:
+        print(f"kept in {out}, not written by this export: {', '.join(kept)}")
 
 
 if __name__ == "__main__":
