@@ -85,6 +85,10 @@ def is_run_dir(path: Path) -> bool:
 def read_run_config(path: Path) -> dict[str, Any]:
     file = path / "config.json"
     if not file.exists():
+        if (path / "checkpoints").is_dir():
+            raise RunDirError(f"{path} is a run that has not finished: its config.json and final model are written "
+                              f"at the end. Finish or resume it, or export one of its checkpoints with `xlm convert "
+                              f"--from {path} --checkpoint last --out NEW_DIR`")
         raise RunDirError(f"{path} is not a run or export dir: it has no config.json")
     config = read_json_object(file, RunDirError)
     version = config.get("format_version")

@@ -63,6 +63,37 @@ def test_an_unfinished_run_says_how_to_resume_it_or_which_checkpoints_to_use(unf
         xlm.load_model(unfinished)  # from Python too
 
 
+def test_a_run_still_training_is_said_to_be_so_not_to_be_resumed(unfinished, capsys):
+    """A second terminal evaluating a run that a live process is training is told to wait, not given the
+    resume command (which would fail on the run's lock)."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from xlm.recipes.run_lock import RunDirLock; RunDirLock.acquire(Path(sys.argv[1])); "
+                               "print('held', flush=True); time.sleep(60)", str(unfinished)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert evaluate.main(["--model", str(unfinished)]) == 2
+        err = _error_line(capsys)
+        assert f"{unfinished} is still training (pid {holder.pid} on host " in err and "resume" not in err
+        assert "wait for it to finish, or use --checkpoint step_N (available: step_2, step_4, last)" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert evaluate.main(["--model", str(unfinished)]) == 2  # its holder gone: resumable again
+    assert "has not finished: resume it with" in _error_line(capsys)
+
+
+def test_cards_add_of_an_unfinished_run_names_the_way_to_export_a_checkpoint(unfinished, tmp_path, monkeypatch,
+                                                                              capsys):
+    from xlm.assets.cli import main as cards
+
+    monkeypatch.setenv("XLM_USER_ASSET_DIR", str(tmp_path / "cards"))
+    assert cards(["add", str(unfinished), "--name", "mine"]) == 2
+    err = _error_line(capsys)
+    assert "is a run that has not finished" in err and f"xlm convert --from {unfinished} --checkpoint last" in err
+    assert not (tmp_path / "cards").exists()
+
+
 def test_eval_and_generate_load_a_checkpoint_of_an_unfinished_run_with_its_ema_weights(unfinished, capsys):
     assert evaluate.main(["--model", str(unfinished), "--checkpoint", "step_2", "--limit", "4"]) == 0
     out = capsys.readouterr().out

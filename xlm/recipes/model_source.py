@@ -30,6 +30,7 @@ from xlm.run_dir import (RunDirError, build_dataclass, is_run_dir, load_run_toke
 from .checkpoint import (SHARDED_SUBDIR, CheckpointError, checkpoint_dirs, is_readable_checkpoint,
                          is_sharded_checkpoint, load_trainer_state)
 from .run_history import HISTORY_FILE
+from .run_lock import live_holder
 
 CHECKPOINTS = "checkpoints"  # the run dir's subdir of step_N/ checkpoints (xlm.recipes.checkpoint)
 
@@ -82,6 +83,12 @@ def refuse_unfinished_run(name_or_path: str | Path) -> None:
     found = checkpoint_dirs(path / CHECKPOINTS)
     if not found and not (path / HISTORY_FILE).exists():
         return
+    holder = live_holder(path)
+    if holder is not None:
+        wait = f"{path} is still training ({holder}): wait for it to finish"
+        if not found:
+            raise UnfinishedRunError(f"{wait}; it has saved no checkpoint yet")
+        raise UnfinishedRunError(f"{wait}, or use --checkpoint step_N (available: {_available(found)})")
     resume = f"resume it with `{_resume_command(path)}`"
     if not found:
         raise UnfinishedRunError(f"{path} is a run that has not finished and has saved no checkpoint yet: {resume}")

@@ -69,6 +69,13 @@ def _describe(holder: LockHolder) -> str:
     return f"pid {holder['pid']} on host {holder['host']} since {holder['since']}"
 
 
+def live_holder(output_dir: Path) -> str | None:
+    """The training process named in the run dir's lock when it still runs on this host, as the messages say
+    it; None otherwise. Reads the record only: a reader never takes the lock a starting run needs."""
+    holder = _read_holder(output_dir / LOCK_FILE)
+    return _describe(holder) if holder is not None and _is_running(holder) else None
+
+
 def _holder_of_busy_lock(path: Path) -> str:
     """Who holds the lock, as the message will say it. The winner writes its name just after taking
     the lock, so a record that is missing or names a dead process is read again for a moment."""
