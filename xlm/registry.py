@@ -43,7 +43,7 @@ class DuplicateNameError(XlmUserError, ValueError):
 def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
     """'unknown arch 'x'; did you mean ...? Known: ...' — shared by every registry."""
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "."
     listing = ", ".join(sorted(known)) if known else "(none registered)"
     return f"unknown {kind} {name!r}{hint} Known {kind}s: {listing}"
 
@@ -254,7 +254,7 @@ def create_model(arch: str, *, device: torch.device | str | None = None, dtype: 
         if not hasattr(config, key):
             fields = [f.name for f in dataclasses.fields(config)] if dataclasses.is_dataclass(config) else []
             close = difflib.get_close_matches(key, fields, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "."
             raise TypeError(f"{type(config).__name__} (arch {arch!r}) has no field {key!r}{hint}")
         setattr(config, key, value)
     if hasattr(config, "__post_init__"):

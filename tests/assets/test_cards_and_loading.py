@@ -239,6 +239,21 @@ def test_generator_generates_text_and_ids(tmp_path):
         generator.generate_ids([[1000]])
 
 
+def test_a_string_is_one_prompt_and_no_prompts_are_no_completions(tmp_path):
+    """generate("1 2 3") is the prompt, not five one-character ones; an empty list is not an IndexError."""
+    generator = xlm.load_generator(tiny_run_dir(tmp_path / "r"), max_new_tokens=4)
+    assert generator.generate("1 2 3", seed=0) == generator.generate(["1 2 3"], seed=0)
+    assert generator.generate([]) == [] and generator.generate_ids([]).shape == (0, 0)
+
+
+def test_sampler_settings_given_as_a_mapping_name_the_keyword_form(tmp_path):
+    run = tiny_run_dir(tmp_path / "r")
+    with pytest.raises(InvalidValueError, match=r"as keywords, e.g. load_generator\(name, top_p=0.9\)"):
+        xlm.load_generator(run, sampler={"max_new_tokens": 4})
+    with pytest.raises(RunDirError, match=r"unknown sampler key 'colour'\. Known sampler keys: "):
+        xlm.load_generator(run, colour=1)  # nothing close: the sentence still ends before the list
+
+
 def test_strict_loading_reports_every_bad_key_and_corrupt_files(tmp_path):
     from safetensors.torch import load_file, save_file
 

@@ -34,6 +34,11 @@ def check_tokenizer_fits(tokenizer: Tokenizer, model: torch.nn.Module) -> None:
             f"{rows}..{tokenizer.vocab_size - 1} would index past it; use the tokenizer the model was trained with")
 
 
+def _as_prompts(prompts: str | Sequence[str]) -> list[str]:
+    """A list of prompts; a str is one (iterating it would give one prompt per character)."""
+    return [prompts] if isinstance(prompts, str) else list(prompts)
+
+
 class Generator:
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, family: Family, sampler_config: Any) -> None:
         check_tokenizer_fits(tokenizer, model)
@@ -44,6 +49,8 @@ class Generator:
 
     def _predict(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | None,
                  generator: torch.Generator | None, on_step: StepHook | None = None) -> list[list[int]]:
+        if not prompts:
+            return []
         config = self.sampler_config if max_new_tokens is None else replace(self.sampler_config,
                                                                             max_new_tokens=max_new_tokens)
         unit = self.family.unit_factory(self.model, self.tokenizer, config)
@@ -54,11 +61,12 @@ class Generator:
         with torch.no_grad():
             return unit.predict(batch, generator=generator)["ids"]
 
-    def generate(self, prompts: Sequence[str], *, max_new_tokens: int | None = None, seed: int | None = None,
+    def generate(self, prompts: str | Sequence[str], *, max_new_tokens: int | None = None, seed: int | None = None,
                  on_step: StepHook | None = None) -> list[str]:
-        """Each prompt's completion (new text only). A word the tokenizer does not know is an error
-        naming it. `on_step` receives every sampler step (xlm.trace)."""
-        ids = [self.tokenizer.encode(p) for p in prompts]
+        """Each prompt's completion (new text only); a str is one prompt, not a sequence of one-letter ones.
+        A word the tokenizer does not know is an error naming it. `on_step` receives every sampler step
+        (xlm.trace)."""
+        ids = [self.tokenizer.encode(p) for p in _as_prompts(prompts)]
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         return [self.tokenizer.decode(row) for row in self._predict(ids, max_new_tokens, generator, on_step)]
 
@@ -79,7 +87,7 @@ class Generator:
             result[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         return result
 
-    def fill_masks(self, texts: Sequence[str], *, seed: int | None = None) -> list[str]:
+    def fill_masks(self, texts: str | Sequence[str], *, seed: int | None = None) -> list[str]:
         """Each text with every mask token in it filled by the sampler, for families whose predictor
         fills masks in a given text (mlm); an HF model's own tokenizer adds its special tokens around
         the text, as transformers' fill-mask pipeline does."""
@@ -88,6 +96,9 @@ class Generator:
         if fill is None:
             raise NotSupportedByFamilyError(f"the {self.family.name} family's predictor does not fill masks in a "
                                             f"given text (it has no fill_masks); load an mlm model for this")
+        texts = _as_prompts(texts)
+        if not texts:
+            return []
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         with torch.no_grad():
-            return fill(list(texts), generator=generator)
+            return fill(texts, generator=generator)

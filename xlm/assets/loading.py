@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from xlm.data.tokenizers import Tokenizer
-from xlm.errors import PathNotFoundError
+from xlm.errors import InvalidValueError, PathNotFoundError
 from xlm.interop.convert import convert_checkpoint
 from xlm.interop.detect import XLM_FORMAT, detect_format
 from xlm.placement import as_device, as_dtype
@@ -172,6 +172,9 @@ def load_generator(name_or_path: str | Path, *, family: str | None = None, devic
     or the given sampling settings."""
     from .generator import Generator
 
+    if isinstance(sampling.get("sampler"), Mapping):
+        raise InvalidValueError("load_generator takes sampler settings as keywords, e.g. load_generator(name, "
+                                "top_p=0.9), or as load_generator(name, **settings); not sampler={...}")
     source = resolve_source(name_or_path, family=family)
     fam = get_family(source.family)
     return Generator(source_model(source, device=device), source_tokenizer(source), fam,

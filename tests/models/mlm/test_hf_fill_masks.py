@@ -53,6 +53,7 @@ def test_one_masked_position_is_filled_with_the_pipelines_top_1(bert_dir):
         best = next(c for c in fill_mask(sentence, top_k=3) if c["token"] not in (tok.mask_token_id, tok.pad_token_id))
         assert filled == best["sequence"]
     assert ours[0] != SENTENCES[0].replace("[MASK]", "")  # something was filled in
+    assert generator.fill_masks(SENTENCES[0]) == ours[:1] and generator.fill_masks([]) == []  # a str is one text
 
 
 def test_families_that_do_not_fill_masks_say_so(tmp_path):
