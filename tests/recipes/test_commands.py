@@ -206,6 +206,23 @@ def test_compare_checks_task_and_arch_names_before_making_anything(tmp_path, cap
     assert not (tmp_path / "report").exists()
 
 
+def test_training_into_a_directory_of_other_files_is_refused_and_changes_nothing(trained, tmp_path, capsys):
+    """An export dir (whose model a run would overwrite) or a folder of the user's own files is no run dir."""
+    export_dir = tmp_path / "exported"
+    assert convert.main(["--from", str(trained), "--out", str(export_dir)]) == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "data.csv").write_text("a,b\n")
+    capsys.readouterr()
+    for target, listing in ((export_dir, "config.json, metrics.json, model.safetensors"), (mine, "data.csv")):
+        before = {p.name: p.read_bytes() for p in target.iterdir()}
+        assert train.main(["--arch", "arlm_tiny", "--experiment", "debug", "--output-dir", str(target)]) == 2
+        assert f"--output-dir {target} holds {listing} and is not a training run's directory" in _error_line(capsys)
+        assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert train.main(["--arch", "arlm_tiny", "--experiment", "debug", "--dump-config",
+                       "--output-dir", str(mine)]) == 0  # writes nothing, so it may name any directory
+
+
 def test_the_listed_mistakes_are_one_line_each(tmp_path, capsys):
     assert generate.main(["--model", "arlm_star_easy", "--prompt", STAR_PROMPT, "--num-samples", "0"]) == 2
     assert "--num-samples must be at least 1, got 0" in _error_line(capsys)

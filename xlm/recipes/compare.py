@@ -37,11 +37,10 @@ from xlm.registry import families, get_task
 
 from . import evaluate, train
 from .progress import Progress, duration
-from .train import refuse_file
+from .train import COMPARE_SETTINGS as RUN_SETTINGS, refuse_file
 
 TABLE_METRICS = ("exact_match", "token_accuracy", "path_valid", "branch_correct", "probe_goal_pred", "probe_next",
                  "loss")
-RUN_SETTINGS = "compare_run.json"  # in each run directory: what it was trained and scored with
 
 
 class ComparisonStopped(XlmError):

@@ -35,7 +35,9 @@ from .config import ComposedConfig, ConfigError, TrainRecipeConfig, build_config
 from .distributed import DistEnv, exit_worker, init_distributed, shutdown
 from .host import HostLoad, oversubscription_warning, torch_threads
 from .interrupts import signal_name
-from .run_lock import run_dir_lock
+from .run_history import HISTORY_FILE
+from .run_lock import LOCK_FILE, run_dir_lock
+from .run_record import RUN_RECORD
 from .trainer import Trainer, TrainingInterrupted, UnstableTrainingError
 
 
@@ -116,6 +118,22 @@ def refuse_file(option: str, path: Path) -> None:
         raise InvalidValueError(f"{option} {path} is a file, not a directory; give a directory")
 
 
+COMPARE_SETTINGS = "compare_run.json"  # xlm compare's record, in each run dir, of what it trains and scores
+RUN_MARKERS = (LOCK_FILE, RUN_RECORD, HISTORY_FILE, "checkpoints", COMPARE_SETTINGS)  # the first files of a run
+
+
+def refuse_foreign_output_dir(path: Path) -> None:
+    """An --output-dir holding files of no training run is refused: a run would mix its files with them
+    and write its model and config.json over an export's."""
+    if not path.is_dir() or any((path / marker).exists() for marker in RUN_MARKERS):
+        return
+    present = sorted(p.name for p in path.iterdir())
+    if present:
+        shown = ", ".join(present[:4]) + (f" and {len(present) - 4} more" if len(present) > 4 else "")
+        raise InvalidValueError(f"--output-dir {path} holds {shown} and is not a training run's directory; "
+                                f"choose a new or empty directory")
+
+
 def fit_model_to_task(composed: ComposedConfig, task: Task) -> TrainRecipeConfig:
     """The task's tokenizer fixes the vocabulary, its longest target the generation budget
     (block-filling samplers train on that block size too), and its kind the prompt format of a
@@ -149,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parse_args(command)
         composed = resolve_config(args)
         refuse_file("--output-dir", Path(composed.config.output_dir))
+        if not args.dump_config:
+            refuse_foreign_output_dir(Path(composed.config.output_dir))
         if not args.task_given and not args.dump_config and os.environ.get("RANK", "0") == "0":
             print(f"note: no --task given: training on {DEFAULT_TASK}, the default", file=sys.stderr, flush=True)
         task = build_task(composed.config.task)
