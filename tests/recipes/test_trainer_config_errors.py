@@ -82,3 +82,27 @@ def test_fsdp_resuming_a_checkpoint_written_without_fsdp_is_an_error_line_and_ex
     assert errors and all("was written without FSDP" in e and "trainer.parallelism=ddp" in e for e in errors), err
     assert "exitcode  : 2" in err, err
     assert "ConfigError" not in err, err  # no traceback from a worker
+
+
+@pytest.mark.parametrize("override, says", [
+    ("optim.lr=-1", "optim.lr must be non-negative, got -1.0"),  # was torch's ValueError traceback
+    ("optim.weight_decay=-0.1", "optim.weight_decay must be non-negative"),
+    ("optim.beta2=1", "optim.beta2 must be in [0, 1), got 1.0"),
+    ("optim.eps=0", "optim.eps must be positive"),
+    ("optim.grad_clip=0", "optim.grad_clip must be null (no clipping) or positive"),
+    ("optim.warmup_steps=-5", "optim.warmup_steps must be a non-negative integer, got -5"),  # was taken
+    ("optim.min_lr_ratio=2", "optim.min_lr_ratio must be in [0, 1]"),
+    ("data.eval_batch_size=0", "data.eval_batch_size must be a positive integer"),
+    ("trainer.eval_every_steps=-1", "trainer.eval_every_steps must be a non-negative integer (0: only at the end)"),
+    ("trainer.checkpoint_every_steps=0", "trainer.checkpoint_every_steps must be a positive integer"),  # was a
+    ("trainer.log_every_steps=0", "trainer.log_every_steps must be a positive integer"),  # ZeroDivisionError
+    ("trainer.max_minutes=-1", "trainer.max_minutes must be null (no budget) or positive"),  # trained 1 step
+    ("trainer.ema_decay=1.5", "trainer.ema_decay must be null (no EMA) or in (0, 1), got 1.5"),  # was taken
+    ("trainer.max_skipped_steps=0", "trainer.max_skipped_steps must be a positive integer"),
+    ("task.eval_size=0", "task.eval_size must be null (the whole split) or a positive integer, got 0"),  # val_loss 0
+    ("task.train_size=0", "task.train_size must be null (the whole split) or a positive integer"),
+])
+def test_a_number_out_of_its_range_is_one_line_before_anything_runs(override, says, tmp_path, capsys):
+    assert train.main([*DEBUG, "--output-dir", str(tmp_path / "run"), override]) == 2
+    assert _only_error_line(capsys.readouterr().err).startswith(f"error: {says}")
+    assert not (tmp_path / "run").exists()

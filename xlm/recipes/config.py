@@ -154,10 +154,44 @@ class TrainRecipeConfig:
              self.trainer.divergence_min_loss),
             (self.trainer.divergence_patience >= 1, "trainer.divergence_patience", "a positive integer",
              self.trainer.divergence_patience),
+            *self._range_checks(),
         ]
         for ok, key, expected, got in checks:
             if not ok:
                 raise ConfigError(f"{key} must be {expected}, got {got!r}")
+
+
+    def _range_checks(self) -> list[tuple[bool, str, str, Any]]:
+        """The numbers that torch or the loop would otherwise take into a traceback (a negative lr, a zero
+        interval), a wrong run (an EMA decay past 1) or a silent one (val_loss 0.0 over no examples)."""
+        optim, tc, task = self.optim, self.trainer, self.task
+        eval_size, train_size = getattr(task, "eval_size", None), getattr(task, "train_size", None)
+        return [
+            (optim.lr >= 0, "optim.lr", "non-negative", optim.lr),
+            (optim.weight_decay >= 0, "optim.weight_decay", "non-negative", optim.weight_decay),
+            (0 <= optim.beta1 < 1, "optim.beta1", "in [0, 1)", optim.beta1),
+            (0 <= optim.beta2 < 1, "optim.beta2", "in [0, 1)", optim.beta2),
+            (optim.eps > 0, "optim.eps", "positive", optim.eps),
+            (optim.grad_clip is None or optim.grad_clip > 0, "optim.grad_clip", "null (no clipping) or positive",
+             optim.grad_clip),
+            (optim.warmup_steps >= 0, "optim.warmup_steps", "a non-negative integer", optim.warmup_steps),
+            (0 <= optim.min_lr_ratio <= 1, "optim.min_lr_ratio", "in [0, 1]", optim.min_lr_ratio),
+            (self.data.eval_batch_size >= 1, "data.eval_batch_size", "a positive integer", self.data.eval_batch_size),
+            (tc.eval_every_steps >= 0, "trainer.eval_every_steps", "a non-negative integer (0: only at the end)",
+             tc.eval_every_steps),
+            (tc.checkpoint_every_steps >= 1, "trainer.checkpoint_every_steps", "a positive integer",
+             tc.checkpoint_every_steps),
+            (tc.log_every_steps >= 1, "trainer.log_every_steps", "a positive integer", tc.log_every_steps),
+            (tc.max_minutes is None or tc.max_minutes > 0, "trainer.max_minutes", "null (no budget) or positive",
+             tc.max_minutes),
+            (tc.ema_decay is None or 0 < tc.ema_decay < 1, "trainer.ema_decay", "null (no EMA) or in (0, 1)",
+             tc.ema_decay),
+            (tc.max_skipped_steps >= 1, "trainer.max_skipped_steps", "a positive integer", tc.max_skipped_steps),
+            (eval_size is None or eval_size >= 1, "task.eval_size", "null (the whole split) or a positive integer",
+             eval_size),
+            (train_size is None or train_size >= 1, "task.train_size", "null (the whole split) or a positive integer",
+             train_size),
+        ]
 
 
 def _all_keys(node: Any, prefix: str = "") -> list[str]:
