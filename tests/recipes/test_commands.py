@@ -252,6 +252,10 @@ def test_the_listed_mistakes_are_one_line_each(tmp_path, capsys):
     for family in ("arlm", "mlm", "mdlm", "ilm"):
         assert generate.main(["--model", f"{family}_star_easy", "--prompt", STAR_PROMPT, "sampler.top_p=abc"]) == 2
         assert f"{family} sampler settings: top_p must be float or None, got 'abc' (str)" in _error_line(capsys)
+        for bad, says in (("top_p=2", "top_p must be in (0, 1]"), ("temperature=-1", "temperature must be >= 0"),
+                          ("top_k=-3", "top_k must be >= 1")):  # ARLM's greedy default took them silently
+            assert generate.main(["--model", f"{family}_star_easy", "--prompt", STAR_PROMPT, f"sampler.{bad}"]) == 2
+            assert f"sampler.{says}" in _error_line(capsys)
     for family in ("mlm", "mdlm", "ilm"):  # ARLM stops at its context instead
         assert generate.main(["--model", f"{family}_star_easy", "--prompt", STAR_PROMPT, "--max-new-tokens",
                               "100000"]) == 2
