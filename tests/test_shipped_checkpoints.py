@@ -41,6 +41,10 @@ def test_a_card_is_not_shipped_with_a_part_of_the_test_split(tmp_path, monkeypat
     monkeypatch.setattr(script, "CARD_DIR", tmp_path / "cards")  # never the repository's own cards
     assert script.main([str(run), "--name", "tiny_partial", "--command", "c"]) == 2
     assert "scores 40 test examples, not the whole split (5000)" in capsys.readouterr().err
+    (run / "eval_star_easy_test.json").write_text(json.dumps({"num_examples": 5000, "exact_match": 1.0,
+                                                              "sampler_overrides": {"strategy": "sample"}}))
+    assert script.main([str(run), "--name", "tiny_sampled", "--command", "c"]) == 2
+    assert "with sampler settings other than the run's ({'strategy': 'sample'})" in capsys.readouterr().err
     assert not (tmp_path / "cards").exists()
 
 

@@ -292,6 +292,12 @@ def test_a_limited_eval_keeps_the_full_splits_file(tmp_path, monkeypatch, capsys
     assert len(predictions.read_text().splitlines()) == 5
     assert evaluate.main(["--model", "arlm_star_easy", "--split", "validation", "--limit", "9999"]) == 0
     assert not list(tmp_path.glob("*_first9999.json"))  # a limit past the end scores the whole split
+    assert evaluate.main(["--model", "arlm_star_easy", "--split", "validation", "sampler.strategy=sample",
+                          "sampler.temperature=0.5"]) == 0  # other settings: another file, which says so
+    assert full.read_text() == before and json.loads(before)["sampler"]["strategy"] == "greedy"
+    sampled = json.loads((tmp_path / "eval_arlm_star_easy_star_easy_validation_strategy=sample_temperature=0.5.json"
+                          ).read_text())
+    assert sampled["sampler_overrides"] == {"strategy": "sample", "temperature": 0.5} and sampled["seed"] == 0
     capsys.readouterr()
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -85,12 +87,19 @@ def _task_config(run: Mapping[str, Any], name: str | None, where: str) -> TaskCo
     return task_config(name)
 
 
-def _output_file(args: argparse.Namespace, loaded: CommandModel, task: str, scored: int, split_size: int) -> Path:
-    """A part of a split gets its own name: scripts/ship_checkpoint.py reads eval_<task>_test.json as
-    the full split's numbers."""
+def _settings_suffix(overrides: Mapping[str, object]) -> str:
+    """`_strategy=sample_temperature=0.5` for sampler overrides: a file name that says what differs."""
+    return "".join(f"_{key}={re.sub(r'[^A-Za-z0-9_.+-]', '-', str(value))}" for key, value in overrides.items())
+
+
+def _output_file(args: argparse.Namespace, loaded: CommandModel, task: str, scored: int, split_size: int,
+                 overrides: Mapping[str, object]) -> Path:
+    """A part of a split, or other sampler settings than the model's, get their own name:
+    scripts/ship_checkpoint.py reads eval_<task>_test.json as the full split's numbers with the model's settings."""
     if args.output:
         return Path(args.output)
     part = f"_first{scored}" if scored < split_size else ""
+    part += _settings_suffix(overrides)
     if loaded.run_dir is not None:
         step = f"_{loaded.checkpoint}" if loaded.checkpoint else ""
         return loaded.run_dir / f"eval_{task}_{args.split}{step}{part}.json"
@@ -112,8 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_writable("--output", args.output)
     _check_writable("--predictions", args.predictions)
     device = resolve_device(args.device, option="--device")
-    loaded = load_for_command(args.model, checkpoint=args.checkpoint, device=device,
-                              sampling=_parse_sampler_overrides(args.sampler))
+    overrides = _parse_sampler_overrides(args.sampler)
+    loaded = load_for_command(args.model, checkpoint=args.checkpoint, device=device, sampling=overrides)
     run = loaded.run_config
     if run is None:
         raise InvalidValueError(f"xlm eval scores models trained by xlm on a task (a run dir, export dir or card of "
@@ -142,8 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics.update(means)
     checkpoint = {"checkpoint": loaded.checkpoint} if loaded.checkpoint else {}
     result = {"model": args.model, **checkpoint, "task": task.name, "split": args.split, "num_examples": len(ds),
-              **metrics, "loss_samples": args.loss_samples, "loss_meaning": note}
-    output = _output_file(args, loaded, task.name, len(ds), split_size)
+              **metrics, "loss_samples": args.loss_samples, "loss_meaning": note, "seed": args.seed,
+              "sampler": asdict(loaded.sampler_config), **({"sampler_overrides": overrides} if overrides else {})}
+    output = _output_file(args, loaded, task.name, len(ds), split_size, overrides)
     output.parent.mkdir(parents=True, exist_ok=True)
     replace_file(output, json.dumps(result, indent=2) + "\n")  # Ctrl-C or a second eval: never half a file
     if args.predictions:
