@@ -45,7 +45,8 @@ def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "."
     listing = ", ".join(sorted(known)) if known else "(none registered)"
-    return f"unknown {kind} {name!r}{hint} Known {kind}s: {listing}"
+    plural = kind[:-1] + "ies" if kind.endswith("y") and not kind.endswith(("ay", "ey", "oy")) else kind + "s"
+    return f"unknown {kind} {name!r}{hint} Known {plural}: {listing}"
 
 
 class ArchRegistry(Generic[ConfigT]):

@@ -22,7 +22,7 @@ from xlm.errors import InvalidValueError, XlmUserError, listing, user_values
 from xlm.io import read_json_object, save_safetensors, state_dict_for_safetensors, write_atomically
 from xlm.model_bounds import check_extra_elements, meta_model, tied_aliases
 from xlm.nn.config_checks import check_value_types
-from xlm.registry import get_family, unknown_name_message
+from xlm.registry import Family, UnknownNameError, get_family, unknown_name_message
 
 FORMAT_VERSION = 1
 
@@ -35,7 +35,8 @@ def write_run_dir(path: Path, *, model: torch.nn.Module, family: str, arch: str,
                   sampler_config: Any, tokenizer: Tokenizer | None, task: str | None,
                   train_config: Mapping[str, Any] | None, metrics: Mapping[str, Any]) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    config = {"format_version": FORMAT_VERSION, "family": family, "arch": arch,
+    config = {"format_version": FORMAT_VERSION, "family": family, "family_source": get_family(family).source,
+              "arch": arch,
               "model_config": asdict(model_config), "sampler_config": asdict(sampler_config),
               "tokenizer": tokenizer.spec() if tokenizer is not None else None, "task": task,
               "train_config": train_config}
@@ -100,6 +101,20 @@ def read_run_config(path: Path) -> dict[str, Any]:
     return config
 
 
+def run_family(path: Path, config: Mapping[str, Any]) -> Family:
+    """The family a run dir's config.json names. One that is not registered here names where the run found it:
+    a plugin declared in another directory is not discovered from this one."""
+    try:
+        return get_family(config["family"])
+    except UnknownNameError:
+        source = config.get("family_source")
+        if not isinstance(source, str) or source == "core":
+            raise
+        raise UnknownNameError(f"{path} was trained with the model family {config['family']!r} from {source}, "
+                               f"which is not found from here ({Path.cwd()}): run from the directory that declares "
+                               f"it, add that directory to $XLM_MODELS_PATH, or pip install its package") from None
+
+
 def build_dataclass(cls: type, values: Mapping[str, Any], where: str, *, kind: str = "key") -> Any:
     """`cls(**values)`; a key it lacks is one error naming the close matches among its fields, a value of the
     wrong type one naming the field (for any family's config, a plugin's too)."""
@@ -118,7 +133,7 @@ def load_run_model(path: str | Path, *, device: torch.device | str | None = None
                    config_overrides: Mapping[str, Any] | None = None) -> torch.nn.Module:
     path = Path(path)
     config = read_run_config(path)
-    family = get_family(config["family"])
+    family = run_family(path, config)
     values = {**config["model_config"], **(config_overrides or {})}
     where = f"{path / 'config.json'} model_config"
     try:
@@ -174,7 +189,7 @@ def load_run_tokenizer(path: str | Path) -> Tokenizer:
 
 def load_run_sampler_config(path: str | Path, **overrides: Any) -> Any:
     config = read_run_config(Path(path))
-    family = get_family(config["family"])
+    family = run_family(Path(path), config)
     values = {**config.get("sampler_config", {}), **overrides}
     return build_dataclass(family.sampler_config_class, values, f"{family.name} sampler settings",
                            kind="sampler key")

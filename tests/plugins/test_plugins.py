@@ -2,8 +2,10 @@
 family, and every validation error."""
 
 import json
+import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -105,6 +107,19 @@ def test_directory_route_trains_and_loads_back(tmp_path):
     assert load_external_models() == []  # idempotent
     with pytest.raises(InvalidValueError, match=r"toy_dir sampler settings: temperature must be float, got 'hot'"):
         xlm.load_generator(run, temperature="hot")  # a plugin's sampler config is type-checked as ours are
+    # from another directory (a second terminal, a notebook elsewhere) the plugin is not declared
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XLM_MODELS")}
+    evaluate = [sys.executable, "-m", "xlm.recipes.evaluate", "--model", str(run), "--limit", "1"]
+    lost = subprocess.run(evaluate, cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert lost.returncode == 2 and lost.stderr.strip().splitlines() == [
+        f"error: {run} was trained with the model family 'toy_dir' from {tmp_path / 'xlm_models.json'}: "
+        f"{tmp_path / 'toy_dir' / 'toy_dir'}, which is not found from here ({elsewhere}): run from the directory "
+        f"that declares it, add that directory to $XLM_MODELS_PATH, or pip install its package"], lost.stderr
+    found = subprocess.run(evaluate, cwd=elsewhere, env={**env, "XLM_MODELS_PATH": str(tmp_path)},
+                           capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr
 
 
 def test_models_path_and_legacy_file_routes(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from xlm.errors import XlmUserError
 from xlm.registry import CheckpointConverter, Family, families, get_family, unknown_name_message
-from xlm.run_dir import is_run_dir, read_run_config
+from xlm.run_dir import is_run_dir, read_run_config, run_family
 
 from .probe import CheckpointProbe
 
@@ -126,7 +126,7 @@ def detect_format(path: str | Path, family: str | None = None, fmt: str | None =
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     if fmt == XLM_FORMAT or is_run_dir(path):
-        return read_run_config(path)["family"], XLM_FORMAT
+        return run_family(path, read_run_config(path)).name, XLM_FORMAT
     only = None
     if family is not None:
         if fmt is not None:
