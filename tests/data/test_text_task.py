@@ -92,6 +92,15 @@ def test_train_tokenizer_recipe_writes_a_model_the_task_loads(corpus, tmp_path, 
     assert "trainer_interface.cc" not in err  # SentencePiece's source location is not the user's business
     with pytest.raises(InvalidValueError, match=r"task.tokenizer_vocab_size=100000: Vocabulary size too high"):
         build_task(TextTaskConfig(data_files=str(corpus), tokenizer_vocab_size=100000, block_size=32))
+    for extra, says in ((["--vocab-size", "0"], "--vocab-size must be more than xlm's 7 special tokens"),
+                        (["--vocab-size", "300", "--max-documents", "0"], "--max-documents must be >= 1, got 0"),
+                        (["--vocab-size", "300", "--text-column", "txt"],  # the option, not the task's setting
+                         "no column 'txt' (columns: ['text']); set task.text_column (xlm train-tokenizer: "
+                         "--text-column)")):  # the first two said "cannot train ...: " and no reason
+        assert train_tokenizer.main(["--data-files", str(corpus), *extra, "--output", str(tmp_path / "x.model")]) == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "x.model").exists()
 
 
 def _gpt2_like_tokenizer_json(corpus, path):

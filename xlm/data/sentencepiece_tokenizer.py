@@ -28,6 +28,9 @@ def train_sentencepiece(lines: Iterable[str], *, vocab_size: int, model_type: st
     `vocab_setting` names where the user set `vocab_size`, for the error of a corpus too small for it."""
     if model_type not in ("unigram", "bpe", "char", "word"):
         raise InvalidValueError(f"model_type must be unigram, bpe, char or word, got {model_type!r}")
+    if vocab_size <= len(SPECIAL_TOKENS):
+        raise InvalidValueError(f"{vocab_setting} must be more than xlm's {len(SPECIAL_TOKENS)} special tokens "
+                                f"(and at least the corpus's distinct characters), got {vocab_size}")
     out = io.BytesIO()
     failed: list[XlmUserError] = []  # the trainer reports the iterator's errors as its own RuntimeError
 
@@ -47,7 +50,7 @@ def train_sentencepiece(lines: Iterable[str], *, vocab_size: int, model_type: st
     except RuntimeError as err:  # e.g. "Vocabulary size too high (60). Please set it to a value <= 45."
         if failed:
             raise failed[0] from None
-        reason = str(err).rpartition("] ")[2]  # without "INTERNAL: src/trainer_interface.cc(744) [(...)]"
+        reason = str(err).rpartition("] ")[2] or str(err)  # without "INTERNAL: src/trainer_interface.cc(744) [...]"
         raise InvalidValueError(f"cannot train a SentencePiece model with {vocab_setting}={vocab_size}: {reason}"
                                 ) from None
     return out.getvalue()

@@ -35,6 +35,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 @reports_user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.max_documents < 1:
+        raise InvalidValueError(f"--max-documents must be >= 1, got {args.max_documents}")
     output = Path(args.output)
     if output.suffix != ".model":
         raise InvalidValueError(f"--output should end in .model (the task reads the kind from it), got {output}")

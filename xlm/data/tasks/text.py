@@ -153,6 +153,10 @@ def _load_files(files: list[str], **kwargs: Any) -> Any:
         raise
 
 
+#: Where a user names the text column: the task setting, or train-tokenizer's option.
+SET_TEXT_COLUMN = "set task.text_column (xlm train-tokenizer: --text-column)"
+
+
 def check_text_column(ds: datasets.Dataset, column: str, where: str) -> None:
     """Every row's `column` is a string (or empty): a JSON corpus may hold numbers or lists there."""
     feature = ds.features[column]
@@ -162,7 +166,7 @@ def check_text_column(ds: datasets.Dataset, column: str, where: str) -> None:
         if value is not None and not isinstance(value, str):
             raise InvalidValueError(f"{where}, row {row}, column {column!r}: {type(value).__name__} {value!r} "
                                     f"where a document's text goes; every row's {column!r} must be a string")
-    raise InvalidValueError(f"{where}: column {column!r} holds {feature}, not text; set task.text_column")
+    raise InvalidValueError(f"{where}: column {column!r} holds {feature}, not text; {SET_TEXT_COLUMN}")
 
 
 def _load_raw(source: TextSource) -> datasets.DatasetDict:
@@ -179,7 +183,7 @@ def _load_raw(source: TextSource) -> datasets.DatasetDict:
         raise InvalidValueError(f"the text source has splits {sorted(raw)}, but no 'train' split")
     if source.text_column not in raw["train"].column_names:
         raise InvalidValueError(f"the text source has no column {source.text_column!r} (columns: "
-                                f"{raw['train'].column_names}); set task.text_column")
+                                f"{raw['train'].column_names}); {SET_TEXT_COLUMN}")
     where = ", ".join(source.files()) if source.data_files is not None else str(source.dataset)
     for name, split in raw.items():
         check_text_column(split, source.text_column, where if len(raw) == 1 else f"{where} [{name}]")
@@ -374,7 +378,7 @@ class StreamedSplit:
         for batch in self._batches(part):
             if column not in batch:
                 raise InvalidValueError(f"the text source has no column {column!r} (columns: {sorted(batch)}); "
-                                        f"set task.text_column")
+                                        f"{SET_TEXT_COLUMN}")
             for row, text in enumerate(batch[column], start=start + 1):
                 if text is not None and not isinstance(text, str):
                     raise InvalidValueError(f"{self.source.data_files or self.source.dataset} (shard {shard}), row "
