@@ -206,6 +206,19 @@ def test_compare_checks_task_and_arch_names_before_making_anything(tmp_path, cap
     assert not (tmp_path / "report").exists()
 
 
+def test_an_xlm_export_of_a_run_or_its_checkpoint_keeps_its_arch_and_task(trained, unfinished, tmp_path, capsys):
+    """`xlm eval` scores the export as it scores the run (the export dropped both, so eval asked for --task)."""
+    for source, extra in ((trained, []), (unfinished, ["--checkpoint", "last"])):
+        out = tmp_path / f"export_{source.name}"
+        assert convert.main(["--from", str(source), "--out", str(out), *extra]) == 0
+        config = json.loads((out / "config.json").read_text())
+        assert (config["arch"], config["task"]) == ("arlm_tiny", "star_easy")
+        assert config["train_config"]["task"] == json.loads((trained / "config.json").read_text())["train_config"][
+            "task"]
+        assert evaluate.main(["--model", str(out), "--limit", "2"]) == 0
+    capsys.readouterr()
+
+
 def test_training_into_a_directory_of_other_files_is_refused_and_changes_nothing(trained, tmp_path, capsys):
     """An export dir (whose model a run would overwrite) or a folder of the user's own files is no run dir."""
     export_dir = tmp_path / "exported"

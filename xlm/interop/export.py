@@ -127,12 +127,14 @@ def _hf_tokenizer_files(tokenizer: Any) -> dict[str, Any]:
 
 
 def export(model: torch.nn.Module, out_dir: str | Path, *, format: str = "xlm", tokenizer: Any = None,
-           arch: str | None = None, sampler_config: Any = None, overwrite: bool = False) -> Path:
+           arch: str | None = None, sampler_config: Any = None, task: str | None = None,
+           train_config: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
     """Writes `model` to `out_dir` and returns it.
 
     format="xlm": model.safetensors + config.json (+ metrics.json), the run-dir layout `xlm.load_model` reads;
         `tokenizer` (any xlm tokenizer) and `sampler_config` (default: the family's defaults) are stored in
-        config.json; `arch` names it (default: the registered arch whose config equals the model's, if any).
+        config.json; `arch` names it (default: the registered arch whose config equals the model's, if any);
+        `task` and `train_config` (an xlm run's) let `xlm eval` score the export on the run's task.
     format="hf": HF transformers config.json + model.safetensors (+ tokenizer.json for an HF tokenizer), for
         `AutoModelForCausalLM` / `AutoModelForMaskedLM.from_pretrained(out_dir)`.
     format=<converter name> (e.g. "hf_llama", "mdlm_reference"): that layout of the model's family.
@@ -147,8 +149,7 @@ def export(model: torch.nn.Module, out_dir: str | Path, *, format: str = "xlm", 
 
         write_run_dir(out_dir, model=model, family=family.name, arch=arch or _arch_of(family, config),
                       model_config=config, sampler_config=sampler_config or family.sampler_config_class(),
-                      tokenizer=tokenizer, task=None, train_config=None,
-                      metrics={})
+                      tokenizer=tokenizer, task=task, train_config=train_config, metrics={})
         return out_dir
     if format == "hf":
         converter = hf_converter_for(family, config)

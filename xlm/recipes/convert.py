@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from xlm.assets.download import fetch, parse_hf_uri
 from xlm.assets.loading import resolve_source, sampler_config_for, source_model, source_tokenizer
@@ -22,7 +23,7 @@ from xlm.errors import reports_user_errors
 from xlm.interop.convert import convert_checkpoint
 from xlm.interop.export import check_export_dir, export
 from xlm.registry import get_family
-from xlm.run_dir import RunDirError
+from xlm.run_dir import RunDirError, read_run_config
 
 from .model_source import load_for_command, refuse_unfinished_run
 
@@ -54,9 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.checkpoint is not None:
         loaded = load_for_command(args.source, checkpoint=args.checkpoint)
         print(f"read {loaded.label}")
-        arch = loaded.run_config["arch"] if loaded.run_config else None
-        out = export(loaded.model, args.out, format=args.to, tokenizer=loaded.tokenizer, arch=arch,
-                     sampler_config=loaded.sampler_config, overwrite=args.overwrite)
+        out = export(loaded.model, args.out, format=args.to, tokenizer=loaded.tokenizer,
+                     sampler_config=loaded.sampler_config, overwrite=args.overwrite, **_run_fields(loaded.run_config))
         _report_written(out, args.to, before)
         return 0
     refuse_unfinished_run(args.source)
@@ -73,10 +73,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         tokenizer = source_tokenizer(source)
     except RunDirError:
         tokenizer = None
+    run = _run_fields(read_run_config(source.path)) if source.is_run_dir else {}
     out = export(model, args.out, format=args.to, tokenizer=tokenizer,
-                 sampler_config=sampler_config_for(source, family, {}), overwrite=args.overwrite)
+                 sampler_config=sampler_config_for(source, family, {}), overwrite=args.overwrite, **run)
     _report_written(out, args.to, before)
     return 0
+
+
+def _run_fields(run_config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What an xlm run records about itself beyond the model, kept by an export in xlm's format: its arch, and the
+    task (with its settings) that `xlm eval` scores it on."""
+    if not run_config:
+        return {}
+    return {key: run_config.get(key) for key in ("arch", "task", "train_config")}
 
 
 def _inodes(directory: Path) -> dict[str, int]:
