@@ -207,6 +207,10 @@ def test_load_model_from_run_dir_card_and_hub(tmp_path, monkeypatch, capsys):
     assert cards_cli.main(["add", str(run), "--name", "my_arlm"]) == 2
     assert "already exists" in capsys.readouterr().err
     assert cards_cli.main(["show", "my_arlm"]) == 0 and "checkpoint_format: xlm" in capsys.readouterr().out
+    exported = tmp_path / "exported"  # an export of a model no run made: no arch, no task
+    xlm.export(model, exported)
+    assert cards_cli.main(["add", str(exported), "--name", "my_export"]) == 0
+    assert resolve_card("my_export").description == f"arlm model ({exported})"
 
     weights = (run / "model.safetensors").read_bytes()
     with FakeHub() as hub:

@@ -40,13 +40,20 @@ def _show(name: str) -> int:
     return 0
 
 
+def _describe_run(config: dict, run_dir: Path) -> str:
+    """'arlm_star trained on star_easy (runs/x)'; an export of another layout's checkpoint knows only its family."""
+    what = config.get("arch") or f"{config['family']} model"
+    task = f" trained on {config['task']}" if config.get("task") else ""
+    return f"{what}{task} ({run_dir})"
+
+
 def card_for_run(run_dir: Path, name: str, description: str | None = None) -> dict:
     """The card of a run or export dir: its checkpoint is the dir itself, read in xlm's format, and pinned by the
     manifest of the files loading reads from it."""
     config = read_run_config(run_dir)
     card = {"name": name, "model_family": config["family"], "model_arch": config["arch"],
             "checkpoint": str(run_dir.resolve()), "checkpoint_format": "xlm", "task": config.get("task"),
-            "description": description or f"{config['arch']} trained on {config.get('task')} ({run_dir})",
+            "description": description or _describe_run(config, run_dir),
             "manifest": measure_manifest(run_dir)}
     return {k: v for k, v in card.items() if v is not None}
 
