@@ -27,6 +27,17 @@ def check_choices(config: Any, choices: Mapping[str, Sequence[str]]) -> None:
             raise ValueError(f"{name} must be one of {tuple(allowed)}, got {getattr(config, name)!r}")
 
 
+def check_sampling_filters(config: Any) -> None:
+    """A sampler config's `temperature`, `top_k` and `top_p`, checked whatever its strategy: a greedy default
+    would otherwise keep a bad value until someone samples."""
+    if config.temperature < 0:
+        raise ValueError(f"sampler.temperature must be >= 0 (0 = greedy), got {config.temperature}")
+    if config.top_k is not None and config.top_k < 1:
+        raise ValueError(f"sampler.top_k must be >= 1 or null (no top-k filter), got {config.top_k}")
+    if config.top_p is not None and not 0.0 < config.top_p <= 1.0:
+        raise ValueError(f"sampler.top_p must be in (0, 1] or null (no nucleus filter), got {config.top_p}")
+
+
 @functools.cache
 def _field_types(cls: type) -> dict[str, tuple[type, ...]]:
     """Each field's accepted types, from its annotation: `int`, `float`, `bool`, `str`, or one of them `| None`."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from xlm.data.tokenizers import Tokenizer
-from xlm.nn.config_checks import check_field_types
+from xlm.nn.config_checks import check_field_types, check_sampling_filters
 from xlm.nn.cpu import prepacked_linears
 from xlm.nn.sampling import select_tokens
 from xlm.trace import StepHook, emit
@@ -45,12 +45,7 @@ class ArlmSamplerConfig:
             raise ValueError(f"sampler.prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}")
         if self.max_new_tokens < 1:
             raise ValueError(f"sampler.max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"sampler.temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"sampler.top_k must be >= 1 or null (no top-k filter), got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"sampler.top_p must be in (0, 1] or null (no nucleus filter), got {self.top_p}")
+        check_sampling_filters(self)
 
 
 class ArlmPredictor:

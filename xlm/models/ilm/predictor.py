@@ -43,7 +43,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from xlm.data.tokenizers import Tokenizer
-from xlm.nn.config_checks import check_field_types
+from xlm.nn.config_checks import check_field_types, check_sampling_filters
 from xlm.nn.sampling import filter_logits, select_tokens
 from xlm.trace import StepHook, emit
 
@@ -72,12 +72,7 @@ class IlmSamplerConfig:
             raise ValueError(f"sampler.max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"sampler.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.temperature < 0:
-            raise ValueError(f"sampler.temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"sampler.top_k must be >= 1 or null (no top-k filter), got {self.top_k}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"sampler.top_p must be in (0, 1] or null (no nucleus filter), got {self.top_p}")
+        check_sampling_filters(self)
         if not 0.0 <= self.stop_threshold <= 1.0:
             raise ValueError(f"sampler.stop_threshold must be a probability in [0, 1], got {self.stop_threshold}")
         if self.max_steps is not None and self.max_steps < 1:

@@ -29,7 +29,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from xlm.data.tokenizers import Tokenizer
-from xlm.nn.config_checks import check_field_types
+from xlm.nn.config_checks import check_field_types, check_sampling_filters
 from xlm.nn.sampling import filter_logits
 from xlm.trace import StepHook, emit
 
@@ -67,12 +67,7 @@ class MdlmSamplerConfig:
             raise ValueError(f"sampler.max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.num_steps < 1:
             raise ValueError(f"sampler.num_steps must be >= 1, got {self.num_steps}")
-        if self.temperature < 0:
-            raise ValueError(f"sampler.temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"sampler.top_k must be >= 1 or null, got {self.top_k}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"sampler.top_p must be in (0, 1] or null, got {self.top_p}")
+        check_sampling_filters(self)
 
 
 class MdlmPredictor:

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from xlm.data.collate import pad_rows
 from xlm.data.tokenizers import Tokenizer
-from xlm.nn.config_checks import check_field_types
+from xlm.nn.config_checks import check_field_types, check_sampling_filters
 from xlm.nn.sampling import select_tokens
 from xlm.trace import StepHook, emit
 
@@ -67,12 +67,7 @@ class MlmSamplerConfig:
             raise ValueError("sampler.unmask_schedule='threshold' needs a confidence to threshold; set "
                              "sampler.position_selection to 'top_prob', 'prob_margin' or 'neg_entropy', "
                              "or use unmask_schedule='count' with random positions")
-        if self.temperature < 0:
-            raise ValueError(f"sampler.temperature must be >= 0, got {self.temperature}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"sampler.top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"sampler.top_k must be >= 1, got {self.top_k}")
+        check_sampling_filters(self)
 
 
 def count_schedule(num_masked: Int[Tensor, " batch"], num_steps: int) -> Int[Tensor, "batch steps"]:
