@@ -104,3 +104,20 @@ def test_a_run_directory_is_reused_only_with_the_settings_it_was_trained_with(tm
     (run / compare.RUN_SETTINGS).write_text('{"training": {"task"')  # damaged: refused, the run kept
     assert compare.main(argv) == 1
     assert "is not valid JSON" in capsys.readouterr().err and (run / "model.safetensors").read_bytes() == weights
+
+
+def test_a_directory_that_is_no_report_is_refused_and_left_as_it_was(tmp_path, capsys):
+    """A folder of the user's own files, or a results.json that compare did not write, is never written over."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "table.md").write_text("my table")
+    args = ["--task", "star_easy", "--archs", "arlm_tiny", "--budget-steps", "2", "--test-limit", "2"]
+    assert compare.main([*args, "--output-dir", str(mine)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --output-dir {mine} holds table.md and is not a report of xlm compare; choose a new or " \
+                  f"empty directory"
+    (mine / "results.json").write_text('{"my": "numbers"}')
+    assert compare.main([*args, "--output-dir", str(mine)]) == 1  # was a KeyError traceback
+    assert f"{mine / 'results.json'} is not a results file of xlm compare" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["results.json", "table.md"]
+    assert (mine / "table.md").read_text() == "my table" and (mine / "results.json").read_text() == '{"my": "numbers"}'

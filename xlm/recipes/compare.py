@@ -37,7 +37,7 @@ from xlm.registry import families, get_task
 
 from . import evaluate, train
 from .progress import Progress, duration
-from .train import COMPARE_SETTINGS as RUN_SETTINGS, refuse_file
+from .train import COMPARE_SETTINGS as RUN_SETTINGS, refuse_file, refuse_foreign_output_dir
 
 TABLE_METRICS = ("exact_match", "token_accuracy", "path_valid", "branch_correct", "probe_goal_pred", "probe_next",
                  "loss")
@@ -123,6 +123,10 @@ def recorded_results(path: Path, settings: dict[str, Any]) -> dict[tuple[str, in
                               "fix it, or move it away to start the report afresh")
     if report is None:
         return {}
+    if not (isinstance(report, dict) and isinstance(report.get("results"), list)
+            and all(isinstance(r, dict) and {"arch", "seed"} <= r.keys() for r in report["results"])):
+        raise RuntimeError(f"{path} is not a results file of xlm compare (no list of runs under 'results'), so it "
+                           f"is not overwritten: give another --output-dir, or move the file away")
     runs = {(r["arch"], r["seed"]): r for r in report["results"]}
     if not (differ := _differences(report, settings)):
         return runs
@@ -304,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for arch in archs:
         families.get_by_arch(arch)
     refuse_file("--output-dir", out)
+    refuse_foreign_output_dir(out, markers=("results.json", "runs"), kind="a report of xlm compare")
     settings = {"task": args.task, "budget": budget, "overrides": list(args.overrides), "test_limit": args.test_limit}
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(arch, seed) for arch in archs for seed in range(seeds[arch])]

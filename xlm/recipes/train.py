@@ -122,16 +122,17 @@ COMPARE_SETTINGS = "compare_run.json"  # xlm compare's record, in each run dir, 
 RUN_MARKERS = (LOCK_FILE, RUN_RECORD, HISTORY_FILE, "checkpoints", COMPARE_SETTINGS)  # the first files of a run
 
 
-def refuse_foreign_output_dir(path: Path) -> None:
-    """An --output-dir holding files of no training run is refused: a run would mix its files with them
-    and write its model and config.json over an export's."""
-    if not path.is_dir() or any((path / marker).exists() for marker in RUN_MARKERS):
+def refuse_foreign_output_dir(path: Path, markers: Sequence[str] = RUN_MARKERS,
+                              kind: str = "a training run's directory") -> None:
+    """An --output-dir holding files but none of `markers` (what the command itself writes first) is refused:
+    the command would mix its files with them and write over those of the same name (an export's model)."""
+    if not path.is_dir() or any((path / marker).exists() for marker in markers):
         return
     present = sorted(p.name for p in path.iterdir())
     if present:
         shown = ", ".join(present[:4]) + (f" and {len(present) - 4} more" if len(present) > 4 else "")
-        raise InvalidValueError(f"--output-dir {path} holds {shown} and is not a training run's directory; "
-                                f"choose a new or empty directory")
+        raise InvalidValueError(f"--output-dir {path} holds {shown} and is not {kind}; choose a new or empty "
+                                f"directory")
 
 
 def fit_model_to_task(composed: ComposedConfig, task: Task) -> TrainRecipeConfig:
