@@ -134,6 +134,13 @@ def test_invalid_yaml_duplicates_cycles_and_unknown_names(tmp_path, monkeypatch)
         resolve_card("orphan")
     with pytest.raises(CardError, match="no card named 'qq'.*did you mean q"):
         resolve_card("qq")
+    monkeypatch.chdir(tmp_path)  # a bare name loads a card or a directory here: a miss names both
+    with pytest.raises(CardError, match=r"no card named 'qq'.*; nor is there a file or directory 'qq' in "
+                                        + str(tmp_path).replace("/", r"\/")):
+        xlm.load_model("qq")
+    with pytest.raises(CardError, match="cycle in its base chain") as other:  # said as it is
+        xlm.load_model("p")
+    assert "nor is there" not in str(other.value)
 
 
 # -- downloads ------------------------------------------------------------------------------------

@@ -42,6 +42,10 @@ class CardError(XlmUserError, ValueError):
     """A malformed card, or a card that cannot be resolved."""
 
 
+class UnknownCardError(CardError):
+    """A name that no card on the search path has (nor an arch: that is a CardError of its own)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class AssetCard:
     name: str

@@ -26,7 +26,7 @@ from xlm.registry import Family, get_family
 from xlm.run_dir import (RunDirError, build_dataclass, is_run_dir, load_run_model, load_run_sampler_config,
                          load_run_tokenizer)
 
-from .card import AssetCard, CardError
+from .card import AssetCard, CardError, UnknownCardError
 from .card_files import card_files, fetch_card_file
 from .store import resolve_card
 
@@ -59,7 +59,10 @@ def card_or_path(name_or_path: str | Path) -> tuple[AssetCard | None, Path | Non
         return None, path
     if isinstance(name_or_path, Path) or "/" in str(name_or_path):
         raise PathNotFoundError(f"{str(name_or_path)!r} does not exist (nor is it a card name)")
-    return resolve_card(str(name_or_path)), None
+    try:
+        return resolve_card(str(name_or_path)), None
+    except UnknownCardError as err:  # a run dir named without a slash, mistyped, is as likely a mistake
+        raise CardError(f"{err}; nor is there a file or directory {str(name_or_path)!r} in {Path.cwd()}") from None
 
 
 def checkpoint_path(card: AssetCard) -> Path:

@@ -28,7 +28,7 @@ from xlm.errors import PathExistsError
 from xlm.registry import families
 from xlm.shipped import cards_dir
 
-from .card import AssetCard, CardError, card_documents, check_card_name, read_card_file
+from .card import AssetCard, CardError, UnknownCardError, card_documents, check_card_name, read_card_file
 
 _extra_dirs: list[Path] = []
 
@@ -168,7 +168,7 @@ def _get(name: str, store: CardStore) -> AssetCard:
                             f"vocab_size=...) or train it with `xlm train --arch {name}`; trained models are "
                             f"cards ({', '.join(_close(name, cards)) or '`xlm cards list`'})")
         skipped = f"; skipped as broken: {', '.join(map(str, store.skipped_files))}" if store.skipped_files else ""
-        raise CardError(f"no card named {name!r}{_hint(name, cards)} (cards are read from "
+        raise UnknownCardError(f"no card named {name!r}{_hint(name, cards)} (cards are read from "
                         f"{', '.join(str(d) for d in card_dirs())}{skipped}; `xlm cards list` shows them)")
     return cards[name]
 
