@@ -249,6 +249,8 @@ def list_archs() -> dict[str, str]:
 def create_model(arch: str, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  **config_overrides: Any) -> torch.nn.Module:
     """A freshly initialised model of a registered arch, e.g. create_model("arlm_tiny", vocab_size=100)."""
+    from xlm.placement import as_device, as_dtype  # torch, which `import xlm` does not import
+
     family = families.get_by_arch(arch)
     config = family.archs.get(arch)
     for key, value in config_overrides.items():
@@ -260,7 +262,8 @@ def create_model(arch: str, *, device: torch.device | str | None = None, dtype: 
         setattr(config, key, value)
     if hasattr(config, "__post_init__"):
         config.__post_init__()
-    return family.factory(config, device=device, dtype=dtype)
+    return family.factory(config, device=None if device is None else as_device(device),
+                          dtype=None if dtype is None else as_dtype(dtype))
 
 
 class TaskBuilder(Protocol):

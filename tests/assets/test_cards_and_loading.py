@@ -77,6 +77,9 @@ def test_load_model_takes_dtype_names_and_refuses_devices_this_machine_lacks_bef
     if not torch.cuda.is_available():  # before: "model.safetensors is unreadable ... it may be truncated"
         with pytest.raises(InvalidValueError, match=r"device='cuda' but CUDA is not available here; use 'cpu'"):
             xlm.load_model("mlm_star_easy", device="cuda")
+        with pytest.raises(InvalidValueError, match=r"device='cuda' but CUDA is not available"):  # was torch's
+            xlm.create_model("ilm_star", vocab_size=30, device="cuda")  # AssertionError
+    assert next(xlm.create_model("ilm_star", vocab_size=30, dtype="bf16").parameters()).dtype == torch.bfloat16
 
 
 def test_several_cards_per_file_and_base_inheritance(tmp_path, monkeypatch):
