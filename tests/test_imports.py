@@ -130,7 +130,8 @@ def test_every_public_name_resolves_and_is_listed():
         assert getattr(xlm, name) is not None
     for name, (module, attribute) in xlm._PUBLIC.items():
         assert getattr(xlm, name) is getattr(sys.modules[module], attribute)
-    assert set(xlm.__all__) <= set(dir(xlm))
+    assert set(xlm.__all__) <= set(dir(xlm)) and "assets" in dir(xlm)  # a submodule imported above
+    assert not {"Any", "TYPE_CHECKING", "annotations", "importlib"} & set(dir(xlm))  # __init__'s own imports
     assert xlm.list_cards() == xlm.assets.all_cards() and "arlm" in xlm.list_families()
     with pytest.raises(AttributeError, match="no attribute 'load_modle'; did you mean 'load_model'"):
         _ = xlm.load_modle

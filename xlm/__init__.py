@@ -83,4 +83,9 @@ def _is_submodule(name: str) -> bool:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    """The public names and the submodules imported so far; not this file's own imports (Any, importlib)."""
+    import types
+
+    loaded = {name for name, value in globals().items()
+              if isinstance(value, types.ModuleType) and value.__name__.startswith(f"{__name__}.")}
+    return sorted({*__all__, *loaded})
