@@ -169,7 +169,7 @@ def _get(name: str, store: CardStore) -> AssetCard:
                             f"cards ({', '.join(_close(name, cards)) or '`xlm cards list`'})")
         skipped = f"; skipped as broken: {', '.join(map(str, store.skipped_files))}" if store.skipped_files else ""
         raise UnknownCardError(f"no card named {name!r}{_hint(name, cards)} (cards are read from "
-                        f"{', '.join(str(d) for d in card_dirs())}{skipped}; `xlm cards list` shows them)")
+                               f"{', '.join(str(d) for d in card_dirs())}{skipped}; `xlm cards list` shows them)")
     return cards[name]
 
 

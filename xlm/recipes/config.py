@@ -160,7 +160,6 @@ class TrainRecipeConfig:
             if not ok:
                 raise ConfigError(f"{key} must be {expected}, got {got!r}")
 
-
     def _range_checks(self) -> list[tuple[bool, str, str, Any]]:
         """The numbers that torch or the loop would otherwise take into a traceback (a negative lr, a zero
         interval), a wrong run (an EMA decay past 1) or a silent one (val_loss 0.0 over no examples)."""
