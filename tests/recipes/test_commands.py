@@ -358,3 +358,25 @@ def test_ctrl_c_stops_a_command_with_one_line_and_130(command, tmp_path):
         proc.kill()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].split("\r")[-1] == "interrupted", err
+
+
+def test_a_text_run_with_relative_data_paths_evaluates_from_another_directory(tmp_path, monkeypatch, capsys):
+    """Trained in one directory with task.data_files=corpus.txt, scored from another: the relative path is read
+    where the run was started (run.json's cwd), with a note; it said "no file matches 'corpus.txt'"."""
+    home, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    (home / "corpus.txt").write_text("\n".join(f"the {w} sat on the mat {w}" for w in ("cat", "dog", "owl") * 40))
+    monkeypatch.chdir(home)
+    assert train.main(["--arch", "arlm_tiny", "--task", "text", "task.data_files=corpus.txt",
+                       "task.tokenizer_vocab_size=24", "task.block_size=16", "--output-dir", "run",
+                       "trainer.max_steps=4", "trainer.checkpoint_every_steps=2", "trainer.progress_bar=false"]) == 0
+    shutil.copytree(home / "run", home / "unfinished")
+    for name in ("model.safetensors", "config.json", "metrics.json"):
+        (home / "unfinished" / name).unlink()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    for extra in ([str(home / "run")], [str(home / "unfinished"), "--checkpoint", "last"]):
+        assert evaluate.main(["--model", *extra, "--limit", "2"]) == 0
+        assert (f"note: task.data_files 'corpus.txt' is not found here; reading it from where the run was started: "
+                f"{home / 'corpus.txt'}") in capsys.readouterr().err

@@ -27,7 +27,7 @@ from xlm.io import replace_file
 from xlm.recipes.distributed import resolve_device
 from xlm.recipes.evaluation import evaluate_loss, evaluate_predictions
 
-from .model_source import CommandModel, load_for_command
+from .model_source import CommandModel, load_for_command, task_settings_from_origin
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -77,9 +77,9 @@ LOSS_MEANING = {
 }
 
 
-def _task_config(run: Mapping[str, Any], name: str | None, where: str) -> TaskConfig:
+def _task_config(run: Mapping[str, Any], name: str | None, where: str, run_dir: Path | None) -> TaskConfig:
     """The run's own task settings (data files, tokenizer, block size) when evaluating on its task."""
-    saved = dict((run.get("train_config") or {}).get("task") or {})
+    saved = task_settings_from_origin(dict((run.get("train_config") or {}).get("task") or {}), run_dir)
     if name is None or name == saved.get("name", run["task"]):
         if run["task"] is None:
             raise InvalidValueError(f"{where} records no task it was trained on; name one with --task")
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if run is None:
         raise InvalidValueError(f"xlm eval scores models trained by xlm on a task (a run dir, export dir or card of "
                                 f"one); {args.model} is a checkpoint of another layout, with no task to score it on")
-    task = build_task(_task_config(run, args.task, loaded.label))
+    task = build_task(_task_config(run, args.task, loaded.label, loaded.run_dir))
     if task.tokenizer.spec() != run["tokenizer"]:
         raise InvalidValueError(f"task {task.name!r} uses a different vocabulary from the model's "
                                 f"(trained on {run['task']!r}); evaluate on a task with the same tokenizer")

@@ -6,9 +6,11 @@ it. A run dir that has not finished is said to be one, with the command that res
 
 from __future__ import annotations
 
+import glob
 import json
 import re
 import shlex
+import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from .checkpoint import (SHARDED_SUBDIR, CheckpointError, checkpoint_dirs, is_re
                          is_sharded_checkpoint, load_trainer_state)
 from .run_history import HISTORY_FILE
 from .run_lock import live_holder
+from .run_record import started_in
 
 CHECKPOINTS = "checkpoints"  # the run dir's subdir of step_N/ checkpoints (xlm.recipes.checkpoint)
 
@@ -73,6 +76,26 @@ def load_for_command(name_or_path: str, *, checkpoint: str | None = None, device
                         run_config=read_run_config(source.path) if source.is_run_dir else None,
                         label=str(name_or_path) if by_path else f"card {source.card.name}",  # type: ignore[union-attr]
                         run_dir=source.path if by_path and source.is_run_dir else None)
+
+
+def task_settings_from_origin(saved: dict[str, Any], run_dir: Path | None) -> dict[str, Any]:
+    """A run's task settings with each relative path (data files, tokenizer, a local dataset dir) that is not
+    found from here taken from the directory the run was started in, said in a note."""
+    origin = started_in(run_dir) if run_dir is not None else None
+    if origin is None:
+        return saved
+    out = dict(saved)
+    for key in ("data_files", "tokenizer", "dataset"):
+        if not isinstance(out.get(key), str):
+            continue
+        parts = [p.strip() for p in out[key].split(",")] if key == "data_files" else [out[key]]
+        moved = [str(origin / p) if not Path(p).expanduser().is_absolute() and not glob.glob(p)
+                 and glob.glob(str(origin / p)) else p for p in parts]
+        if moved != parts:
+            out[key] = ",".join(moved)
+            print(f"note: task.{key} {saved[key]!r} is not found here; reading it from where the run was started: "
+                  f"{out[key]}", file=sys.stderr, flush=True)
+    return out
 
 
 def refuse_unfinished_run(name_or_path: str | Path) -> None:
@@ -165,7 +188,8 @@ def _load_checkpoint(run: Path, name: str, device: torch.device | str | None,
     ema = bool(state.get("has_ema")) if is_sharded_checkpoint(path) else (path / "ema.safetensors").exists()
     load_state_strict(model, _weights(path, model, ema=ema), where=str(path))
     tokenizer = (load_run_tokenizer(run) if finished is not None
-                 else build_task(saved_task_config(config["task"], f"{path} task config")).tokenizer)
+                 else build_task(saved_task_config(task_settings_from_origin(config["task"], run),
+                                                   f"{path} task config")).tokenizer)
     sampler = build_dataclass(family.sampler_config_class, {**config["sampler"], **sampling},
                               f"{family.name} sampler settings", kind="sampler key")
     run_config = {"family": family.name, "arch": config["arch"], "task": config["task"]["name"],

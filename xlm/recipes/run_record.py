@@ -31,6 +31,16 @@ RUN_RECORD = "run.json"
 TRAIN_COMMAND = "python -m xlm.recipes.train"
 
 
+def started_in(run_dir: Path) -> Path | None:
+    """The directory the run's last segment was started from (run.json's cwd), where its relative paths lead;
+    None for a dir without a readable record (an export, a card)."""
+    try:
+        cwd = json.loads((run_dir / RUN_RECORD).read_text()).get("cwd")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(cwd) if isinstance(cwd, str) else None
+
+
 def now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
