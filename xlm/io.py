@@ -139,11 +139,12 @@ def write_atomically(final: Path, write: Any) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def replace_file(path: Path, text: str) -> None:
-    """Writes `text` to `path` in one rename: a reader sees the old file or the new one, whole."""
+def replace_file(path: Path, data: str | bytes) -> None:
+    """Writes `data` (text as UTF-8) to `path` in one rename: a reader sees the old file or the new one, whole."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    raw = data.encode() if isinstance(data, str) else data
     try:
-        write_file(tmp, lambda f: (f.write(text.encode()), f.flush(), os.fsync(f.fileno())))
+        write_file(tmp, lambda f: (f.write(raw), f.flush(), os.fsync(f.fileno())))
         os.replace(tmp, path)
     except DiskFullError as err:
         raise _disk_full(path, err.errno, f"{path} is as it was") from err

@@ -92,6 +92,12 @@ def test_train_tokenizer_recipe_writes_a_model_the_task_loads(corpus, tmp_path, 
     assert "trainer_interface.cc" not in err  # SentencePiece's source location is not the user's business
     with pytest.raises(InvalidValueError, match=r"task.tokenizer_vocab_size=100000: Vocabulary size too high"):
         build_task(TextTaskConfig(data_files=str(corpus), tokenizer_vocab_size=100000, block_size=32))
+    with open(out, "rb") as reader:  # a task reading the model while it is rewritten sees it whole
+        before = out.read_bytes()
+        assert train_tokenizer.main(["--data-files", str(corpus), "--vocab-size", "200", "--output", str(out)]) == 0
+        assert reader.read() == before and out.read_bytes() != before  # replaced by a rename, not in place
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    capsys.readouterr()
     for extra, says in ((["--vocab-size", "0"], "--vocab-size must be more than xlm's 7 special tokens"),
                         (["--vocab-size", "300", "--max-documents", "0"], "--max-documents must be >= 1, got 0"),
                         (["--vocab-size", "300", "--text-column", "txt"],  # the option, not the task's setting

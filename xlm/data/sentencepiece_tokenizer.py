@@ -16,6 +16,7 @@ from typing import Any
 import sentencepiece as spm
 
 from xlm.errors import InvalidValueError, PathNotFoundError, UnknownFormatError, XlmUserError
+from xlm.io import replace_file
 
 from .tokenizers import SPECIAL_TOKENS, checked_ids
 
@@ -100,7 +101,8 @@ class SentencePieceTokenizer:
         return {"kind": "sentencepiece", "model_proto_b64": base64.b64encode(self._proto).decode("ascii")}
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_bytes(self._proto)
+        """In one rename: a task reading the file (or a Ctrl-C while writing it) never sees half of it."""
+        replace_file(Path(path), self._proto)
 
 
 def sentencepiece_from_spec(spec: Mapping[str, Any]) -> SentencePieceTokenizer:
