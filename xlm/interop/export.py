@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from xlm.errors import ConversionError, XlmUserError
+from xlm.errors import ConversionError, XlmUserError, listing
 from xlm.io import new_temp_dir
 from xlm.interop.converter import Converter
 from xlm.registry import Family, families
@@ -79,10 +79,9 @@ def check_export_dir(out_dir: Path, *, overwrite: bool) -> None:
         raise ExportError(f"{out_dir} is a file; export writes a directory, so name a new or empty one")
     present = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
     if present and not overwrite:
-        shown = ", ".join(present[:4]) + (f" and {len(present) - 4} more" if len(present) > 4 else "")
-        raise ExportError(f"{out_dir} already holds {shown}; name a new or empty directory, or pass "
-                          f"overwrite=True (xlm convert: --overwrite) to replace the files the export writes "
-                          f"and keep the rest")
+        raise ExportError(f"{out_dir} already holds {listing(present, limit=4)}; name a new or empty directory, "
+                          f"or pass overwrite=True (xlm convert: --overwrite) to replace the files the export "
+                          f"writes and keep the rest")
 
 
 def _write_files(out_dir: Path, files: Mapping[str, Any]) -> None:

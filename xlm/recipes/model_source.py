@@ -84,13 +84,16 @@ def task_settings_from_origin(saved: dict[str, Any], run_dir: Path | None) -> di
     origin = started_in(run_dir) if run_dir is not None else None
     if origin is None:
         return saved
+    def rebased(path: str) -> str:
+        lost = not Path(path).expanduser().is_absolute() and not glob.glob(path)
+        return str(origin / path) if lost and glob.glob(str(origin / path)) else path
+
     out = dict(saved)
     for key in ("data_files", "tokenizer", "dataset"):
         if not isinstance(out.get(key), str):
             continue
         parts = [p.strip() for p in out[key].split(",")] if key == "data_files" else [out[key]]
-        moved = [str(origin / p) if not Path(p).expanduser().is_absolute() and not glob.glob(p)
-                 and glob.glob(str(origin / p)) else p for p in parts]
+        moved = [rebased(p) for p in parts]
         if moved != parts:
             out[key] = ",".join(moved)
             print(f"note: task.{key} {saved[key]!r} is not found here; reading it from where the run was started: "

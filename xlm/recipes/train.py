@@ -27,7 +27,7 @@ import torch
 
 from xlm.data.task import Task
 from xlm.data.tasks import build_task
-from xlm.errors import InvalidValueError, XlmUserError, reports_user_errors
+from xlm.errors import InvalidValueError, XlmUserError, listing, reports_user_errors
 from xlm.registry import families, get_task, list_tasks
 
 from .checkpoint import checkpoint_dirs
@@ -35,6 +35,7 @@ from .config import ComposedConfig, ConfigError, TrainRecipeConfig, build_config
 from .distributed import DistEnv, exit_worker, init_distributed, shutdown
 from .host import HostLoad, oversubscription_warning, torch_threads
 from .interrupts import signal_name
+from .model_source import CHECKPOINTS
 from .run_history import HISTORY_FILE
 from .run_lock import LOCK_FILE, run_dir_lock
 from .run_record import RUN_RECORD
@@ -119,7 +120,7 @@ def refuse_file(option: str, path: Path) -> None:
 
 
 COMPARE_SETTINGS = "compare_run.json"  # xlm compare's record, in each run dir, of what it trains and scores
-RUN_MARKERS = (LOCK_FILE, RUN_RECORD, HISTORY_FILE, "checkpoints", COMPARE_SETTINGS)  # the first files of a run
+RUN_MARKERS = (LOCK_FILE, RUN_RECORD, HISTORY_FILE, CHECKPOINTS, COMPARE_SETTINGS)  # the first files of a run
 
 
 def refuse_foreign_output_dir(path: Path, markers: Sequence[str] = RUN_MARKERS,
@@ -130,9 +131,8 @@ def refuse_foreign_output_dir(path: Path, markers: Sequence[str] = RUN_MARKERS,
         return
     present = sorted(p.name for p in path.iterdir())
     if present:
-        shown = ", ".join(present[:4]) + (f" and {len(present) - 4} more" if len(present) > 4 else "")
-        raise InvalidValueError(f"--output-dir {path} holds {shown} and is not {kind}; choose a new or empty "
-                                f"directory")
+        raise InvalidValueError(f"--output-dir {path} holds {listing(present, limit=4)} and is not {kind}; choose "
+                                f"a new or empty directory")
 
 
 def fit_model_to_task(composed: ComposedConfig, task: Task) -> TrainRecipeConfig:
