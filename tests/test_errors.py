@@ -7,6 +7,7 @@ import os
 import pkgutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,12 @@ import pytest
 import xlm
 from xlm.assets.card import CardError
 from xlm.assets.download import ChecksumError, DownloadError
-from xlm.data.tasks.star import StarNameError
+from xlm.data.tasks.star import StarCacheWarning, StarNameError
 from xlm.data.tokenizers import UnknownTokenError
 from xlm.data.tokenizers import WordTokenizer
 from xlm.errors import (CheckpointReadError, ConversionError, InvalidValueError, PathExistsError, PathNotFoundError,
-                        UnknownFormatError, XlmError, XlmUserError, reports_user_errors, user_values)
+                        UnknownFormatError, XlmError, XlmUserError, XlmWarning, reports_user_errors,
+                        user_values)
 from xlm.interop.export import ExportError
 from xlm.io import DiskFullError
 from xlm.models.arlm.predictor import ArlmSamplerConfig
@@ -81,8 +83,9 @@ def test_every_error_is_an_xlm_error_and_either_the_users_or_listed_as_internal(
 
 
 @pytest.mark.parametrize("cls", [c for c in DEFINED if issubclass(c, Warning)], ids=lambda c: c.__name__)
-def test_warnings_stay_warnings(cls):
+def test_warnings_stay_warnings_and_are_xlm_warnings(cls):
     assert not issubclass(cls, XlmError)
+    assert issubclass(cls, XlmWarning), f"{cls.__name__} does not derive from xlm.errors.XlmWarning"
 
 
 @pytest.mark.parametrize(("cls", "builtins"), USER_ERRORS.items(), ids=[c.__name__ for c in USER_ERRORS])
@@ -116,6 +119,21 @@ def test_a_user_error_is_one_message_and_exit_2_other_errors_keep_their_tracebac
     assert main(["a", "b", "c"]) == 3 and main.__name__ == "main"
     with pytest.raises(KeyError, match="internal"):
         main(["bug"])
+
+
+def test_a_command_prints_xlm_warnings_as_one_line_and_leaves_others_as_python_shows_them(capsys):
+    @reports_user_errors
+    def main(argv: list[str]) -> int:
+        warnings.warn("the cache was rebuilt", StarCacheWarning, stacklevel=2)
+        warnings.warn("a library's own warning", DeprecationWarning, stacklevel=2)
+        return 0
+
+    with pytest.warns(DeprecationWarning, match="a library's own warning") as seen:  # handed on as it was
+        assert main([]) == 0
+    assert capsys.readouterr().err == "warning: the cache was rebuilt\n"
+    assert [w.category for w in seen] == [DeprecationWarning]
+    assert issubclass(StarCacheWarning, XlmWarning) and issubclass(XlmWarning, UserWarning)
+    assert warnings.showwarning is not None and "one_line" not in warnings.showwarning.__qualname__  # restored
 
 
 def test_values_a_user_gave_that_a_config_refuses_are_a_user_error():

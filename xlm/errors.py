@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import ParamSpec
@@ -24,6 +25,10 @@ class XlmError(Exception):
 
 class XlmUserError(XlmError):
     """A mistake the user can fix; its message says what was wrong and what would be right."""
+
+
+class XlmWarning(UserWarning):
+    """Base of every warning xlm gives on purpose; a command prints each as `warning: <message>`."""
 
 
 class PathNotFoundError(XlmUserError, FileNotFoundError):
@@ -63,12 +68,15 @@ def reports_user_errors(main: Callable[P, int]) -> Callable[P, int]:
     """A command's `main` that prints a user error as `error: <message>` on stderr and returns 2:
     the message already says what to fix, so a traceback would only bury it. Ctrl-C is the user's
     own doing too: one line, `interrupted`, and 130. Other errors (bugs, internal state) keep their
-    traceback."""
+    traceback. xlm's own warnings are one line too, `warning: <message>`, without the source line that
+    Python adds for a programmer."""
 
     @functools.wraps(main)
     def run(*args: P.args, **kwargs: P.kwargs) -> int:
         try:
-            return main(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _one_line_for_xlm(warnings.showwarning)
+                return main(*args, **kwargs)
         except XlmUserError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -77,6 +85,15 @@ def reports_user_errors(main: Callable[P, int]) -> Callable[P, int]:
             return INTERRUPTED_EXIT
 
     return run
+
+
+def _one_line_for_xlm(show: Callable[..., None]) -> Callable[..., None]:
+    def shown(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+        if issubclass(category, XlmWarning):
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+        else:
+            show(message, category, *args, **kwargs)
+    return shown
 
 
 def listing(keys: Sequence[str], limit: int = 40) -> str:

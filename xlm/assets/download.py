@@ -26,7 +26,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from xlm.data.disk_cache import default_cache_root
-from xlm.errors import InvalidValueError, PathNotFoundError, XlmUserError
+from xlm.errors import InvalidValueError, PathNotFoundError, XlmUserError, XlmWarning
 
 ALLOWED_SCHEMES = ("hf", "https", "http", "file", "")
 _LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -36,7 +36,7 @@ class DownloadError(XlmUserError, OSError):
     """A checkpoint could not be fetched."""
 
 
-class UnverifiedDownloadWarning(UserWarning):
+class UnverifiedDownloadWarning(XlmWarning):
     """A remote file was fetched with no checksum to verify it."""
 
 

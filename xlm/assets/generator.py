@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from xlm.data.tokenizers import Tokenizer
+from xlm.data.tokenizers import Tokenizer, padding_id
 from xlm.errors import XlmUserError
 from xlm.registry import Family
 from xlm.trace import StepHook
@@ -82,7 +82,7 @@ class Generator:
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         out = self._predict(rows, max_new_tokens, generator)
         width = max((len(r) for r in out), default=0)
-        result = torch.full((len(out), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        result = torch.full((len(out), width), padding_id(self.tokenizer), dtype=torch.long)
         for i, r in enumerate(out):
             result[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         return result

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from xlm.errors import PathExistsError
+from xlm.errors import PathExistsError, XlmWarning
 from xlm.registry import families
 from xlm.shipped import cards_dir
 
@@ -33,7 +33,7 @@ from .card import AssetCard, CardError, UnknownCardError, card_documents, check_
 _extra_dirs: list[Path] = []
 
 
-class BrokenCardWarning(UserWarning):
+class BrokenCardWarning(XlmWarning):
     """A card file that cannot be read, or a card name defined twice: left out, the other cards still work."""
 
 

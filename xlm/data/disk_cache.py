@@ -22,11 +22,13 @@ from collections.abc import Callable, Iterator
 
 import datasets
 
+from xlm.errors import XlmWarning
+
 
 CONTENT_FILE = "xlm_content.json"
 
 
-class CacheWarning(UserWarning):
+class CacheWarning(XlmWarning):
     """A cache entry was unreadable or had changed, and has been rebuilt."""
 
 

@@ -25,10 +25,10 @@ from typing import Any
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizerModel
 
-from xlm.errors import InvalidValueError, PathNotFoundError, XlmUserError
+from xlm.errors import InvalidValueError, PathNotFoundError
 from xlm.io import read_json_object
 
-from .tokenizers import checked_ids
+from .tokenizers import MissingSpecialTokenError, checked_ids
 
 #: For each xlm role, the tokens that fill it in common HF tokenizers, first match wins;
 #: a role with no match gets its xlm name added as a new special token (for a new model).
@@ -44,10 +44,6 @@ ROLE_CANDIDATES: dict[str, tuple[str, ...]] = {
 
 #: Where transformers writes a tokenizer's special tokens beside its tokenizer.json (later files win).
 DECLARING_FILES = ("special_tokens_map.json", "tokenizer_config.json")
-
-
-class MissingSpecialTokenError(XlmUserError, LookupError):
-    """A model's own tokenizer lacks a special token that was asked for (GPT-2's has no [MASK])."""
 
 
 class HFTokenizer:

@@ -16,9 +16,12 @@ from xlm.errors import XlmUserError
 
 __all__ = [
     "SPECIAL_TOKENS",
+    "MissingSpecialTokenError",
     "Tokenizer",
     "UnknownTokenError",
     "WordTokenizer",
+    "optional_token_id",
+    "padding_id",
     "register_tokenizer_kind",
     "tokenizer_from_spec",
 ]
@@ -28,6 +31,10 @@ SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[CLS]", "[MASK]", "[EOS]", "[BOS]",
 
 # How many vocabulary words an error message lists before eliding the middle.
 _MAX_LISTED_WORDS = 60
+
+
+class MissingSpecialTokenError(XlmUserError, LookupError):
+    """A model's own tokenizer lacks a special token that was asked for (GPT-2's has no [MASK])."""
 
 
 class UnknownTokenError(XlmUserError, ValueError):
@@ -80,6 +87,23 @@ class Tokenizer(Protocol):
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str: ...
 
     def spec(self) -> dict: ...
+
+
+def optional_token_id(tokenizer: Tokenizer, role: str) -> int | None:
+    """The id of `role` ("eos", "pad", ...), or None where a model's own tokenizer has no such token
+    (a WordLevel tokenizer saved with no special tokens): generation then runs to its length limit,
+    as transformers' generate does without an eos."""
+    try:
+        return getattr(tokenizer, f"{role}_token_id")
+    except MissingSpecialTokenError:
+        return None
+
+
+def padding_id(tokenizer: Tokenizer) -> int:
+    """The id that fills padded positions of prompts and outputs: [PAD] (or [EOS], as HFTokenizer gives),
+    else 0. Padding is masked out wherever a model sees it, so any id does for a tokenizer with neither."""
+    pad = optional_token_id(tokenizer, "pad")
+    return 0 if pad is None else pad
 
 
 def _as_int_list(ids: Any) -> list[int]:

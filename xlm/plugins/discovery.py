@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from xlm.errors import XlmUserError
+from xlm.errors import XlmUserError, XlmWarning
 from xlm.registry import families, registering_from
 
 CORE_FAMILIES = ("arlm", "mlm", "ilm", "mdlm")
@@ -71,7 +71,7 @@ class ExternalModelImportError(ExternalModelError):
     """A model's package failed to import (the original error is attached as __cause__)."""
 
 
-class ExternalModelWarning(UserWarning):
+class ExternalModelWarning(XlmWarning):
     """A discovery problem reported without stopping (non-strict mode, or no plugin was needed)."""
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
+from xlm.errors import XlmWarning
 from xlm.io import replace_file
 
 from .checkpoint import checkpoint_name
@@ -76,7 +77,7 @@ class BestCheckpointTracker:
             return False
         if not (self.root / best["checkpoint"]).is_dir():
             warnings.warn(f"the best checkpoint so far, {best['checkpoint']}, is no longer in {self.root}; "
-                          f"the best is chosen anew from the next evaluation", stacklevel=2)
+                          f"the best is chosen anew from the next evaluation", XlmWarning, stacklevel=2)
             return False
         self.best = best
         return True

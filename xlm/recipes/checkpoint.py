@@ -31,7 +31,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from xlm.errors import XlmError
+from xlm.errors import XlmError, XlmWarning
 from xlm.io import save_safetensors, state_dict_for_safetensors, write_atomically, write_file
 
 CHECKPOINT_RE = re.compile(r"^step_(\d{9})$")
@@ -188,5 +188,5 @@ def load_latest_checkpoint(root: Path) -> tuple[Path, tuple[dict, dict | None, d
         try:
             return path, load_checkpoint(path)
         except CheckpointError as err:
-            warnings.warn(f"skipping checkpoint at step {step}: {err}", stacklevel=2)
+            warnings.warn(f"skipping checkpoint at step {step}: {err}", XlmWarning, stacklevel=2)
     return None

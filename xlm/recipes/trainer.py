@@ -34,7 +34,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from xlm.data.task import Task
-from xlm.errors import PathExistsError, XlmError
+from xlm.errors import PathExistsError, XlmError, XlmWarning
 from xlm.io import commit_dir, new_temp_dir, replace_file, write_file
 from xlm.nn.cpu import accelerate_training
 from xlm.registry import Family
@@ -581,7 +581,7 @@ class Trainer:
                 state = self._load(path)
                 failed = False
             except CheckpointError as err:
-                warnings.warn(f"skipping checkpoint at step {step}: {err}", stacklevel=2)
+                warnings.warn(f"skipping checkpoint at step {step}: {err}", XlmWarning, stacklevel=2)
                 failed = True
             self._touched = self._touched or not failed
             if broadcast_flag(failed, self.env):  # any rank failed: all fall back together

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 import xlm
 from xlm.assets.generator import TokenizerMismatchError
 from xlm.data.corpora import pydoc_paragraphs
-from xlm.data.hf_tokenizer import MissingSpecialTokenError
+from xlm.data.tokenizers import MissingSpecialTokenError
 from xlm.nn.sampling import filter_logits
 
 transformers = pytest.importorskip("transformers")
@@ -212,3 +212,46 @@ def test_a_tokenizer_larger_than_the_embedding_is_refused(hf_tokenizer, tmp_path
     with pytest.raises(TokenizerMismatchError, match=f"tokenizer has {len(hf_tokenizer)} tokens but the model's "
                                                      f"embedding has {small} rows"):
         xlm.load_generator(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def no_special_tokens_dir(tmp_path_factory):
+    """A GPT-2 with 32 learned positions and a word-level tokenizer that has no special token at all
+    (no eos, no pad), both saved by transformers."""
+    words = "the a cat dog sat ran on under mat rug".split()
+    raw = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="the"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=raw)
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=len(words), n_positions=32, n_embd=32, n_layer=2, n_head=2,
+                                     initializer_range=0.2, bos_token_id=None, eos_token_id=None)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    path = tmp_path_factory.mktemp("no_special_tokens")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return model, tokenizer, path
+
+
+def test_a_tokenizer_without_eos_generates_max_new_tokens_as_transformers(no_special_tokens_dir):
+    model, tokenizer, path = no_special_tokens_dir
+    generator = xlm.load_generator(path, max_new_tokens=6)
+    with pytest.raises(MissingSpecialTokenError, match="no eos token"):
+        _ = generator.tokenizer.eos_token_id
+    prompts = ["the cat sat on", "a dog"]
+    for prompt, text in zip(prompts, generator.generate(prompts)):  # a left-padded batch of two
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            expected = model.generate(ids, max_new_tokens=6, do_sample=False)[0, ids.size(1):]
+        assert len(expected) == 6
+        assert text == tokenizer.decode(expected)
+
+
+def test_generation_stops_at_the_learned_positions_with_one_warning_line(no_special_tokens_dir, capsys):
+    _, _, path = no_special_tokens_dir
+    with pytest.warns(xlm.errors.XlmWarning, match="generating 28 new tokens, not 64: this model's learned "
+                                                   "positions end at max_seq_len=32 and the prompt takes 4"):
+        ids = xlm.load_generator(path, max_new_tokens=64).generate_ids([[0, 2, 4, 6]])
+    assert ids.shape == (1, 28)
+    assert xlm.cli.main(["generate", "--model", str(path), "--prompt", "the cat sat on"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: generating 28 new tokens, not 64" in err and "UserWarning" not in err

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from xlm.data.collate import check_fits, pad_rows
-from xlm.data.tokenizers import Tokenizer
+from xlm.data.tokenizers import Tokenizer, padding_id
 from xlm.errors import InvalidValueError
 
 from .types import ArlmPredictBatch, ArlmTrainBatch
@@ -26,7 +26,7 @@ class ArlmLMCollator:
     """Plain language modelling on `input_ids` rows (already blocked, or padded here)."""
 
     def __init__(self, tokenizer: Tokenizer, max_len: int) -> None:
-        self.pad_id = tokenizer.pad_token_id
+        self.pad_id = padding_id(tokenizer)  # labels follow the mask, never the id
         self.max_len = max_len
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> ArlmTrainBatch:
@@ -69,7 +69,7 @@ class ArlmContinuationPredictCollator:
     prompt is continued as transformers' generate continues it (padding is masked out)."""
 
     def __init__(self, tokenizer: Tokenizer, max_len: int) -> None:
-        self.pad_id = tokenizer.pad_token_id
+        self.pad_id = padding_id(tokenizer)
         self.max_len = max_len
 
     def row(self, prompt_ids: Sequence[int]) -> list[int]:

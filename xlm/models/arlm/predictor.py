@@ -1,13 +1,16 @@
-"""Left-to-right sampling with a KV cache; each row stops at its own [EOS]."""
+"""Left-to-right sampling with a KV cache; each row stops at its own [EOS] (a model whose own tokenizer
+has none writes max_new_tokens, as transformers' generate does)."""
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
-from xlm.data.tokenizers import Tokenizer
+from xlm.data.tokenizers import Tokenizer, optional_token_id, padding_id
+from xlm.errors import XlmWarning
 from xlm.nn.config_checks import check_field_types, check_sampling_filters
 from xlm.nn.cpu import prepacked_linears
 from xlm.nn.sampling import select_tokens
@@ -68,7 +71,8 @@ class ArlmPredictor:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
         mask = attention_mask.to(device=device, dtype=torch.bool)
         batch, prompt_len = input_ids.shape
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        eos, pad = optional_token_id(self.tokenizer, "eos"), padding_id(self.tokenizer)
+        steps = self._within_positions(steps, prompt_len)
 
         total = prompt_len + steps
         cache = self.model.new_kv_cache(batch, total) if cfg.use_kv_cache else None
@@ -96,7 +100,8 @@ class ArlmPredictor:
                     written = torch.zeros(batch, end, dtype=torch.bool, device=device)
                     written[:, -1] = ~finished
                     emit(self.on_step, step, sequences[:, :end], written)
-                finished |= next_ids == eos
+                if eos is not None:
+                    finished |= next_ids == eos
                 if bool(finished.all()):
                     break
                 if cache is not None:
@@ -105,6 +110,19 @@ class ArlmPredictor:
                 else:
                     logits = self.model(sequences[:, :end], attention_mask=full_mask[:, :end])[:, -1]
         return sequences[:, :end]
+
+    def _within_positions(self, steps: int, prompt_len: int) -> int:
+        """A learned position embedding has max_seq_len rows: generation stops there, with a warning, rather
+        than failing at the first position past it (rotary models read any position)."""
+        if getattr(self.model, "embed_positions", None) is None:
+            return steps
+        room = self.model.config.max_seq_len - prompt_len
+        if steps <= room:
+            return steps
+        warnings.warn(f"generating {room} new tokens, not {steps}: this model's learned positions end at "
+                      f"max_seq_len={self.model.config.max_seq_len} and the prompt takes {prompt_len}",
+                      XlmWarning, stacklevel=4)
+        return room
 
     def predict(self, batch: ArlmPredictBatch, *, generator: torch.Generator | None = None) -> ArlmPredictionDict:
         sequences = self.generate(batch["input_ids"], batch["attention_mask"], generator=generator)
@@ -115,8 +133,9 @@ class ArlmPredictor:
     def _until_eos(self, row: list[int]) -> list[int]:
         """A continuation keeps every token before [EOS], as transformers' generate does; a seq2seq
         target has no special tokens."""
-        if self.tokenizer.eos_token_id in row:
-            row = row[: row.index(self.tokenizer.eos_token_id)]
+        eos = optional_token_id(self.tokenizer, "eos")
+        if eos in row:
+            row = row[: row.index(eos)]
         if self.config.prompt_format == "continuation":
             return row
         return [t for t in row if t not in self.tokenizer.special_ids]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -31,10 +32,15 @@ class ArlmUnit:
         self.tokenizer = tokenizer
         max_len = model.config.max_seq_len
         self._lm = ArlmLMCollator(tokenizer, max_len)
-        self._seq2seq = ArlmSeq2SeqCollator(tokenizer, max_len)
         predict = ArlmSeq2SeqPredictCollator if sampler.prompt_format == "seq2seq" else ArlmContinuationPredictCollator
         self._predict = predict(tokenizer, max_len)
         self.predictor = ArlmPredictor(model, tokenizer, sampler)
+
+    @cached_property
+    def _seq2seq(self) -> ArlmSeq2SeqCollator:
+        """Built on first use: it needs [BOS] and [EOS], which a model's own tokenizer may lack while
+        it still continues text."""
+        return ArlmSeq2SeqCollator(self.tokenizer, self.model.config.max_seq_len)
 
     def collate_train(self, examples: Sequence[Mapping[str, Any]]) -> ArlmTrainBatch:
         """Seq2seq rows carry `prompt_ids`/`target_ids`; LM rows carry `input_ids`."""

@@ -26,6 +26,8 @@ from jaxtyping import Float
 from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from xlm.errors import XlmWarning
+
 from ..feed_forward import FeedForward
 
 _TWO_SQRT_2_OVER_PI = 2 * math.sqrt(2 / math.pi)
@@ -54,7 +56,8 @@ def compiled_gelu_tanh() -> Callable[[Tensor], Tensor] | None:
     except Exception as error:  # a missing compiler, platform or inductor option: several error types
         warnings.warn(f"the tanh GELU runs torch's eager CPU kernel, about half as fast in training: compiling "
                       f"its fused form failed ({type(error).__name__}: {str(error).strip()[:200]}). Install a "
-                      "C++ compiler for torch.compile, or set XLM_EAGER_GELU=1 to skip the attempt.", stacklevel=3)
+                      "C++ compiler for torch.compile, or set XLM_EAGER_GELU=1 to skip the attempt.",
+                      XlmWarning, stacklevel=3)
         return None
     return compiled
 
