@@ -3,6 +3,8 @@ and errors for bad sources. The corpus is CPython's own help text (xlm.data.corp
 
 import json
 
+import re
+
 import pytest
 import torch
 from tokenizers import Tokenizer as RawHFTokenizer
@@ -107,6 +109,37 @@ def test_train_tokenizer_recipe_writes_a_model_the_task_loads(corpus, tmp_path, 
         err = capsys.readouterr().err
         assert says in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "x.model").exists()
+
+
+def test_train_tokenizer_says_how_many_ids_the_characters_need_and_takes_a_character_coverage(tmp_path, capsys):
+    common, rare = "the quick brown fox jumps over the lazy dog", "αβγδεζηθικλμνξοπρστυφχψω"  # rare: 1 in 4,400 each
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text((f"{common}\n" * 100 + rare + "\n") * 5, encoding="utf-8")
+    out = tmp_path / "tok.model"
+    args = ["--data-files", str(corpus), "--vocab-size", "35", "--output", str(out)]
+    assert train_tokenizer.main(args) == 2
+    err = capsys.readouterr().err
+    # SentencePiece said "... decrease character_coverage with --character_coverage option", an option xlm lacks
+    needed = int(re.search(r"need (\d+) ids", err).group(1))
+    assert needed == len(set(common) | set(rare)) + len(SPECIAL_TOKENS)  # the space is a piece too
+    assert err == (f"error: --vocab-size=35 is too small for this corpus: its characters and xlm's 7 special tokens "
+                   f"need {needed} ids; set --vocab-size to at least {needed}, or --character-coverage lower (now "
+                   f"1.0, down to 0.98) to leave the rarest characters to [UNK]\n")
+    assert not out.exists()
+    with pytest.raises(InvalidValueError, match=re.escape(  # the text task trains its own: it names the command
+            f"task.tokenizer_vocab_size=35 is too small for this corpus: its characters and xlm's 7 special tokens "
+            f"need {needed} ids; set task.tokenizer_vocab_size to at least {needed}, or train one that leaves the "
+            f"rarest characters to [UNK] (`xlm train-tokenizer --character-coverage 0.98`) and give it as "
+            f"task.tokenizer")):
+        build_task(TextTaskConfig(data_files=str(corpus), tokenizer_vocab_size=35, block_size=32))
+    assert train_tokenizer.main([*args, "--character-coverage", "0.98"]) == 0
+    tokenizer = SentencePieceTokenizer.from_file(out)
+    assert tokenizer.unk_token_id in tokenizer.encode("α")
+    assert tokenizer.decode(tokenizer.encode("the lazy fox")) == "the lazy fox"
+    capsys.readouterr()
+    assert train_tokenizer.main([*args, "--character-coverage", "0.5"]) == 2
+    assert capsys.readouterr().err == ("error: --character-coverage must be in [0.98, 1] (the share of the corpus's "
+                                       "characters the vocabulary covers, as SentencePiece takes it), got 0.5\n")
 
 
 def _gpt2_like_tokenizer_json(corpus, path):

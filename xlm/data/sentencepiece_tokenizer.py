@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,25 @@ from .tokenizers import SPECIAL_TOKENS, checked_ids
 _PAD, _CLS, _MASK, _EOS, _BOS, _SEP, _UNK = range(7)
 
 
+#: The lowest character coverage SentencePiece's trainer takes.
+MIN_CHARACTER_COVERAGE = 0.98
+#: SentencePiece's reason when the vocabulary cannot hold every character (plus the special ids) it must cover.
+_TOO_FEW_IDS = re.compile(r"Vocabulary size is smaller than required_chars\. \d+ vs (\d+)\.")
+
+
 def train_sentencepiece(lines: Iterable[str], *, vocab_size: int, model_type: str = "unigram",
-                        character_coverage: float = 1.0, vocab_setting: str = "vocab_size") -> bytes:
-    """A SentencePiece model proto trained on `lines`, with the special ids laid out as xlm-core's;
-    `vocab_setting` names where the user set `vocab_size`, for the error of a corpus too small for it."""
+                        character_coverage: float = 1.0, vocab_setting: str = "vocab_size",
+                        coverage_setting: str | None = "character_coverage") -> bytes:
+    """A SentencePiece model proto trained on `lines`, with the special ids laid out as xlm-core's.
+    `vocab_setting` and `coverage_setting` name where the user sets those two values (None: nowhere, the
+    text task's own tokenizer), for the error of a vocabulary too small for the corpus's characters."""
     if model_type not in ("unigram", "bpe", "char", "word"):
         raise InvalidValueError(f"model_type must be unigram, bpe, char or word, got {model_type!r}")
+    if not MIN_CHARACTER_COVERAGE <= character_coverage <= 1:
+        setting = coverage_setting or "character_coverage"
+        raise InvalidValueError(f"{setting} must be in [{MIN_CHARACTER_COVERAGE}, 1] (the share of the corpus's "
+                                f"characters the vocabulary covers, as SentencePiece takes it), got "
+                                f"{character_coverage}")
     if vocab_size <= len(SPECIAL_TOKENS):
         raise InvalidValueError(f"{vocab_setting} must be more than xlm's {len(SPECIAL_TOKENS)} special tokens "
                                 f"(and at least the corpus's distinct characters), got {vocab_size}")
@@ -52,6 +66,20 @@ def train_sentencepiece(lines: Iterable[str], *, vocab_size: int, model_type: st
         if failed:
             raise failed[0] from None
         reason = str(err).rpartition("] ")[2] or str(err)  # without "INTERNAL: src/trainer_interface.cc(744) [...]"
+        if too_few := _TOO_FEW_IDS.search(reason):
+            needed = int(too_few.group(1))
+            if character_coverage <= MIN_CHARACTER_COVERAGE:
+                lower = ""
+            elif coverage_setting is None:
+                lower = (f", or train one that leaves the rarest characters to [UNK] (`xlm train-tokenizer "
+                         f"--character-coverage {MIN_CHARACTER_COVERAGE}`) and give it as task.tokenizer")
+            else:
+                lower = (f", or {coverage_setting} lower (now {character_coverage}, down to {MIN_CHARACTER_COVERAGE}) "
+                         f"to leave the rarest characters to [UNK]")
+            raise InvalidValueError(
+                f"{vocab_setting}={vocab_size} is too small for this corpus: its characters and xlm's "
+                f"{len(SPECIAL_TOKENS)} special tokens need {needed} ids; set {vocab_setting} to at least "
+                f"{needed}{lower}") from None
         raise InvalidValueError(f"cannot train a SentencePiece model with {vocab_setting}={vocab_size}: {reason}"
                                 ) from None
     return out.getvalue()

@@ -27,6 +27,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--text-column", default="text")
     p.add_argument("--vocab-size", type=int, required=True)
     p.add_argument("--model-type", default="unigram", choices=("unigram", "bpe", "char", "word"))
+    p.add_argument("--character-coverage", type=float, default=1.0,
+                   help="the share of the corpus's characters the vocabulary covers; the rest become [UNK] "
+                        "(SentencePiece suggests 0.9995 for corpora with many rare characters)")
     p.add_argument("--max-documents", type=int, default=1_000_000, help="train on at most this many documents")
     p.add_argument("--output", required=True, help="the .model file to write")
     return p.parse_args(argv)
@@ -44,7 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         text_column=args.text_column)
     train = raw_split(source, "train")
     proto = train_sentencepiece(iter_texts(train, args.text_column, args.max_documents),
-                                vocab_size=args.vocab_size, model_type=args.model_type, vocab_setting="--vocab-size")
+                                vocab_size=args.vocab_size, model_type=args.model_type,
+                                character_coverage=args.character_coverage, vocab_setting="--vocab-size",
+                                coverage_setting="--character-coverage")
     output.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = SentencePieceTokenizer(proto)
     tokenizer.save(output)

@@ -252,7 +252,8 @@ def corpus_tokenizer(source: TextSource, *, vocab_size: int, cache_dir: Path | N
                                 f"document is empty or whitespace): there is nothing to train a tokenizer on")
     texts = itertools.chain([first], texts)
     tokenizer = SentencePieceTokenizer(train_sentencepiece(texts, vocab_size=vocab_size,
-                                                           vocab_setting="task.tokenizer_vocab_size"))
+                                                           vocab_setting="task.tokenizer_vocab_size",
+                                                           coverage_setting=None))
     root.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=root, prefix=".tmp-")
     os.close(fd)
