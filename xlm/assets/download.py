@@ -159,8 +159,8 @@ def _not_cached(location: HubLocation, why: str, card: str | None) -> str:
     if card:
         command = f"`xlm cards download {card}` (or {command})"
     return (f"{location.uri}: {why}, and {location.filename} is not in the download cache {hub_cache_dir()}; "
-            f"fetch it beforehand where the hub is reachable with {command}, and bring that cache here "
-            f"(XLM_CACHE_DIR names its root, now {default_cache_root()})")
+            f"on a machine that reaches the hub, run {command}, then copy its cache here "
+            f"(XLM_CACHE_DIR names the cache's root, here {default_cache_root()})")
 
 
 def _fetch_hf(location: HubLocation, *, card: str | None) -> Path:
