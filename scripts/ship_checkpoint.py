@@ -67,10 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     if test.get("num_examples") != split_size:
         raise InvalidValueError(f"{found[0]} scores {test.get('num_examples')} test examples, not the whole split "
                                 f"({split_size}); run `xlm eval --model {args.run} --split test` without --limit")
-    if test.get("sampler_overrides"):
-        raise InvalidValueError(f"{found[0]} was scored with sampler settings other than the run's "
-                                f"({test['sampler_overrides']}); run `xlm eval --model {args.run} --split test` "
-                                f"without sampler overrides")
+    for kind in ("sampler", "task"):
+        if test.get(f"{kind}_overrides"):
+            raise InvalidValueError(f"{found[0]} was scored with {kind} settings other than the run's "
+                                    f"({test[f'{kind}_overrides']}); run `xlm eval --model {args.run} --split test` "
+                                    f"without {kind} overrides")
     target = CARD_DIR / "checkpoints" / args.name
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, target / "model.safetensors")

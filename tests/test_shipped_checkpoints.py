@@ -45,6 +45,10 @@ def test_a_card_is_not_shipped_with_a_part_of_the_test_split(tmp_path, monkeypat
                                                               "sampler_overrides": {"strategy": "sample"}}))
     assert script.main([str(run), "--name", "tiny_sampled", "--command", "c"]) == 2
     assert "with sampler settings other than the run's ({'strategy': 'sample'})" in capsys.readouterr().err
+    (run / "eval_star_easy_test.json").write_text(json.dumps({"num_examples": 5000, "exact_match": 1.0,
+                                                              "task_overrides": ["task.seed=7"]}))
+    assert script.main([str(run), "--name", "tiny_other_task", "--command", "c"]) == 2
+    assert "with task settings other than the run's (['task.seed=7'])" in capsys.readouterr().err
     assert not (tmp_path / "cards").exists()
 
 

@@ -14,11 +14,12 @@ import torch
 from safetensors.torch import load_file
 
 import xlm
-from xlm.data.tasks import prompt_problem
+from xlm.data.tasks import build_task, prompt_problem, task_config
 from xlm.data.tasks.sort import load_sort
 from xlm.data.tasks.star import load_star
 from xlm.recipes import compare, convert, evaluate, generate, train
 from xlm.recipes.model_source import load_for_command
+from xlm.errors import UnknownFormatError
 from xlm.run_dir import RunDirError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -380,3 +381,40 @@ def test_a_text_run_with_relative_data_paths_evaluates_from_another_directory(tm
         assert evaluate.main(["--model", *extra, "--limit", "2"]) == 0
         assert (f"note: task.data_files 'corpus.txt' is not found here; reading it from where the run was started: "
                 f"{home / 'corpus.txt'}") in capsys.readouterr().err
+
+
+def test_eval_scores_a_text_model_on_another_corpus_with_its_own_tokenizer(tmp_path, monkeypatch, capsys):
+    """`xlm eval --model RUN task.data_files=held_out.txt`: it said "expected sampler.KEY=VALUE"; now the other
+    corpus is read with the model's tokens (not a tokenizer trained on it), into a file of its own."""
+    monkeypatch.chdir(tmp_path)
+    Path("a.txt").write_text("\n".join(f"the {w} sat on the mat {w}" for w in ("cat", "dog", "owl") * 40))
+    Path("b.txt").write_text("\n".join(f"a {w} ran under the rug" for w in ("cat", "dog", "hen", "owl") * 30))
+    assert train.main(["--arch", "arlm_tiny", "--task", "text", "task.data_files=a.txt", "task.tokenizer_vocab_size=24",
+                       "task.block_size=16", "--output-dir", "run", "trainer.max_steps=4",
+                       "trainer.progress_bar=false"]) == 0
+    assert evaluate.main(["--model", "run", "--split", "train"]) == 0
+    own = json.loads(Path("run/eval_text_train.json").read_text())
+    assert evaluate.main(["--model", "run", "--split", "train", "task.data_files=b.txt"]) == 0
+    other = json.loads(Path("run/eval_text_train_data_files=b.txt.json").read_text())
+    assert Path("run/eval_text_train.json").read_text() == json.dumps(own, indent=2) + "\n"  # not replaced
+    assert other["task_overrides"] == ["task.data_files=b.txt"] and other["loss"] != own["loss"]
+    run_tokenizer = xlm.load_tokenizer("run")
+    rows = build_task(task_config("text", data_files="b.txt", tokenizer="run", block_size=16)).dataset("train")
+    assert other["num_examples"] == len(rows) and run_tokenizer.decode(rows[0]["input_ids"]).startswith("a ")
+    capsys.readouterr()
+    for item, says in (("task.data_file=b.txt", "unknown config key 'task.data_file' (from the command line "
+                                                "(task.data_file=b.txt)); did you mean task.data_files"),
+                       ("task.block_size=abc", "bad value for config key 'task.block_size'"),
+                       ("task.name=star_easy", "task.name='star_easy' is not the task being scored, 'text'"),
+                       ("model.dim=3", "expected sampler.KEY=VALUE or task.KEY=VALUE, got 'model.dim=3'")):
+        assert evaluate.main(["--model", "run", item]) == 2
+        assert says in _error_line(capsys)
+    # the same tokens for a second model: task.tokenizer names the first one's run dir
+    assert train.main(["--arch", "mlm_tiny", "--task", "text", "task.data_files=b.txt", "task.tokenizer=run",
+                       "task.block_size=16", "--output-dir", "second", "trainer.max_steps=2",
+                       "trainer.progress_bar=false"]) == 0
+    assert xlm.load_tokenizer("second").spec() == run_tokenizer.spec()
+    Path("bare").mkdir()
+    Path("bare/config.json").write_text('{"family": "arlm"}')
+    with pytest.raises(UnknownFormatError, match="task.tokenizer='bare': its config.json records no xlm tokenizer"):
+        build_task(task_config("text", data_files="b.txt", tokenizer="bare"))

@@ -214,14 +214,15 @@ def _other_tasks_with(key: str, task: str) -> str:
     return f" {key} is a setting of the {', '.join(owners)} task, not of {task!r}." if owners else ""
 
 
-def _explain(err: OmegaConfBaseException, schema: DictConfig, source: str, task: str) -> ConfigError:
+def _explain(err: OmegaConfBaseException, schema: DictConfig, source: str, task: str,
+             every_key: str = "Use --dump-config to see every key.") -> ConfigError:
     key = getattr(err, "full_key", None) or ""
     msg = (getattr(err, "msg", None) or str(err)).splitlines()[0]  # OmegaConf appends full_key/type lines
     if "not in struct" in str(err) or "Key '" in msg and "not in" in msg:
         close = difflib.get_close_matches(key, _all_keys(schema), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         return ConfigError(f"unknown config key {key!r} (from {source}){hint}{_other_tasks_with(key, task)} "
-                           f"Use --dump-config to see every key.")
+                           f"{every_key}")
     return ConfigError(f"bad value for config key {key!r} (from {source}): {msg}")
 
 
@@ -295,6 +296,31 @@ def build_config(*, family: Family, arch: str, task: str, output_dir: str, exper
         raise ConfigError(f"task.name={config.task.name!r} (from {pinned['task.name']}) is not the task being "
                           f"trained, {task!r}; choose the task with --task")
     return ComposedConfig(config=config, pinned=pinned)
+
+
+def override_task(config: TaskConfig, items: Sequence[str]) -> TaskConfig:
+    """`config` with `task.KEY=VALUE` items set, typed and checked as train's command line sets them (for xlm
+    eval, which scores on the model's own task settings unless told otherwise)."""
+    schema = OmegaConf.create({"task": OmegaConf.structured(config)})
+    OmegaConf.set_struct(schema, True)
+    keys = ", ".join(f"task.{f.name}" for f in dataclasses.fields(config) if f.name != "name")
+    merged = schema
+    for item in items:
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as err:
+            raise _explain(err, schema, f"the command line ({item})", config.name,
+                           every_key=f"The {config.name!r} task's keys: {keys}.") from None
+        except Exception as err:  # YAML parser errors for values such as "{0"
+            raise ConfigError(f"cannot parse the override {item!r}: {str(err).splitlines()[0]}") from None
+    try:
+        overridden: TaskConfig = OmegaConf.to_object(merged)["task"]  # type: ignore[index]
+    except (ValueError, TypeError) as err:  # the task config's own __post_init__ validation
+        raise ConfigError(str(err)) from None
+    if overridden.name != config.name:
+        raise ConfigError(f"task.name={overridden.name!r} is not the task being scored, {config.name!r}; choose the "
+                          f"task with --task")
+    return overridden
 
 
 def config_to_yaml(config: TrainRecipeConfig) -> str:

@@ -1,14 +1,17 @@
 """python -m xlm.recipes.evaluate --model NAME_OR_DIR [--checkpoint step_N|last] [--task TASK] [--split test]
-[--output F.json] [sampler.key=value ...]
+[--output F.json] [sampler.key=value ...] [task.key=value ...]
 
 Scores a trained model on a whole split: loss (for ILM also `nll_bound`, nats per token), on text
 a perplexity (a bound for MDLM and ILM, said so), and for seq2seq tasks every prediction metric
 (star: exact_match, token_accuracy, path_valid, branch_correct). Prints a table and writes JSON.
+The task's settings are those the model was trained with; `task.key=value` changes one (e.g.
+task.data_files=held_out.txt: another corpus, read with the model's tokenizer).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -27,6 +30,7 @@ from xlm.io import replace_file
 from xlm.recipes.distributed import resolve_device
 from xlm.recipes.evaluation import evaluate_loss, evaluate_predictions
 
+from .config import override_task
 from .model_source import CommandModel, load_for_command, task_settings_from_origin
 
 
@@ -51,18 +55,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--loss-samples", type=int, default=1,
                    help="passes over the split, averaged, for the losses that are Monte-Carlo estimates (MDLM's "
                         "noise levels, ILM's insertion orders, MLM's masks); ARLM's is exact in one")
-    p.add_argument("sampler", nargs="*", help="sampler overrides, e.g. sampler.strategy=sample sampler.top_p=0.9")
+    p.add_argument("overrides", nargs="*", metavar="sampler.KEY=VALUE | task.KEY=VALUE",
+                   help="sampler and task settings, e.g. sampler.strategy=sample task.data_files=held_out.txt")
     return p.parse_intermixed_args(argv)
 
 
-def _parse_sampler_overrides(items: Sequence[str]) -> dict[str, object]:
+def _parse_sampler_overrides(items: Sequence[str], *, expected: str = "sampler.KEY=VALUE") -> dict[str, object]:
     from omegaconf import OmegaConf
 
     out: dict[str, object] = {}
     for item in items:
         key, sep, _ = item.partition("=")
         if not sep or not key.startswith("sampler."):
-            raise InvalidValueError(f"expected sampler.KEY=VALUE, got {item!r}")
+            raise InvalidValueError(f"expected {expected}, got {item!r}")
         out.update(OmegaConf.to_container(OmegaConf.from_dotlist([item]))["sampler"])  # type: ignore[index]
     return out
 
@@ -77,14 +82,27 @@ LOSS_MEANING = {
 }
 
 
-def _task_config(run: Mapping[str, Any], name: str | None, where: str, run_dir: Path | None) -> TaskConfig:
-    """The run's own task settings (data files, tokenizer, block size) when evaluating on its task."""
+def _task_config(run: Mapping[str, Any], name: str | None, where: str, run_dir: Path | None,
+                 overrides: Sequence[str]) -> TaskConfig:
+    """The run's own task settings (data files, tokenizer, block size) when evaluating on its task, with the
+    command line's `task.key=value` items over them."""
     saved = task_settings_from_origin(dict((run.get("train_config") or {}).get("task") or {}), run_dir)
     if name is None or name == saved.get("name", run["task"]):
         if run["task"] is None:
             raise InvalidValueError(f"{where} records no task it was trained on; name one with --task")
-        return saved_task_config(saved, f"{where}: train_config.task") if saved else task_config(run["task"])
-    return task_config(name)
+        config = saved_task_config(saved, f"{where}: train_config.task") if saved else task_config(run["task"])
+    else:
+        config = task_config(name)
+    config = override_task(config, overrides)
+    if overrides and getattr(config, "tokenizer", "") is None and run_dir and (run_dir / "config.json").is_file():
+        # the model's tokens, not a tokenizer trained on the other corpus
+        config = dataclasses.replace(config, tokenizer=str(run_dir))  # type: ignore[call-arg]
+    return config
+
+
+def _as_settings(items: Sequence[str]) -> dict[str, str]:
+    """`task.data_files=a.txt` -> {"data_files": "a.txt"}: the part of an output file's name that says so."""
+    return dict(item.removeprefix("task.").partition("=")[::2] for item in items)
 
 
 def _settings_suffix(overrides: Mapping[str, object]) -> str:
@@ -121,16 +139,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_writable("--output", args.output)
     _check_writable("--predictions", args.predictions)
     device = resolve_device(args.device, option="--device")
-    overrides = _parse_sampler_overrides(args.sampler)
+    task_items = [item for item in args.overrides if item.startswith("task.")]
+    overrides = _parse_sampler_overrides([item for item in args.overrides if not item.startswith("task.")],
+                                         expected="sampler.KEY=VALUE or task.KEY=VALUE")
     loaded = load_for_command(args.model, checkpoint=args.checkpoint, device=device, sampling=overrides)
     run = loaded.run_config
     if run is None:
         raise InvalidValueError(f"xlm eval scores models trained by xlm on a task (a run dir, export dir or card of "
                                 f"one); {args.model} is a checkpoint of another layout, with no task to score it on")
-    task = build_task(_task_config(run, args.task, loaded.label, loaded.run_dir))
+    task = build_task(_task_config(run, args.task, loaded.label, loaded.run_dir, task_items))
     if task.tokenizer.spec() != run["tokenizer"]:
         raise InvalidValueError(f"task {task.name!r} uses a different vocabulary from the model's "
-                                f"(trained on {run['task']!r}); evaluate on a task with the same tokenizer")
+                                f"(trained on {run['task']!r}); evaluate on a task with the same tokenizer (for text: "
+                                f"task.tokenizer=DIR, a finished run or export dir of the model)")
     unit = loaded.family.unit_factory(loaded.model, task.tokenizer, loaded.sampler_config)
     ds = task.dataset(args.split)
     split_size = len(ds)
@@ -152,8 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     checkpoint = {"checkpoint": loaded.checkpoint} if loaded.checkpoint else {}
     result = {"model": args.model, **checkpoint, "task": task.name, "split": args.split, "num_examples": len(ds),
               **metrics, "loss_samples": args.loss_samples, "loss_meaning": note, "seed": args.seed,
-              "sampler": asdict(loaded.sampler_config), **({"sampler_overrides": overrides} if overrides else {})}
-    output = _output_file(args, loaded, task.name, len(ds), split_size, overrides)
+              "sampler": asdict(loaded.sampler_config), **({"sampler_overrides": overrides} if overrides else {}),
+              **({"task_overrides": task_items} if task_items else {})}
+    output = _output_file(args, loaded, task.name, len(ds), split_size, {**overrides, **_as_settings(task_items)})
     output.parent.mkdir(parents=True, exist_ok=True)
     replace_file(output, json.dumps(result, indent=2) + "\n")  # Ctrl-C or a second eval: never half a file
     if args.predictions:

@@ -42,6 +42,7 @@ from xlm.data.streaming import PackedRows, RowStream
 from xlm.data.task import TaskConfig, take
 from xlm.data.tokenizers import Tokenizer, tokenizer_from_spec
 from xlm.errors import InvalidValueError, PathNotFoundError, UnknownFormatError, XlmUserError
+from xlm.io import read_json_object
 
 #: Bumped whenever the tokenized layout changes; part of every cache key.
 CACHE_FORMAT_VERSION = 1
@@ -263,8 +264,15 @@ def corpus_tokenizer(source: TextSource, *, vocab_size: int, cache_dir: Path | N
 
 
 def load_tokenizer_file(path: str) -> Tokenizer:
-    """A SentencePiece `.model` file, or an HF `tokenizer.json` (or a dir holding one)."""
+    """A SentencePiece `.model` file, an HF `tokenizer.json` (or a dir holding one), or an xlm run or export
+    dir (the tokenizer its config.json records: a second model on the first one's tokens)."""
     p = Path(path).expanduser()
+    if p.is_dir() and not (p / "tokenizer.json").is_file() and (p / "config.json").is_file():
+        spec = read_json_object(p / "config.json", UnknownFormatError).get("tokenizer")
+        if not isinstance(spec, Mapping):
+            raise UnknownFormatError(f"task.tokenizer={path!r}: its config.json records no xlm tokenizer; give a "
+                                     f"finished xlm run or export dir, a SentencePiece .model or an HF tokenizer.json")
+        return tokenizer_from_spec(spec)
     if p.suffix == ".model":
         from xlm.data.sentencepiece_tokenizer import SentencePieceTokenizer
 
@@ -274,7 +282,7 @@ def load_tokenizer_file(path: str) -> Tokenizer:
 
         return HFTokenizer.from_file(p)
     raise UnknownFormatError(f"task.tokenizer={path!r} is neither a SentencePiece .model file nor an HF tokenizer.json "
-                             f"(or a directory with one)")
+                             f"(or a directory with one), nor an xlm run or export dir")
 
 
 def tokenized_split(source: TextSource, split: str, tokenizer: Tokenizer, *, block_size: int, packing: bool,
@@ -462,7 +470,7 @@ class TextTaskConfig(TaskConfig):
     dataset: str | None = None  # or an HF dataset name / local dataset dir
     dataset_config: str | None = None
     text_column: str = "text"
-    tokenizer: str | None = None  # a SentencePiece .model or HF tokenizer.json; None = train one on the corpus
+    tokenizer: str | None = None  # a SentencePiece .model, HF tokenizer.json or xlm run dir; None = train one
     tokenizer_vocab_size: int = 4096  # size of the SentencePiece model trained when `tokenizer` is None
     block_size: int = 128  # tokens per row ([BOS]/[EOS] included)
     packing: bool = True  # concatenate documents into full blocks (else one truncated document per row)
