@@ -12,7 +12,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from xlm.data.corpora import pydoc_corpus, pydoc_paragraphs
 from xlm.data.hf_tokenizer import HFTokenizer
-from xlm.data.sentencepiece_tokenizer import SentencePieceTokenizer
+from xlm.data.sentencepiece_tokenizer import SentencePieceTokenizer, train_sentencepiece
 from xlm.data.tasks import build_task
 from xlm.data.tasks.text import TextSource, TextTaskConfig, blocks_from_documents, raw_split
 from xlm.data.tokenizers import SPECIAL_TOKENS, tokenizer_from_spec
@@ -202,3 +202,20 @@ def test_bad_sources_say_what_is_wrong(corpus, tmp_path):
         raw_split(TextSource(data_files=str(corpus)), "dev")
     with pytest.raises(ValueError, match="neither a SentencePiece"):
         build_task(TextTaskConfig(data_files=str(corpus), tokenizer=str(corpus)))
+
+
+def test_ctrl_c_while_the_corpus_is_read_is_an_interrupt_and_writes_no_model(tmp_path, monkeypatch, capsys):
+    """SentencePiece's trainer turned it into "error: cannot train ...: INTERNAL: KeyboardInterrupt" with a
+    Python stack, exit 2."""
+    def corpus_then_ctrl_c(*args, **kwargs):
+        yield from ["the quick brown fox jumps over the lazy dog"] * 200
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_sentencepiece(corpus_then_ctrl_c(), vocab_size=40)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox\n" * 50)
+    monkeypatch.setattr(train_tokenizer, "iter_texts", corpus_then_ctrl_c)
+    out = tmp_path / "tok.model"
+    assert train_tokenizer.main(["--data-files", str(corpus), "--vocab-size", "40", "--output", str(out)]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == "interrupted" and not out.exists()

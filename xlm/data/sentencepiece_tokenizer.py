@@ -47,12 +47,14 @@ def train_sentencepiece(lines: Iterable[str], *, vocab_size: int, model_type: st
         raise InvalidValueError(f"{vocab_setting} must be more than xlm's {len(SPECIAL_TOKENS)} special tokens "
                                 f"(and at least the corpus's distinct characters), got {vocab_size}")
     out = io.BytesIO()
-    failed: list[XlmUserError] = []  # the trainer reports the iterator's errors as its own RuntimeError
+    # the trainer reports the iterator's errors as its own RuntimeError ("INTERNAL: KeyboardInterrupt: ..." and a
+    # Python stack for a Ctrl-C while the corpus is read): they are raised as they were, once it returns
+    failed: list[XlmUserError | KeyboardInterrupt] = []
 
     def sentences() -> Iterator[str]:
         try:
             yield from lines
-        except XlmUserError as err:
+        except (XlmUserError, KeyboardInterrupt) as err:
             failed.append(err)
             raise
 
@@ -82,6 +84,8 @@ def train_sentencepiece(lines: Iterable[str], *, vocab_size: int, model_type: st
                 f"{needed}{lower}") from None
         raise InvalidValueError(f"cannot train a SentencePiece model with {vocab_setting}={vocab_size}: {reason}"
                                 ) from None
+    if failed:  # never a model of part of the corpus
+        raise failed[0]
     return out.getvalue()
 
 
