@@ -87,11 +87,18 @@ class Generator:
             result[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         return result
 
-    def fill_masks(self, texts: str | Sequence[str], *, seed: int | None = None) -> list[str]:
+    def can_fill_masks(self) -> bool:
+        """Whether this family's predictor fills the mask tokens of a given text (mlm's does)."""
+        unit = self.family.unit_factory(self.model, self.tokenizer, self.sampler_config)
+        return callable(getattr(unit.predictor, "fill_masks", None))
+
+    def fill_masks(self, texts: str | Sequence[str], *, seed: int | None = None,
+                   on_step: StepHook | None = None) -> list[str]:
         """Each text with every mask token in it filled by the sampler, for families whose predictor
         fills masks in a given text (mlm); an HF model's own tokenizer adds its special tokens around
-        the text, as transformers' fill-mask pipeline does."""
+        the text, as transformers' fill-mask pipeline does. `on_step` receives every sampler step."""
         unit = self.family.unit_factory(self.model, self.tokenizer, self.sampler_config)
+        unit.predictor.on_step = on_step
         fill = getattr(unit.predictor, "fill_masks", None)
         if fill is None:
             raise NotSupportedByFamilyError(f"the {self.family.name} family's predictor does not fill masks in a "

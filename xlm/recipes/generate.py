@@ -4,7 +4,8 @@
 Prints each prompt's completions, and warns about a prompt that does not look like those of the task
 the model was trained on. --trace shows, step by step, how the sampler built the first sample (the
 tokens each step wrote, appended, unmasked or inserted, in {braces}); --trace-html writes a page that
-replays every sample's steps.
+replays every sample's steps. For a model that fills masks (mlm, e.g. an HF BERT dir), a prompt holding
+its mask token is printed with the masks filled, as transformers' fill-mask pipeline does.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 
 from xlm.data.tasks import prompt_problem
 from xlm.data.tasks.text import first_bad_utf8
-from xlm.data.tokenizers import UnknownTokenError
+from xlm.data.tokenizers import MissingSpecialTokenError, UnknownTokenError, optional_token_id
 from xlm.errors import InvalidValueError, PathNotFoundError, reports_user_errors
 from xlm.io import replace_file
 from xlm.trace import NEW, TracedSample, TraceStep, text_trace, trace_page
@@ -78,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     generator = loaded.generator()
     tokenizer = generator.tokenizer
     traces: list[TracedSample] = []
+    mask = optional_token_id(tokenizer, "mask") if generator.can_fill_masks() else None
     for p_index, prompt in enumerate(prompts):
         if task and (problem := prompt_problem(task, prompt)):
             print(f"warning: prompt {p_index + 1}: {problem}", file=sys.stderr)
@@ -85,10 +87,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             steps: list[TraceStep] = []
             record = steps.append if (args.trace or args.trace_html) else None
             try:
-                (text,) = generator.generate([prompt], max_new_tokens=args.max_new_tokens,
-                                             seed=args.seed + sample, on_step=record)
+                if mask is not None and mask in tokenizer.encode(prompt):
+                    (text,) = generator.fill_masks([prompt], seed=args.seed + sample, on_step=record)
+                else:
+                    (text,) = generator.generate([prompt], max_new_tokens=args.max_new_tokens,
+                                                 seed=args.seed + sample, on_step=record)
             except UnknownTokenError as err:  # say which prompt
                 raise UnknownTokenError(f"prompt {p_index + 1}: {err}", err.words, err.positions) from None
+            except MissingSpecialTokenError as err:  # BERT's own tokenizer has no [BOS] to continue a prompt after
+                if mask is None:
+                    raise InvalidValueError(f"prompt {p_index + 1}: {err}") from None
+                word = tokenizer.decode([mask], skip_special_tokens=False)
+                raise InvalidValueError(f"prompt {p_index + 1} has no {word} to fill, and this model continues no "
+                                        f"prompt (its tokenizer has no [BOS] to start a continuation after): write "
+                                        f"{word} where a token should go") from None
             except InvalidValueError as err:  # e.g. prompt + --max-new-tokens longer than the model's context
                 raise InvalidValueError(f"prompt {p_index + 1}: {err}") from None
             print(f"[{p_index + 1}.{sample + 1}] {prompt}\n    -> {text}")

@@ -67,3 +67,20 @@ def test_families_that_do_not_fill_masks_say_so(tmp_path):
                   train_config=None, metrics={})
     with pytest.raises(NotSupportedByFamilyError, match="arlm family's predictor does not fill masks"):
         xlm.load_generator(tmp_path).fill_masks(["a [MASK] b"])
+
+
+def test_xlm_generate_fills_a_prompts_masks_as_the_pipeline_and_explains_a_prompt_without_one(bert_dir, capsys):
+    """`xlm generate --model BERT_DIR --prompt "... [MASK] ..."` said "this model's tokenizer has no bos token ...:
+    use a model whose tokenizer has one"; it now prints the filled text, traced like any sampler."""
+    model, path = bert_dir
+    fill_mask = transformers.pipeline("fill-mask", model=model, tokenizer=str(path))
+    tok = fill_mask.tokenizer
+    best = next(c for c in fill_mask(SENTENCES[1], top_k=3) if c["token"] not in (tok.mask_token_id, tok.pad_token_id))
+    assert xlm.cli.main(["generate", "--model", str(path), "--prompt", SENTENCES[1], "--trace"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == [f"[1.1] {SENTENCES[1]}", f"    -> {best['sequence']}"]
+    assert out[3].startswith("    step 0 of 1: [CLS] a class") and "[MASK]" in out[3] and "{" in out[4]
+    assert xlm.cli.main(["generate", "--model", str(path), "--prompt", "a class definition"]) == 2
+    assert capsys.readouterr().err == ("error: prompt 1 has no [MASK] to fill, and this model continues no prompt (its "
+                                       "tokenizer has no [BOS] to start a continuation after): write [MASK] where a "
+                                       "token should go\n")
