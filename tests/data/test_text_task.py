@@ -200,7 +200,7 @@ def test_bad_sources_say_what_is_wrong(corpus, tmp_path):
     assert len(raw_split(TextSource(data_files=str(jsonl), text_column="body"), "train")) == 50 - 2 * 2
     with pytest.raises(ValueError, match="unknown split"):
         raw_split(TextSource(data_files=str(corpus)), "dev")
-    with pytest.raises(ValueError, match="neither a SentencePiece"):
+    with pytest.raises(ValueError, match="is not a SentencePiece .model file, an HF tokenizer.json"):
         build_task(TextTaskConfig(data_files=str(corpus), tokenizer=str(corpus)))
 
 

@@ -19,7 +19,7 @@ from xlm.data.tasks.sort import load_sort
 from xlm.data.tasks.star import load_star
 from xlm.recipes import compare, convert, evaluate, generate, train
 from xlm.recipes.model_source import load_for_command
-from xlm.errors import UnknownFormatError
+from xlm.errors import PathNotFoundError, UnknownFormatError
 from xlm.run_dir import RunDirError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -418,3 +418,9 @@ def test_eval_scores_a_text_model_on_another_corpus_with_its_own_tokenizer(tmp_p
     Path("bare/config.json").write_text('{"family": "arlm"}')
     with pytest.raises(UnknownFormatError, match="task.tokenizer='bare': its config.json records no xlm tokenizer"):
         build_task(task_config("text", data_files="b.txt", tokenizer="bare"))
+    shutil.copytree("run", "unfinished")
+    Path("unfinished/config.json").unlink()
+    with pytest.raises(UnknownFormatError, match="task.tokenizer='unfinished' is an xlm run that has not finished"):
+        build_task(task_config("text", data_files="b.txt", tokenizer="unfinished"))
+    with pytest.raises(PathNotFoundError, match="task.tokenizer='runs/typo' does not exist; give a SentencePiece"):
+        build_task(task_config("text", data_files="b.txt", tokenizer="runs/typo"))

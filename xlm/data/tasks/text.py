@@ -273,6 +273,10 @@ def load_tokenizer_file(path: str) -> Tokenizer:
             raise UnknownFormatError(f"task.tokenizer={path!r}: its config.json records no xlm tokenizer; give a "
                                      f"finished xlm run or export dir, a SentencePiece .model or an HF tokenizer.json")
         return tokenizer_from_spec(spec)
+    if p.is_dir() and not (p / "tokenizer.json").is_file() and (p / "run.json").is_file():
+        raise UnknownFormatError(f"task.tokenizer={path!r} is an xlm run that has not finished (it records its "
+                                 f"tokenizer in config.json at the end): wait for it, or export a checkpoint of it "
+                                 f"(`xlm convert --from {path} --checkpoint last --out DIR`) and give that")
     if p.suffix == ".model":
         from xlm.data.sentencepiece_tokenizer import SentencePieceTokenizer
 
@@ -281,8 +285,10 @@ def load_tokenizer_file(path: str) -> Tokenizer:
         from xlm.data.hf_tokenizer import HFTokenizer
 
         return HFTokenizer.from_file(p)
-    raise UnknownFormatError(f"task.tokenizer={path!r} is neither a SentencePiece .model file nor an HF tokenizer.json "
-                             f"(or a directory with one), nor an xlm run or export dir")
+    kinds = "a SentencePiece .model file, an HF tokenizer.json (or a directory with one), or an xlm run or export dir"
+    if not p.exists():
+        raise PathNotFoundError(f"task.tokenizer={path!r} does not exist; give {kinds}")
+    raise UnknownFormatError(f"task.tokenizer={path!r} is not {kinds}")
 
 
 def tokenized_split(source: TextSource, split: str, tokenizer: Tokenizer, *, block_size: int, packing: bool,
