@@ -4,6 +4,8 @@ report's results.json."""
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -121,3 +123,26 @@ def test_a_directory_that_is_no_report_is_refused_and_left_as_it_was(tmp_path, c
     assert f"{mine / 'results.json'} is not a results file of xlm compare" in capsys.readouterr().err
     assert sorted(p.name for p in mine.iterdir()) == ["results.json", "table.md"]
     assert (mine / "table.md").read_text() == "my table" and (mine / "results.json").read_text() == '{"my": "numbers"}'
+
+
+def test_a_second_compare_into_a_report_whose_run_is_training_says_so_in_one_line(tmp_path, capsys):
+    """It printed train's lock error and then "training ... failed with exit code 2", after writing the run's
+    settings file under the first compare."""
+    out = tmp_path / "report"
+    run = out / "runs" / "arlm_tiny_seed0"
+    run.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from xlm.recipes.run_lock import RunDirLock; RunDirLock.acquire(Path(sys.argv[1])); "
+                               "print('held', flush=True); time.sleep(60)", str(run)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert compare.main(["--task", "star_easy", "--archs", "arlm_tiny", "--budget-steps", "2", "--output-dir",
+                             str(out), "--test-limit", "2"]) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(err) == 1 and err[0].startswith(f"error: {run} is being trained by pid {holder.pid} on host "), err
+    assert "another xlm compare into" in err[0] and "give another --output-dir" in err[0]
+    assert sorted(p.name for p in run.iterdir()) == ["run.lock"]  # no settings file written beside the holder's

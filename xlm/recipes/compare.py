@@ -37,6 +37,7 @@ from xlm.registry import families, get_task
 
 from . import evaluate, train
 from .progress import Progress, duration
+from .run_lock import live_holder
 from .train import COMPARE_SETTINGS as RUN_SETTINGS, refuse_file, refuse_foreign_output_dir
 
 TABLE_METRICS = ("exact_match", "token_accuracy", "path_valid", "branch_correct", "probe_goal_pred", "probe_next",
@@ -166,6 +167,10 @@ def run_one(arch: str, seed: int, args: argparse.Namespace, out: Path,
               if args.budget_minutes is not None else [] if args.budget_preset
               else [f"trainer.max_steps={args.budget_steps}"])
     if not (run / "model.safetensors").exists():
+        if holder := live_holder(run):  # before its settings file is touched; one line, not train's and then ours
+            raise RuntimeError(f"{run} is being trained by {holder}, another xlm compare into {out} or a train "
+                               f"of it: wait for it to finish (the same command then reuses the run), or give "
+                               f"another --output-dir")
         run.mkdir(parents=True, exist_ok=True)
         settings = {"training": training}
         replace_file(settings_file, json.dumps(settings, indent=2))
