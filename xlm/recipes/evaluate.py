@@ -5,7 +5,9 @@ Scores a trained model on a whole split: loss (for ILM also `nll_bound`, nats pe
 a perplexity (a bound for MDLM and ILM, said so), and for seq2seq tasks every prediction metric
 (star: exact_match, token_accuracy, path_valid, branch_correct). Prints a table and writes JSON.
 The task's settings are those the model was trained with; `task.key=value` changes one (e.g.
-task.data_files=held_out.txt: another corpus, read with the model's tokenizer).
+task.data_files=held_out.txt: another corpus, read with the model's tokenizer). A checkpoint of another
+layout (an HF GPT-2 or Llama dir) is scored on text, read with its own tokenizer:
+`--task text task.data_files=FILE`.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from .model_source import CommandModel, load_for_command, task_settings_from_ori
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="xlm eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="a card name, run dir or export dir of a model trained by xlm")
+    p.add_argument("--model", required=True,
+                   help="a card name, run dir or export dir, or an HF model dir (with --task text)")
     p.add_argument("--checkpoint", default=None,
                    help="step_N or last: that checkpoint of the run (finished or not) instead of its final model")
     p.add_argument("--task", default=None, help="default: the task the model was trained on")
@@ -144,14 +147,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          expected="sampler.KEY=VALUE or task.KEY=VALUE")
     loaded = load_for_command(args.model, checkpoint=args.checkpoint, device=device, sampling=overrides)
     run = loaded.run_config
-    if run is None:
-        raise InvalidValueError(f"xlm eval scores models trained by xlm on a task (a run dir, export dir or card of "
-                                f"one); {args.model} is a checkpoint of another layout, with no task to score it on")
-    task = build_task(_task_config(run, args.task, loaded.label, loaded.run_dir, task_items))
-    if task.tokenizer.spec() != run["tokenizer"]:
-        raise InvalidValueError(f"task {task.name!r} uses a different vocabulary from the model's "
-                                f"(trained on {run['task']!r}); evaluate on a task with the same tokenizer (for text: "
-                                f"task.tokenizer=DIR, a finished run or export dir of the model)")
+    if run is None:  # another layout (an HF dir, ...): its own tokenizer reads the text the user names
+        if args.task is None:
+            raise InvalidValueError(f"{args.model} is a checkpoint of another layout, trained on no xlm task; name "
+                                    f"text to score it on with --task text task.data_files=FILE (read with its own "
+                                    f"tokenizer)")
+        task = build_task(override_task(task_config(args.task), task_items), tokenizer=loaded.tokenizer)
+    else:
+        task = build_task(_task_config(run, args.task, loaded.label, loaded.run_dir, task_items))
+        if task.tokenizer.spec() != run["tokenizer"]:
+            raise InvalidValueError(f"task {task.name!r} uses a different vocabulary from the model's (trained on "
+                                    f"{run['task']!r}); evaluate on a task with the same tokenizer (for text: "
+                                    f"task.tokenizer=DIR, a finished run or export dir of the model)")
     unit = loaded.family.unit_factory(loaded.model, task.tokenizer, loaded.sampler_config)
     ds = task.dataset(args.split)
     split_size = len(ds)
@@ -162,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     draws = [evaluate_loss(unit, ds, batch_size=args.batch_size, device=device, progress=True)
              for _ in range(args.loss_samples)]  # each pass draws fresh noise levels / drop patterns
     metrics = {k: sum(d[k] for d in draws) / len(draws) for k in ("loss", "nll_bound") if k in draws[0]}
-    note = LOSS_MEANING.get(run["family"], "loss: nats per token")
+    note = LOSS_MEANING.get(loaded.family.name, "loss: nats per token")
     if not task.is_seq2seq:  # from the per-token NLL, or the bound on it where the loss is not per token
         metrics["perplexity"] = math.exp(min(metrics.get("nll_bound", metrics["loss"]), 50.0))
     records: list[dict] = []

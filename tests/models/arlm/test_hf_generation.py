@@ -2,6 +2,7 @@
 generate through `xlm.load_generator(dir)` as they do in transformers: greedy ids for equal-length
 and left-padded batches, decoded text, and the sampling distribution after top-k / top-p."""
 
+import json
 import math
 import re
 
@@ -255,3 +256,33 @@ def test_generation_stops_at_the_learned_positions_with_one_warning_line(no_spec
     assert xlm.cli.main(["generate", "--model", str(path), "--prompt", "the cat sat on"]) == 0
     err = capsys.readouterr().err
     assert "warning: generating 28 new tokens, not 64" in err and "UserWarning" not in err
+
+
+def test_xlm_eval_scores_an_hf_model_on_a_corpus_with_its_own_tokenizer_as_transformers_does(hf_dir, tmp_path,
+                                                                                              monkeypatch, capsys):
+    """`xlm eval --model HF_DIR --task text task.data_files=F` said the model had no task to be scored on."""
+    from xlm.data.tasks import build_task, task_config
+    from xlm.recipes import evaluate
+
+    model, path = hf_dir
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus.txt").write_text("\n".join(pydoc_paragraphs()[:120]), encoding="utf-8")
+    assert evaluate.main(["--model", str(path), "--task", "text", "task.data_files=corpus.txt", "task.block_size=48",
+                          "--split", "validation", "--output", "eval.json"]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    rows = build_task(task_config("text", data_files="corpus.txt", block_size=48),
+                      tokenizer=xlm.load_tokenizer(path)).dataset("validation")["input_ids"]
+    assert result["num_examples"] == len(rows) > 5 and {len(r) for r in rows} == {48}
+    with torch.no_grad():  # transformers shifts the labels itself: 47 predicted tokens a row, all rows alike
+        losses = [model(torch.tensor([r]), labels=torch.tensor([r])).loss.item() for r in rows]
+    assert math.isclose(result["loss"], sum(losses) / len(losses), rel_tol=1e-5)
+    assert math.isclose(result["perplexity"], math.exp(result["loss"]), rel_tol=1e-9)
+    assert result["task_overrides"] == ["task.data_files=corpus.txt", "task.block_size=48"]
+    capsys.readouterr()
+    for extra, says in (([], "is a checkpoint of another layout, trained on no xlm task; name text to score it on "
+                             "with --task text task.data_files=FILE"),
+                        (["--task", "star_easy"], "task 'star_easy' has its own vocabulary"),
+                        (["--task", "text", "task.data_files=corpus.txt", "task.tokenizer=tok.model"],
+                         "task.tokenizer='tok.model' is set, but this task reads the text with the model's own")):
+        assert evaluate.main(["--model", str(path), *extra]) == 2
+        assert says in capsys.readouterr().err

@@ -9,11 +9,14 @@ itself with `xlm.registry.register_task` (an external family's package may do so
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
 from xlm.data.task import Task, TaskConfig
+from xlm.data.tokenizers import Tokenizer
+from xlm.errors import InvalidValueError
 from xlm.registry import get_task, register_task
 
 from . import sort, star
@@ -49,13 +52,20 @@ def task_config(name: str, **values: Any) -> TaskConfig:
     return get_task(name).config_class(name=name, **values)
 
 
-def build_task(config: TaskConfig) -> Task:
-    """The task `config.name` names, built by its registered builder."""
+def build_task(config: TaskConfig, *, tokenizer: Tokenizer | None = None) -> Task:
+    """The task `config.name` names, built by its registered builder; `tokenizer`, for a task that reads text
+    with the tokenizer it is given (text: a model from another layout, such as an HF GPT-2, scored on a corpus
+    with its own tokenizer)."""
     registered = get_task(config.name)
     if not isinstance(config, registered.config_class):
         raise TypeError(f"task {config.name!r} is configured by {registered.config_class.__name__}, got a "
                         f"{type(config).__name__}; make one with xlm.data.tasks.task_config({config.name!r}, ...)")
-    return registered.builder(config)
+    if tokenizer is None:
+        return registered.builder(config)
+    if "tokenizer" not in inspect.signature(registered.builder).parameters:
+        raise InvalidValueError(f"task {config.name!r} has its own vocabulary, which a model's own tokenizer cannot "
+                                f"read; score such a model on text (--task text task.data_files=FILE)")
+    return registered.builder(config, tokenizer=tokenizer)
 
 
 def prompt_problem(task: str, prompt: str) -> str | None:

@@ -491,7 +491,8 @@ class TextTask:
 
     is_seq2seq = False
 
-    def __init__(self, config: TextTaskConfig) -> None:
+    def __init__(self, config: TextTaskConfig, tokenizer: Tokenizer | None = None) -> None:
+        """`tokenizer`: read the corpus with it (a model's own), instead of `config.tokenizer` or one trained here."""
         self.config = config
         self.name = config.name
         self.source = TextSource(data_files=config.data_files, dataset=config.dataset,
@@ -501,9 +502,12 @@ class TextTask:
         if self.streaming and config.streaming_eval_documents < 1:
             raise InvalidValueError(f"task.streaming_eval_documents must be >= 1, got "
                                     f"{config.streaming_eval_documents}")
-        self.tokenizer = (load_tokenizer_file(config.tokenizer) if config.tokenizer
-                          else corpus_tokenizer(self.source, vocab_size=config.tokenizer_vocab_size,
-                                                streaming=self.streaming))
+        if tokenizer is not None and config.tokenizer:
+            raise InvalidValueError(f"task.tokenizer={config.tokenizer!r} is set, but this task reads the text with "
+                                    f"the model's own tokenizer; leave task.tokenizer out")
+        self.tokenizer = tokenizer or (load_tokenizer_file(config.tokenizer) if config.tokenizer
+                                       else corpus_tokenizer(self.source, vocab_size=config.tokenizer_vocab_size,
+                                                             streaming=self.streaming))
         self.max_seq_len = config.block_size
         self.max_new_tokens = config.block_size  # the length of an unconditional sample
 
