@@ -88,6 +88,8 @@ def reports_user_errors(main: Callable[P, int]) -> Callable[P, int]:
 
 
 def _one_line_for_xlm(show: Callable[..., None]) -> Callable[..., None]:
+    """`warnings.showwarning` for a command: xlm's warnings as one line, any other as `show` shows it."""
+
     def shown(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
         if issubclass(category, XlmWarning):
             print(f"warning: {message}", file=sys.stderr, flush=True)
