@@ -13,7 +13,6 @@ layout (an HF GPT-2 or Llama dir) is scored on text, read with its own tokenizer
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import re
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 
 from xlm.data.task import TaskConfig
-from xlm.data.tasks import build_task, saved_task_config, task_config
+from xlm.data.tasks import build_task, reads_with_given_tokenizer, saved_task_config, task_config
 from xlm.errors import InvalidValueError, reports_user_errors
 from xlm.io import replace_file
 from xlm.recipes.distributed import resolve_device
@@ -96,11 +95,7 @@ def _task_config(run: Mapping[str, Any], name: str | None, where: str, run_dir: 
         config = saved_task_config(saved, f"{where}: train_config.task") if saved else task_config(run["task"])
     else:
         config = task_config(name)
-    config = override_task(config, overrides)
-    if overrides and getattr(config, "tokenizer", "") is None and run_dir and (run_dir / "config.json").is_file():
-        # the model's tokens, not a tokenizer trained on the other corpus
-        config = dataclasses.replace(config, tokenizer=str(run_dir))  # type: ignore[call-arg]
-    return config
+    return override_task(config, overrides)
 
 
 def _as_settings(items: Sequence[str]) -> dict[str, str]:
@@ -154,7 +149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     f"tokenizer)")
         task = build_task(override_task(task_config(args.task), task_items), tokenizer=loaded.tokenizer)
     else:
-        task = build_task(_task_config(run, args.task, loaded.label, loaded.run_dir, task_items))
+        config = _task_config(run, args.task, loaded.label, loaded.run_dir, task_items)
+        # text whose tokenizer would be trained on it is read with the model's (another corpus: not one trained there)
+        own = (loaded.tokenizer if getattr(config, "tokenizer", "") is None and reads_with_given_tokenizer(config.name)
+               else None)
+        task = build_task(config, tokenizer=own)
         if task.tokenizer.spec() != run["tokenizer"]:
             raise InvalidValueError(f"task {task.name!r} uses a different vocabulary from the model's (trained on "
                                     f"{run['task']!r}); evaluate on a task with the same tokenizer (for text: "

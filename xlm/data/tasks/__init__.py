@@ -52,6 +52,12 @@ def task_config(name: str, **values: Any) -> TaskConfig:
     return get_task(name).config_class(name=name, **values)
 
 
+def reads_with_given_tokenizer(name: str) -> bool:
+    """Whether task `name`'s builder takes a tokenizer to read its text with (text does; star and sort have
+    their own vocabularies)."""
+    return "tokenizer" in inspect.signature(get_task(name).builder).parameters
+
+
 def build_task(config: TaskConfig, *, tokenizer: Tokenizer | None = None) -> Task:
     """The task `config.name` names, built by its registered builder; `tokenizer`, for a task that reads text
     with the tokenizer it is given (text: a model from another layout, such as an HF GPT-2, scored on a corpus
@@ -62,7 +68,7 @@ def build_task(config: TaskConfig, *, tokenizer: Tokenizer | None = None) -> Tas
                         f"{type(config).__name__}; make one with xlm.data.tasks.task_config({config.name!r}, ...)")
     if tokenizer is None:
         return registered.builder(config)
-    if "tokenizer" not in inspect.signature(registered.builder).parameters:
+    if not reads_with_given_tokenizer(config.name):
         raise InvalidValueError(f"task {config.name!r} has its own vocabulary, which a model's own tokenizer cannot "
                                 f"read; score such a model on text (--task text task.data_files=FILE)")
     return registered.builder(config, tokenizer=tokenizer)
