@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 import xlm
+from tests.run_lock_holder import another_process_holding_the_lock
 from xlm.data.tasks import build_task, prompt_problem, task_config
 from xlm.data.tasks.sort import load_sort
 from xlm.data.tasks.star import load_star
@@ -67,19 +68,11 @@ def test_an_unfinished_run_says_how_to_resume_it_or_which_checkpoints_to_use(unf
 def test_a_run_still_training_is_said_to_be_so_not_to_be_resumed(unfinished, capsys):
     """A second terminal evaluating a run that a live process is training is told to wait, not given the
     resume command (which would fail on the run's lock)."""
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from xlm.recipes.run_lock import RunDirLock; RunDirLock.acquire(Path(sys.argv[1])); "
-                               "print('held', flush=True); time.sleep(60)", str(unfinished)],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with another_process_holding_the_lock(unfinished) as holder:
         assert evaluate.main(["--model", str(unfinished)]) == 2
         err = _error_line(capsys)
         assert f"{unfinished} is still training (pid {holder.pid} on host " in err and "resume" not in err
         assert "wait for it to finish, or use --checkpoint step_N (available: step_2, step_4, last)" in err
-    finally:
-        holder.kill()
-        holder.wait()
     assert evaluate.main(["--model", str(unfinished)]) == 2  # its holder gone: resumable again
     assert "has not finished: resume it with" in _error_line(capsys)
 

@@ -4,11 +4,10 @@ report's results.json."""
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 
+from tests.run_lock_holder import another_process_holding_the_lock
 from xlm.recipes import compare
 
 
@@ -131,17 +130,9 @@ def test_a_second_compare_into_a_report_whose_run_is_training_says_so_in_one_lin
     out = tmp_path / "report"
     run = out / "runs" / "arlm_tiny_seed0"
     run.mkdir(parents=True)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from xlm.recipes.run_lock import RunDirLock; RunDirLock.acquire(Path(sys.argv[1])); "
-                               "print('held', flush=True); time.sleep(60)", str(run)],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with another_process_holding_the_lock(run) as holder:
         assert compare.main(["--task", "star_easy", "--archs", "arlm_tiny", "--budget-steps", "2", "--output-dir",
                              str(out), "--test-limit", "2"]) == 1
-    finally:
-        holder.kill()
-        holder.wait()
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert len(err) == 1 and err[0].startswith(f"error: {run} is being trained by pid {holder.pid} on host "), err
     assert "another xlm compare into" in err[0] and "give another --output-dir" in err[0]
