@@ -130,3 +130,21 @@ def test_switch_off_and_failed_compile_fall_back_to_eager(monkeypatch: pytest.Mo
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("GeluBackward0\n"), result.stdout
     assert "compiling its fused form failed" in result.stdout and "XLM_EAGER_GELU=1" in result.stdout
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler for inductor on this machine")
+@pytest.mark.parametrize("mode", ["torch.no_grad()", "torch.inference_mode()"])
+def test_a_kernel_first_built_with_grad_off_still_compiles(mode: str) -> None:
+    """accelerate_training under no_grad built the probe there: its backward failed, a warning told the user to
+    install a C++ compiler, and every later training step ran the eager kernel."""
+    script = ("import warnings, torch; from xlm.errors import XlmWarning\n"
+              "from xlm.nn.cpu.gelu_tanh import compiled_gelu_tanh, gelu_tanh\n"
+              "warnings.simplefilter('error', XlmWarning)\n"
+              f"with {mode}:\n"
+              "    assert compiled_gelu_tanh() is not None\n"
+              "x = torch.randn(8, 64, 512, requires_grad=True)\n"
+              "print(gelu_tanh(x).grad_fn.next_functions[0][0].name())\n")
+    env = {k: v for k, v in os.environ.items() if k != "XLM_EAGER_GELU"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "CompiledFunctionBackward"

@@ -44,15 +44,18 @@ def gelu_tanh_sigmoid_form(x: Tensor) -> Tensor:
 @functools.cache
 def compiled_gelu_tanh() -> Callable[[Tensor], Tensor] | None:
     """The compiled sigmoid form, forward and backward built and run once on a probe; None where
-    compiling is switched off or fails."""
+    compiling is switched off or fails. The probe runs with grad on whatever mode the caller is in:
+    built first under torch.no_grad (accelerate_training there), its backward failed, and the cached
+    None left every later training step on the eager kernel."""
     if os.environ.get("XLM_EAGER_GELU") == "1":
         return None
-    probe = torch.linspace(-4, 4, 64, requires_grad=True)
     try:
         # with a symbolic length inductor would emit a serial loop; dynamic_threads keeps it parallel
         compiled = torch.compile(gelu_tanh_sigmoid_form, dynamic=True, fullgraph=True,
                                  options={"cpp.dynamic_threads": True})
-        compiled(probe).sum().backward()
+        with torch.inference_mode(False), torch.enable_grad():
+            probe = torch.linspace(-4, 4, 64, requires_grad=True)
+            compiled(probe).sum().backward()
     except Exception as error:  # a missing compiler, platform or inductor option: several error types
         warnings.warn(f"the tanh GELU runs torch's eager CPU kernel, about half as fast in training: compiling "
                       f"its fused form failed ({type(error).__name__}: {str(error).strip()[:200]}). Install a "
