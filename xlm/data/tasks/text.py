@@ -267,13 +267,14 @@ def load_tokenizer_file(path: str) -> Tokenizer:
     """A SentencePiece `.model` file, an HF `tokenizer.json` (or a dir holding one), or an xlm run or export
     dir (the tokenizer its config.json records: a second model on the first one's tokens)."""
     p = Path(path).expanduser()
-    if p.is_dir() and not (p / "tokenizer.json").is_file() and (p / "config.json").is_file():
+    xlm_dir = p.is_dir() and not (p / "tokenizer.json").is_file()  # an HF dir holds a tokenizer.json
+    if xlm_dir and (p / "config.json").is_file():
         spec = read_json_object(p / "config.json", UnknownFormatError).get("tokenizer")
         if not isinstance(spec, Mapping):
             raise UnknownFormatError(f"task.tokenizer={path!r}: its config.json records no xlm tokenizer; give a "
                                      f"finished xlm run or export dir, a SentencePiece .model or an HF tokenizer.json")
         return tokenizer_from_spec(spec)
-    if p.is_dir() and not (p / "tokenizer.json").is_file() and (p / "run.json").is_file():
+    if xlm_dir and (p / "run.json").is_file():
         raise UnknownFormatError(f"task.tokenizer={path!r} is an xlm run that has not finished (it records its "
                                  f"tokenizer in config.json at the end): wait for it, or export a checkpoint of it "
                                  f"(`xlm convert --from {path} --checkpoint last --out DIR`) and give that")

@@ -127,13 +127,13 @@ class ArlmPredictor:
     def predict(self, batch: ArlmPredictBatch, *, generator: torch.Generator | None = None) -> ArlmPredictionDict:
         sequences = self.generate(batch["input_ids"], batch["attention_mask"], generator=generator)
         start = batch["input_ids"].size(1)
-        ids = [self._until_eos(row) for row in sequences[:, start:].tolist()]
+        eos = optional_token_id(self.tokenizer, "eos")
+        ids = [self._until_eos(row, eos) for row in sequences[:, start:].tolist()]
         return {"ids": ids, "text": [self.tokenizer.decode(r) for r in ids], "sequences": sequences, "start": start}
 
-    def _until_eos(self, row: list[int]) -> list[int]:
+    def _until_eos(self, row: list[int], eos: int | None) -> list[int]:
         """A continuation keeps every token before [EOS], as transformers' generate does; a seq2seq
         target has no special tokens."""
-        eos = optional_token_id(self.tokenizer, "eos")
         if eos in row:
             row = row[: row.index(eos)]
         if self.config.prompt_format == "continuation":
