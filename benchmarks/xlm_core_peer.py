@@ -270,7 +270,8 @@ def outputs_from_xlm_core(family: str, raw: Mapping[str, torch.Tensor], batch: M
 
     tokenizer, width = unit.tokenizer, batch["input_ids"].size(1)
     if family == "arlm":
-        return [unit.predictor._until_eos(row) for row in raw["x"][:, width:].tolist()]
+        eos = tokenizer.eos_token_id  # xlm-core's star tokenizers all have one
+        return [unit.predictor._until_eos(row, eos) for row in raw["x"][:, width:].tolist()]
     if family == "mlm":
         return block_predictions(raw["x"], batch["block_start"], tokenizer)[0]
     inserted = raw["attention_mask"].bool().clone()
