@@ -8,12 +8,14 @@ import pytest
 import torch
 
 from xlm.data.corpora import pydoc_paragraphs
+from xlm.data.framing import DocumentFrame
 from xlm.data.streaming import PackedRows, RowStream, shard_assignment
 from xlm.data.tasks import build_task
 from xlm.data.tasks.text import (StreamedSplit, TextSource, TextTaskConfig, blocks_from_documents, held_out_bucket,
                                  stream_texts)
 
 BOS, EOS = 4, 3
+FRAME = DocumentFrame(start=BOS, end=EOS)
 
 
 def _write_shards(directory, count, paragraphs, suffix=".txt"):
@@ -54,17 +56,17 @@ def _train_docs_in_shard(source, shard):
 def test_rows_are_documents_with_bos_eos_packed_in_shard_order(five_shards):
     source = TextSource(data_files=five_shards)
     rows = PackedRows(StreamedSplit(source, "train"), consumer=0, num_consumers=1, seed=3, encode=_char_ids,
-                      bos_id=BOS, eos_id=EOS, block_size=64, packing=True)
+                      frame=FRAME, block_size=64, packing=True)
     got = [row for row, _ in zip((r for r, _ in rows.rows()), range(400))]
     order, split_docs = shard_assignment(5, 0, 1, seed=3, epoch=0)
     assert sorted(order) == list(range(5)) and order != list(range(5)) and not split_docs
     docs = [d for shard in order for d in _train_docs_in_shard(source, shard)]
-    expected = blocks_from_documents([_char_ids(d) for d in docs], bos_id=BOS, eos_id=EOS, block_size=64,
+    expected = blocks_from_documents([_char_ids(d) for d in docs], frame=FRAME, block_size=64,
                                      packing=True)
     assert got == expected[:400]  # blocks_from_documents on the whole pass, cut on the fly
     # without packing: one document per row, truncated with its [EOS] kept
     single = PackedRows(StreamedSplit(source, "train"), consumer=0, num_consumers=1, seed=3, encode=_char_ids,
-                        bos_id=BOS, eos_id=EOS, block_size=64, packing=False)
+                        frame=FRAME, block_size=64, packing=False)
     first = [r for r, _ in zip((r for r, _ in single.rows()), range(20))]
     assert first == [[BOS, *_char_ids(d)[:62], EOS] for d in docs[:20]]
 
@@ -89,7 +91,7 @@ def test_the_task_streams_blocks_of_its_tokenizer(five_shards):
 def _one_pass(source, consumer, num_consumers, ids):
     """The document ids consumer `consumer` reads in pass 0 (block_size 3: one document per row)."""
     rows = PackedRows(StreamedSplit(source, "train"), consumer=consumer, num_consumers=num_consumers, seed=1,
-                      encode=lambda text: [ids[text]], bos_id=BOS, eos_id=EOS, block_size=3, packing=True)
+                      encode=lambda text: [ids[text]], frame=FRAME, block_size=3, packing=True)
     out = []
     for row, position in rows.rows():
         if position["epoch"] > 0:
@@ -123,7 +125,7 @@ class _IdRows:
 
     def __call__(self, consumer, num_consumers):
         return PackedRows(StreamedSplit(self.source, "train"), consumer=consumer, num_consumers=num_consumers,
-                          seed=1, encode=lambda text: [self.ids[text]], bos_id=BOS, eos_id=EOS, block_size=3,
+                          seed=1, encode=lambda text: [self.ids[text]], frame=FRAME, block_size=3,
                           packing=True)
 
 

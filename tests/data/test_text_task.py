@@ -11,6 +11,7 @@ from tokenizers import Tokenizer as RawHFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from xlm.data.corpora import pydoc_corpus, pydoc_paragraphs
+from xlm.data.framing import DocumentFrame
 from xlm.data.hf_tokenizer import HFTokenizer
 from xlm.data.sentencepiece_tokenizer import SentencePieceTokenizer, train_sentencepiece
 from xlm.data.tasks import build_task
@@ -27,12 +28,12 @@ def corpus(tmp_path_factory):
 
 def test_packing_concatenates_documents_into_full_blocks():
     docs = [[10, 11, 12], [20], [30, 31, 32, 33]]
-    assert blocks_from_documents(docs, bos_id=4, eos_id=3, block_size=4, packing=True) == [
+    assert blocks_from_documents(docs, frame=DocumentFrame(start=4, end=3), block_size=4, packing=True) == [
         [4, 10, 11, 12], [3, 4, 20, 3], [4, 30, 31, 32]]  # the tail [33, 3] is shorter than a block: dropped
-    assert blocks_from_documents(docs, bos_id=4, eos_id=3, block_size=4, packing=False) == [
+    assert blocks_from_documents(docs, frame=DocumentFrame(start=4, end=3), block_size=4, packing=False) == [
         [4, 10, 11, 3], [4, 20, 3], [4, 30, 31, 3]]
     with pytest.raises(ValueError, match="block_size must be >= 3"):
-        blocks_from_documents(docs, bos_id=4, eos_id=3, block_size=2, packing=True)
+        blocks_from_documents(docs, frame=DocumentFrame(start=4, end=3), block_size=2, packing=True)
 
 
 def test_held_out_splits_are_disjoint_and_cover_the_corpus(corpus):

@@ -12,10 +12,11 @@ shards ``perm[c::C]``; otherwise every consumer reads every shard and keeps the 
 disjoint and together cover the corpus once per pass. (We shard the shard list ourselves
 instead of calling ``split_dataset_by_node`` so that the position below is ours to save.)
 
-Packing. Each kept document becomes ``[BOS] tokens [EOS]`` and is appended to the consumer's
-buffer; every ``block_size`` tokens of the buffer make one row (``blocks_from_documents``
-semantics, with the tail carried over to the next document instead of dropped). Without
-packing each document is one row, truncated to ``block_size`` with its [EOS] kept.
+Packing. Each kept document becomes ``[BOS] tokens [EOS]`` (``DocumentFrame.packed``) and is
+appended to the consumer's buffer; every ``block_size`` tokens of the buffer make one row
+(``blocks_from_documents`` semantics, with the tail carried over to the next document instead
+of dropped). Without packing each document is one row, truncated to ``block_size`` with its
+[EOS] kept.
 
 The position of a consumer after a row is ``{epoch, shard_pos, doc, rows, buffer}``: the pass,
 the index into that pass's shard list, how many raw rows of that shard were read, how many
@@ -32,6 +33,7 @@ from typing import Any, Protocol
 
 import torch
 
+from xlm.data.framing import DocumentFrame
 from xlm.errors import InvalidValueError
 
 
@@ -64,14 +66,14 @@ class PackedRows:
     """One consumer's infinite stream of rows, each with the position just after it."""
 
     def __init__(self, source: DocumentSource, *, consumer: int, num_consumers: int, seed: int,
-                 encode: Callable[[str], list[int]], bos_id: int, eos_id: int, block_size: int, packing: bool,
+                 encode: Callable[[str], list[int]], frame: DocumentFrame, block_size: int, packing: bool,
                  rows_per_pass: int | None = None) -> None:
         if block_size < 3:
             raise InvalidValueError(f"task.block_size must be >= 3 ([BOS], a token, [EOS]), got {block_size}")
         if source.num_shards < 1:
             raise InvalidValueError("the streaming corpus has no shards")
         self.source, self.consumer, self.num_consumers, self.seed = source, consumer, num_consumers, seed
-        self.encode, self.bos_id, self.eos_id = encode, bos_id, eos_id
+        self.encode, self.frame = encode, frame
         self.block_size, self.packing, self.rows_per_pass = block_size, packing, rows_per_pass
 
     def rows(self, position: dict[str, Any] | None = None) -> Iterator[tuple[list[int], dict[str, Any]]]:
@@ -105,9 +107,9 @@ class PackedRows:
                     ids = self.encode(text)
                     if not self.packing:
                         rows += 1
-                        yield [self.bos_id, *ids[: bs - 2], self.eos_id], at(doc + 1)
+                        yield self.frame.row(ids, bs), at(doc + 1)
                     else:
-                        buffer.extend((self.bos_id, *ids, self.eos_id))
+                        buffer.extend(self.frame.packed(ids))
                         while len(buffer) >= bs and not full():
                             row, buffer = buffer[:bs], buffer[bs:]
                             rows += 1

@@ -1,6 +1,7 @@
 """Language modelling on a text corpus: local files or an HF dataset, tokenized into blocks.
 
-Each document becomes ``[BOS] tokens [EOS]``. With packing, documents are concatenated and cut
+Each document becomes ``[BOS] tokens [EOS]``, or as a model's own tokenizer frames it (GPT-2's one
+<|endoftext|> between documents, BERT's [CLS]/[SEP]: :mod:`xlm.data.framing`). With packing, documents are concatenated and cut
 into rows of exactly ``block_size`` tokens (a batch of documents' tail shorter than a block is
 dropped, as HF's run_clm does); without it, each document is one row, truncated to
 ``block_size`` (its [EOS] kept). Rows are ``{"input_ids": [...]}``: every family's LM collator
@@ -38,6 +39,7 @@ from typing import Any
 import datasets
 
 from xlm.data.disk_cache import cached_dataset, default_cache_root, quiet_datasets
+from xlm.data.framing import DocumentFrame
 from xlm.data.streaming import PackedRows, RowStream
 from xlm.data.task import TaskConfig, take
 from xlm.data.tokenizers import Tokenizer, tokenizer_from_spec
@@ -45,7 +47,7 @@ from xlm.errors import InvalidValueError, PathNotFoundError, UnknownFormatError,
 from xlm.io import read_json_object
 
 #: Bumped whenever the tokenized layout changes; part of every cache key.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 SPLITS = ("train", "validation", "test")
 _BUILDER_BY_SUFFIX = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv",
                       ".parquet": "parquet"}
@@ -211,14 +213,15 @@ def raw_split(source: TextSource, split: str) -> datasets.Dataset:
     return ds.filter(lambda text: bool(text and text.strip()), input_columns=source.text_column)
 
 
-def blocks_from_documents(docs: Sequence[Sequence[int]], *, bos_id: int, eos_id: int, block_size: int,
+def blocks_from_documents(docs: Sequence[Sequence[int]], *, frame: DocumentFrame, block_size: int,
                           packing: bool) -> list[list[int]]:
-    """``[BOS] doc [EOS]`` per document, then packed into full blocks or truncated per document."""
+    """Each document framed by its markers (``[BOS] doc [EOS]``), then packed into full blocks or truncated per
+    document."""
     if block_size < 3:
         raise InvalidValueError(f"task.block_size must be >= 3 ([BOS], a token, [EOS]), got {block_size}")
     if not packing:
-        return [[bos_id, *doc[: block_size - 2], eos_id] for doc in docs]
-    stream = [tok for doc in docs for tok in (bos_id, *doc, eos_id)]
+        return [frame.row(doc, block_size) for doc in docs]
+    stream = [tok for doc in docs for tok in frame.packed(doc)]
     usable = len(stream) - len(stream) % block_size
     return [stream[i: i + block_size] for i in range(0, usable, block_size)]
 
@@ -302,12 +305,11 @@ def tokenized_split(source: TextSource, split: str, tokenizer: Tokenizer, *, blo
 
     def build() -> datasets.Dataset:
         docs = raw_split(source, split)
+        frame = DocumentFrame.of(tokenizer)
 
         def to_blocks(batch: dict[str, list[Any]]) -> dict[str, list[list[int]]]:
             ids = [tokenizer.encode(text) for text in batch[column]]
-            return {"input_ids": blocks_from_documents(ids, bos_id=tokenizer.bos_token_id,
-                                                       eos_id=tokenizer.eos_token_id, block_size=block_size,
-                                                       packing=packing)}
+            return {"input_ids": blocks_from_documents(ids, frame=frame, block_size=block_size, packing=packing)}
 
         out = docs.map(to_blocks, batched=True, batch_size=1000, remove_columns=docs.column_names,
                        new_fingerprint=key)
@@ -432,8 +434,7 @@ def streamed_eval_split(source: TextSource, split: str, tokenizer: Tokenizer, *,
                         max_documents: int) -> datasets.Dataset:
     """An evaluation split of a streamed source: its first `max_documents` documents in blocks."""
     ids = [tokenizer.encode(text) for text in stream_texts(source, split, max_documents)]
-    rows = blocks_from_documents(ids, bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id,
-                                 block_size=block_size, packing=packing)
+    rows = blocks_from_documents(ids, frame=DocumentFrame.of(tokenizer), block_size=block_size, packing=packing)
     if not rows:
         raise InvalidValueError(f"the streamed {split} split's first {max_documents} documents hold too little text "
                                 f"for one block of {block_size} tokens; raise task.streaming_eval_documents or "
@@ -461,7 +462,7 @@ class TextRowFactory:
         per_pass = None if self.train_size is None else -(-self.train_size // num_consumers)
         tok = self.tokenizer
         return PackedRows(self._docs, consumer=consumer, num_consumers=num_consumers, seed=self.seed,
-                          encode=tok.encode, bos_id=tok.bos_token_id, eos_id=tok.eos_token_id,
+                          encode=tok.encode, frame=DocumentFrame.of(tok),
                           block_size=self.block_size, packing=self.packing, rows_per_pass=per_pass)
 
 
