@@ -3,6 +3,7 @@ of a run finished or not), and each listed mistake as one line naming the fix, e
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -417,3 +418,20 @@ def test_eval_scores_a_text_model_on_another_corpus_with_its_own_tokenizer(tmp_p
         build_task(task_config("text", data_files="b.txt", tokenizer="unfinished"))
     with pytest.raises(PathNotFoundError, match="task.tokenizer='runs/typo' does not exist; give a SentencePiece"):
         build_task(task_config("text", data_files="b.txt", tokenizer="runs/typo"))
+
+
+@pytest.mark.parametrize("card", ["mlm_star_easy", "mdlm_star_easy"])
+def test_a_block_filling_model_is_scored_on_a_task_with_longer_targets(card, tmp_path, monkeypatch, capsys):
+    """`xlm eval --model mdlm_star_easy --task star_medium` was a traceback (its block held star_easy's targets);
+    MLM's cut every longer target to its block and scored the cut one."""
+    monkeypatch.chdir(tmp_path)
+    longest = build_task(task_config("star_medium")).max_new_tokens
+    assert load_for_command(card).sampler_config.max_new_tokens < longest
+    assert evaluate.main(["--model", card, "--task", "star_medium", "--limit", "8", "--output", "e.json"]) == 0
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["sampler"]["max_new_tokens"] == longest and 0 <= result["exact_match"] <= 1
+    capsys.readouterr()
+    assert evaluate.main(["--model", card, "--task", "star_medium", "--limit", "8", "sampler.max_new_tokens=5"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the line that says what is scored
+    assert re.fullmatch(r"error: a target of (\d+) tokens plus \[EOS\] does not fit the generated block of "
+                        r"sampler.max_new_tokens=5; set sampler.max_new_tokens=(\d+) or more", last), last

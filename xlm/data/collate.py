@@ -22,6 +22,15 @@ def check_fits(length: int, max_len: int, what: str, *, also: str = "") -> None:
                          f"raise model.max_seq_len or shorten the data{also}")
 
 
+def check_block_fits(target_len: int, block_size: int) -> None:
+    """A seq2seq target and its [EOS] must fit the block a block-filling family generates: a target cut to fit
+    would be trained and scored as another one."""
+    if target_len + 1 > block_size:
+        raise InvalidValueError(f"a target of {target_len} tokens plus [EOS] does not fit the generated block of "
+                                f"sampler.max_new_tokens={block_size}; set sampler.max_new_tokens={target_len + 1} "
+                                f"or more")
+
+
 def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, *, side: str = "right",
              ) -> tuple[Int[Tensor, "batch width"], Bool[Tensor, "batch width"]]:
     """`rows` padded with `pad_id` to the longest, and the mask of real tokens. Left padding puts

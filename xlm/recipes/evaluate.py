@@ -17,14 +17,14 @@ import json
 import math
 import re
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from xlm.data.task import TaskConfig
+from xlm.data.task import Task, TaskConfig
 from xlm.data.tasks import build_task, reads_with_given_tokenizer, saved_task_config, task_config
 from xlm.errors import InvalidValueError, reports_user_errors
 from xlm.io import replace_file
@@ -122,6 +122,15 @@ def _output_file(args: argparse.Namespace, loaded: CommandModel, task: str, scor
     return Path(f"eval_{Path(args.model).name}_{task}_{args.split}{part}.json")
 
 
+def _fit_sampler(sampler: Any, task: Task, overrides: Mapping[str, object]) -> Any:
+    """A model scored on a task with longer targets than its own (star_easy's on star_medium) generates as many
+    tokens as the task's longest (a block-filling family's block must hold it), unless the command line sets
+    sampler.max_new_tokens; the model's own block otherwise, as it was trained."""
+    if "max_new_tokens" in overrides or sampler.max_new_tokens >= task.max_new_tokens:
+        return sampler
+    return replace(sampler, max_new_tokens=task.max_new_tokens)
+
+
 def _check_writable(option: str, value: str | None) -> None:
     if value is not None and Path(value).is_dir():
         raise InvalidValueError(f"{option} {value} is a directory; give a file name, e.g. {Path(value) / 'eval.json'}")
@@ -158,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise InvalidValueError(f"task {task.name!r} uses a different vocabulary from the model's (trained on "
                                     f"{run['task']!r}); evaluate on a task with the same tokenizer (for text: "
                                     f"task.tokenizer=DIR, a finished run or export dir of the model)")
-    unit = loaded.family.unit_factory(loaded.model, task.tokenizer, loaded.sampler_config)
+    sampler_config = _fit_sampler(loaded.sampler_config, task, overrides)
+    unit = loaded.family.unit_factory(loaded.model, task.tokenizer, sampler_config)
     ds = task.dataset(args.split)
     split_size = len(ds)
     if args.limit is not None:
@@ -179,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     checkpoint = {"checkpoint": loaded.checkpoint} if loaded.checkpoint else {}
     result = {"model": args.model, **checkpoint, "task": task.name, "split": args.split, "num_examples": len(ds),
               **metrics, "loss_samples": args.loss_samples, "loss_meaning": note, "seed": args.seed,
-              "sampler": asdict(loaded.sampler_config), **({"sampler_overrides": overrides} if overrides else {}),
+              "sampler": asdict(sampler_config), **({"sampler_overrides": overrides} if overrides else {}),
               **({"task_overrides": task_items} if task_items else {})}
     output = _output_file(args, loaded, task.name, len(ds), split_size, {**overrides, **_as_settings(task_items)})
     output.parent.mkdir(parents=True, exist_ok=True)

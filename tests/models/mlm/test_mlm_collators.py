@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from xlm.data.tokenizers import WordTokenizer
+from xlm.errors import InvalidValueError
 from xlm.models.mlm.collators import MlmLMCollator, MlmPredictCollator, MlmSeq2SeqCollator, sample_mask
 
 TOK = WordTokenizer([str(i) for i in range(10)])  # "0" -> 7, ..., "9" -> 16
@@ -26,9 +27,13 @@ def test_seq2seq_layout_block_and_masking():
     assert batch["t"].shape == (2,) and ((batch["t"] >= 0) & (batch["t"] < 1)).all()
 
 
-def test_long_target_is_cut_to_the_block():
-    batch = MlmSeq2SeqCollator(TOK, block_size=2, max_len=64)([{"prompt_ids": [7], "target_ids": [10, 11, 12]}])
-    assert batch["target_ids"].tolist() == [[7, BOS, 10, 11]]
+def test_a_target_longer_than_the_block_is_refused_naming_the_block_its_longest_needs():
+    """It used to be cut to the block: trained and scored as another, shorter target without its [EOS]."""
+    collate = MlmSeq2SeqCollator(TOK, block_size=3, max_len=64)
+    with pytest.raises(InvalidValueError, match=r"a target of 4 tokens plus \[EOS\] does not fit the generated block "
+                                                 r"of sampler.max_new_tokens=3; set sampler.max_new_tokens=5 or more"):
+        collate([{"prompt_ids": [7], "target_ids": [10, 11, 12]}, {"prompt_ids": [7], "target_ids": [10, 11, 12, 13]}])
+    assert collate([{"prompt_ids": [7], "target_ids": [10, 11]}])["target_ids"].tolist() == [[7, BOS, 10, 11, EOS]]
 
 
 def test_generator_makes_masking_reproducible():

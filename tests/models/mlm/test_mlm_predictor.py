@@ -44,7 +44,9 @@ EXAMPLES = [{"prompt_ids": [7, 8, 9, 10], "target_ids": [11, 12, 13, 14]},
 
 
 def seq2seq_case(block: int = 7):
-    truth = MlmSeq2SeqCollator(TOK, block_size=block, max_len=64)(EXAMPLES)["target_ids"]
+    """A short block holds the examples' targets cut to fit it, with their [EOS]."""
+    fitting = [{**ex, "target_ids": ex["target_ids"][: block - 1]} for ex in EXAMPLES]
+    truth = MlmSeq2SeqCollator(TOK, block_size=block, max_len=64)(fitting)["target_ids"]
     return MlmPredictCollator(TOK, block_size=block, max_len=64)(EXAMPLES), truth
 
 

@@ -1,11 +1,11 @@
 """Language modelling on a text corpus: local files or an HF dataset, tokenized into blocks.
 
-Each document becomes ``[BOS] tokens [EOS]``, or as a model's own tokenizer frames it (GPT-2's one
-<|endoftext|> between documents, BERT's [CLS]/[SEP]: :mod:`xlm.data.framing`). With packing, documents are concatenated and cut
-into rows of exactly ``block_size`` tokens (a batch of documents' tail shorter than a block is
-dropped, as HF's run_clm does); without it, each document is one row, truncated to
-``block_size`` (its [EOS] kept). Rows are ``{"input_ids": [...]}``: every family's LM collator
-reads them.
+Each document becomes ``[BOS] tokens [EOS]``, or as a model's own tokenizer frames it (GPT-2's
+one <|endoftext|> between documents, BERT's [CLS]/[SEP]: :mod:`xlm.data.framing`). With packing,
+documents are concatenated and cut into rows of exactly ``block_size`` tokens (a batch of
+documents' tail shorter than a block is dropped, as HF's run_clm does); without it, each
+document is one row, truncated to ``block_size`` (its [EOS] kept). Rows are
+``{"input_ids": [...]}``: every family's LM collator reads them.
 
 Splits: the source's own ``validation``/``test`` splits when it has them, otherwise disjoint
 held-out slices of ``train`` (``held_out_fraction`` each, chosen by the task seed).

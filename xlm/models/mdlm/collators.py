@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from xlm.data.collate import OR_MAX_NEW_TOKENS, check_fits, pad_rows
+from xlm.data.collate import OR_MAX_NEW_TOKENS, check_block_fits, check_fits, pad_rows
 from xlm.data.tokenizers import Tokenizer
 
 from .types import MdlmPredictBatch, MdlmTrainBatch
@@ -47,13 +47,10 @@ class MdlmSeq2SeqCollator:
         self.block_size = block_size
 
     def block(self, target: Sequence[int]) -> list[int]:
-        if len(target) + 1 > self.block_size:
-            raise ValueError(f"a target of {len(target)} tokens plus [EOS] does not fit the generated block of "
-                             f"sampler.max_new_tokens={self.block_size}; set sampler.max_new_tokens="
-                             f"{len(target) + 1} or more")
         return list(target) + [self.eos_id] + [self.pad_id] * (self.block_size - len(target) - 1)
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> MdlmTrainBatch:
+        check_block_fits(max(len(ex["target_ids"]) for ex in examples), self.block_size)  # the longest: one rerun fixes it
         rows = [list(ex["prompt_ids"]) + [self.bos_id] + self.block(ex["target_ids"]) for ex in examples]
         for row in rows:
             check_fits(len(row), self.max_len, "a prompt + [BOS] + block row", also=OR_MAX_NEW_TOKENS)

@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from xlm.data.collate import OR_MAX_NEW_TOKENS, check_fits, pad_rows
+from xlm.data.collate import OR_MAX_NEW_TOKENS, check_block_fits, check_fits, pad_rows
 from xlm.data.tokenizers import Tokenizer
 from xlm.nn.loss_shaping import tie_repeats
 
@@ -89,10 +89,9 @@ class MlmSeq2SeqCollator:
         self.max_len = max_len
 
     def block(self, target_ids: Sequence[int]) -> list[int]:
-        """target + [EOS] + [PAD] fill, cut to the block size."""
+        """target + [EOS] + [PAD] fill to the block size."""
         tok = self.tokenizer
-        row = list(target_ids) + [tok.eos_token_id]
-        return (row + [tok.pad_token_id] * self.block_size)[: self.block_size]
+        return list(target_ids) + [tok.eos_token_id] + [tok.pad_token_id] * (self.block_size - len(target_ids) - 1)
 
     def __call__(self, examples: Sequence[Mapping[str, Any]], *,
                  generator: torch.Generator | None = None, whole_prob: float = 0.0,
@@ -106,6 +105,7 @@ class MlmSeq2SeqCollator:
         prompt_ids, prompt_mask = _prompt_columns(examples, self.tokenizer)
         check_fits(prompt_ids.size(1) + self.block_size, self.max_len, "a prompt + [BOS] + block row",
                    also=OR_MAX_NEW_TOKENS)
+        check_block_fits(max(len(ex["target_ids"]) for ex in examples), self.block_size)  # the longest: one rerun fixes it
         blocks = torch.tensor([self.block(ex["target_ids"]) for ex in examples], dtype=torch.long)
         target_ids = torch.cat([prompt_ids, blocks], dim=1)
         attention_mask = torch.cat([prompt_mask, torch.ones_like(blocks, dtype=torch.bool)], dim=1)
