@@ -50,7 +50,8 @@ class MdlmSeq2SeqCollator:
         return list(target) + [self.eos_id] + [self.pad_id] * (self.block_size - len(target) - 1)
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> MdlmTrainBatch:
-        check_block_fits(max(len(ex["target_ids"]) for ex in examples), self.block_size)  # the longest: one rerun fixes it
+        longest = max(len(ex["target_ids"]) for ex in examples)
+        check_block_fits(longest, self.block_size)  # the longest: one rerun fixes all
         rows = [list(ex["prompt_ids"]) + [self.bos_id] + self.block(ex["target_ids"]) for ex in examples]
         for row in rows:
             check_fits(len(row), self.max_len, "a prompt + [BOS] + block row", also=OR_MAX_NEW_TOKENS)

@@ -105,7 +105,8 @@ class MlmSeq2SeqCollator:
         prompt_ids, prompt_mask = _prompt_columns(examples, self.tokenizer)
         check_fits(prompt_ids.size(1) + self.block_size, self.max_len, "a prompt + [BOS] + block row",
                    also=OR_MAX_NEW_TOKENS)
-        check_block_fits(max(len(ex["target_ids"]) for ex in examples), self.block_size)  # the longest: one rerun fixes it
+        longest = max(len(ex["target_ids"]) for ex in examples)
+        check_block_fits(longest, self.block_size)  # the longest: one rerun fixes all
         blocks = torch.tensor([self.block(ex["target_ids"]) for ex in examples], dtype=torch.long)
         target_ids = torch.cat([prompt_ids, blocks], dim=1)
         attention_mask = torch.cat([prompt_mask, torch.ones_like(blocks, dtype=torch.bool)], dim=1)
