@@ -44,6 +44,7 @@ def start_banner(trainer: Trainer) -> list[str]:
         "evaluate at the end"
     budget = f", at most {duration(tc.max_minutes * 60)} of training" if tc.max_minutes else ""
     start = (f"resumed from {trainer.resumed_from} (step {trainer.step})" if trainer.resumed_from is not None
+             else f"starting from the weights of {trainer.init.label}" if trainer.init is not None
              else "a fresh start")
     return [
         f"train {config.arch} ({trainer.family.name} family): {params:,} parameters, {start}",

@@ -129,7 +129,9 @@ def check_resume_config(recorded: str | None, config: TrainRecipeConfig, *, chec
     return changes
 
 
-def check_checkpoint_fits(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, checkpoint: Path) -> None:
+def check_checkpoint_fits(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, checkpoint: Path | str,
+                          advice: str = "resume with the checkpoint's model settings, or choose another --output-dir",
+                          ) -> None:
     """ConversionError (one line) listing every key of the checkpoint's weights that this run's model
     lacks, has of another shape, or has in addition: a changed model config, never a raw traceback."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -137,6 +139,6 @@ def check_checkpoint_fits(model: torch.nn.Module, state: Mapping[str, torch.Tens
     wrong = [(k, shape, expected[k]) for k, shape in shapes.items() if k in expected and shape != expected[k]]
     missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
     if wrong or missing or unexpected:
-        raise ConversionError("its weights do not fit the model this config builds (resume with the checkpoint's "
-                              "model settings, or choose another --output-dir)", missing=missing, unexpected=unexpected,
+        raise ConversionError(f"its weights do not fit the model this config builds ({advice})", missing=missing,
+                              unexpected=unexpected,
                               wrong_shapes=wrong, source=checkpoint, target="this config's model")

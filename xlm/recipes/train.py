@@ -4,6 +4,7 @@ Trains one model and leaves a run dir that `xlm.load_model(DIR)` reads. Rerunnin
 command continues from the last checkpoint; settings that change the result must match the
 checkpoint's (trainer.resume_changes allows a change, recorded in DIR/history.jsonl). One run
 at a time writes a run dir: a second one is refused. Under torchrun it trains data-parallel.
+init_from=SOURCE (a card name, a run or export dir, an HF dir) starts from that model's weights.
 
 Ctrl-C (or SIGTERM) stops after the current step (or micro-batch, or evaluation batch) and saves a
 checkpoint, exit 130 (143); a second one stops at once, keeping the checkpoints already saved.
@@ -25,8 +26,9 @@ from typing import NoReturn
 import datasets
 import torch
 
-from xlm.data.task import Task
-from xlm.data.tasks import build_task
+from xlm.data.task import Task, TaskConfig
+from xlm.data.tasks import build_task, reads_with_given_tokenizer
+from xlm.data.tokenizers import Tokenizer
 from xlm.errors import InvalidValueError, XlmUserError, listing, reports_user_errors
 from xlm.registry import families, get_task, list_tasks
 
@@ -34,6 +36,7 @@ from .checkpoint import checkpoint_dirs
 from .config import ComposedConfig, ConfigError, TrainRecipeConfig, build_config, config_to_yaml
 from .distributed import DistEnv, exit_worker, init_distributed, shutdown
 from .host import HostLoad, oversubscription_warning, torch_threads
+from .init_from import InitSource, load_init_source, start_from
 from .interrupts import signal_name
 from .model_source import CHECKPOINTS
 from .run_history import HISTORY_FILE
@@ -172,8 +175,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             refuse_foreign_output_dir(Path(composed.config.output_dir))
         if not args.task_given and not args.dump_config and os.environ.get("RANK", "0") == "0":
             print(f"note: no --task given: training on {DEFAULT_TASK}, the default", file=sys.stderr, flush=True)
-        task = build_task(composed.config.task)
+        source = (load_init_source(composed.config.init_from, families.get_by_arch(args.arch), args.arch)
+                  if composed.config.init_from is not None else None)
+        task = build_task(composed.config.task, tokenizer=_tokenizer_of(source, composed.config.task))
         config = fit_model_to_task(composed, task)
+        if source is not None:
+            config = start_from(source, composed, config, task)
     except KeyboardInterrupt:
         print("stopped by Ctrl-C before training started; nothing was written", file=sys.stderr)
         return 128 + signal.SIGINT
@@ -181,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(config_to_yaml(config), end="")
         return 0
     env = init_distributed(config.trainer.device)
-    code = _train(config, task, env, command)
+    code = _train(config, task, env, command, source)
     if env.enabled:
         exit_worker(code)
     return code
@@ -207,12 +214,21 @@ def _stopped_at_once(output_dir: Path, stop: KeyboardInterrupt) -> tuple[str, in
     return f"stopped by Ctrl-C before training started; {left}", 128 + signal.SIGINT
 
 
-def _train(config: TrainRecipeConfig, task: Task, env: DistEnv, command: Sequence[str]) -> int:
+def _tokenizer_of(source: InitSource | None, task: TaskConfig) -> Tokenizer | None:
+    """The tokenizer a fine-tuning run reads its text with: the source model's, where the task would train one."""
+    if source is None or getattr(task, "tokenizer", "") is not None or not reads_with_given_tokenizer(task.name):
+        return None
+    return source.tokenizer
+
+
+def _train(config: TrainRecipeConfig, task: Task, env: DistEnv, command: Sequence[str],
+           source: InitSource | None) -> int:
     try:
         with torch_threads(config.trainer.num_threads), \
                 run_dir_lock(Path(config.output_dir), env):  # before the run dir is read or written
             _warn_if_oversubscribed(config, env)
-            summary = Trainer(config, families.get_by_arch(config.arch), task, env, command=command).run()
+            summary = Trainer(config, families.get_by_arch(config.arch), task, env, command=command,
+                              init=source).run()
     except TrainingInterrupted as stop:
         if env.is_main:
             print(stop, file=sys.stderr)

@@ -57,6 +57,7 @@ from .evaluation import EvaluationStopped, evaluate_loss, evaluate_predictions
 from .interrupts import StopRequests
 from .metrics_log import MetricsLog
 from .optim import apply_group_settings, build_adamw, group_settings, lr_schedule, param_groups
+from .init_from import InitSource
 from .resume_changes import ConfigChange, check_checkpoint_fits, check_resume_config, recorded_config
 from .progress import Eta, Progress, duration
 from .rng import rng_state, set_rng_state
@@ -111,8 +112,9 @@ class Trainer:
     into the run's history."""
 
     def __init__(self, config: TrainRecipeConfig, family: Family, task: Task, env: DistEnv, *,
-                 command: Sequence[str] = ()) -> None:
+                 command: Sequence[str] = (), init: InitSource | None = None) -> None:
         self.config, self.family, self.task, self.env = config, family, task, env
+        self.init = init  # the weights a fresh start begins from (init_from), else the family's init
         self.command = list(command)
         if config.data.batch_size % env.world_size:
             fitting = max(env.world_size, config.data.batch_size // env.world_size * env.world_size)
@@ -146,6 +148,10 @@ class Trainer:
         tc, env = self.config.trainer, self.env
         torch.manual_seed(self.config.seed)
         model = self.family.factory(self.config.model, device=env.device)
+        if self.init is not None:  # a resume then loads its checkpoint over them
+            check_checkpoint_fits(model, self.init.state, checkpoint=f"init_from={self.config.init_from!r}",
+                                  advice="leave out the command line's model settings that change its shapes")
+            model.load_state_dict(self.init.state, strict=True)
         accelerate_training(model, enabled=tc.cpu_kernels)  # CPU training kernels (xlm.nn.cpu), before wrapping
         unit = self.family.unit_factory(model, self.task.tokenizer, self.config.sampler)
         if tc.activation_checkpointing:

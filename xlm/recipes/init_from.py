@@ -1,0 +1,67 @@
+"""`init_from=SOURCE`: a run that starts from another model's weights instead of a fresh init (fine-tuning).
+
+SOURCE is anything the other commands load: a card name, a run or export dir, an HF dir. The run trains the
+source's network: its model config, with the `model.KEY=VALUE` settings of the command line on top (the
+--arch preset's model settings do not apply), on a task read with the source's tokenizer. The --arch names
+the recipe (optimizer, schedule, sampler) and must be of the source's family. A resumed run continues from
+its checkpoint; `init_from` stays a setting of the run that a resume may not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from xlm.data.task import Task
+from xlm.data.tokenizers import Tokenizer
+from xlm.errors import InvalidValueError
+from xlm.registry import Family
+
+from .config import ComposedConfig, ConfigError, TrainRecipeConfig
+from .model_source import load_for_command
+
+__all__ = ["InitSource", "load_init_source", "start_from"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class InitSource:
+    """What a run takes from its `init_from` model."""
+
+    label: str  # what was loaded, for the run's banner: "card mdlm_star_easy", "runs/x"
+    model_config: Any  # the family's config dataclass
+    tokenizer: Tokenizer
+    state: Mapping[str, torch.Tensor]  # on the CPU
+
+
+def load_init_source(name: str, family: Family, arch: str) -> InitSource:
+    loaded = load_for_command(name, device="cpu")
+    if loaded.family.name != family.name:
+        raise InvalidValueError(f"init_from={name!r} is a model of the {loaded.family.name} family, and --arch "
+                                f"{arch} trains {family.name}: give an arch of the {loaded.family.name} family "
+                                f"(`xlm models` lists them)")
+    return InitSource(label=loaded.label, model_config=loaded.model.config, tokenizer=loaded.tokenizer,
+                      state=loaded.model.state_dict())
+
+
+def start_from(source: InitSource, composed: ComposedConfig, config: TrainRecipeConfig,
+               task: Task) -> TrainRecipeConfig:
+    """`config` with the source's model config (and the command line's model settings over it), once the task
+    is known to read the source's vocabulary and to fit its context."""
+    if task.tokenizer.spec() != source.tokenizer.spec():
+        raise InvalidValueError(f"init_from={config.init_from!r} reads another vocabulary than task "
+                                f"{task.name!r}'s tokenizer; fine-tune it on a task with its tokenizer (text: leave "
+                                f"task.tokenizer unset, and the model's own reads the corpus)")
+    given = {key.removeprefix("model."): getattr(config.model, key.removeprefix("model."))
+             for key, layer in composed.pinned.items()
+             if key.startswith("model.") and key.count(".") == 1 and layer.startswith("the command line")}
+    try:
+        model = replace(source.model_config, **given)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"the command line's model settings do not fit init_from's model: {err}") from None
+    if getattr(model, "max_seq_len", task.max_seq_len) < task.max_seq_len:
+        raise ConfigError(f"init_from's model holds {model.max_seq_len} positions, fewer than task {task.name!r}'s "
+                          f"longest row ({task.max_seq_len} tokens); choose a task with shorter rows")
+    return replace(config, model=model)
