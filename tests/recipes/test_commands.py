@@ -109,6 +109,24 @@ def test_eval_and_generate_load_a_checkpoint_of_an_unfinished_run_with_its_ema_w
     assert "->" in captured.out and "checkpoint step_4 (EMA weights)" in captured.err
 
 
+def test_a_checkpoints_path_is_that_checkpoint_of_its_run_for_every_command(unfinished, tmp_path, capsys):
+    """A user pasting `runs/x/checkpoints/step_000000004` was told no converter recognises it."""
+    path = unfinished / "checkpoints" / "step_000000004"
+    by_path, by_name = load_for_command(str(path)), load_for_command(str(unfinished), checkpoint="step_4")
+    assert (by_path.label, by_path.run_dir, by_path.checkpoint) == (by_name.label, unfinished, "step_4")
+    assert all(torch.equal(by_path.model.state_dict()[k], v) for k, v in by_name.model.state_dict().items())
+    assert evaluate.main(["--model", str(path), "--limit", "2"]) == 0
+    assert json.loads((unfinished / "eval_star_easy_test_step_4_first2.json").read_text())["checkpoint"] == "step_4"
+    capsys.readouterr()
+    fine_tune = ["--arch", "arlm_tiny", "--task", "star_easy", "--experiment", "debug", "trainer.max_steps=1",
+                 "--output-dir"]
+    assert train.main([*fine_tune, str(tmp_path / "a"), f"init_from={unfinished}"]) == 2
+    assert _error_line(capsys) == (f"error: init_from='{unfinished}' is a run that has not finished; start from one "
+                                   f"of its checkpoints, e.g. init_from={path} (the newest), or finish it first")
+    assert train.main([*fine_tune, str(tmp_path / "b"), f"init_from={path}"]) == 0
+    assert f"starting from the weights of {unfinished}, checkpoint step_4 (EMA weights)" in capsys.readouterr().err
+
+
 def test_a_checkpoint_without_ema_says_so(unfinished):
     (unfinished / "checkpoints" / "step_000000002" / "ema.safetensors").unlink()
     assert load_for_command(str(unfinished), checkpoint="step_2").label.endswith("(weights, no EMA kept)")

@@ -1,6 +1,7 @@
 """`init_from=SOURCE`: a run that starts from another model's weights instead of a fresh init (fine-tuning).
 
-SOURCE is anything the other commands load: a card name, a run or export dir, an HF dir. The run trains the
+SOURCE is anything the other commands load: a card name, a run or export dir, an HF dir, a run's checkpoint
+(RUN/checkpoints/step_000000500). The run trains the
 source's network: its model config, with the `model.KEY=VALUE` settings of the command line on top (the
 --arch preset's model settings do not apply), on a task read with the source's tokenizer. The --arch names
 the recipe (optimizer, schedule, sampler) and must be of the source's family. A resumed run continues from
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +23,8 @@ from xlm.errors import InvalidValueError
 from xlm.registry import Family
 
 from .config import ComposedConfig, ConfigError, TrainRecipeConfig
-from .model_source import load_for_command
+from .checkpoint import checkpoint_dirs
+from .model_source import CHECKPOINTS, UnfinishedRunError, load_for_command
 
 __all__ = ["InitSource", "load_init_source", "start_from"]
 
@@ -37,7 +40,15 @@ class InitSource:
 
 
 def load_init_source(name: str, family: Family, arch: str) -> InitSource:
-    loaded = load_for_command(name, device="cpu")
+    try:
+        loaded = load_for_command(name, device="cpu")
+    except UnfinishedRunError:
+        saved = checkpoint_dirs(Path(name).expanduser() / CHECKPOINTS)
+        if not saved:
+            raise
+        raise UnfinishedRunError(f"init_from={name!r} is a run that has not finished; start from one of its "
+                                 f"checkpoints, e.g. init_from={saved[-1][1]} (the newest), or finish it "
+                                 f"first") from None
     if loaded.family.name != family.name:
         raise InvalidValueError(f"init_from={name!r} is a model of the {loaded.family.name} family, and --arch "
                                 f"{arch} trains {family.name}: give an arch of the {loaded.family.name} family "

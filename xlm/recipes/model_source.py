@@ -1,8 +1,9 @@
-"""The one rule by which every command (eval, generate, convert; compare through eval) finds the model it
-is given: a card name, a run or export dir, or a checkpoint in a layout some family's converter reads, all
-through `xlm.assets.loading.resolve_source`; or, with `--checkpoint step_N | last`, a checkpoint of a run,
-finished or not: its weights only (the EMA's when it kept them), built with the config the run recorded in
-it. A run dir that has not finished is said to be one, with the command that resumes it and its checkpoints."""
+"""The one rule by which every command (eval, generate, convert; compare through eval; train's init_from) finds
+the model it is given: a card name, a run or export dir, or a checkpoint in a layout some family's converter
+reads, all through `xlm.assets.loading.resolve_source`; or, with `--checkpoint step_N | last` (or by its path,
+RUN/checkpoints/step_000000500), a checkpoint of a run, finished or not: its weights only (the EMA's when it
+kept them), built with the config the run recorded in it. A run dir that has not finished is said to be one,
+with the command that resumes it and its checkpoints."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from xlm.registry import Family, families, get_family
 from xlm.run_dir import (RunDirError, build_dataclass, is_run_dir, load_run_tokenizer, load_state_strict,
                          read_run_config)
 
-from .checkpoint import (SHARDED_SUBDIR, CheckpointError, checkpoint_dirs, is_readable_checkpoint,
+from .checkpoint import (CHECKPOINT_RE, SHARDED_SUBDIR, CheckpointError, checkpoint_dirs, is_readable_checkpoint,
                          is_sharded_checkpoint, load_trainer_state)
 from .run_history import HISTORY_FILE
 from .run_lock import live_holder
@@ -65,6 +66,8 @@ def load_for_command(name_or_path: str, *, checkpoint: str | None = None, device
     """The model `name_or_path` names (its `checkpoint` of a run when given), with `sampling` over its sampler
     settings."""
     sampling = dict(sampling or {})
+    if checkpoint is None:
+        name_or_path, checkpoint = split_checkpoint_path(name_or_path)
     if checkpoint is not None:
         return _load_checkpoint(_run_with_checkpoints(name_or_path), checkpoint, device, sampling)
     refuse_unfinished_run(name_or_path)
@@ -99,6 +102,16 @@ def task_settings_from_origin(saved: dict[str, Any], run_dir: Path | None) -> di
             print(f"note: task.{key} {saved[key]!r} is not found here; reading it from where the run was started: "
                   f"{out[key]}", file=sys.stderr, flush=True)
     return out
+
+
+def split_checkpoint_path(name_or_path: str) -> tuple[str, str | None]:
+    """A path to one checkpoint of a run (runs/x/checkpoints/step_000000500) is that run with --checkpoint
+    step_500; anything else is itself."""
+    path = Path(name_or_path).expanduser()
+    match = CHECKPOINT_RE.match(path.name)
+    if match is None or path.parent.name != CHECKPOINTS or not path.is_dir():
+        return name_or_path, None
+    return str(path.parent.parent), f"step_{int(match.group(1))}"
 
 
 def refuse_unfinished_run(name_or_path: str | Path) -> None:
