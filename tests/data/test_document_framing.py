@@ -3,7 +3,6 @@ GPT-2's one <|endoftext|> between documents (it used to be two), BERT's [CLS] do
 no [BOS]), Llama's <s> doc </s> (its tokenizer places <s> itself; it used to be doubled)."""
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from xlm.data.corpora import pydoc_paragraphs
 from xlm.data.framing import DocumentFrame
@@ -12,41 +11,7 @@ from xlm.data.tasks import build_task, task_config
 from xlm.data.tasks.text import TextSource, raw_split
 
 transformers = pytest.importorskip("transformers")
-
-
-def _bpe(specials):
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    raw.train_from_iterator(pydoc_paragraphs(), trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return raw
-
-
-def _gpt2():
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=_bpe(["<|endoftext|>"]), bos_token="<|endoftext|>",
-                                                eos_token="<|endoftext|>", unk_token="<|endoftext|>")
-
-
-def _llama():
-    raw = _bpe(["<unk>", "<s>", "</s>"])
-    raw.post_processor = processors.TemplateProcessing(single="<s> $A",
-                                                       special_tokens=[("<s>", raw.token_to_id("<s>"))])
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>",
-                                                unk_token="<unk>")
-
-
-def _bert():
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    raw = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    raw.normalizer = normalizers.BertNormalizer(lowercase=True)
-    raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    raw.decoder = decoders.WordPiece()
-    raw.train_from_iterator(pydoc_paragraphs(), trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials))
-    raw.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[(t, raw.token_to_id(t)) for t in ("[CLS]", "[SEP]")])
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]",
-                                                cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+from tests.hf_tokenizers import bert_tokenizer, gpt2_tokenizer, llama_tokenizer  # noqa: E402  (needs transformers)
 
 
 def _as_trained(kind, tokenizer, text):
@@ -67,7 +32,7 @@ def corpus(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "bert"])
 def test_a_models_own_tokenizer_frames_each_document_as_the_model_was_trained(kind, corpus, tmp_path):
-    hf = {"gpt2": _gpt2, "llama": _llama, "bert": _bert}[kind]()
+    hf = {"gpt2": gpt2_tokenizer, "llama": llama_tokenizer, "bert": bert_tokenizer}[kind]()
     hf.save_pretrained(tmp_path)
     own = HFTokenizer.of_model(tmp_path)
     texts = raw_split(TextSource(data_files=str(corpus)), "validation")["text"]

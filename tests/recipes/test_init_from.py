@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import xlm
 from xlm.data.corpora import pydoc_paragraphs
-from xlm.recipes import train
+from xlm.recipes import convert, train
 from xlm.recipes.model_source import load_for_command
 
 transformers = pytest.importorskip("transformers")
+from tests.hf_tokenizers import bert_tokenizer, gpt2_tokenizer  # noqa: E402  (needs transformers)
 
 ROOT = Path(__file__).resolve().parents[2]
 # optim.lr=0: the weights a run ends with are the ones it started from
@@ -66,13 +66,7 @@ def test_each_mistake_is_one_line_and_writes_nothing(args, says, tmp_path, capsy
 
 
 def test_an_hf_gpt2_is_fine_tuned_on_a_corpus_read_with_its_own_tokenizer(tmp_path, capsys):
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    raw.train_from_iterator(pydoc_paragraphs(), trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<|endoftext|>",
-                                                     eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    tokenizer = gpt2_tokenizer()
     torch.manual_seed(0)
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
@@ -90,3 +84,29 @@ def test_an_hf_gpt2_is_fine_tuned_on_a_corpus_read_with_its_own_tokenizer(tmp_pa
     with torch.no_grad():
         assert torch.allclose(tuned(ids), gpt2(ids).logits, atol=1e-5)
     assert xlm.load_tokenizer(run).spec() == xlm.load_tokenizer(hf_dir).spec()  # no tokenizer trained on the corpus
+
+
+def test_an_hf_bert_fine_tuned_here_goes_back_to_transformers_with_its_own_tokenizer(tmp_path, capsys):
+    tokenizer = bert_tokenizer()
+    torch.manual_seed(0)
+    bert = transformers.BertForMaskedLM(transformers.BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)).eval()
+    hf_dir = tmp_path / "bert"
+    bert.save_pretrained(hf_dir)
+    tokenizer.save_pretrained(hf_dir)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(pydoc_paragraphs()[:60]), encoding="utf-8")
+
+    run = tmp_path / "ft"  # a real step this time: the weights move, and travel back
+    assert train.main(["--arch", "mlm_star", "--task", "text", f"task.data_files={corpus}", "task.block_size=32",
+                       "--output-dir", str(run), f"init_from={hf_dir}", "trainer.max_steps=1", "task.eval_size=4",
+                       "trainer.eval_every_steps=0", "trainer.num_threads=1"]) == 0
+    assert convert.main(["--from", str(run), "--to", "hf", "--out", str(tmp_path / "back")]) == 0
+    back = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "back").eval()
+    ids = transformers.AutoTokenizer.from_pretrained(tmp_path / "back")("the with statement is used",
+                                                                         return_tensors="pt")["input_ids"]
+    assert ids.tolist() == tokenizer("the with statement is used", return_tensors="pt")["input_ids"].tolist()
+    with torch.no_grad():
+        tuned, before = back(ids).logits, bert(ids).logits
+        assert torch.allclose(xlm.load_model(run)(ids), tuned, atol=1e-5) and not torch.allclose(tuned, before)

@@ -3,15 +3,13 @@ MLM fills a masked position as transformers' fill-mask pipeline does."""
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 import xlm
 from xlm.assets.generator import NotSupportedByFamilyError
-from xlm.data.corpora import pydoc_paragraphs
 
 transformers = pytest.importorskip("transformers")
+from tests.hf_tokenizers import bert_tokenizer  # noqa: E402  (needs transformers)
 
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 SENTENCES = ["the with statement is used to [MASK] the execution of a block",
              "a class definition [MASK] a class object",
              "assignment statements are used to bind names to [MASK]"]
@@ -20,16 +18,7 @@ SENTENCES = ["the with statement is used to [MASK] the execution of a block",
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory):
     """(the transformers model, its dir with its WordPiece tokenizer saved beside it)."""
-    raw = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    raw.normalizer = normalizers.BertNormalizer(lowercase=True)
-    raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    raw.decoder = decoders.WordPiece()
-    raw.train_from_iterator(pydoc_paragraphs(), trainers.WordPieceTrainer(vocab_size=400, special_tokens=SPECIALS))
-    raw.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[(t, raw.token_to_id(t)) for t in ("[CLS]", "[SEP]")])
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]",
-                                                     cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    tokenizer = bert_tokenizer()
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
                                      num_attention_heads=4, intermediate_size=128, max_position_embeddings=64,
