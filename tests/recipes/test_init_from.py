@@ -68,8 +68,8 @@ def test_each_mistake_is_one_line_and_writes_nothing(args, says, tmp_path, capsy
 def test_an_hf_gpt2_is_fine_tuned_on_a_corpus_read_with_its_own_tokenizer(tmp_path, capsys):
     tokenizer = gpt2_tokenizer()
     torch.manual_seed(0)
-    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(  # an embedding padded past the tokenizer, as many are
+        vocab_size=len(tokenizer) + 24, n_positions=64, n_embd=32, n_layer=2, n_head=2,
         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)).eval()
     hf_dir = tmp_path / "gpt2"
     gpt2.save_pretrained(hf_dir)
@@ -78,8 +78,12 @@ def test_an_hf_gpt2_is_fine_tuned_on_a_corpus_read_with_its_own_tokenizer(tmp_pa
     corpus.write_text("\n".join(pydoc_paragraphs()[:60]), encoding="utf-8")
 
     run = tmp_path / "ft"
-    assert train.main(["--arch", "arlm_star", "--task", "text", f"task.data_files={corpus}", "task.block_size=32",
-                       "--output-dir", str(run), f"init_from={hf_dir}", *STILL, "trainer.max_steps=1"]) == 0
+    text = ["--arch", "arlm_star", "--task", "text", f"task.data_files={corpus}", f"init_from={hf_dir}", *STILL,
+            "trainer.max_steps=1", "--output-dir"]
+    assert train.main([*text, str(tmp_path / "long"), "task.block_size=65"]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"error: init_from={str(hf_dir)!r} holds 64 positions, fewer than "
+                                                    f"task 'text''s longest row (65 tokens); choose shorter rows")
+    assert train.main([*text, str(run), "task.block_size=32"]) == 0
     tuned, ids = xlm.load_model(run), torch.tensor([tokenizer("The with statement is used")["input_ids"]])
     with torch.no_grad():
         assert torch.allclose(tuned(ids), gpt2(ids).logits, atol=1e-5)

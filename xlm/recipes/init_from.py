@@ -1,11 +1,11 @@
 """`init_from=SOURCE`: a run that starts from another model's weights instead of a fresh init (fine-tuning).
 
 SOURCE is anything the other commands load: a card name, a run or export dir, an HF dir, a run's checkpoint
-(RUN/checkpoints/step_000000500). The run trains the
-source's network: its model config, with the `model.KEY=VALUE` settings of the command line on top (the
---arch preset's model settings do not apply), on a task read with the source's tokenizer. The --arch names
-the recipe (optimizer, schedule, sampler) and must be of the source's family. A resumed run continues from
-its checkpoint; `init_from` stays a setting of the run that a resume may not change.
+(RUN/checkpoints/step_000000500). The run trains the source's network: its model config, vocabulary size
+included, with the `model.KEY=VALUE` settings of the command line on top (the --arch preset's model settings
+do not apply), on a task read with the source's tokenizer. The --arch names the recipe (optimizer, schedule,
+sampler) and must be of the source's family. A resumed run continues from its checkpoint; `init_from` stays a
+setting of the run that a resume may not change.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from xlm.data.tokenizers import Tokenizer
 from xlm.errors import InvalidValueError
 from xlm.registry import Family
 
-from .config import ComposedConfig, ConfigError, TrainRecipeConfig
 from .checkpoint import checkpoint_dirs
+from .config import ComposedConfig, ConfigError
 from .model_source import CHECKPOINTS, UnfinishedRunError, load_for_command
 
-__all__ = ["InitSource", "load_init_source", "start_from"]
+__all__ = ["InitSource", "load_init_source", "source_network"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,15 +57,15 @@ def load_init_source(name: str, family: Family, arch: str) -> InitSource:
                       state=loaded.model.state_dict())
 
 
-def start_from(source: InitSource, composed: ComposedConfig, config: TrainRecipeConfig,
-               task: Task) -> TrainRecipeConfig:
-    """`config` with the source's model config (and the command line's model settings over it), once the task
-    is known to read the source's vocabulary and to fit its context."""
+def source_network(source: InitSource, composed: ComposedConfig, task: Task) -> Any:
+    """The model config the run trains: the source's, with the command line's model settings over it, once the
+    task is known to read the source's vocabulary and to fit its context."""
+    init_from = composed.config.init_from
     if task.tokenizer.spec() != source.tokenizer.spec():
-        raise InvalidValueError(f"init_from={config.init_from!r} reads another vocabulary than task "
-                                f"{task.name!r}'s tokenizer; fine-tune it on a task with its tokenizer (text: leave "
-                                f"task.tokenizer unset, and the model's own reads the corpus)")
-    given = {key.removeprefix("model."): getattr(config.model, key.removeprefix("model."))
+        raise InvalidValueError(f"init_from={init_from!r} reads another vocabulary than task {task.name!r}'s "
+                                f"tokenizer; fine-tune it on a task with its tokenizer (text: leave task.tokenizer "
+                                f"unset, and the model's own reads the corpus)")
+    given = {key.removeprefix("model."): getattr(composed.config.model, key.removeprefix("model."))
              for key, layer in composed.pinned.items()
              if key.startswith("model.") and key.count(".") == 1 and layer.startswith("the command line")}
     try:
@@ -73,6 +73,6 @@ def start_from(source: InitSource, composed: ComposedConfig, config: TrainRecipe
     except (TypeError, ValueError) as err:
         raise ConfigError(f"the command line's model settings do not fit init_from's model: {err}") from None
     if getattr(model, "max_seq_len", task.max_seq_len) < task.max_seq_len:
-        raise ConfigError(f"init_from's model holds {model.max_seq_len} positions, fewer than task {task.name!r}'s "
-                          f"longest row ({task.max_seq_len} tokens); choose a task with shorter rows")
-    return replace(config, model=model)
+        raise ConfigError(f"init_from={init_from!r} holds {model.max_seq_len} positions, fewer than task "
+                          f"{task.name!r}'s longest row ({task.max_seq_len} tokens); choose shorter rows")
+    return model

@@ -21,7 +21,7 @@ import sys
 from dataclasses import fields, replace
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import datasets
 import torch
@@ -36,7 +36,7 @@ from .checkpoint import checkpoint_dirs
 from .config import ComposedConfig, ConfigError, TrainRecipeConfig, build_config, config_to_yaml
 from .distributed import DistEnv, exit_worker, init_distributed, shutdown
 from .host import HostLoad, oversubscription_warning, torch_threads
-from .init_from import InitSource, load_init_source, start_from
+from .init_from import InitSource, load_init_source, source_network
 from .interrupts import signal_name
 from .model_source import CHECKPOINTS
 from .run_history import HISTORY_FILE
@@ -138,11 +138,12 @@ def refuse_foreign_output_dir(path: Path, markers: Sequence[str] = RUN_MARKERS,
                                 f"a new or empty directory")
 
 
-def fit_model_to_task(composed: ComposedConfig, task: Task) -> TrainRecipeConfig:
+def fit_model_to_task(composed: ComposedConfig, task: Task, *, network: Any = None) -> TrainRecipeConfig:
     """The task's tokenizer fixes the vocabulary, its longest target the generation budget
     (block-filling samplers train on that block size too), and its kind the prompt format of a
     sampler that has one (seq2seq rows, or text to continue), unless a config layer pinned them;
-    the context must hold the task's longest row."""
+    the context must hold the task's longest row. `network`, a model config to train as it is
+    (init_from's), replaces the composed one."""
     config, pinned = composed.config, composed.pinned
     vocab_size, max_seq_len = task.tokenizer.vocab_size, task.max_seq_len
     sampler = config.sampler
@@ -150,6 +151,8 @@ def fit_model_to_task(composed: ComposedConfig, task: Task) -> TrainRecipeConfig
         sampler = replace(sampler, max_new_tokens=task.max_new_tokens)
     if hasattr(sampler, "prompt_format") and "sampler.prompt_format" not in pinned:
         sampler = replace(sampler, prompt_format="seq2seq" if task.is_seq2seq else "continuation")
+    if network is not None:  # its own vocabulary (a padded one too) and context, checked by source_network
+        return replace(config, model=network, sampler=sampler)
     model = config.model
     if "model.vocab_size" not in pinned:
         model = replace(model, vocab_size=vocab_size)
@@ -178,9 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         source = (load_init_source(composed.config.init_from, families.get_by_arch(args.arch), args.arch)
                   if composed.config.init_from is not None else None)
         task = build_task(composed.config.task, tokenizer=_tokenizer_of(source, composed.config.task))
-        config = fit_model_to_task(composed, task)
-        if source is not None:
-            config = start_from(source, composed, config, task)
+        config = fit_model_to_task(composed, task,
+                                   network=None if source is None else source_network(source, composed, task))
     except KeyboardInterrupt:
         print("stopped by Ctrl-C before training started; nothing was written", file=sys.stderr)
         return 128 + signal.SIGINT
