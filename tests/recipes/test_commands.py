@@ -117,6 +117,9 @@ def test_a_checkpoints_path_is_that_checkpoint_of_its_run_for_every_command(unfi
     assert all(torch.equal(by_path.model.state_dict()[k], v) for k, v in by_name.model.state_dict().items())
     assert evaluate.main(["--model", str(path), "--limit", "2"]) == 0
     assert json.loads((unfinished / "eval_star_easy_test_step_4_first2.json").read_text())["checkpoint"] == "step_4"
+    assert convert.main(["--from", str(path), "--out", str(tmp_path / "exported")]) == 0
+    assert all(torch.equal(xlm.load_model(tmp_path / "exported").state_dict()[k], v)
+               for k, v in by_name.model.state_dict().items())
     capsys.readouterr()
     fine_tune = ["--arch", "arlm_tiny", "--task", "star_easy", "--experiment", "debug", "trainer.max_steps=1",
                  "--output-dir"]

@@ -25,7 +25,7 @@ from xlm.interop.export import check_export_dir, export
 from xlm.registry import get_family
 from xlm.run_dir import RunDirError, read_run_config
 
-from .model_source import load_for_command, refuse_unfinished_run
+from .model_source import load_for_command, refuse_unfinished_run, split_checkpoint_path
 
 
 def _hub_dir(uri: str) -> Path:
@@ -52,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     check_export_dir(args.out, overwrite=args.overwrite)  # before reading or downloading the source
     before = _inodes(args.out)
-    if args.checkpoint is not None:
+    by_path = split_checkpoint_path(args.source)[1] is not None  # a run's checkpoint given by its path
+    if args.checkpoint is not None or by_path:
         loaded = load_for_command(args.source, checkpoint=args.checkpoint)
         print(f"read {loaded.label}")
         out = export(loaded.model, args.out, format=args.to, tokenizer=loaded.tokenizer,
