@@ -45,6 +45,20 @@ def test_bad_values_name_the_key():
         _config("optim.lr")
 
 
+def test_an_override_left_without_a_value_is_refused_by_every_command(tmp_path, capsys):
+    """`init_from=$CKPT` with CKPT unset meant null: a full run from scratch, trained without a word."""
+    from xlm.recipes import evaluate
+
+    assert train.main(["--arch", "mdlm_tiny", "--output-dir", str(tmp_path / "run"), "init_from="]) == 2
+    assert capsys.readouterr().err.strip() == ("error: override 'init_from=' has no value (an unset shell variable?); "
+                                               "write init_from=null for none, or leave it out for the preset's")
+    assert not (tmp_path / "run").exists()
+    for item in ("task.eval_size= ", "sampler.temperature="):
+        assert evaluate.main(["--model", "arlm_star_easy", item]) == 2
+        assert f"error: override {item!r} has no value" in capsys.readouterr().err
+    assert _config("task.eval_size=7").task.eval_size == 7
+
+
 def test_unknown_task_and_arch_exit_with_a_message(capsys):
     assert train.main(["--arch", "arlm_star", "--task", "star_eazy", "--dump-config"]) == 2
     err = capsys.readouterr().err

@@ -263,6 +263,22 @@ class ComposedConfig:
     pinned: Mapping[str, str]  # dotted key (every level: "model", "model.vocab_size") -> the last layer setting it
 
 
+def parsed_override(item: str) -> Any:
+    """One `key=value` of a command line as a config layer. A value left empty is refused: `init_from=$CKPT` with
+    CKPT unset would otherwise mean null, and train from scratch."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=3e-4)")
+    key, _, value = item.partition("=")
+    if not value.strip():
+        raise ConfigError(f"override {item!r} has no value (an unset shell variable?); write {key}=null for none, "
+                          f"or leave it out for the preset's")
+    try:
+        return OmegaConf.from_dotlist([item])
+    except Exception as err:  # YAML parser errors for values such as "{0"
+        raise ConfigError(f"cannot parse the override {item!r}: {str(err).splitlines()[0]}; quote a value that "
+                          f"holds YAML punctuation, e.g. key='{{0'") from None
+
+
 def build_config(*, family: Family, arch: str, task: str, output_dir: str, experiment: str | None = None,
                  overrides: Sequence[str] = ()) -> ComposedConfig:
     base = TrainRecipeConfig(arch=arch, output_dir=output_dir, model=family.archs.get(arch),
@@ -274,13 +290,7 @@ def build_config(*, family: Family, arch: str, task: str, output_dir: str, exper
     presets = compose_yaml(task, arch, experiment, search_path=external_config_dirs())
     layers: list[tuple[str, Any]] = [("the YAML presets", presets)]
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=3e-4)")
-        try:
-            layer = OmegaConf.from_dotlist([item])
-        except Exception as err:  # YAML parser errors for values such as "{0"
-            raise ConfigError(f"cannot parse the override {item!r}: {str(err).splitlines()[0]}; quote a value "
-                              f"that holds YAML punctuation, e.g. key='{{0'") from None
+        layer = parsed_override(item)
         layers.append((f"the command line ({item})", layer))
     merged = schema
     for source, layer in layers:
@@ -310,12 +320,10 @@ def override_task(config: TaskConfig, items: Sequence[str]) -> TaskConfig:
     merged = schema
     for item in items:
         try:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+            merged = OmegaConf.merge(merged, parsed_override(item))
         except OmegaConfBaseException as err:
             raise _explain(err, schema, f"the command line ({item})", config.name,
                            every_key=f"The {config.name!r} task's keys: {keys}.") from None
-        except Exception as err:  # YAML parser errors for values such as "{0"
-            raise ConfigError(f"cannot parse the override {item!r}: {str(err).splitlines()[0]}") from None
     try:
         overridden: TaskConfig = OmegaConf.to_object(merged)["task"]  # type: ignore[index]
     except (ValueError, TypeError) as err:  # the task config's own __post_init__ validation

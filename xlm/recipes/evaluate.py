@@ -31,7 +31,7 @@ from xlm.io import replace_file
 from xlm.recipes.distributed import resolve_device
 from xlm.recipes.evaluation import evaluate_loss, evaluate_predictions
 
-from .config import override_task
+from .config import override_task, parsed_override
 from .model_source import CommandModel, load_for_command, task_settings_from_origin
 
 
@@ -70,7 +70,7 @@ def _parse_sampler_overrides(items: Sequence[str], *, expected: str = "sampler.K
         key, sep, _ = item.partition("=")
         if not sep or not key.startswith("sampler."):
             raise InvalidValueError(f"expected {expected}, got {item!r}")
-        out.update(OmegaConf.to_container(OmegaConf.from_dotlist([item]))["sampler"])  # type: ignore[index]
+        out.update(OmegaConf.to_container(parsed_override(item))["sampler"])  # type: ignore[index]
     return out
 
 

@@ -40,6 +40,8 @@ class InitSource:
 
 
 def load_init_source(name: str, family: Family, arch: str) -> InitSource:
+    if not name.strip():
+        raise InvalidValueError("init_from is empty; give a card name or a path, or null for a fresh start")
     try:
         loaded = load_for_command(name, device="cpu")
     except UnfinishedRunError:
