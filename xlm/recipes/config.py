@@ -102,7 +102,7 @@ class TrainRecipeConfig:
     output_dir: str
     seed: int = 0
     # a model whose weights and network the run starts from (fine-tuning): a card name, a run or export dir, an
-    # HF dir (xlm.recipes.init_from); None: a fresh init
+    # HF dir, a run's checkpoint by its path (xlm.recipes.init_from); None: a fresh init
     init_from: str | None = None
     task: TaskConfig = field(default_factory=TaskConfig)  # the task's registered config class when composed
     model: Any = None  # the family's config dataclass (typed when composed)
