@@ -12,7 +12,9 @@ import torch
 import xlm
 from xlm.data.corpora import pydoc_paragraphs
 from xlm.recipes import convert, train
+from xlm.recipes.init_from import weights_digest
 from xlm.recipes.model_source import load_for_command
+from xlm.recipes.run_history import read_segments
 
 transformers = pytest.importorskip("transformers")
 from tests.hf_tokenizers import bert_tokenizer, gpt2_tokenizer  # noqa: E402  (needs transformers)
@@ -42,6 +44,12 @@ def test_a_run_starts_from_a_cards_weights_on_another_task_and_resumes_from_its_
     assert train.main([*base, "trainer.max_steps=3"]) == 0  # a longer budget: resumed, not started again
     err = capsys.readouterr().err
     assert "parameters, resumed from" in err and "(step 2)" in err and "weights of card" not in err
+    started, resumed = read_segments(run)  # a card's name can come to mean other weights: the digest says which
+    assert started["initial_weights"] == {"init_from": "mdlm_star_easy", "loaded": "card mdlm_star_easy",
+                                          "weights_sha256": weights_digest(card.model.state_dict())}
+    assert resumed["initial_weights"] is None
+    assert weights_digest(load_for_command("mlm_star_easy").model.state_dict()) != started["initial_weights"][
+        "weights_sha256"]
     same_weights = ROOT / "assets" / "cards" / "checkpoints" / "mdlm_star_easy"  # but another source, as a path
     assert train.main([*base, f"init_from={same_weights}", "trainer.max_steps=4"]) == 2
     assert f"init_from: 'mdlm_star_easy' -> '{same_weights}'" in capsys.readouterr().err  # the record stays true

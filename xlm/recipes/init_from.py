@@ -10,6 +10,7 @@ setting of the run that a resume may not change.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,18 +26,34 @@ from xlm.registry import Family
 from .checkpoint import checkpoint_dirs
 from .config import ComposedConfig, ConfigError
 from .model_source import CHECKPOINTS, UnfinishedRunError, load_for_command
+from .run_history import InitialWeights
 
-__all__ = ["InitSource", "load_init_source", "source_network"]
+__all__ = ["InitSource", "load_init_source", "source_network", "weights_digest"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class InitSource:
     """What a run takes from its `init_from` model."""
 
+    name: str  # as init_from gave it
     label: str  # what was loaded, for the run's banner: "card mdlm_star_easy", "runs/x"
     model_config: Any  # the family's config dataclass
     tokenizer: Tokenizer
     state: Mapping[str, torch.Tensor]  # on the CPU
+
+    def record(self) -> InitialWeights:
+        return InitialWeights(init_from=self.name, loaded=self.label, weights_sha256=weights_digest(self.state))
+
+
+def weights_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over the tensors in key order (each one's name, dtype, shape and bytes): which weights a run
+    started from, whatever card or path named them."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_init_source(name: str, family: Family, arch: str) -> InitSource:
@@ -55,7 +72,7 @@ def load_init_source(name: str, family: Family, arch: str) -> InitSource:
         raise InvalidValueError(f"init_from={name!r} is a model of the {loaded.family.name} family, and --arch "
                                 f"{arch} trains {family.name}: give an arch of the {loaded.family.name} family "
                                 f"(`xlm models` lists them)")
-    return InitSource(label=loaded.label, model_config=loaded.model.config, tokenizer=loaded.tokenizer,
+    return InitSource(name=name, label=loaded.label, model_config=loaded.model.config, tokenizer=loaded.tokenizer,
                       state=loaded.model.state_dict())
 
 

@@ -24,6 +24,14 @@ class ChangeRecord(TypedDict):
     changes_result: bool
 
 
+class InitialWeights(TypedDict):
+    """What a fresh start from init_from loaded: a card's name can come to mean other weights later."""
+
+    init_from: str  # as the config gave it
+    loaded: str  # what it resolved to: "card mdlm_star_easy", "runs/x, checkpoint step_4 (EMA weights)"
+    weights_sha256: str  # xlm.recipes.init_from.weights_digest of the weights the run started from
+
+
 class Segment(TypedDict):
     started: str
     host: str
@@ -34,16 +42,19 @@ class Segment(TypedDict):
     world_size: int
     resume_changes: str  # trainer.resume_changes, which allowed the changes below that change the result
     changes: list[ChangeRecord]  # settings that differ from the checkpoint's
+    initial_weights: InitialWeights | None  # a fresh start from init_from; None otherwise
 
 
 def new_segment(*, command: Sequence[str], resumed_from: Path | None, step: int, world_size: int,
-                resume_changes: str, changes: Sequence[ConfigChange]) -> Segment:
+                resume_changes: str, changes: Sequence[ConfigChange],
+                initial_weights: InitialWeights | None = None) -> Segment:
     return Segment(started=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                    host=socket.gethostname(), pid=os.getpid(), command=list(command),
                    resumed_from=None if resumed_from is None else str(resumed_from), step=step, world_size=world_size,
                    resume_changes=resume_changes,
                    changes=[ChangeRecord(key=c.key, before=c.before, after=c.after, changes_result=c.changes_result)
-                            for c in changes])
+                            for c in changes],
+                   initial_weights=initial_weights)
 
 
 def append_segment(output_dir: Path, segment: Segment) -> None:

@@ -220,9 +220,11 @@ class Trainer:
             self._resume()
         record = RunRecord(self.output_dir, command=self.command, device=env.device) if env.is_main else None
         if record is not None:
+            fresh_from = self.init if self.resumed_from is None else None
             segment = new_segment(command=self.command, resumed_from=self.resumed_from, step=self.step,
                                   world_size=env.world_size, resume_changes=tc.resume_changes,
-                                  changes=self.config_changes)
+                                  changes=self.config_changes,
+                                  initial_weights=None if fresh_from is None else fresh_from.record())
             append_segment(self.output_dir, segment)
             replace_file(self.output_dir / "config.yaml", config_to_yaml(self.config))
             record.start(segment)
