@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +31,23 @@ from .run_history import InitialWeights
 __all__ = ["InitSource", "load_init_source", "source_network", "weights_digest"]
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class InitSource:
-    """What a run takes from its `init_from` model."""
+    """What a run takes from its `init_from` model. Its weights are taken once (`take_weights`), so that the run
+    does not hold a second copy of the model while it trains."""
 
-    name: str  # as init_from gave it
-    label: str  # what was loaded, for the run's banner: "card mdlm_star_easy", "runs/x"
+    record: InitialWeights  # for the run's history
     model_config: Any  # the family's config dataclass
     tokenizer: Tokenizer
-    state: Mapping[str, torch.Tensor]  # on the CPU
+    weights: Mapping[str, torch.Tensor] = field(repr=False)  # on the CPU; empty once taken
 
-    def record(self) -> InitialWeights:
-        return InitialWeights(init_from=self.name, loaded=self.label, weights_sha256=weights_digest(self.state))
+    @property
+    def label(self) -> str:  # what was loaded, for the run's banner: "card mdlm_star_easy", "runs/x"
+        return self.record["loaded"]
+
+    def take_weights(self) -> Mapping[str, torch.Tensor]:
+        weights, self.weights = self.weights, {}
+        return weights
 
 
 def weights_digest(state: Mapping[str, torch.Tensor]) -> str:
@@ -72,8 +77,9 @@ def load_init_source(name: str, family: Family, arch: str) -> InitSource:
         raise InvalidValueError(f"init_from={name!r} is a model of the {loaded.family.name} family, and --arch "
                                 f"{arch} trains {family.name}: give an arch of the {loaded.family.name} family "
                                 f"(`xlm models` lists them)")
-    return InitSource(name=name, label=loaded.label, model_config=loaded.model.config, tokenizer=loaded.tokenizer,
-                      state=loaded.model.state_dict())
+    weights = loaded.model.state_dict()
+    record = InitialWeights(init_from=name, loaded=loaded.label, weights_sha256=weights_digest(weights))
+    return InitSource(record=record, model_config=loaded.model.config, tokenizer=loaded.tokenizer, weights=weights)
 
 
 def source_network(source: InitSource, composed: ComposedConfig, task: Task) -> Any:

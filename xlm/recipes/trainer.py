@@ -149,9 +149,10 @@ class Trainer:
         torch.manual_seed(self.config.seed)
         model = self.family.factory(self.config.model, device=env.device)
         if self.init is not None:  # a resume then loads its checkpoint over them
-            check_checkpoint_fits(model, self.init.state, checkpoint=f"init_from={self.config.init_from!r}",
+            weights = self.init.take_weights()
+            check_checkpoint_fits(model, weights, checkpoint=f"init_from={self.config.init_from!r}",
                                   advice="leave out the command line's model settings that change its shapes")
-            model.load_state_dict(self.init.state, strict=True)
+            model.load_state_dict(weights, strict=True)
         accelerate_training(model, enabled=tc.cpu_kernels)  # CPU training kernels (xlm.nn.cpu), before wrapping
         unit = self.family.unit_factory(model, self.task.tokenizer, self.config.sampler)
         if tc.activation_checkpointing:
@@ -224,7 +225,7 @@ class Trainer:
             segment = new_segment(command=self.command, resumed_from=self.resumed_from, step=self.step,
                                   world_size=env.world_size, resume_changes=tc.resume_changes,
                                   changes=self.config_changes,
-                                  initial_weights=None if fresh_from is None else fresh_from.record())
+                                  initial_weights=None if fresh_from is None else fresh_from.record)
             append_segment(self.output_dir, segment)
             replace_file(self.output_dir / "config.yaml", config_to_yaml(self.config))
             record.start(segment)
