@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from xlm.data.task import Task, TaskConfig
-from xlm.data.tasks import build_task, reads_with_given_tokenizer, saved_task_config, task_config
+from xlm.data.tasks import build_task, reads_with_model_tokenizer, saved_task_config, task_config
 from xlm.errors import InvalidValueError, reports_user_errors
 from xlm.io import replace_file
 from xlm.recipes.distributed import resolve_device
@@ -160,8 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         config = _task_config(run, args.task, loaded.label, loaded.run_dir, task_items)
         # text whose tokenizer would be trained on it is read with the model's (another corpus: not one trained there)
-        own = (loaded.tokenizer if getattr(config, "tokenizer", "") is None and reads_with_given_tokenizer(config.name)
-               else None)
+        own = loaded.tokenizer if reads_with_model_tokenizer(config) else None
         task = build_task(config, tokenizer=own)
         if task.tokenizer.spec() != run["tokenizer"]:
             raise InvalidValueError(f"task {task.name!r} uses a different vocabulary from the model's (trained on "

@@ -27,7 +27,7 @@ import datasets
 import torch
 
 from xlm.data.task import Task, TaskConfig
-from xlm.data.tasks import build_task, reads_with_given_tokenizer
+from xlm.data.tasks import build_task, reads_with_model_tokenizer
 from xlm.data.tokenizers import Tokenizer
 from xlm.errors import InvalidValueError, XlmUserError, listing, reports_user_errors
 from xlm.registry import families, get_task, list_tasks
@@ -218,9 +218,7 @@ def _stopped_at_once(output_dir: Path, stop: KeyboardInterrupt) -> tuple[str, in
 
 def _tokenizer_of(source: InitSource | None, task: TaskConfig) -> Tokenizer | None:
     """The tokenizer a fine-tuning run reads its text with: the source model's, where the task would train one."""
-    if source is None or getattr(task, "tokenizer", "") is not None or not reads_with_given_tokenizer(task.name):
-        return None
-    return source.tokenizer
+    return source.tokenizer if source is not None and reads_with_model_tokenizer(task) else None
 
 
 def _train(config: TrainRecipeConfig, task: Task, env: DistEnv, command: Sequence[str],

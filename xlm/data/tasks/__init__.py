@@ -58,6 +58,12 @@ def reads_with_given_tokenizer(name: str) -> bool:
     return "tokenizer" in inspect.signature(get_task(name).builder).parameters
 
 
+def reads_with_model_tokenizer(config: TaskConfig) -> bool:
+    """Whether a model's own tokenizer reads this task's text: it takes one, and no task.tokenizer is set (one
+    would otherwise be trained on the corpus)."""
+    return getattr(config, "tokenizer", "") is None and reads_with_given_tokenizer(config.name)
+
+
 def build_task(config: TaskConfig, *, tokenizer: Tokenizer | None = None) -> Task:
     """The task `config.name` names, built by its registered builder; `tokenizer`, for a task that reads text
     with the tokenizer it is given (text: a model from another layout, such as an HF GPT-2, scored on a corpus
